@@ -1,0 +1,268 @@
+"""Every event of the aaa-failover flow, as frozen, tagged msgspec Structs.
+
+The wire contract for outside tools: importable with msgspec alone. Rules
+(msgspec schema evolution): a new field gets a default, a field never changes
+type, a breaking change is a new tag. Unknown fields are accepted so that old
+readers keep working with new writers.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Literal
+
+import msgspec
+
+
+def new_id() -> str:
+    """A fresh event id: 32 lowercase hex digits."""
+    return uuid.uuid4().hex
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Fields every event carries.
+
+    ``id`` is unique per event (receivers reject a repeated id), ``time`` is
+    the UNIX time at which it was made (receivers reject it outside their
+    replay window) and ``source`` names the publishing service instance.
+    """
+
+    id: str = msgspec.field(default_factory=new_id)
+    time: float = msgspec.field(default_factory=time.time)
+    source: str = ""
+
+
+# --- collector -------------------------------------------------------------
+
+
+class ServiceCheck(msgspec.Struct, frozen=True, kw_only=True):
+    """The outcome of one availability check of a service the server needs."""
+
+    name: str
+    kind: Literal["mandatory", "dependent"]
+    ok: bool
+    detail: str = ""
+
+
+class MetricsSample(Event, frozen=True, kw_only=True, tag="metrics.sample"):
+    """What the collector read of one server in one interval.
+
+    A figure that could not be read is ``None`` and the reason is listed in
+    ``errors``: it never turns into a zero that looks healthy.
+    """
+
+    server: str
+    seq: int
+    status_ok: bool
+    threads_active: int | None = None
+    threads_total: int | None = None
+    threads_max: int | None = None
+    queue_len: int | None = None
+    process_threads: int | None = None
+    memory_percent: float | None = None
+    cpu_percent: float | None = None
+    process_count: int | None = None
+    services: list[ServiceCheck] = msgspec.field(default_factory=list)
+    errors: list[str] = msgspec.field(default_factory=list)
+
+
+# --- evaluator -------------------------------------------------------------
+
+IncidentState = Literal["opened", "recovering", "closed"]
+
+
+class HealthReport(Event, frozen=True, kw_only=True, tag="health.report"):
+    """The health score of one sample, with the part that limits it."""
+
+    server: str
+    sample_id: str
+    health: float
+    parts: dict[str, float] = msgspec.field(default_factory=dict)
+    limiting: str = ""
+    failover_threshold: float
+    connection_threshold: float
+    incident_id: str | None = None
+    state: Literal["healthy", "overloaded", "recovering"] = "healthy"
+
+
+class Incident(Event, frozen=True, kw_only=True, tag="incident"):
+    """A change of an overload incident of one server."""
+
+    incident_id: str
+    server: str
+    state: IncidentState
+    health: float
+    reason: str = ""
+    opened_at: float
+    relapses: int = 0
+
+
+# --- targeter --------------------------------------------------------------
+
+
+class Move(msgspec.Struct, frozen=True, kw_only=True):
+    """One client to move, the alternates it may use in order, and why."""
+
+    client: str
+    alternates: list[str]
+    why: str = ""
+
+
+class FailoverPlan(Event, frozen=True, kw_only=True, tag="failover.plan"):
+    """Which clients of an overloaded server move, and where to."""
+
+    plan_id: str = msgspec.field(default_factory=new_id)
+    incident_id: str
+    server: str
+    moves: list[Move] = msgspec.field(default_factory=list)
+    unplaced: list[str] = msgspec.field(default_factory=list)
+    reason: str = ""
+
+
+# --- notifier and agent ----------------------------------------------------
+
+
+class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a client reaches a RADIUS server."""
+
+    server: str
+    ip: str
+    auth_port: int
+
+
+class FailoverNotice(Event, frozen=True, kw_only=True, tag="notice.failover"):
+    """Tells one client to leave ``server`` for one of ``alternates``.
+
+    Carried with an authenticator under the client's own shared secret (see
+    ``schemas.signing.client_authenticator``); ``seq`` grows per client and
+    the notice is void after ``valid_until``.
+    """
+
+    incident_id: str
+    server: str
+    client: str
+    alternates: list[Endpoint]
+    seq: int
+    valid_until: float
+
+
+class ReadmitNotice(Event, frozen=True, kw_only=True, tag="notice.readmit"):
+    """Tells one client it may (``granted``) or may not yet return home."""
+
+    incident_id: str
+    server: str
+    client: str
+    home: Endpoint
+    granted: bool = True
+    wave: int = 0
+    retry_after_s: float = 0.0
+    seq: int
+    valid_until: float
+
+
+class Delivery(Event, frozen=True, kw_only=True, tag="delivery"):
+    """The fate of one notice: sent, retried, acked or failed."""
+
+    notice_id: str
+    notice_type: str
+    client: str
+    server: str
+    outcome: Literal["sent", "retried", "acked", "failed"]
+    attempts: int = 1
+    latency_s: float | None = None
+
+
+class Ack(Event, frozen=True, kw_only=True, tag="ack"):
+    """A client's answer to a notice: what it did."""
+
+    notice_id: str
+    client: str
+    server: str
+    accepted: bool
+    now_on: str = ""
+    reason: str = ""
+
+
+class ReadmitRequest(Event, frozen=True, kw_only=True, tag="readmit.request"):
+    """A client asks to return to its home ``server`` after its own timeout."""
+
+    client: str
+    server: str
+    reason: str = "timeout"
+
+
+class ClientStatus(Event, frozen=True, kw_only=True, tag="client.status"):
+    """Where a client is and how its requests fare (sent by the agent)."""
+
+    client: str
+    home: str
+    current: str
+    sent: int = 0
+    answered: int = 0
+    rejected: int = 0
+    lost: int = 0
+    notices_rejected: int = 0
+
+
+# --- readmitter ------------------------------------------------------------
+
+
+class ReadmitWave(Event, frozen=True, kw_only=True, tag="readmit.wave"):
+    """Clients that may reconnect to ``server`` now, and those told to wait."""
+
+    incident_id: str
+    server: str
+    wave: int
+    clients: list[str] = msgspec.field(default_factory=list)
+    deferred: list[str] = msgspec.field(default_factory=list)
+    retry_after_s: float = 0.0
+    health: float | None = None
+    final: bool = False
+    reason: str = ""
+
+
+# --- reference server control ----------------------------------------------
+
+
+class ServerControl(Event, frozen=True, kw_only=True, tag="control.server"):
+    """Changes a reference server's load model (demo, tests, benchmarks).
+
+    ``stalled_workers`` worker threads are held busy, as by a hung backend;
+    ``service_time_ms`` is the time each request takes in a worker.
+    """
+
+    server: str
+    stalled_workers: int | None = None
+    service_time_ms: float | None = None
+
+
+AnyEvent = (
+    MetricsSample
+    | HealthReport
+    | Incident
+    | FailoverPlan
+    | FailoverNotice
+    | ReadmitNotice
+    | Delivery
+    | Ack
+    | ReadmitRequest
+    | ClientStatus
+    | ReadmitWave
+    | ServerControl
+)
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    MetricsSample,
+    HealthReport,
+    Incident,
+    FailoverPlan,
+    FailoverNotice,
+    ReadmitNotice,
+    Delivery,
+    Ack,
+    ReadmitRequest,
+    ClientStatus,
+    ReadmitWave,
+    ServerControl,
+)

@@ -1,0 +1,72 @@
+"""NATS subject builders: every subject of the flow lives under one prefix.
+
+The default prefix is ``aaa``; tests and replay sandboxes use others. Ids of
+servers and clients are single subject tokens (letters, digits, ``_``, ``-``).
+"""
+
+from __future__ import annotations
+
+import re
+
+TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+WILDCARD = "*"
+
+
+def check_token(value: str, what: str = "id") -> str:
+    """Return ``value`` if it is a valid single subject token, else raise ValueError."""
+    if value != WILDCARD and not TOKEN.match(value):
+        raise ValueError(f"{what} {value!r} must be 1-64 of letters, digits, '_' or '-'")
+    return value
+
+
+class Subjects:
+    """The subjects of one deployment, built from its prefix."""
+
+    def __init__(self, prefix: str = "aaa") -> None:
+        for part in prefix.split("."):
+            check_token(part, "subject prefix part")
+        self.prefix = prefix
+
+    def _subject(self, kind: str, token: str) -> str:
+        return f"{self.prefix}.{kind}.{check_token(token)}"
+
+    @property
+    def all(self) -> str:
+        return f"{self.prefix}.>"
+
+    def metrics(self, server: str) -> str:
+        return self._subject("metrics", server)
+
+    def health(self, server: str) -> str:
+        return self._subject("health", server)
+
+    def incident(self, server: str) -> str:
+        return self._subject("incident", server)
+
+    def plan(self, server: str) -> str:
+        return self._subject("plan", server)
+
+    def notice(self, client: str) -> str:
+        return self._subject("notice", client)
+
+    def delivery(self, client: str) -> str:
+        return self._subject("delivery", client)
+
+    def ack(self, client: str) -> str:
+        return self._subject("ack", client)
+
+    def status(self, client: str) -> str:
+        return self._subject("status", client)
+
+    def request(self, server: str) -> str:
+        return self._subject("request", server)
+
+    def readmit(self, server: str) -> str:
+        return self._subject("readmit", server)
+
+    def control(self, server: str) -> str:
+        return self._subject("control", server)
+
+    def stream_name(self) -> str:
+        """The JetStream stream that captures every subject of this prefix."""
+        return self.prefix.replace(".", "_").upper()

@@ -1,0 +1,1 @@
+"""The aaa-failover microservices and their shared runtime."""

@@ -1,0 +1,90 @@
+"""The `aaa-failover` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from services.runtime.config import ConfigError, load_config
+from services.runtime.logs import configure_logging
+
+logger = logging.getLogger(__name__)
+
+SERVICES = ("aaa", "collector", "evaluator", "targeter", "notifier", "readmitter", "agent")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aaa-failover", description="Server-driven overload protection for AAA farms."
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run one service")
+    run.add_argument("service", choices=SERVICES)
+    run.add_argument("-c", "--config", required=True, help="the TOML config file")
+    run.add_argument("--bus-url", help="NATS URL, overriding bus.url of the config")
+    run.add_argument(
+        "--only", action="append", metavar="ID", help="aaa: this server; agent: this client"
+    )
+
+    up = sub.add_parser("up", help="run every service of a config under one supervisor")
+    up.add_argument("-c", "--config", required=True)
+
+    demo = sub.add_parser("demo", help="an overload incident on an embedded farm, end to end")
+    demo.add_argument("--clients", type=int, default=20)
+    demo.add_argument("--overload-s", type=float, default=12.0)
+    demo.add_argument("--keep", metavar="DIR", help="write the demo's files here and keep them")
+
+    schema = sub.add_parser("schema", help="write the JSON Schema of every event")
+    schema.add_argument("--out", type=Path, help="directory (default: schemas/json)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "up":
+            from services.supervisor import up
+
+            return up(load_config(args.config), Path(args.config))
+        if args.command == "demo":
+            from services.demo import demo
+
+            return demo(clients=args.clients, overload_s=args.overload_s, keep=args.keep)
+        if args.command == "schema":
+            from schemas.jsonschema import JSON_DIR, write_schemas
+
+            for path in write_schemas(args.out or JSON_DIR):
+                print(path)
+            return 0
+    except ConfigError as exc:
+        print(f"aaa-failover: config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    module = importlib.import_module(f"services.{args.service}.service")
+    asyncio.run(module.run(config, bus_url=args.bus_url, only=args.only))
+    return 0
+
+
+def module_main(service: str) -> None:
+    """Entry of `python -m services.<service>`: the same as `aaa-failover run <service>`."""
+    sys.exit(main(["run", service, *sys.argv[1:]]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

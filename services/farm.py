@@ -1,0 +1,122 @@
+"""A small farm on loopback: the config and secrets of reference servers and clients.
+
+Used by `aaa-failover demo`, the tests and the benchmarks. Each server gets
+its own loopback address and a free UDP port; each client its own loopback
+address, so every client's shared secret is told apart by source address as
+on a real farm.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from services.runtime.config import Config, load_config
+
+
+def free_udp_port(ip: str) -> int:
+    """A UDP port free on ``ip`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((ip, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def server_ip(index: int) -> str:
+    return f"127.0.0.{11 + index}"
+
+
+def client_ip(index: int) -> str:
+    return f"127.0.1.{1 + index}"
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def farm_dict(
+    directory: Path,
+    *,
+    bus_url: str | None,
+    prefix: str = "aaa",
+    servers: tuple[str, ...] = ("A", "B", "C"),
+    clients: int = 6,
+    client_rate: float = 2.0,
+    workers: int = 8,
+    service_time_ms: float = 5.0,
+) -> dict[str, Any]:
+    """The config of a farm as a dict; writes the secret files it names."""
+    directory.mkdir(parents=True, exist_ok=True)
+    secret_dir = directory / "secrets"
+    secret_dir.mkdir(exist_ok=True)
+
+    def secret(name: str) -> dict[str, str]:
+        path = secret_dir / name
+        if not path.exists():
+            path.write_text(secrets.token_hex(16) + "\n")
+            path.chmod(0o600)
+        return {"file": f"secrets/{name}"}
+
+    bus: dict[str, Any] = {"prefix": prefix, "key": {"id": "k1", "secret": secret("bus.key")}}
+    if bus_url:
+        bus["url"] = bus_url
+    server_list = []
+    for i, sid in enumerate(servers):
+        ip = server_ip(i)
+        server_list.append(
+            {
+                "id": sid,
+                "ip": ip,
+                "auth_port": free_udp_port(ip),
+                "status_secret": secret(f"status-{sid}"),
+                "threads_max": workers,
+                "process": {"pid_file": f"run/{sid}.pid"},
+                "reference": {
+                    "workers": workers,
+                    "service_time_ms": service_time_ms,
+                    "pid_file": f"run/{sid}.pid",
+                },
+            }
+        )
+    client_list = []
+    for i in range(clients):
+        home = servers[i % len(servers)]
+        client_list.append(
+            {
+                "id": f"nas-{i + 1:02d}",
+                "ip": client_ip(i),
+                "secret": secret(f"client-nas-{i + 1:02d}"),
+                "home": home,
+                "alternates": [s for s in servers if s != home],
+                "rate": client_rate,
+            }
+        )
+    (directory / "run").mkdir(exist_ok=True)
+    return {"bus": bus, "servers": server_list, "clients": client_list}
+
+
+def write_config(directory: Path, data: Mapping[str, Any], name: str = "config.toml") -> Path:
+    """Write ``data`` as the TOML config file ``directory/name``."""
+    path = directory / name
+    path.write_text(tomli_w.dumps(dict(data)))
+    return path
+
+
+def write_farm(
+    directory: Path, overrides: Mapping[str, Any] | None = None, **kwargs: Any
+) -> tuple[Config, Path]:
+    """Write a farm's config (with ``overrides`` merged in) and load it back."""
+    data = _merge(farm_dict(directory, **kwargs), overrides or {})
+    path = write_config(directory, data)
+    return load_config(path), path

@@ -1,0 +1,3 @@
+from services.cli import module_main
+
+module_main("notifier")

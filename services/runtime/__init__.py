@@ -1,0 +1,1 @@
+"""What every service shares: the bus, config, lifecycle and embedded nats-server."""

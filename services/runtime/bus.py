@@ -1,0 +1,342 @@
+"""The NATS bus as every service sees it: signed publish, verified subscribe.
+
+A :class:`Bus` holds one connection (reconnecting forever), the keys to sign
+and verify with, and the counters of what it dropped. Handlers receive only
+events that passed every check; a bad event is dropped and counted by reason
+and never raises into the loop, and neither does a handler that fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.api import StorageType, StreamConfig
+from nats.js.errors import BadRequestError
+from nats.js.kv import KeyValue
+
+from schemas import codec
+from schemas.events import Event
+from schemas.signing import (
+    CLIENT_KEY_PREFIX,
+    KEY_HEADER,
+    Rejected,
+    ReplayGuard,
+    sign_headers,
+    verify,
+)
+from schemas.subjects import Subjects
+from services.runtime.config import BusConfig, Config, ConfigError
+
+logger = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=Event)
+Handler = Callable[[E], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Signer:
+    """A key to sign with: the bus key, or a client's own secret."""
+
+    key_id: str
+    key: bytes
+
+
+@dataclass
+class Keyring:
+    """Keys that sign and verify: bus keys by id, and clients' secrets.
+
+    A client's secret verifies only what that client says of itself: an event
+    signed under ``client:<id>`` must name ``<id>`` in its ``client`` field.
+    """
+
+    signer: Signer | None
+    bus_keys: dict[str, bytes] = field(default_factory=dict)
+    client_keys: dict[str, bytes] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, config: Config, *, clients: bool = True) -> Keyring:
+        """The bus key (required) and, with ``clients``, every client's secret."""
+        bus = config.bus
+        if bus.key is None:
+            raise ConfigError("bus.key is required by every service but the agent")
+        key = config.read_secret(bus.key.secret)
+        keys = {bus.key.id: key}
+        for extra in bus.verify_keys:
+            keys[extra.id] = config.read_secret(extra.secret)
+        client_keys = (
+            {c.id: config.read_secret(c.secret) for c in config.clients} if clients else {}
+        )
+        return cls(Signer(bus.key.id, key), keys, client_keys)
+
+    def verification_keys(self, accept_clients: bool) -> dict[str, bytes]:
+        keys = dict(self.bus_keys)
+        if accept_clients:
+            keys.update({CLIENT_KEY_PREFIX + cid: k for cid, k in self.client_keys.items()})
+        return keys
+
+
+@dataclass
+class DropCounters:
+    """What a bus received, accepted and dropped (by reason)."""
+
+    published: int = 0
+    received: int = 0
+    accepted: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    handler_errors: int = 0
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] += 1
+
+
+class Bus:
+    """One service's connection to the bus."""
+
+    def __init__(
+        self,
+        nc: NatsClient,
+        subjects: Subjects,
+        keyring: Keyring,
+        *,
+        codec_name: codec.CodecName = "json",
+        replay_window_s: float = 30.0,
+        name: str = "",
+    ) -> None:
+        self.nc = nc
+        self.subjects = subjects
+        self.keyring = keyring
+        self.codec_name = codec_name
+        self.name = name
+        self.guard = ReplayGuard(replay_window_s)
+        self.counters = DropCounters()
+        self._subs: list[Subscription] = []
+        self._js: JetStreamContext | None = None
+
+    # --- connection -----------------------------------------------------
+
+    @classmethod
+    async def connect(
+        cls,
+        bus: BusConfig,
+        keyring: Keyring,
+        *,
+        name: str,
+        stack: AsyncExitStack,
+        url: str | None = None,
+    ) -> Bus:
+        """Connect (retrying forever on loss) and register the close on ``stack``."""
+        target = url or bus.url or "nats://127.0.0.1:4222"
+
+        async def on_error(exc: Exception) -> None:
+            logger.warning("bus error: %s", exc)
+
+        async def on_disconnect() -> None:
+            logger.warning("bus disconnected from %s", target)
+
+        async def on_reconnect() -> None:
+            logger.info("bus reconnected to %s", target)
+
+        nc = await nats.connect(
+            servers=[target],
+            name=name,
+            connect_timeout=bus.connect_timeout_s,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+        )
+        self = cls(
+            nc,
+            Subjects(bus.prefix),
+            keyring,
+            codec_name=bus.codec,
+            replay_window_s=bus.replay_window_s,
+            name=name,
+        )
+        stack.push_async_callback(self.close)
+        return self
+
+    async def close(self) -> None:
+        """Drain subscriptions and pending publishes, then close."""
+        if self.nc.is_closed:
+            return
+        try:
+            await asyncio.wait_for(self.nc.drain(), timeout=5)
+        except (TimeoutError, nats.errors.Error) as exc:
+            logger.warning("bus drain did not finish: %s", exc)
+        if not self.nc.is_closed:
+            await self.nc.close()
+
+    async def stop_receiving(self) -> None:
+        """Stop taking new work: drain every subscription of this bus."""
+        subs, self._subs = self._subs, []
+        for sub in subs:
+            try:
+                await sub.drain()  # type: ignore[no-untyped-call]
+            except nats.errors.Error as exc:
+                logger.debug("draining %s: %s", sub.subject, exc)
+
+    # --- JetStream ------------------------------------------------------
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            self._js = self.nc.jetstream()
+        return self._js
+
+    async def ensure_stream(self, *, max_age_s: float, max_bytes: int) -> None:
+        """Create or update the stream that captures every subject of the prefix."""
+        config = StreamConfig(
+            name=self.subjects.stream_name(),
+            subjects=[self.subjects.all],
+            storage=StorageType.FILE,
+            max_age=max_age_s,
+            max_bytes=max_bytes,
+        )
+        try:
+            await self.js.add_stream(config)
+        except BadRequestError:
+            await self.js.update_stream(config)
+
+    async def kv(self, bucket: str) -> KeyValue:
+        """The key-value bucket ``<PREFIX>_<bucket>``, created if missing."""
+        name = f"{self.subjects.stream_name()}_{bucket}"
+        try:
+            return await self.js.key_value(name)
+        except nats.js.errors.BucketNotFoundError:
+            return await self.js.create_key_value(bucket=name, history=1)
+
+    # --- publish --------------------------------------------------------
+
+    def encode(self, event: Event, signer: Signer | None = None) -> tuple[bytes, dict[str, str]]:
+        """The payload and signed headers of ``event``."""
+        signer = signer or self.keyring.signer
+        if signer is None:
+            raise RuntimeError("this bus has no key to sign with")
+        payload = codec.encode(event, self.codec_name)
+        headers = sign_headers(signer.key_id, signer.key, payload)
+        headers[codec.CONTENT_TYPE] = codec.content_type(self.codec_name)
+        headers["Nats-Msg-Id"] = event.id
+        return payload, headers
+
+    async def publish(
+        self,
+        subject: str,
+        event: Event,
+        *,
+        signer: Signer | None = None,
+        headers: Mapping[str, str] | None = None,
+        authenticate: Callable[[bytes], Mapping[str, str]] | None = None,
+    ) -> None:
+        """Sign ``event`` and publish it on ``subject``.
+
+        ``authenticate`` adds headers computed over the exact payload bytes
+        (a notice's client authenticator).
+        """
+        payload, signed = self.encode(event, signer)
+        if headers:
+            signed.update(headers)
+        if authenticate is not None:
+            signed.update(authenticate(payload))
+        await self.nc.publish(subject, payload, headers=signed)
+        self.counters.published += 1
+
+    # --- subscribe ------------------------------------------------------
+
+    def check(self, msg: Msg, accept_clients: bool = False) -> Event:
+        """Verify, decode and replay-check one message; raise Rejected if bad."""
+        payload = msg.data
+        key_id = verify(self.keyring.verification_keys(accept_clients), msg.headers, payload)
+        try:
+            event = codec.decode(payload, (msg.headers or {}).get(codec.CONTENT_TYPE))
+        except codec.DecodeError as exc:
+            raise Rejected("undecodable", str(exc)) from None
+        if key_id.startswith(CLIENT_KEY_PREFIX):
+            claimed = getattr(event, "client", None)
+            if claimed != key_id[len(CLIENT_KEY_PREFIX) :]:
+                raise Rejected("impersonation", f"{key_id} signed for {claimed!r}")
+        self.guard.check(event.id, event.time, time.time())
+        return event
+
+    async def subscribe(
+        self,
+        subject: str,
+        handler: Handler[E],
+        *,
+        types: tuple[type[E], ...],
+        queue: str = "",
+        accept_clients: bool = False,
+    ) -> Subscription:
+        """Deliver to ``handler`` each verified event of ``types`` on ``subject``.
+
+        Everything else is dropped and counted; ``accept_clients`` lets events
+        signed by a client's own secret through (acks, readmit requests).
+        """
+
+        async def on_message(msg: Msg) -> None:
+            self.counters.received += 1
+            try:
+                event = self.check(msg, accept_clients)
+            except Rejected as rejected:
+                self.counters.drop(rejected.reason)
+                logger.warning(
+                    "dropped event on %s: %s (key %s)",
+                    msg.subject,
+                    rejected,
+                    (msg.headers or {}).get(KEY_HEADER, "-"),
+                )
+                return
+            if not isinstance(event, types):
+                self.counters.drop("unexpected-type")
+                return
+            self.counters.accepted += 1
+            try:
+                await handler(event)
+            except Exception:
+                self.counters.handler_errors += 1
+                logger.exception("handler for %s failed on %s", subject, type(event).__name__)
+
+        sub = await self.nc.subscribe(subject, queue=queue, cb=on_message)
+        self._subs.append(sub)
+        return sub
+
+    async def subscribe_raw(
+        self, subject: str, handler: Callable[[Msg], Awaitable[None]]
+    ) -> Subscription:
+        """Deliver raw messages (for receivers that verify by other means)."""
+
+        async def on_message(msg: Msg) -> None:
+            self.counters.received += 1
+            try:
+                await handler(msg)
+            except Exception:
+                self.counters.handler_errors += 1
+                logger.exception("raw handler for %s failed", subject)
+
+        sub = await self.nc.subscribe(subject, cb=on_message)
+        self._subs.append(sub)
+        return sub
+
+    def stats(self) -> dict[str, Any]:
+        c = self.counters
+        return {
+            "published": c.published,
+            "received": c.received,
+            "accepted": c.accepted,
+            "dropped": dict(c.dropped),
+            "handler_errors": c.handler_errors,
+        }

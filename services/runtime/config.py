@@ -1,0 +1,307 @@
+"""Configuration: one TOML file decoded into frozen Structs.
+
+Unknown fields are refused, every value is typed, and a bad file fails with
+one line naming the field (:class:`ConfigError`; the CLI exits 2). Secrets
+are never in the file itself: each names a file (relative to the config
+file) or an environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from schemas.subjects import check_token
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the field."""
+
+
+class Base(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class Secret(Base, frozen=True, kw_only=True):
+    """Where a secret comes from: a file (first line) or an environment variable."""
+
+    file: str | None = None
+    env: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.file is None) == (self.env is None):
+            raise ValueError("give exactly one of `file` or `env`")
+
+
+class BusKey(Base, frozen=True, kw_only=True):
+    id: str
+    secret: Secret
+
+
+class BusConfig(Base, frozen=True, kw_only=True):
+    """The NATS bus. With no ``url``, `aaa-failover up` starts an embedded server."""
+
+    url: str | None = None
+    prefix: str = "aaa"
+    codec: Literal["json", "msgpack"] = "json"
+    key: BusKey | None = None
+    verify_keys: list[BusKey] = msgspec.field(default_factory=list)
+    replay_window_s: float = 30.0
+    stream_max_age_s: float = 7 * 24 * 3600.0
+    stream_max_bytes: int = 1 << 30
+    connect_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        for part in self.prefix.split("."):
+            if not part or not part.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"prefix {self.prefix!r} must be dot-separated tokens")
+        if self.replay_window_s <= 0:
+            raise ValueError("replay_window_s must be positive")
+
+
+class ReferenceServer(Base, frozen=True, kw_only=True):
+    """The load model of a reference server run by `aaa-failover run aaa`."""
+
+    workers: int = 8
+    service_time_ms: float = 5.0
+    queue_max: int = 256
+    users: dict[str, str] = msgspec.field(default_factory=lambda: {"alice": "wonderland"})
+    pid_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError("workers must be at least 1")
+        if self.service_time_ms < 0:
+            raise ValueError("service_time_ms must not be negative")
+
+
+class ProcessMatch(Base, frozen=True, kw_only=True):
+    """How the collector finds the server's process."""
+
+    pid_file: str | None = None
+    name: str | None = None
+    cmdline: str | None = None
+
+
+class ServerConfig(Base, frozen=True, kw_only=True):
+    """One AAA server of the farm."""
+
+    id: str
+    ip: str = "127.0.0.1"
+    auth_port: int = 1812
+    status_port: int | None = None
+    status_secret: Secret
+    threads_max: int | None = None
+    queue_max: int = 256
+    process: ProcessMatch | None = None
+    reference: ReferenceServer | None = None
+
+    def __post_init__(self) -> None:
+        check_token(self.id, "server id")
+        for port in (self.auth_port, self.status_port):
+            if port is not None and not 0 < port < 65536:
+                raise ValueError(f"port {port} out of range")
+
+    @property
+    def probe_port(self) -> int:
+        return self.status_port or self.auth_port
+
+
+class ClientConfig(Base, frozen=True, kw_only=True):
+    """One AAA client (NAS) and how its agent behaves."""
+
+    id: str
+    ip: str = "127.0.0.1"
+    secret: Secret
+    home: str
+    alternates: list[str] = msgspec.field(default_factory=list)
+    rate: float = 2.0
+    user: str = "alice"
+    password: str = "wonderland"
+    request_timeout_s: float = 1.0
+    request_retries: int = 2
+    return_after_s: float = 30.0
+    return_jitter: float = 0.2
+    legacy_authenticator: bool = False
+
+    def __post_init__(self) -> None:
+        check_token(self.id, "client id")
+        if self.rate < 0:
+            raise ValueError("rate must not be negative")
+        if not 0 <= self.return_jitter < 1:
+            raise ValueError("return_jitter must be in [0, 1)")
+
+
+class CollectorConfig(Base, frozen=True, kw_only=True):
+    interval_s: float = 1.0
+    status_timeout_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.interval_s <= 0:
+            raise ValueError("interval_s must be positive")
+        if not 0 < self.status_timeout_s < self.interval_s:
+            raise ValueError("status_timeout_s must be positive and below interval_s")
+
+
+class HealthWeights(Base, frozen=True, kw_only=True):
+    """Weights of the health parts in the ``weighted`` rule (0 leaves a part out)."""
+
+    threads: float = 1.0
+    queue: float = 1.0
+    memory: float = 1.0
+    cpu: float = 1.0
+    processes: float = 1.0
+
+
+class EvaluatorConfig(Base, frozen=True, kw_only=True):
+    failover_threshold: float = 0.2
+    connection_threshold: float = 0.6
+    failover_samples: int = 2
+    recovery_samples: int = 3
+    rule: Literal["min", "weighted"] = "min"
+    weights: HealthWeights = HealthWeights()
+    max_processes: int = 4096
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.failover_threshold <= 1:
+            raise ValueError("failover_threshold must be in [0, 1]")
+        if not 0 <= self.connection_threshold <= 1:
+            raise ValueError("connection_threshold must be in [0, 1]")
+        if self.failover_threshold >= self.connection_threshold:
+            raise ValueError(
+                f"failover_threshold ({self.failover_threshold}) must be below "
+                f"connection_threshold ({self.connection_threshold})"
+            )
+        if self.failover_samples < 1 or self.recovery_samples < 1:
+            raise ValueError("failover_samples and recovery_samples must be at least 1")
+
+
+class TargeterConfig(Base, frozen=True, kw_only=True):
+    policy: Literal["all", "list"] = "all"
+    clients: list[str] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.policy == "list" and not self.clients:
+            raise ValueError("policy 'list' needs `clients`")
+
+
+class NotifierConfig(Base, frozen=True, kw_only=True):
+    ack_timeout_s: float = 2.0
+    retries: int = 3
+    notice_validity_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.ack_timeout_s <= 0:
+            raise ValueError("ack_timeout_s must be positive")
+        if self.retries < 0:
+            raise ValueError("retries must not be negative")
+
+
+class ReadmitterConfig(Base, frozen=True, kw_only=True):
+    wave_size: int = 5
+    wave_interval_s: float = 5.0
+    retry_after_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.wave_size < 1:
+            raise ValueError("wave_size must be at least 1")
+        if self.wave_interval_s < 0:
+            raise ValueError("wave_interval_s must not be negative")
+
+
+class Config(Base, frozen=True, kw_only=True):
+    """A whole deployment: the bus, the farm and every service's settings."""
+
+    bus: BusConfig
+    servers: list[ServerConfig] = msgspec.field(default_factory=list)
+    clients: list[ClientConfig] = msgspec.field(default_factory=list)
+    collector: CollectorConfig = CollectorConfig()
+    evaluator: EvaluatorConfig = EvaluatorConfig()
+    targeter: TargeterConfig = TargeterConfig()
+    notifier: NotifierConfig = NotifierConfig()
+    readmitter: ReadmitterConfig = ReadmitterConfig()
+    base_dir: str = ""
+
+    def __post_init__(self) -> None:
+        server_ids = [s.id for s in self.servers]
+        _no_repeats(server_ids, "server id")
+        _no_repeats([c.id for c in self.clients], "client id")
+        known = set(server_ids)
+        for client in self.clients:
+            for sid in (client.home, *client.alternates):
+                if sid not in known:
+                    raise ValueError(f"client {client.id!r} names unknown server {sid!r}")
+            if client.home in client.alternates:
+                raise ValueError(f"client {client.id!r} lists its home among its alternates")
+        unknown = set(self.targeter.clients) - {c.id for c in self.clients}
+        if unknown:
+            raise ValueError(f"targeter.clients names unknown clients {sorted(unknown)}")
+
+    def server(self, server_id: str) -> ServerConfig:
+        for server in self.servers:
+            if server.id == server_id:
+                return server
+        raise KeyError(server_id)
+
+    def client(self, client_id: str) -> ClientConfig:
+        for client in self.clients:
+            if client.id == client_id:
+                return client
+        raise KeyError(client_id)
+
+    def path(self, relative: str) -> Path:
+        """A path from the config file, resolved against the file's folder."""
+        path = Path(relative)
+        return path if path.is_absolute() else Path(self.base_dir) / path
+
+    def read_secret(self, secret: Secret) -> bytes:
+        """The secret's bytes; raises ConfigError naming what is missing."""
+        if secret.env is not None:
+            value = os.environ.get(secret.env)
+            if not value:
+                raise ConfigError(f"secret: environment variable {secret.env} is not set")
+            return value.encode()
+        assert secret.file is not None
+        path = self.path(secret.file)
+        try:
+            text = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"secret: cannot read {path}: {exc.strerror}") from None
+        if not text:
+            raise ConfigError(f"secret: {path} is empty")
+        return text.encode()
+
+
+def _no_repeats(values: list[str], what: str) -> None:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{what} {value!r} appears twice")
+        seen.add(value)
+
+
+def parse_config(text: str, base_dir: str | Path = ".") -> Config:
+    """Decode TOML text into a Config; raises ConfigError with one line."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}") from None
+    data["base_dir"] = str(base_dir)
+    try:
+        return msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and check the config file at ``path``."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    return parse_config(text, path.resolve().parent)

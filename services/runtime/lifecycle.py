@@ -1,0 +1,107 @@
+"""The life of a service: connect, set up, run until told to stop, shut down.
+
+Shutdown has one order: stop taking new work (drain subscriptions), let the
+background loops finish under a grace timeout (then cancel them), and close
+the connection. Resources live in an AsyncExitStack, loops in a TaskGroup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import AsyncExitStack
+from typing import Any
+
+from services.runtime.bus import Bus, Keyring
+from services.runtime.config import Config
+
+logger = logging.getLogger(__name__)
+
+ShutdownTrigger = Callable[[], Awaitable[Any]]
+
+
+async def wait_for_shutdown(trigger: ShutdownTrigger | None) -> None:
+    """Return when ``trigger`` returns or, without one, on SIGINT or SIGTERM."""
+    if trigger is not None:
+        await trigger()
+        return
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+class Runtime:
+    """What a service's set-up gets: its bus, its exit stack and its loops."""
+
+    def __init__(self, name: str, config: Config, bus: Bus, stack: AsyncExitStack) -> None:
+        self.name = name
+        self.config = config
+        self.bus = bus
+        self.stack = stack
+        self.stopping = asyncio.Event()
+        self._tg: asyncio.TaskGroup | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """Run ``coro`` as a background loop of this service until it stops."""
+        assert self._tg is not None, "spawn only during set-up or while running"
+        task = self._tg.create_task(coro, name=f"{self.name}:{name}")
+        self._tasks.append(task)
+        return task
+
+    async def sleep(self, seconds: float) -> bool:
+        """Sleep; return False at once if the service is stopping."""
+        try:
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            return True
+        return False
+
+    async def _stop_loops(self, grace_s: float) -> None:
+        self.stopping.set()
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=grace_s)
+            for task in still:
+                task.cancel()
+
+
+SetUp = Callable[[Runtime], Awaitable[None]]
+
+
+async def run_service(
+    name: str,
+    config: Config,
+    setup: SetUp,
+    *,
+    shutdown_trigger: ShutdownTrigger | None = None,
+    bus_url: str | None = None,
+    keyring: Keyring | None = None,
+    grace_s: float = 5.0,
+) -> None:
+    """Connect ``name`` to the bus, run ``setup``, and serve until shutdown."""
+    keyring = keyring or Keyring.from_config(config)
+    async with AsyncExitStack() as stack:
+        bus = await Bus.connect(config.bus, keyring, name=name, stack=stack, url=bus_url)
+        await bus.ensure_stream(
+            max_age_s=config.bus.stream_max_age_s, max_bytes=config.bus.stream_max_bytes
+        )
+        runtime = Runtime(name, config, bus, stack)
+        async with asyncio.TaskGroup() as tg:
+            runtime._tg = tg
+            await setup(runtime)
+            logger.info("%s started", name)
+            await wait_for_shutdown(shutdown_trigger)
+            logger.info("%s stopping", name)
+            await bus.stop_receiving()
+            await runtime._stop_loops(grace_s)
+        logger.info("%s stopped: %s", name, bus.stats())

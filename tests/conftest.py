@@ -1,0 +1,42 @@
+"""Fixtures: one real nats-server per session, a unique subject prefix per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.farm import write_farm
+from services.runtime.config import Config
+from services.runtime.natsserver import EmbeddedNats
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return "t" + uuid.uuid4().hex[:12]
+
+
+FarmFactory = Callable[..., tuple[Config, Path]]
+
+
+@pytest.fixture
+def farm(tmp_path: Path, nats_server: EmbeddedNats, prefix: str) -> FarmFactory:
+    """Write a farm config on the session's nats-server under this test's prefix."""
+
+    def make(overrides: dict[str, Any] | None = None, **kwargs: Any) -> tuple[Config, Path]:
+        kwargs.setdefault("bus_url", nats_server.url)
+        kwargs.setdefault("prefix", prefix)
+        return write_farm(tmp_path / "farm", overrides, **kwargs)
+
+    return make

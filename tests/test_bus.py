@@ -1,0 +1,150 @@
+"""The bus on a real nats-server: signed events pass, bad ones are dropped and counted."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import AsyncExitStack
+
+import pytest
+
+from schemas import codec
+from schemas.codec import CONTENT_TYPE
+from schemas.events import HealthReport, MetricsSample
+from schemas.signing import KEY_HEADER, SIG_HEADER, sign_headers
+from services.runtime.bus import Bus, Keyring, Signer
+from tests.conftest import FarmFactory
+
+
+def _sample(server: str = "A", **kwargs: object) -> MetricsSample:
+    return MetricsSample(server=server, seq=1, status_ok=True, **kwargs)  # type: ignore[arg-type]
+
+
+async def _bus(config, stack: AsyncExitStack, name: str = "t") -> Bus:  # type: ignore[no-untyped-def]
+    return await Bus.connect(config.bus, Keyring.from_config(config), name=name, stack=stack)
+
+
+async def test_signed_event_arrives_and_bad_ones_are_dropped(farm: FarmFactory) -> None:
+    config, _ = farm()
+    async with AsyncExitStack() as stack:
+        bus = await _bus(config, stack)
+        got: asyncio.Queue[MetricsSample] = asyncio.Queue()
+
+        async def handler(event: MetricsSample) -> None:
+            await got.put(event)
+
+        subject = bus.subjects.metrics("A")
+        await bus.subscribe(subject, handler, types=(MetricsSample,))
+
+        good = _sample(queue_len=3)
+        await bus.publish(subject, good)
+        received = await asyncio.wait_for(got.get(), 5)
+        assert received == good
+
+        payload, headers = bus.encode(_sample())
+        nc = bus.nc
+        # unsigned
+        await nc.publish(subject, payload)
+        # tampered payload under a valid signature
+        await nc.publish(subject, payload.replace(b'"A"', b'"B"'), headers=headers)
+        # signed with a key the receiver does not hold
+        await nc.publish(subject, payload, headers=sign_headers("k1", b"wrong", payload))
+        # unknown key id
+        await nc.publish(subject, payload, headers=sign_headers("k9", b"x", payload))
+        # the same event id twice: the first passes, the repeat is dropped
+        await nc.publish(subject, payload, headers=headers)
+        await nc.publish(subject, payload, headers=headers)
+        # older than the replay window
+        stale = _sample()
+        stale = MetricsSample(
+            **{
+                **{f: getattr(stale, f) for f in stale.__struct_fields__},
+                "time": time.time() - 3600,
+            }
+        )
+        await bus.publish(subject, stale)
+        # a valid event of a type this subscription does not take
+        await bus.publish(
+            subject,
+            HealthReport(
+                server="A",
+                sample_id="x",
+                health=1.0,
+                failover_threshold=0.2,
+                connection_threshold=0.6,
+            ),
+        )
+        # garbage that is validly signed
+        await nc.publish(
+            subject,
+            b"{not json",
+            headers={
+                **sign_headers("k1", bus.keyring.bus_keys["k1"], b"{not json"),
+                CONTENT_TYPE: codec.JSON_TYPE,
+            },
+        )
+        await bus.nc.flush()
+
+        once = await asyncio.wait_for(got.get(), 5)
+        assert once.id == _sample_id(payload)
+        # the service keeps working after all of that
+        after = _sample(queue_len=9)
+        await bus.publish(subject, after)
+        assert (await asyncio.wait_for(got.get(), 5)) == after
+        assert got.empty()
+        assert dict(bus.counters.dropped) == {
+            "unsigned": 1,
+            "bad-signature": 2,
+            "unknown-key": 1,
+            "replayed": 1,
+            "stale": 1,
+            "unexpected-type": 1,
+            "undecodable": 1,
+        }
+
+
+def _sample_id(payload: bytes) -> str:
+    event = codec.decode(payload)
+    return event.id
+
+
+async def test_client_key_only_speaks_for_its_own_client(farm: FarmFactory) -> None:
+    from schemas.events import Ack
+
+    config, _ = farm(clients=2)
+    async with AsyncExitStack() as stack:
+        bus = await _bus(config, stack)
+        got: asyncio.Queue[Ack] = asyncio.Queue()
+
+        async def handler(event: Ack) -> None:
+            await got.put(event)
+
+        await bus.subscribe(bus.subjects.ack("*"), handler, types=(Ack,), accept_clients=True)
+        nas1, nas2 = config.clients
+        signer1 = Signer("client:" + nas1.id, config.read_secret(nas1.secret))
+        honest = Ack(notice_id="n", client=nas1.id, server="A", accepted=True)
+        lying = Ack(notice_id="n", client=nas2.id, server="A", accepted=True)
+        await bus.publish(bus.subjects.ack(nas2.id), lying, signer=signer1)
+        await bus.publish(bus.subjects.ack(nas1.id), honest, signer=signer1)
+        assert (await asyncio.wait_for(got.get(), 5)) == honest
+        assert bus.counters.dropped["impersonation"] == 1
+
+
+@pytest.mark.parametrize("header", [KEY_HEADER, SIG_HEADER])
+async def test_missing_header_is_unsigned(farm: FarmFactory, header: str) -> None:
+    config, _ = farm()
+    async with AsyncExitStack() as stack:
+        bus = await _bus(config, stack)
+        payload, headers = bus.encode(_sample())
+        del headers[header]
+
+        class Msg:
+            data = payload
+            subject = "x"
+
+        Msg.headers = headers  # type: ignore[attr-defined]
+        from schemas.signing import Rejected
+
+        with pytest.raises(Rejected) as info:
+            bus.check(Msg())  # type: ignore[arg-type]
+        assert info.value.reason == "unsigned"
