@@ -1,0 +1,221 @@
+"""`aaa-failover up`: every service of a config as its own process, supervised.
+
+With no bus URL in the config it first starts the embedded nats-server. Each
+service runs as `python -m services.cli run <service> -c FILE --bus-url URL`;
+a service that exits unexpectedly is restarted with back-off. On SIGINT or
+SIGTERM the services are stopped in reverse start order (SIGTERM, then
+SIGKILL after a grace period) and the embedded server last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+from services.runtime.config import Config
+from services.runtime.lifecycle import wait_for_shutdown
+from services.runtime.natsserver import EmbeddedNats
+
+logger = logging.getLogger(__name__)
+
+LogSink = Callable[[str, str], None]
+
+# The lifecycle logs "<service> started" under this logger once set up.
+READY_LOGGER = "services.runtime.lifecycle"
+
+
+class ServiceProcess:
+    """One supervised service process whose stderr is read line by line."""
+
+    def __init__(
+        self, name: str, argv: list[str], *, sink: LogSink | None = None, env: dict[str, str]
+    ) -> None:
+        self.name = name
+        self.argv = argv
+        self.sink = sink
+        self.env = env
+        self.proc: subprocess.Popen[str] | None = None
+        self.ready = threading.Event()
+        self.restarts = 0
+        self.next_restart = 0.0
+        self._reader: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.ready.clear()
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+        )
+        self._reader = threading.Thread(
+            target=self._read, args=(self.proc.stderr,), name=f"log-{self.name}", daemon=True
+        )
+        self._reader.start()
+
+    def _read(self, stream: IO[str] | None) -> None:
+        assert stream is not None
+        for line in stream:
+            if READY_LOGGER in line and " started" in line:
+                self.ready.set()
+            if self.sink is not None:
+                self.sink(self.name, line.rstrip("\n"))
+        stream.close()
+
+    @property
+    def exited(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout_s: float) -> int:
+        """Wait for exit; SIGKILL after ``timeout_s``. Returns the exit status."""
+        assert self.proc is not None
+        try:
+            status = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            logger.warning("%s did not stop in %.0fs: killing it", self.name, timeout_s)
+            self.proc.kill()
+            status = self.proc.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=2)
+        return status
+
+
+def service_plan(config: Config) -> list[tuple[str, str, list[str]]]:
+    """(process name, service, extra args) of every process a config needs, in start order."""
+    plan: list[tuple[str, str, list[str]]] = [
+        (f"aaa-{s.id}", "aaa", ["--only", s.id]) for s in config.servers if s.reference
+    ]
+    plan += [(name, name, []) for name in ("evaluator", "targeter", "notifier", "readmitter")]
+    plan.append(("collector", "collector", []))
+    if config.clients:
+        plan.append(("agent", "agent", []))
+    return plan
+
+
+class Supervisor:
+    """Starts, watches, restarts and stops the processes of one config."""
+
+    def __init__(
+        self,
+        config: Config,
+        config_path: Path,
+        *,
+        sink: LogSink | None = None,
+        grace_s: float = 10.0,
+        max_backoff_s: float = 30.0,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.sink = sink
+        self.grace_s = grace_s
+        self.max_backoff_s = max_backoff_s
+        self.nats: EmbeddedNats | None = None
+        self.processes: list[ServiceProcess] = []
+        self.bus_url = config.bus.url or ""
+
+    def start(self, *, ready_timeout_s: float = 30.0) -> None:
+        """Start the bus (if embedded) and every service; wait until each has started."""
+        if not self.bus_url:
+            self.nats = EmbeddedNats(self.config.path(".nats")).start()
+            self.bus_url = self.nats.url
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        for name, service, extra in service_plan(self.config):
+            argv = [
+                sys.executable, "-m", "services.cli", "run", service,
+                "-c", str(self.config_path), "--bus-url", self.bus_url, *extra,
+            ]  # fmt: skip
+            process = ServiceProcess(name, argv, sink=self.sink, env=env)
+            process.start()
+            self.processes.append(process)
+        deadline = time.monotonic() + ready_timeout_s
+        for process in self.processes:
+            if not process.ready.wait(max(0.0, deadline - time.monotonic())):
+                status = process.exited
+                raise RuntimeError(
+                    f"{process.name} did not start"
+                    + (f" (exit status {status})" if status is not None else "")
+                )
+
+    def check(self) -> None:
+        """Restart any process that exited, with exponential back-off."""
+        now = time.monotonic()
+        for process in self.processes:
+            status = process.exited
+            if status is None:
+                continue
+            if process.next_restart == 0.0:
+                delay = min(self.max_backoff_s, 0.5 * 2**process.restarts)
+                process.next_restart = now + delay
+                logger.warning(
+                    "%s exited with status %s; restarting in %.1fs", process.name, status, delay
+                )
+            elif now >= process.next_restart:
+                process.restarts += 1
+                process.next_restart = 0.0
+                process.start()
+
+    def stop_process(self, name: str) -> int:
+        """Stop one process now (it is not restarted); return its exit status."""
+        for process in self.processes:
+            if process.name == name:
+                self.processes.remove(process)
+                process.terminate()
+                return process.wait(self.grace_s)
+        raise KeyError(name)
+
+    def stop(self) -> dict[str, int]:
+        """Stop every process in reverse start order, then the embedded bus."""
+        statuses: dict[str, int] = {}
+        for process in reversed(self.processes):
+            process.terminate()
+        for process in reversed(self.processes):
+            statuses[process.name] = process.wait(self.grace_s)
+        self.processes.clear()
+        if self.nats is not None:
+            self.nats.stop()
+            self.nats = None
+        return statuses
+
+
+def _print_sink(name: str, line: str) -> None:
+    print(f"{name:>12} | {line}", file=sys.stderr, flush=True)
+
+
+async def supervise(supervisor: Supervisor) -> None:
+    """Watch the processes until SIGINT or SIGTERM."""
+    stop = asyncio.create_task(wait_for_shutdown(None))
+    while not stop.done():
+        supervisor.check()
+        await asyncio.wait([stop], timeout=0.5)
+
+
+def up(config: Config, config_path: Path) -> int:
+    """Run every service of ``config`` until interrupted; exit 0 on a clean stop."""
+    supervisor = Supervisor(config, config_path.resolve(), sink=_print_sink)
+    try:
+        supervisor.start()
+        logger.info("all services started; bus at %s", supervisor.bus_url)
+        asyncio.run(supervise(supervisor))
+    finally:
+        statuses = supervisor.stop()
+    failed = {name: status for name, status in statuses.items() if status != 0}
+    if failed:
+        logger.error("services exited with errors: %s", failed)
+        return 1
+    return 0

@@ -1,0 +1,144 @@
+"""The wire contract: codec, signing, replay guard and the checked-in JSON Schemas."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from schemas import codec
+from schemas.events import Endpoint, FailoverNotice, Incident, MetricsSample, ServiceCheck
+from schemas.jsonschema import JSON_DIR, event_schemas
+from schemas.signing import (
+    Rejected,
+    ReplayGuard,
+    client_authenticator,
+    sign_headers,
+    verify,
+    verify_client_authenticator,
+)
+from schemas.subjects import Subjects
+
+
+def test_checked_in_json_schemas_are_current() -> None:
+    expected = event_schemas()
+    on_disk = {p.name: p.read_text() for p in JSON_DIR.glob("*.json")}
+    assert on_disk == expected, "schemas/json is stale: run `aaa-failover schema`"
+
+
+@pytest.mark.parametrize("name", ["json", "msgpack"])
+def test_every_codec_round_trips_a_tagged_event(name: codec.CodecName) -> None:
+    sample = MetricsSample(
+        server="A",
+        seq=4,
+        status_ok=True,
+        threads_active=3,
+        services=[ServiceCheck(name="db", kind="mandatory", ok=False, detail="refused")],
+    )
+    payload = codec.encode(sample, name)
+    assert codec.decode(payload, codec.content_type(name)) == sample
+
+
+def test_json_payload_names_its_type_for_outside_tools() -> None:
+    payload = codec.encode(
+        Incident(incident_id="i", server="A", state="opened", health=0.1, opened_at=1.0)
+    )
+    assert b'"type":"incident"' in payload
+
+
+def test_old_readers_accept_new_fields() -> None:
+    payload = codec.encode(
+        Incident(incident_id="i", server="A", state="opened", health=0.1, opened_at=1.0)
+    )
+    newer = payload[:-1] + b',"added_later":42}'
+    assert codec.decode(newer).server == "A"  # type: ignore[union-attr]
+
+
+def test_garbage_is_a_decode_error() -> None:
+    with pytest.raises(codec.DecodeError):
+        codec.decode(b'{"type":"no.such.event"}')
+    with pytest.raises(codec.DecodeError):
+        codec.decode(b"\x00", "application/cbor")
+
+
+def test_signature_covers_every_byte() -> None:
+    payload = b'{"type":"incident"}'
+    headers = sign_headers("k1", b"secret", payload)
+    assert verify({"k1": b"secret"}, headers, payload) == "k1"
+    for i in range(len(payload)):
+        tampered = payload[:i] + bytes([payload[i] ^ 1]) + payload[i + 1 :]
+        with pytest.raises(Rejected, match="bad-signature"):
+            verify({"k1": b"secret"}, headers, tampered)
+
+
+def test_key_rotation_accepts_old_and_new_key_ids() -> None:
+    keys = {"k1": b"old", "k2": b"new"}
+    for key_id in keys:
+        headers = sign_headers(key_id, keys[key_id], b"x")
+        assert verify(keys, headers, b"x") == key_id
+
+
+def test_replay_guard_window_and_ids() -> None:
+    guard = ReplayGuard(window_s=10)
+    guard.check("a", event_time=100, now=105)
+    with pytest.raises(Rejected, match="replayed"):
+        guard.check("a", event_time=100, now=106)
+    with pytest.raises(Rejected, match="stale"):
+        guard.check("b", event_time=100, now=111)
+    with pytest.raises(Rejected, match="future"):
+        guard.check("c", event_time=200, now=100)
+    # an id is forgotten only once no event carrying it could pass the window
+    guard.check("d", event_time=1000, now=1000)
+    with pytest.raises(Rejected, match="stale"):
+        guard.check("a", event_time=100, now=1000)
+
+
+@given(
+    secret=st.binary(min_size=1, max_size=32),
+    body=st.binary(max_size=64),
+    other=st.sampled_from(["127.0.0.12", "10.0.0.1"]),
+)
+def test_client_authenticator_binds_secret_ips_and_body(
+    secret: bytes, body: bytes, other: str
+) -> None:
+    auth = client_authenticator(secret, "127.0.0.11", "127.0.1.1", body)
+    verify_client_authenticator(secret, "127.0.0.11", "127.0.1.1", body, auth)
+    with pytest.raises(Rejected):
+        verify_client_authenticator(secret, other, "127.0.1.1", body, auth)
+    with pytest.raises(Rejected):
+        verify_client_authenticator(secret, "127.0.0.11", other, body, auth)
+    with pytest.raises(Rejected):
+        verify_client_authenticator(secret + b"x", "127.0.0.11", "127.0.1.1", body, auth)
+    with pytest.raises(Rejected):
+        verify_client_authenticator(secret, "127.0.0.11", "127.0.1.1", body + b"x", auth)
+
+
+def test_legacy_authenticator_is_a_different_opt_in_form() -> None:
+    modern = client_authenticator(b"s", "1.1.1.1", "2.2.2.2", b"n")
+    legacy = client_authenticator(b"s", "1.1.1.1", "2.2.2.2", b"n", legacy=True)
+    assert modern != legacy
+    verify_client_authenticator(b"s", "1.1.1.1", "2.2.2.2", b"n", legacy, legacy=True)
+    with pytest.raises(Rejected):
+        verify_client_authenticator(b"s", "1.1.1.1", "2.2.2.2", b"n", legacy)
+
+
+def test_subjects_refuse_tokens_that_would_break_routing() -> None:
+    subjects = Subjects("aaa")
+    assert subjects.notice("nas-01") == "aaa.notice.nas-01"
+    assert subjects.metrics("*") == "aaa.metrics.*"
+    assert subjects.stream_name() == "AAA"
+    for bad in ["a.b", "a b", ">", ""]:
+        with pytest.raises(ValueError):
+            subjects.notice(bad)
+
+
+def test_notice_alternates_round_trip() -> None:
+    notice = FailoverNotice(
+        incident_id="i",
+        server="A",
+        client="nas-01",
+        alternates=[Endpoint(server="B", ip="127.0.0.12", auth_port=1812)],
+        seq=1,
+        valid_until=2.0,
+    )
+    assert codec.decode(codec.encode(notice, "msgpack"), codec.MSGPACK_TYPE) == notice

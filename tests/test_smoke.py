@@ -1,0 +1,50 @@
+"""Each service starts as its own process, takes SIGTERM and exits 0."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from services.cli import SERVICES
+from services.supervisor import READY_LOGGER
+from tests.conftest import FarmFactory
+
+
+def _wait_started(proc: subprocess.Popen[str], timeout_s: float) -> list[str]:
+    """Read stderr until the lifecycle says the service started; return the lines read."""
+    lines: list[str] = []
+    started = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if READY_LOGGER in line and " started" in line:
+                started.set()
+        started.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    started.wait(timeout_s)
+    return lines
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_service_starts_and_stops_on_sigterm(farm: FarmFactory, service: str) -> None:
+    _, path = farm(clients=2)
+    argv = [sys.executable, "-m", f"services.{service}", "-c", str(path)]
+    if service == "aaa":
+        argv += ["--only", "A"]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = _wait_started(proc, 20)
+        assert any(" started" in line for line in lines), "".join(lines)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0, "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
