@@ -22,21 +22,32 @@ logger = logging.getLogger(__name__)
 ShutdownTrigger = Callable[[], Awaitable[Any]]
 
 
+class ShutdownSignals:
+    """SIGINT and SIGTERM set an event, from the moment the context is entered."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self._signals = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self) -> ShutdownSignals:
+        loop = asyncio.get_running_loop()
+        for sig in self._signals:
+            loop.add_signal_handler(sig, self.event.set)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in self._signals:
+            loop.remove_signal_handler(sig)
+
+
 async def wait_for_shutdown(trigger: ShutdownTrigger | None) -> None:
     """Return when ``trigger`` returns or, without one, on SIGINT or SIGTERM."""
     if trigger is not None:
         await trigger()
         return
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    signals = (signal.SIGINT, signal.SIGTERM)
-    for sig in signals:
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
+    with ShutdownSignals() as signals:
+        await signals.event.wait()
 
 
 class Runtime:
@@ -91,6 +102,10 @@ async def run_service(
     """Connect ``name`` to the bus, run ``setup``, and serve until shutdown."""
     keyring = keyring or Keyring.from_config(config)
     async with AsyncExitStack() as stack:
+        if shutdown_trigger is None:
+            # Installed before anything else, so a SIGTERM that comes while the
+            # service is still setting up stops it cleanly too.
+            shutdown_trigger = stack.enter_context(ShutdownSignals()).event.wait
         bus = await Bus.connect(config.bus, keyring, name=name, stack=stack, url=bus_url)
         await bus.ensure_stream(
             max_age_s=config.bus.stream_max_age_s, max_bytes=config.bus.stream_max_bytes

@@ -1,0 +1,1 @@
+"""The readmitter service: staged readmission of clients after an overload incident."""

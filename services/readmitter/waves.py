@@ -1,0 +1,215 @@
+"""Staged readmission of one server's clients: pure decisions over plain data.
+
+A :class:`Readmission` is what the readmitter knows of one server's incident:
+the clients moved away (in plan order), those readmitted, the next wave
+number and when the last wave went out. The functions here take it and a
+time ``now`` and return a new one or a decision; they do no I/O and read no
+clock, so the service can persist every state and tests can drive them alone.
+
+Rules:
+
+- A wave goes out only while the incident is ``recovering``, not sooner than
+  ``wave_interval_s`` after the previous wave, and only when the latest health
+  is at or above the connection threshold; it holds at most ``wave_size``
+  clients, first moved first back.
+- The wave that empties ``away`` is ``final``; if nothing is away when
+  recovery starts, the final wave is empty (the evaluator closes the incident
+  on a final wave).
+- A client's own request is granted when the server has no incident in
+  progress (or it is recovering) and health is at or above the connection
+  threshold; otherwise it is deferred.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import msgspec
+
+logger = logging.getLogger(__name__)
+
+IncidentState = Literal["opened", "recovering", "closed"]
+
+
+class Readmission(msgspec.Struct, frozen=True, kw_only=True):
+    """The readmission state of one server's current (or last) incident."""
+
+    server: str
+    incident_id: str
+    state: IncidentState = "opened"
+    away: tuple[str, ...] = ()
+    readmitted: tuple[str, ...] = ()
+    next_wave: int = 1
+    last_wave_at: float | None = None
+    final_sent: bool = False
+
+
+class Wave(msgspec.Struct, frozen=True, kw_only=True):
+    """Send wave number ``wave`` readmitting ``clients`` now."""
+
+    wave: int
+    clients: tuple[str, ...]
+    final: bool
+    reason: str
+
+
+class Wait(msgspec.Struct, frozen=True, kw_only=True):
+    """The next wave is due at ``until`` (spacing between waves)."""
+
+    until: float
+    reason: str
+
+
+class Paused(msgspec.Struct, frozen=True, kw_only=True):
+    """No wave may go out now, for ``reason`` (health or incident state)."""
+
+    reason: str
+
+
+class Done(msgspec.Struct, frozen=True, kw_only=True):
+    """The final wave has gone out; nothing is left to do for this incident."""
+
+    reason: str
+
+
+Decision = Wave | Wait | Paused | Done
+
+
+class RequestAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer to one client's own readmission request."""
+
+    granted: bool
+    reason: str
+
+
+def on_incident(
+    current: Readmission | None, *, server: str, incident_id: str, state: IncidentState
+) -> Readmission:
+    """The state after an Incident event of ``server``.
+
+    A new incident id starts a new readmission; clients still away from an
+    earlier incident stay away (they are readmitted with the new one). A
+    relapse to ``opened`` re-arms the final wave.
+    """
+    if current is None or current.incident_id != incident_id:
+        away = current.away if current is not None else ()
+        return Readmission(server=server, incident_id=incident_id, state=state, away=away)
+    if state == "opened":
+        return msgspec.structs.replace(current, state=state, final_sent=False)
+    return msgspec.structs.replace(current, state=state)
+
+
+def record_plan(
+    current: Readmission | None, *, server: str, incident_id: str, clients: list[str]
+) -> Readmission:
+    """The state after a FailoverPlan moving ``clients`` off ``server``.
+
+    Clients join ``away`` in plan order, each once; a client moved again
+    after it was readmitted is away again. A plan of an incident not seen yet
+    starts its readmission in state ``opened``.
+    """
+    if current is None or current.incident_id != incident_id:
+        current = on_incident(current, server=server, incident_id=incident_id, state="opened")
+    away = list(current.away)
+    for client in clients:
+        if client not in away:
+            away.append(client)
+    moved = set(clients)
+    readmitted = tuple(c for c in current.readmitted if c not in moved)
+    return msgspec.structs.replace(current, away=tuple(away), readmitted=readmitted)
+
+
+def next_wave(
+    current: Readmission,
+    *,
+    now: float,
+    health: float | None,
+    connection_threshold: float,
+    wave_size: int,
+    wave_interval_s: float,
+) -> Decision:
+    """What to do about the next wave of ``current`` at time ``now``.
+
+    The incident state is checked first, then the spacing since the last wave,
+    then the latest health, so the health that lets a wave go is the one
+    known when the wave is due.
+    """
+    if wave_size < 1:
+        raise ValueError("wave_size must be at least 1")
+    if current.final_sent:
+        return Done(reason=f"final wave of incident {current.incident_id} sent")
+    if current.state != "recovering":
+        return Paused(reason=f"incident {current.incident_id} is {current.state}")
+    if current.last_wave_at is not None:
+        due = current.last_wave_at + wave_interval_s
+        if now < due:
+            return Wait(until=due, reason=f"next wave due {due - now:.2f}s from now")
+    if health is None:
+        return Paused(reason="no health report yet")
+    if health < connection_threshold:
+        return Paused(
+            reason=f"health {health:.2f} below connection threshold {connection_threshold:.2f}"
+        )
+    clients = current.away[:wave_size]
+    final = len(current.away) <= wave_size
+    if not current.away:
+        why = "no clients away"
+    elif final:
+        why = f"last {len(clients)} of the clients away"
+    else:
+        why = f"{len(clients)} of {len(current.away)} clients away"
+    reason = f"health {health:.2f} >= connection threshold {connection_threshold:.2f}; {why}"
+    return Wave(wave=current.next_wave, clients=clients, final=final, reason=reason)
+
+
+def record_wave(current: Readmission, wave: Wave, *, now: float) -> Readmission:
+    """The state after ``wave`` went out at ``now``."""
+    sent = set(wave.clients)
+    readmitted = list(current.readmitted)
+    readmitted.extend(c for c in wave.clients if c not in readmitted)
+    return msgspec.structs.replace(
+        current,
+        away=tuple(c for c in current.away if c not in sent),
+        readmitted=tuple(readmitted),
+        next_wave=max(current.next_wave, wave.wave + 1),
+        last_wave_at=now,
+        final_sent=current.final_sent or wave.final,
+    )
+
+
+def answer_request(
+    current: Readmission | None,
+    *,
+    client: str,
+    health: float | None,
+    connection_threshold: float,
+) -> tuple[RequestAnswer, Readmission | None]:
+    """Grant or defer ``client``'s own request to return; the state after it.
+
+    Granted when no incident is in progress (no state, or closed) or the
+    incident is recovering, and the latest health is at or above the
+    connection threshold. A granted client leaves ``away`` and, if it was
+    away, counts as readmitted.
+    """
+    if current is not None and current.state == "opened":
+        reason = f"incident {current.incident_id} is opened"
+        return RequestAnswer(granted=False, reason=reason), current
+    if health is None:
+        return RequestAnswer(granted=False, reason="no health report yet"), current
+    if health < connection_threshold:
+        reason = f"health {health:.2f} below connection threshold {connection_threshold:.2f}"
+        return RequestAnswer(granted=False, reason=reason), current
+    if current is not None and current.state == "recovering":
+        reason = f"incident {current.incident_id} recovering"
+    else:
+        reason = "no incident in progress"
+    reason += f"; health {health:.2f} >= connection threshold {connection_threshold:.2f}"
+    answer = RequestAnswer(granted=True, reason=reason)
+    if current is None or client not in current.away:
+        return answer, current
+    readmitted = current.readmitted
+    if client not in readmitted:
+        readmitted = (*readmitted, client)
+    away = tuple(c for c in current.away if c != client)
+    return answer, msgspec.structs.replace(current, away=away, readmitted=readmitted)
