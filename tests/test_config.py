@@ -56,7 +56,7 @@ def test_missing_secret_file_is_named(tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path, data))
     (tmp_path / "secrets" / "bus.key").unlink()
     assert config.bus.key is not None
-    with pytest.raises(ConfigError, match="bus.key"):
+    with pytest.raises(ConfigError, match=r"bus\.key"):
         config.read_secret(config.bus.key.secret)
 
 

@@ -10,6 +10,7 @@ client ends on its home server.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -129,7 +130,7 @@ async def _run_incident(config: Config, bus: Bus, recorder: Recorder, home_a: li
     assert len(waves) >= 2
     readmitted = [c for w in waves for c in w.clients]
     assert sorted(readmitted) == sorted(home_a)
-    gaps = [b.time - a.time for a, b in zip(waves, waves[1:], strict=False)]
+    gaps = [b.time - a.time for a, b in itertools.pairwise(waves)]
     assert all(gap >= WAVE_INTERVAL_S * 0.95 for gap in gaps), gaps
     assert waves[-1].final
     states = [i.state for i in recorder.of(Incident) if i.server == "A"]

@@ -48,3 +48,5 @@ def test_service_starts_and_stops_on_sigterm(farm: FarmFactory, service: str) ->
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()

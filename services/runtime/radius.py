@@ -64,8 +64,23 @@ def status_request(secret: bytes, statistics: str = "All") -> packet.AuthPacket:
 
 
 def reply_values(reply: packet.Packet) -> dict[str, Any]:
-    """The first value of each attribute of a decoded reply."""
-    return {key: reply[key][0] for key in reply if reply[key]}
+    """The first decoded value of each attribute of a reply, keyed by attribute name.
+
+    Attributes the dictionary does not name, or that do not decode, are left out.
+    """
+    values: dict[str, Any] = {}
+    # pyrad's keys() names the attributes; iterating the packet gives raw codes
+    for key in reply.keys():  # noqa: SIM118
+        if not isinstance(key, str):
+            continue
+        try:
+            decoded = reply[key]
+        except Exception as exc:
+            logger.debug("undecodable %s in a reply: %s", key, exc)
+            continue
+        if decoded:
+            values[key] = decoded[0]
+    return values
 
 
 class _Protocol(asyncio.DatagramProtocol):

@@ -1,0 +1,349 @@
+"""The reference RADIUS server: every configured server with ``reference`` set.
+
+Each server listens on UDP (ip, auth_port). An Access-Request is decoded in
+the event loop under the secret of the client its source address belongs
+to, then queued to a real pool of worker threads (:mod:`services.aaa.pool`);
+a worker waits the service time, checks the password against
+``reference.users`` and hands the reply back to the loop to send. A full
+queue drops the request, as an overloaded server does, and a retransmission
+of a request still in hand is dropped as a duplicate. Status-Server is
+answered from the loop at once, with the pool's figures as FreeRADIUS
+statistics. ``ServerControl`` events on the bus stall workers or change the
+service time, which is how the demo and tests overload a server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import cast
+
+from pyrad import packet
+
+from schemas.events import ServerControl
+from services.aaa.packets import (
+    Dropped,
+    ServerFigures,
+    access_reply,
+    check_password,
+    decode,
+    status_reply,
+)
+from services.aaa.pool import WorkerPool
+from services.runtime.config import Config, ConfigError, ServerConfig
+from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
+from services.runtime.radius import ACCESS_REQUEST, STATUS_SERVER
+
+logger = logging.getLogger(__name__)
+
+JOIN_TIMEOUT_S = 3.0
+"""How long shutdown waits for a server's worker threads to end."""
+
+QUIET_DROPS = frozenset({"queue-full", "duplicate"})
+"""Drop reasons of an overloaded server: counted, logged at debug level only."""
+
+RequestKey = tuple[tuple[str, int], int, bytes]
+
+
+@dataclass(frozen=True)
+class KnownClient:
+    """A client the servers answer, found by its source address."""
+
+    id: str
+    secret: bytes
+
+
+@dataclass
+class ServerCounters:
+    """What one reference server received, answered and dropped (by reason).
+
+    ``dropped`` counts packets not answered; ``control_dropped`` counts
+    ServerControl events that were verified but not applied.
+    """
+
+    requests: int = 0
+    accepts: int = 0
+    rejects: int = 0
+    status: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    control_dropped: Counter[str] = field(default_factory=Counter)
+
+
+class AaaServer(asyncio.DatagramProtocol):
+    """One reference RADIUS server: a UDP endpoint in front of a worker pool."""
+
+    def __init__(
+        self,
+        server: ServerConfig,
+        *,
+        clients: Mapping[str, KnownClient],
+        status_secret: bytes,
+        pid_file: Path | None,
+    ) -> None:
+        reference = server.reference
+        if reference is None:
+            raise ValueError(f"server {server.id} has no reference section")
+        self.id = server.id
+        self.address = (server.ip, server.auth_port)
+        self.clients = dict(clients)
+        self.status_secret = status_secret
+        self.users = dict(reference.users)
+        self.pid_file = pid_file
+        self.pool = WorkerPool(
+            f"aaa-{server.id}",
+            workers=reference.workers,
+            queue_max=reference.queue_max,
+            service_time_s=reference.service_time_ms / 1000.0,
+        )
+        self.counters = ServerCounters()
+        self._in_flight: set[RequestKey] = set()
+        self._transport: asyncio.DatagramTransport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    # --- life -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the workers, bind the UDP endpoint and write the pid file."""
+        self._loop = asyncio.get_running_loop()
+        self.pool.start()
+        await self._loop.create_datagram_endpoint(lambda: self, local_addr=self.address)
+        if self.pid_file is not None:
+            self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+            self.pid_file.write_text(f"{os.getpid()}\n")
+        logger.info(
+            "aaa %s listening on %s:%d with %d workers",
+            self.id,
+            *self.address,
+            self.pool.workers,
+        )
+
+    async def close(self) -> None:
+        """Stop the endpoint, release stalled workers, join them (bounded), remove the pid file."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._transport is not None:
+            self._transport.close()
+        dropped = self.pool.stop()
+        if dropped:
+            self.counters.dropped["shutdown"] += dropped
+        await asyncio.to_thread(self.pool.join, JOIN_TIMEOUT_S)
+        self._remove_pid_file()
+        logger.info(
+            "aaa %s stopped: %d requests, %d accepted, %d rejected, dropped %s, control %s",
+            self.id,
+            self.counters.requests,
+            self.counters.accepts,
+            self.counters.rejects,
+            dict(self.counters.dropped),
+            dict(self.counters.control_dropped),
+        )
+
+    def _remove_pid_file(self) -> None:
+        if self.pid_file is None:
+            return
+        try:
+            if self.pid_file.read_text().strip() == str(os.getpid()):
+                self.pid_file.unlink()
+        except OSError as exc:
+            logger.debug("pid file %s: %s", self.pid_file, exc)
+
+    # --- figures and control --------------------------------------------
+
+    def figures(self) -> ServerFigures:
+        stats = self.pool.stats()
+        return ServerFigures(
+            threads_active=stats.busy,
+            threads_total=stats.alive,
+            threads_max=stats.workers,
+            queue_len=stats.queued,
+            requests=self.counters.requests,
+            accepts=self.counters.accepts,
+            rejects=self.counters.rejects,
+            dropped=sum(self.counters.dropped.values()),
+        )
+
+    async def on_control(self, event: ServerControl) -> None:
+        """Apply a verified ServerControl; fields left None stay as they are."""
+        if event.server != self.id:
+            self.counters.control_dropped["wrong-server"] += 1
+            logger.warning("aaa %s: dropped control for server %r", self.id, event.server)
+            return
+        stalled, service_time_ms = event.stalled_workers, event.service_time_ms
+        if (stalled is not None and stalled < 0) or (
+            service_time_ms is not None and not service_time_ms >= 0
+        ):
+            self.counters.control_dropped["bad-value"] += 1
+            logger.warning("aaa %s: dropped control with bad values: %s", self.id, event)
+            return
+        if stalled is not None:
+            self.pool.set_stalled(stalled)
+        if service_time_ms is not None:
+            self.pool.set_service_time(service_time_ms / 1000.0)
+        logger.info(
+            "aaa %s: stalled workers %s, service time %s ms",
+            self.id,
+            "unchanged" if stalled is None else stalled,
+            "unchanged" if service_time_ms is None else service_time_ms,
+        )
+
+    # --- datagrams ------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def error_received(self, exc: Exception) -> None:
+        logger.debug("aaa %s socket error: %s", self.id, exc)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            self._handle(data, addr)
+        except Dropped as dropped:
+            self.counters.dropped[dropped.reason] += 1
+            level = logging.DEBUG if dropped.reason in QUIET_DROPS else logging.WARNING
+            logger.log(level, "aaa %s dropped packet from %s: %s", self.id, addr[0], dropped)
+        except Exception:
+            self.counters.dropped["error"] += 1
+            logger.exception("aaa %s failed on a packet from %s", self.id, addr[0])
+
+    def _handle(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self._closed:
+            raise Dropped("shutdown")
+        if len(data) < 20:
+            raise Dropped("malformed", f"{len(data)} octets")
+        code = data[0]
+        if code == ACCESS_REQUEST:
+            self._access_request(data, addr)
+        elif code == STATUS_SERVER:
+            self._status_server(data, addr)
+        else:
+            raise Dropped("unsupported-code", str(code))
+
+    def _status_server(self, data: bytes, addr: tuple[str, int]) -> None:
+        """Answer at once, under the status secret or the sending client's own secret."""
+        try:
+            request = decode(data, self.status_secret)
+        except Dropped:
+            client = self.clients.get(addr[0])
+            if client is None:
+                raise
+            request = decode(data, client.secret)
+        self.counters.status += 1
+        self._send(status_reply(request, self.figures()), addr)
+
+    def _access_request(self, data: bytes, addr: tuple[str, int]) -> None:
+        client = self.clients.get(addr[0])
+        if client is None:
+            raise Dropped("unknown-client", addr[0])
+        request = decode(data, client.secret)
+        key: RequestKey = (addr, request.id, request.authenticator)
+        if key in self._in_flight:
+            raise Dropped("duplicate")
+        self.counters.requests += 1
+        if not self.pool.submit(functools.partial(self._work, request, addr, key)):
+            raise Dropped("queue-full")
+        self._in_flight.add(key)
+
+    def _work(self, request: packet.AuthPacket, addr: tuple[str, int], key: RequestKey) -> None:
+        """In a worker thread: decide, build the reply, hand it to the loop."""
+        accepted = check_password(request, self.users)
+        raw = access_reply(request, accepted)
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(self._answer, raw, addr, key, accepted)
+        except RuntimeError:
+            logger.debug("aaa %s: loop closed before a reply was sent", self.id)
+
+    def _answer(self, raw: bytes, addr: tuple[str, int], key: RequestKey, accepted: bool) -> None:
+        self._in_flight.discard(key)
+        if accepted:
+            self.counters.accepts += 1
+        else:
+            self.counters.rejects += 1
+        self._send(raw, addr)
+
+    def _send(self, raw: bytes, addr: tuple[str, int]) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.sendto(raw, addr)
+
+
+def known_clients(config: Config) -> dict[str, KnownClient]:
+    """Every configured client by its IP address, with its secret."""
+    clients: dict[str, KnownClient] = {}
+    for client in config.clients:
+        if client.ip in clients:
+            logger.warning(
+                "client %s shares %s with %s: requests from it use %s's secret",
+                client.id,
+                client.ip,
+                clients[client.ip].id,
+                clients[client.ip].id,
+            )
+            continue
+        clients[client.ip] = KnownClient(client.id, config.read_secret(client.secret))
+    return clients
+
+
+def build_servers(config: Config, only: list[str] | None = None) -> list[AaaServer]:
+    """The reference servers to run (those named in ``only``, else all); raise ConfigError."""
+    with_reference = [s for s in config.servers if s.reference is not None]
+    if only:
+        missing = sorted(set(only) - {s.id for s in with_reference})
+        if missing:
+            raise ConfigError(f"aaa: no server with a [reference] section named {missing}")
+        with_reference = [s for s in with_reference if s.id in only]
+    if not with_reference:
+        raise ConfigError("aaa: no server has a [reference] section")
+    clients = known_clients(config)
+    servers = []
+    for server in with_reference:
+        assert server.reference is not None
+        pid_file = server.reference.pid_file
+        servers.append(
+            AaaServer(
+                server,
+                clients=clients,
+                status_secret=config.read_secret(server.status_secret),
+                pid_file=config.path(pid_file) if pid_file else None,
+            )
+        )
+    return servers
+
+
+async def run(
+    config: Config,
+    *,
+    shutdown_trigger: ShutdownTrigger | None = None,
+    bus_url: str | None = None,
+    only: list[str] | None = None,
+) -> None:
+    """Run the reference servers of ``config`` (or those in ``only``) until shutdown."""
+    servers = build_servers(config, only)
+
+    async def close_all() -> None:
+        await asyncio.gather(*(server.close() for server in servers))
+
+    async def serve(rt: Runtime) -> None:
+        await rt.stopping.wait()
+        await close_all()
+
+    async def setup(rt: Runtime) -> None:
+        rt.stack.push_async_callback(close_all)
+        for server in servers:
+            await server.start()
+            await rt.bus.subscribe(
+                rt.bus.subjects.control(server.id), server.on_control, types=(ServerControl,)
+            )
+        rt.spawn(serve(rt), "serve")
+
+    await run_service("aaa", config, setup, shutdown_trigger=shutdown_trigger, bus_url=bus_url)

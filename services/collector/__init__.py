@@ -1,0 +1,1 @@
+"""Metric collection: FreeRADIUS Status-Server figures and psutil process figures."""
