@@ -1,0 +1,1 @@
+"""The agent: the AAA-client side, which verifies notices, fails over and asks to return."""

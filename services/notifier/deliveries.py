@@ -1,0 +1,159 @@
+"""Delivery tracking of notices, and their per-client sequence numbers (pure, no I/O).
+
+A notice is *sent*, *retried* (the same bytes again) each time no Ack came
+within the ack timeout, *acked* when its client answers, and *failed* after
+the last retry went unanswered. Every step yields the :class:`Delivery`
+event that reports it, so nothing is lost without a trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import msgspec
+
+from schemas.events import Delivery
+
+logger = logging.getLogger(__name__)
+
+Outcome = Literal["sent", "retried", "acked", "failed"]
+
+
+class Pending(msgspec.Struct, kw_only=True):
+    """One notice waiting for its Ack, with the exact message to send again."""
+
+    notice_id: str
+    notice_type: str
+    client: str
+    server: str
+    subject: str
+    payload: bytes
+    headers: dict[str, str]
+    first_sent: float
+    attempts: int = 1
+    deadline: float
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Send ``pending`` again (its attempts already counted) and report ``delivery``."""
+
+    pending: Pending
+    delivery: Delivery
+
+
+@dataclass(frozen=True)
+class Failed:
+    """``pending`` got no Ack after its last retry; report ``delivery``."""
+
+    pending: Pending
+    delivery: Delivery
+
+
+class DeliveryTracker:
+    """The notices in flight of one notifier, by notice id."""
+
+    def __init__(self, *, ack_timeout_s: float, retries: int, source: str = "") -> None:
+        if ack_timeout_s <= 0:
+            raise ValueError("ack_timeout_s must be positive")
+        if retries < 0:
+            raise ValueError("retries must not be negative")
+        self.ack_timeout_s = ack_timeout_s
+        self.retries = retries
+        self.source = source
+        self.pending: dict[str, Pending] = {}
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def _delivery(
+        self, p: Pending, outcome: Outcome, now: float, latency_s: float | None = None
+    ) -> Delivery:
+        return Delivery(
+            notice_id=p.notice_id,
+            notice_type=p.notice_type,
+            client=p.client,
+            server=p.server,
+            outcome=outcome,
+            attempts=p.attempts,
+            latency_s=latency_s,
+            time=now,
+            source=self.source,
+        )
+
+    def sent(
+        self,
+        *,
+        notice_id: str,
+        notice_type: str,
+        client: str,
+        server: str,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str],
+        now: float,
+    ) -> tuple[Pending, Delivery]:
+        """Track a notice just sent; the Pending to keep and the ``sent`` Delivery."""
+        pending = Pending(
+            notice_id=notice_id,
+            notice_type=notice_type,
+            client=client,
+            server=server,
+            subject=subject,
+            payload=payload,
+            headers=dict(headers),
+            first_sent=now,
+            deadline=now + self.ack_timeout_s,
+        )
+        self.pending[notice_id] = pending
+        return pending, self._delivery(pending, "sent", now)
+
+    def restore(self, pending: Pending) -> None:
+        """Track again a notice that was in flight before a restart."""
+        self.pending[pending.notice_id] = pending
+
+    def acked(self, notice_id: str, client: str, now: float) -> Delivery | None:
+        """The ``acked`` Delivery of an Ack, or None if no such notice waits for this client."""
+        pending = self.pending.get(notice_id)
+        if pending is None or pending.client != client:
+            return None
+        del self.pending[notice_id]
+        return self._delivery(pending, "acked", now, latency_s=max(0.0, now - pending.first_sent))
+
+    def due(self, now: float) -> list[Retry | Failed]:
+        """What to do about every notice whose ack timeout has passed, oldest first."""
+        actions: list[Retry | Failed] = []
+        expired = sorted(
+            (p for p in self.pending.values() if p.deadline <= now), key=lambda p: p.deadline
+        )
+        for pending in expired:
+            if pending.attempts > self.retries:
+                del self.pending[pending.notice_id]
+                actions.append(Failed(pending, self._delivery(pending, "failed", now)))
+            else:
+                pending.attempts += 1
+                pending.deadline = now + self.ack_timeout_s
+                actions.append(Retry(pending, self._delivery(pending, "retried", now)))
+        return actions
+
+    def next_deadline(self) -> float | None:
+        """When the next ack timeout passes, or None with nothing in flight."""
+        return min((p.deadline for p in self.pending.values()), default=None)
+
+
+class Sequencer:
+    """Sequence numbers that grow strictly per client, across restarts.
+
+    A number is the time in microseconds, bumped past the last one given to
+    the same client; a restarted notifier starts from a later clock.
+    """
+
+    def __init__(self) -> None:
+        self.last: dict[str, int] = {}
+
+    def next(self, client: str, now: float) -> int:
+        seq = max(int(now * 1_000_000), self.last.get(client, 0) + 1)
+        self.last[client] = seq
+        return seq
