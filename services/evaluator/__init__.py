@@ -1,0 +1,1 @@
+"""The evaluator: health scores of servers and their overload incidents."""

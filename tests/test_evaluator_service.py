@@ -1,0 +1,223 @@
+"""The evaluator on a real nats-server: reports, incidents, closing, and restarts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+from schemas.events import Event, HealthReport, Incident, MetricsSample, ReadmitWave
+from services.evaluator.service import run
+from services.runtime.bus import Bus, Keyring
+from services.runtime.config import Config
+from tests.conftest import FarmFactory
+
+TIMEOUT = 5.0
+# threads_max is 8 in the farm: 8 busy is health 0, 5 busy is between the
+# thresholds (0.375), 1 busy is healthy (0.875).
+LOW, MID, HIGH = 8, 5, 1
+
+
+class Observer:
+    """A test's view of the bus: publishes samples, collects reports and incidents."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.reports: asyncio.Queue[HealthReport] = asyncio.Queue()
+        self.incidents: asyncio.Queue[Incident] = asyncio.Queue()
+        self.seq = 0
+        self.skipped: list[HealthReport] = []
+
+    async def start(self) -> None:
+        async def on_report(event: HealthReport) -> None:
+            await self.reports.put(event)
+
+        async def on_incident(event: Incident) -> None:
+            await self.incidents.put(event)
+
+        await self.bus.subscribe(self.bus.subjects.health("*"), on_report, types=(HealthReport,))
+        await self.bus.subscribe(self.bus.subjects.incident("*"), on_incident, types=(Incident,))
+
+    async def sample(self, busy: int, server: str = "A", **fields: Any) -> MetricsSample:
+        self.seq += 1
+        sample = MetricsSample(
+            server=server, seq=self.seq, status_ok=True, threads_active=busy, **fields
+        )
+        await self.bus.publish(self.bus.subjects.metrics(server), sample)
+        return sample
+
+    async def report_of(self, sample: Event) -> HealthReport:
+        """The report of ``sample``, skipping reports of readiness probes."""
+        while True:
+            report = await asyncio.wait_for(self.reports.get(), TIMEOUT)
+            if report.sample_id == sample.id:
+                return report
+            self.skipped.append(report)
+
+    async def incident(self) -> Incident:
+        return await asyncio.wait_for(self.incidents.get(), TIMEOUT)
+
+    async def wait_ready(self) -> None:
+        """Probe with between-threshold samples (they move no machine) until one is scored."""
+        for _ in range(40):
+            probe = await self.sample(MID)
+            try:
+                await asyncio.wait_for(self._report_of(probe.id), 0.25)
+                return
+            except TimeoutError:
+                continue
+        raise AssertionError("the evaluator never answered")
+
+    async def _report_of(self, sample_id: str) -> None:
+        while (await self.reports.get()).sample_id != sample_id:
+            pass
+
+
+@asynccontextmanager
+async def evaluator(config: Config) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(config, shutdown_trigger=stop.wait))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+@asynccontextmanager
+async def observer(config: Config, stack: AsyncExitStack) -> AsyncIterator[Observer]:
+    bus = await Bus.connect(config.bus, Keyring.from_config(config), name="test", stack=stack)
+    obs = Observer(bus)
+    await obs.start()
+    yield obs
+
+
+async def test_incident_opens_recovers_and_closes(farm: FarmFactory) -> None:
+    config, _ = farm()
+    async with AsyncExitStack() as stack, evaluator(config):
+        obs = await stack.enter_async_context(observer(config, stack))
+        await obs.wait_ready()
+
+        first = await obs.report_of(await obs.sample(LOW))
+        assert first.server == "A"
+        assert first.health == 0.0
+        assert first.limiting == "threads"
+        assert first.parts == {"threads": 0.0}
+        assert first.state == "healthy" and first.incident_id is None
+        assert (first.failover_threshold, first.connection_threshold) == (0.2, 0.6)
+
+        second = await obs.report_of(await obs.sample(LOW))
+        assert second.state == "overloaded"
+        assert second.incident_id is not None
+        opened = await obs.incident()
+        assert opened.state == "opened"
+        assert opened.server == "A"
+        assert opened.incident_id == second.incident_id
+        assert opened.health == 0.0
+        assert "threads" in opened.reason
+        assert opened.relapses == 0
+        incident_id = opened.incident_id
+
+        # Still overloaded: reports every sample, no new incident.
+        for busy in (LOW, HIGH, HIGH):
+            report = await obs.report_of(await obs.sample(busy))
+            assert report.state == "overloaded" and report.incident_id == incident_id
+        report = await obs.report_of(await obs.sample(HIGH))
+        assert report.state == "recovering"
+        assert report.health == 0.875
+        recovering = await obs.incident()
+        assert recovering.state == "recovering"
+        assert recovering.incident_id == incident_id
+        assert recovering.opened_at == opened.opened_at
+
+        readmit = obs.bus.subjects.readmit("A")
+        # Neither a non-final wave nor one of another incident closes it.
+        await obs.bus.publish(readmit, ReadmitWave(incident_id=incident_id, server="A", wave=1))
+        await obs.bus.publish(
+            readmit, ReadmitWave(incident_id="other", server="A", wave=2, final=True)
+        )
+        await obs.bus.publish(
+            readmit,
+            ReadmitWave(incident_id=incident_id, server="A", wave=2, final=True, health=0.9),
+        )
+        closed = await obs.incident()
+        assert closed.state == "closed"
+        assert closed.incident_id == incident_id
+        assert closed.health == 0.9
+
+        after = await obs.report_of(await obs.sample(LOW))
+        assert after.state == "healthy" and after.incident_id is None
+        assert obs.incidents.empty()
+
+
+async def test_unknown_servers_and_other_servers_are_kept_apart(farm: FarmFactory) -> None:
+    config, _ = farm()
+    async with AsyncExitStack() as stack, evaluator(config):
+        obs = await stack.enter_async_context(observer(config, stack))
+        await obs.wait_ready()
+        await obs.sample(LOW, server="Z")
+        await obs.sample(LOW, server="B")
+        b_report = await obs.report_of(await obs.sample(LOW, server="B"))
+        assert b_report.server == "B" and b_report.state == "overloaded"
+        a_report = await obs.report_of(await obs.sample(LOW, server="A"))
+        assert a_report.state == "healthy"
+        opened = await obs.incident()
+        assert opened.server == "B"
+        seen = {r.server for r in [*obs.skipped, *_drain(obs.reports)]}
+        assert "B" in seen and "Z" not in seen
+
+
+async def test_mandatory_service_down_opens_an_incident(farm: FarmFactory) -> None:
+    from schemas.events import ServiceCheck
+
+    config, _ = farm({"evaluator": {"failover_samples": 1}})
+    async with AsyncExitStack() as stack, evaluator(config):
+        obs = await stack.enter_async_context(observer(config, stack))
+        await obs.wait_ready()
+        down = [ServiceCheck(name="ldap", kind="mandatory", ok=False, detail="refused")]
+        report = await obs.report_of(await obs.sample(HIGH, services=down))
+        assert report.health == 0.0
+        assert report.limiting == "service:ldap"
+        opened = await obs.incident()
+        assert opened.state == "opened" and "ldap" in opened.reason
+
+
+async def test_restarted_evaluator_keeps_the_incident(farm: FarmFactory) -> None:
+    config, _ = farm()
+    async with AsyncExitStack() as stack:
+        obs = await stack.enter_async_context(observer(config, stack))
+        async with evaluator(config):
+            await obs.wait_ready()
+            await obs.sample(LOW)
+            await obs.sample(LOW)
+            opened = await obs.incident()
+            assert opened.state == "opened"
+
+        async with evaluator(config):
+            await obs.wait_ready()
+            report = await obs.report_of(await obs.sample(HIGH))
+            assert report.state == "overloaded"
+            assert report.incident_id == opened.incident_id
+            for _ in range(2):
+                await obs.sample(HIGH)
+            recovering = await obs.incident()
+            assert recovering.state == "recovering"
+            assert recovering.incident_id == opened.incident_id
+            assert recovering.opened_at == opened.opened_at
+
+        async with evaluator(config):
+            await obs.wait_ready()
+            await obs.sample(LOW)
+            await obs.sample(LOW)
+            relapse = await obs.incident()
+            assert relapse.state == "opened"
+            assert relapse.incident_id == opened.incident_id
+            assert relapse.relapses == 1
+
+
+def _drain(queue: asyncio.Queue[HealthReport]) -> list[HealthReport]:
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
