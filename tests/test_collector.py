@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -27,7 +26,6 @@ from services.runtime.config import Config, ConfigError, ProcessMatch
 from tests.conftest import FarmFactory
 from tests.test_aaa import running, wait_ready
 
-ROOT = Path(__file__).resolve().parent.parent
 FAST = {"collector": {"interval_s": 0.3, "status_timeout_s": 0.2}}
 
 # --- psutil readings ---------------------------------------------------------
@@ -288,29 +286,3 @@ def test_process_count_is_the_hosts() -> None:
     reading = ProcessWatch(None).sample()
     assert reading.process_count is not None
     assert abs(reading.process_count - len(psutil.pids())) < 50
-
-
-async def test_runs_as_a_process_and_exits_cleanly_on_sigterm(farm: FarmFactory) -> None:
-    config, path = farm(FAST, clients=2)
-    async with AsyncExitStack() as stack:
-        bus = await Bus.connect(config.bus, Keyring.from_config(config), name="t", stack=stack)
-        got = await _subscribe(bus, config)
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "services.collector",
-            "-c",
-            str(path),
-            cwd=ROOT,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            sample = await _next(got, lambda s: s.server == "A", timeout_s=20)
-            assert not sample.status_ok
-            proc.send_signal(signal.SIGTERM)
-            _, stderr = await asyncio.wait_for(proc.communicate(), 15)
-            assert proc.returncode == 0, stderr.decode()[-2000:]
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import signal
-import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -278,29 +276,3 @@ async def test_client_request_deferred_while_opened_granted_when_healthy(
         stored = await harness.state(lambda s: "nas-01" not in s.away)
         assert stored.away == ("nas-04",)
         await harness.no_wave(within=0.3)
-
-
-async def test_process_starts_and_stops_on_sigterm(farm: FarmFactory) -> None:
-    config, path = farm()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.readmitter",
-        "-c",
-        str(path),
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    try:
-        async with asyncio.timeout(20):
-            while b"readmitter started" not in (line := await proc.stderr.readline()):
-                assert line, "readmitter exited before it started"
-        # an answer to a request sent after "started" means the signal handlers are in place
-        async with _harness(config) as harness:
-            await harness.until_ready()
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 20) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()

@@ -142,8 +142,11 @@ class Bus:
         async def on_error(exc: Exception) -> None:
             logger.warning("bus error: %s", exc)
 
+        closing = False
+
         async def on_disconnect() -> None:
-            logger.warning("bus disconnected from %s", target)
+            if not closing:
+                logger.warning("bus disconnected from %s", target)
 
         async def on_reconnect() -> None:
             logger.info("bus reconnected to %s", target)
@@ -167,7 +170,13 @@ class Bus:
             replay_window_s=bus.replay_window_s,
             name=name,
         )
-        stack.push_async_callback(self.close)
+
+        async def close() -> None:
+            nonlocal closing
+            closing = True
+            await self.close()
+
+        stack.push_async_callback(close)
         return self
 
     async def close(self) -> None:
