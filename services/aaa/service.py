@@ -296,12 +296,10 @@ def known_clients(config: Config) -> dict[str, KnownClient]:
 
 def build_servers(config: Config, only: list[str] | None = None) -> list[AaaServer]:
     """The reference servers to run (those named in ``only``, else all); raise ConfigError."""
-    with_reference = [s for s in config.servers if s.reference is not None]
-    if only:
+    with_reference = [s for s in config.select_servers(only) if s.reference is not None]
+    if only and len(with_reference) < len(set(only)):
         missing = sorted(set(only) - {s.id for s in with_reference})
-        if missing:
-            raise ConfigError(f"aaa: no server with a [reference] section named {missing}")
-        with_reference = [s for s in with_reference if s.id in only]
+        raise ConfigError(f"aaa: no server with a [reference] section named {missing}")
     if not with_reference:
         raise ConfigError("aaa: no server has a [reference] section")
     clients = known_clients(config)

@@ -50,7 +50,7 @@ from services.agent.client import (
 )
 from services.agent.traffic import Traffic
 from services.runtime.bus import Keyring, Signer
-from services.runtime.config import ClientConfig, Config, ConfigError, ServerConfig
+from services.runtime.config import ClientConfig, Config, ServerConfig
 from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
 
 logger = logging.getLogger(__name__)
@@ -270,16 +270,6 @@ class ClientAgent:
         )
 
 
-def _selected(config: Config, only: list[str] | None) -> list[ClientConfig]:
-    if not only:
-        return list(config.clients)
-    known = {c.id for c in config.clients}
-    unknown = sorted(set(only) - known)
-    if unknown:
-        raise ConfigError(f"agent --only: unknown clients {unknown}")
-    return [c for c in config.clients if c.id in set(only)]
-
-
 async def run(
     config: Config,
     *,
@@ -288,7 +278,7 @@ async def run(
     only: list[str] | None = None,
 ) -> None:
     """Run the agent of every client of ``config`` (or of those in ``only``)."""
-    clients = _selected(config, only)
+    clients = config.select_clients(only)
     secrets = {c.id: config.read_secret(c.secret) for c in clients}
     servers = {s.id: s for s in config.servers}
     keyring = Keyring(signer=None, bus_keys={}, client_keys=secrets)

@@ -13,20 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-
-import msgspec
-import nats.errors
-import nats.js.errors
-from nats.js.kv import KeyValue
 
 from schemas.events import MetricsSample
 from services.collector.process import ProcessReading, ProcessWatch
 from services.collector.sample import StatusReading, make_sample, status_failure, status_reading
 from services.runtime import radius
-from services.runtime.config import Config, ConfigError, ServerConfig
+from services.runtime.config import Config, ServerConfig
 from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
 from services.runtime.radius import query_status
+from services.runtime.state import StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -87,38 +82,12 @@ class ServerProbe:
         return make_sample(self.id, seq, status, process, source=self.source)
 
 
-def select_servers(config: Config, only: Sequence[str] | None) -> list[ServerConfig]:
-    """The servers to read: all, or those named in ``only``; raise ConfigError."""
-    if not only:
-        return list(config.servers)
-    unknown = sorted(set(only) - {s.id for s in config.servers})
-    if unknown:
-        raise ConfigError(f"collector: unknown servers {unknown}")
-    return [s for s in config.servers if s.id in only]
-
-
-async def load_seq(kv: KeyValue, server: str) -> int:
-    """The last sequence number stored for ``server`` (0 if none)."""
-    try:
-        entry = await kv.get(SEQ_KEY.format(server=server))
-    except nats.js.errors.KeyNotFoundError:
-        return 0
-    try:
-        return msgspec.json.decode(entry.value or b"0", type=int)
-    except msgspec.DecodeError:
-        logger.warning("collector: bad stored seq for %s, starting from 0", server)
-        return 0
-
-
-async def collect_one(rt: Runtime, probe: ServerProbe, kv: KeyValue) -> None:
+async def collect_one(rt: Runtime, probe: ServerProbe, seqs: StateStore[int]) -> None:
     """Read one server and publish its sample; failures are logged and counted."""
     seq = probe.seq + 1
     try:
         sample = await probe.read(seq)
-        try:
-            await kv.put(SEQ_KEY.format(server=probe.id), msgspec.json.encode(seq))
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
-            logger.warning("collector: cannot store seq of %s: %s", probe.id, exc)
+        await seqs.put(SEQ_KEY.format(server=probe.id), seq)
         probe.seq = seq
         await rt.bus.publish(rt.bus.subjects.metrics(probe.id), sample)
     except Exception:
@@ -126,13 +95,13 @@ async def collect_one(rt: Runtime, probe: ServerProbe, kv: KeyValue) -> None:
         logger.exception("collector: sample of %s not published", probe.id)
 
 
-async def collect(rt: Runtime, probes: list[ServerProbe], kv: KeyValue) -> None:
+async def collect(rt: Runtime, probes: list[ServerProbe], seqs: StateStore[int]) -> None:
     """Every ``collector.interval_s``, read and publish all servers at once."""
     interval = rt.config.collector.interval_s
     loop = asyncio.get_running_loop()
     next_at = loop.time()
     while True:
-        await asyncio.gather(*(collect_one(rt, probe, kv) for probe in probes))
+        await asyncio.gather(*(collect_one(rt, probe, seqs) for probe in probes))
         next_at += interval
         now = loop.time()
         if next_at < now:
@@ -149,7 +118,7 @@ async def run(
     only: list[str] | None = None,
 ) -> None:
     """Collect metrics of every server of ``config`` (or those in ``only``) until shutdown."""
-    servers = select_servers(config, only)
+    servers = config.select_servers(only)
     timeout_s = config.collector.status_timeout_s
     probes = [
         ServerProbe(
@@ -162,11 +131,11 @@ async def run(
     ]
 
     async def setup(rt: Runtime) -> None:
-        kv = await rt.bus.kv("collector")
+        seqs = await StateStore.open(rt.bus, "collector", int)
         for probe in probes:
-            probe.seq = await load_seq(kv, probe.id)
+            probe.seq = await seqs.get(SEQ_KEY.format(server=probe.id)) or 0
             probe.source = rt.name
-        rt.spawn(collect(rt, probes, kv), "collect")
+        rt.spawn(collect(rt, probes, seqs), "collect")
 
     await run_service(
         "collector", config, setup, shutdown_trigger=shutdown_trigger, bus_url=bus_url

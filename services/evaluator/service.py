@@ -13,23 +13,12 @@ import asyncio
 import logging
 import time
 
-import msgspec
-import nats.errors
-import nats.js.errors
-from nats.js.kv import KeyValue
-
 from schemas.events import HealthReport, Incident, MetricsSample, ReadmitWave
 from services.evaluator.health import score
-from services.evaluator.incidents import (
-    ServerState,
-    Transition,
-    close,
-    decode_state,
-    encode_state,
-    step,
-)
-from services.runtime.config import Config, ConfigError, ServerConfig
+from services.evaluator.incidents import ServerState, Transition, close, step
+from services.runtime.config import Config, ServerConfig, subject_tokens
 from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
+from services.runtime.state import StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +28,11 @@ NAME = "evaluator"
 class Evaluator:
     """The evaluator's state and handlers, bound to one runtime."""
 
-    def __init__(self, rt: Runtime, kv: KeyValue, servers: dict[str, ServerConfig]) -> None:
+    def __init__(
+        self, rt: Runtime, store: StateStore[ServerState], servers: dict[str, ServerConfig]
+    ) -> None:
         self.rt = rt
-        self.kv = kv
+        self.store = store
         self.servers = servers
         self.states: dict[str, ServerState] = {sid: ServerState(server=sid) for sid in servers}
         self._lock = asyncio.Lock()
@@ -49,21 +40,11 @@ class Evaluator:
     async def load(self) -> None:
         """Read each server's machine state from KV; a bad value is logged and ignored."""
         for sid in self.servers:
-            try:
-                entry = await self.kv.get(sid)
-            except nats.js.errors.KeyNotFoundError:
-                continue
-            if entry.value is None:
-                continue
-            try:
-                state = decode_state(entry.value)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                self.rt.bus.counters.drop("bad-state")
-                logger.warning("ignoring stored state of %s: %s", sid, exc)
+            state = await self.store.get(sid)
+            if state is None:
                 continue
             if state.server != sid:
-                self.rt.bus.counters.drop("bad-state")
-                logger.warning("ignoring stored state of %s: it names %s", sid, state.server)
+                self.store.bad(sid, f"it names {state.server}")
                 continue
             self.states[sid] = state
             if state.incident_id is not None:
@@ -121,10 +102,7 @@ class Evaluator:
 
     async def _transition(self, state: ServerState, transition: Transition, reason: str) -> None:
         """Persist ``state``, then announce ``transition``."""
-        try:
-            await self.kv.put(state.server, encode_state(state))
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
-            logger.error("could not store state of %s: %s", state.server, exc)
+        await self.store.put(state.server, state)
         incident = Incident(
             source=NAME,
             incident_id=transition.incident_id,
@@ -147,16 +125,6 @@ class Evaluator:
         await self.rt.bus.publish(self.rt.bus.subjects.incident(state.server), incident)
 
 
-def _servers(config: Config, only: list[str] | None) -> dict[str, ServerConfig]:
-    servers = {s.id: s for s in config.servers}
-    if not only:
-        return servers
-    unknown = sorted(set(only) - set(servers))
-    if unknown:
-        raise ConfigError(f"--only names unknown servers {unknown}")
-    return {sid: servers[sid] for sid in only}
-
-
 async def run(
     config: Config,
     *,
@@ -169,13 +137,13 @@ async def run(
     With ``only``, it subscribes to those servers' subjects alone, so replicas
     may split the farm between them.
     """
-    servers = _servers(config, only)
+    servers = {s.id: s for s in config.select_servers(only)}
 
     async def setup(rt: Runtime) -> None:
-        evaluator = Evaluator(rt, await rt.bus.kv(NAME), servers)
+        evaluator = Evaluator(rt, await StateStore.open(rt.bus, NAME, ServerState), servers)
         await evaluator.load()
         subjects = rt.bus.subjects
-        for token in list(servers) if only else ["*"]:
+        for token in subject_tokens(only):
             await rt.bus.subscribe(
                 subjects.metrics(token), evaluator.on_sample, types=(MetricsSample,), queue=NAME
             )

@@ -15,11 +15,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-import msgspec
-import nats.errors
-from nats.js.errors import NoKeysError
-from nats.js.kv import KeyValue
-
 from schemas.events import (
     Ack,
     Delivery,
@@ -33,13 +28,11 @@ from schemas.signing import AUTH_HEADER, SERVER_HEADER, client_authenticator
 from services.notifier.deliveries import DeliveryTracker, Failed, Pending, Sequencer
 from services.runtime.config import ClientConfig, Config, ServerConfig
 from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
+from services.runtime.state import StateStore
 
 logger = logging.getLogger(__name__)
 
 NAME = "notifier"
-
-_pending_encoder = msgspec.json.Encoder()
-_pending_decoder = msgspec.json.Decoder(Pending)
 
 Notice = FailoverNotice | ReadmitNotice
 
@@ -57,10 +50,10 @@ def notice_type(notice: Notice) -> str:
 class Notifier:
     """The notifier's state: config lookups, sequence numbers, deliveries in flight."""
 
-    def __init__(self, rt: Runtime, kv: KeyValue | None) -> None:
+    def __init__(self, rt: Runtime, store: StateStore[Pending]) -> None:
         self.rt = rt
         self.config = rt.config
-        self.kv = kv
+        self.store = store
         self.servers = {s.id: s for s in rt.config.servers}
         self.clients = {c.id: c for c in rt.config.clients}
         self.secrets = {c.id: rt.config.read_secret(c.secret) for c in rt.config.clients}
@@ -80,38 +73,16 @@ class Notifier:
 
     async def load(self) -> None:
         """Take over the notices that were in flight before a restart."""
-        if self.kv is None:
-            return
-        try:
-            keys = await self.kv.keys()
-        except NoKeysError:
-            return
-        for key in keys:
-            try:
-                entry = await self.kv.get(key)
-                if entry.value is None:
-                    continue
-                self.tracker.restore(_pending_decoder.decode(entry.value))
-            except (nats.errors.Error, msgspec.DecodeError) as exc:
-                self.drop("bad-state", f"pending {key}: {exc}")
+        for pending in (await self.store.load_all()).values():
+            self.tracker.restore(pending)
         if self.tracker.pending:
             logger.info("resumed %d notices in flight", len(self.tracker))
 
     async def _save(self, pending: Pending) -> None:
-        if self.kv is None:
-            return
-        try:
-            await self.kv.put(pending.notice_id, _pending_encoder.encode(pending))
-        except nats.errors.Error as exc:
-            logger.warning("cannot save pending %s: %s", pending.notice_id, exc)
+        await self.store.put(pending.notice_id, pending)
 
     async def _forget(self, notice_id: str) -> None:
-        if self.kv is None:
-            return
-        try:
-            await self.kv.purge(notice_id)
-        except nats.errors.Error as exc:
-            logger.warning("cannot forget pending %s: %s", notice_id, exc)
+        await self.store.delete(notice_id)
 
     # --- sending --------------------------------------------------------
 
@@ -272,7 +243,7 @@ async def run(
     """Run the notifier until shutdown (``only`` is not used by this service)."""
 
     async def setup(rt: Runtime) -> None:
-        notifier = Notifier(rt, await rt.bus.kv(NAME))
+        notifier = Notifier(rt, await StateStore.open(rt.bus, NAME, Pending))
         await notifier.load()
         subjects = rt.bus.subjects
         await rt.bus.subscribe(

@@ -21,23 +21,19 @@ from typing import Any
 
 import msgspec
 import nats.errors
-import nats.js.errors
-from nats.js.kv import KeyValue
 
 from schemas.events import FailoverPlan, HealthReport, Incident, ReadmitRequest, ReadmitWave
 from services.readmitter import waves
 from services.readmitter.waves import Readmission
-from services.runtime.config import Config
+from services.runtime.config import Config, subject_tokens
 from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
+from services.runtime.state import StateStore
 
 logger = logging.getLogger(__name__)
 
 NAME = "readmitter"
 QUEUE = "readmitter"
 BUCKET = "readmitter"
-
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(Readmission)
 
 
 class Health(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,9 +46,9 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
 class Readmitter:
     """The readmitter's state and its handlers, wired to one Runtime."""
 
-    def __init__(self, rt: Runtime, kv: KeyValue, servers: set[str]) -> None:
+    def __init__(self, rt: Runtime, store: StateStore[Readmission], servers: set[str]) -> None:
         self.rt = rt
-        self.kv = kv
+        self.store = store
         self.config: Config = rt.config
         self.servers = servers
         self.homes = {c.id: c.home for c in rt.config.clients}
@@ -69,18 +65,7 @@ class Readmitter:
 
     async def load(self) -> None:
         """Read every server's Readmission from KV; resume the recovering ones."""
-        try:
-            keys = await self.kv.keys()
-        except nats.js.errors.NoKeysError:
-            keys = []
-        for key in keys:
-            try:
-                entry = await self.kv.get(key)
-                state = _decoder.decode(entry.value or b"")
-            except (nats.js.errors.KeyNotFoundError, msgspec.DecodeError) as exc:
-                self.dropped["bad-state"] += 1
-                logger.warning("readmission state %s unreadable, ignored: %s", key, exc)
-                continue
+        for state in (await self.store.load_all()).values():
             if state.server not in self.servers:
                 continue
             self.states[state.server] = state
@@ -99,10 +84,7 @@ class Readmitter:
             state = self.states.get(server)
             if state is None:
                 return
-            try:
-                await self.kv.put(server, _encoder.encode(state))
-            except (nats.errors.Error, TimeoutError) as exc:
-                logger.error("could not persist readmission of %s: %s", server, exc)
+            await self.store.put(server, state)
 
     def _set(self, server: str, state: Readmission | None) -> bool:
         """Store ``state``; wake the server's loop; True if it changed."""
@@ -344,31 +326,31 @@ async def run(
     only: list[str] | None = None,
 ) -> None:
     """Run the readmitter (for the servers in ``only``, or every server)."""
-    servers = {s.id for s in config.servers}
-    if only:
-        servers &= set(only)
+    servers = {s.id for s in config.select_servers(only)}
 
     async def setup(rt: Runtime) -> None:
-        kv = await rt.bus.kv(BUCKET)
-        readmitter = Readmitter(rt, kv, servers)
+        readmitter = Readmitter(rt, await StateStore.open(rt.bus, BUCKET, Readmission), servers)
         await readmitter.load()
         subjects = rt.bus.subjects
-        await rt.bus.subscribe(
-            subjects.health("*"), readmitter.on_health, types=(HealthReport,), queue=QUEUE
-        )
-        await rt.bus.subscribe(
-            subjects.incident("*"), readmitter.on_incident, types=(Incident,), queue=QUEUE
-        )
-        await rt.bus.subscribe(
-            subjects.plan("*"), readmitter.on_plan, types=(FailoverPlan,), queue=QUEUE
-        )
-        await rt.bus.subscribe(
-            subjects.request("*"),
-            readmitter.on_request,
-            types=(ReadmitRequest,),
-            queue=QUEUE,
-            accept_clients=True,
-        )
+        # Per named server with --only, so readmitters can split the farm
+        # without the queue group handing one's events to another.
+        for token in subject_tokens(only):
+            await rt.bus.subscribe(
+                subjects.health(token), readmitter.on_health, types=(HealthReport,), queue=QUEUE
+            )
+            await rt.bus.subscribe(
+                subjects.incident(token), readmitter.on_incident, types=(Incident,), queue=QUEUE
+            )
+            await rt.bus.subscribe(
+                subjects.plan(token), readmitter.on_plan, types=(FailoverPlan,), queue=QUEUE
+            )
+            await rt.bus.subscribe(
+                subjects.request(token),
+                readmitter.on_request,
+                types=(ReadmitRequest,),
+                queue=QUEUE,
+                accept_clients=True,
+            )
 
         async def report_at_stop() -> None:
             logger.info("readmitter stopped: %s", readmitter.stats())

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
 
@@ -241,6 +242,14 @@ class Config(Base, frozen=True, kw_only=True):
         if unknown:
             raise ValueError(f"targeter.clients names unknown clients {sorted(unknown)}")
 
+    def select_servers(self, only: Sequence[str] | None) -> list[ServerConfig]:
+        """The servers named in ``only`` (every server without it); ConfigError if unknown."""
+        return _select(self.servers, only, "server")
+
+    def select_clients(self, only: Sequence[str] | None) -> list[ClientConfig]:
+        """The clients named in ``only`` (every client without it); ConfigError if unknown."""
+        return _select(self.clients, only, "client")
+
     def server(self, server_id: str) -> ServerConfig:
         for server in self.servers:
             if server.id == server_id:
@@ -274,6 +283,23 @@ class Config(Base, frozen=True, kw_only=True):
         if not text:
             raise ConfigError(f"secret: {path} is empty")
         return text.encode()
+
+
+_Named = TypeVar("_Named", ServerConfig, ClientConfig)
+
+
+def subject_tokens(only: Sequence[str] | None) -> list[str]:
+    """What a service subscribes to per server or client: each named one, or all (``*``)."""
+    return list(only) if only else ["*"]
+
+
+def _select(items: list[_Named], only: Sequence[str] | None, what: str) -> list[_Named]:
+    if not only:
+        return list(items)
+    unknown = sorted(set(only) - {item.id for item in items})
+    if unknown:
+        raise ConfigError(f"--only names unknown {what}s {unknown}")
+    return [item for item in items if item.id in set(only)]
 
 
 def _no_repeats(values: list[str], what: str) -> None:

@@ -12,12 +12,11 @@ import logging
 
 import msgspec
 import nats.errors
-import nats.js.errors
-from nats.js.kv import KeyValue
 
 from schemas.events import Incident, IncidentState
 from services.runtime.config import Config
 from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
+from services.runtime.state import StateStore
 from services.targeter.planning import plan_failover
 
 logger = logging.getLogger(__name__)
@@ -33,16 +32,12 @@ class Tracked(msgspec.Struct, frozen=True, kw_only=True):
     time: float
 
 
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(Tracked)
-
-
 class Targeter:
     """The targeter's handlers and its view of which servers are in an incident."""
 
-    def __init__(self, rt: Runtime, kv: KeyValue) -> None:
+    def __init__(self, rt: Runtime, store: StateStore[Tracked]) -> None:
         self.rt = rt
-        self.kv = kv
+        self.store = store
         self.servers = {s.id for s in rt.config.servers}
         self.tracked: dict[str, Tracked] = {}
 
@@ -50,17 +45,9 @@ class Targeter:
         """Read every server's tracked state from KV; a bad value is logged and ignored."""
         tracked: dict[str, Tracked] = {}
         for sid in sorted(self.servers):
-            try:
-                entry = await self.kv.get(sid)
-            except nats.js.errors.KeyNotFoundError:
-                continue
-            if entry.value is None:
-                continue
-            try:
-                tracked[sid] = _decoder.decode(entry.value)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                self.rt.bus.counters.drop("bad-state")
-                logger.warning("ignoring stored state of %s: %s", sid, exc)
+            value = await self.store.get(sid)
+            if value is not None:
+                tracked[sid] = value
         self.tracked = tracked
 
     def in_incident(self) -> set[str]:
@@ -81,10 +68,11 @@ class Targeter:
         )
         try:
             await self.load()
-            if self._is_newer(tracked, self.tracked.get(incident.server)):
-                await self.kv.put(incident.server, _encoder.encode(tracked))
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
+        except nats.errors.Error as exc:
             logger.error("targeter state store failed, planning from memory: %s", exc)
+        else:
+            if self._is_newer(tracked, self.tracked.get(incident.server)):
+                await self.store.put(incident.server, tracked)
         if not self._is_newer(tracked, self.tracked.get(incident.server)):
             self.rt.bus.counters.drop("out-of-order")
             logger.warning(
@@ -123,7 +111,7 @@ async def run(
     """Run the targeter for every server of ``config`` (``only`` does not apply)."""
 
     async def setup(rt: Runtime) -> None:
-        targeter = Targeter(rt, await rt.bus.kv(NAME))
+        targeter = Targeter(rt, await StateStore.open(rt.bus, NAME, Tracked))
         await targeter.load()
         await rt.bus.subscribe(
             rt.bus.subjects.incident("*"), targeter.on_incident, types=(Incident,), queue=NAME
