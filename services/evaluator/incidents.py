@@ -60,20 +60,6 @@ class Transition(msgspec.Struct, frozen=True, kw_only=True):
     health: float
 
 
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(ServerState)
-
-
-def encode_state(state: ServerState) -> bytes:
-    """The KV value of ``state``."""
-    return _encoder.encode(state)
-
-
-def decode_state(data: bytes) -> ServerState:
-    """A state from its KV value; raises msgspec.DecodeError if it is not one."""
-    return _decoder.decode(data)
-
-
 def is_low(health: float, cfg: EvaluatorConfig) -> bool:
     """Below the failover threshold (the threshold itself is not low)."""
     return health < cfg.failover_threshold
