@@ -8,10 +8,9 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import pytest
@@ -39,6 +38,7 @@ from services.runtime.radius import (
     status_request,
 )
 from tests.conftest import FarmFactory
+from tests.helpers import operator_bus, running, status, wait_ready, wait_status
 
 # --- helpers shared with the collector's tests -------------------------------
 
@@ -50,52 +50,6 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.005)
-
-
-@asynccontextmanager
-async def running(
-    module: Any, config: Config, only: list[str] | None = None
-) -> AsyncIterator[asyncio.Task[None]]:
-    """Run a service module in-process until the block ends."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(module.run(config, shutdown_trigger=stop.wait, only=only))
-    try:
-        yield task
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-
-
-async def status(config: Config, server_id: str, *, retries: int = 0) -> dict[str, Any]:
-    """The FreeRADIUS statistics of a running server, by attribute name."""
-    server = config.server(server_id)
-    secret = config.read_secret(server.status_secret)
-    client = await RadiusClient.open((server.ip, server.probe_port), secret)
-    try:
-        reply = await client.send(status_request(secret), timeout_s=0.1, retries=retries)
-    finally:
-        client.close()
-    assert reply.code == radius.ACCESS_ACCEPT
-    return reply_values(reply)
-
-
-async def wait_ready(config: Config, server_id: str) -> None:
-    """Wait (retransmitting Status-Server) until the server answers."""
-    await status(config, server_id, retries=100)
-
-
-async def wait_status(
-    config: Config, server_id: str, check: Callable[[dict[str, Any]], bool], timeout_s: float = 5
-) -> dict[str, Any]:
-    """Probe until the server's statistics pass ``check``; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        values = await status(config, server_id, retries=3)
-        if check(values):
-            return values
-        if time.monotonic() > deadline:
-            raise AssertionError(f"status of {server_id} never passed: last {values}")
-        await asyncio.sleep(0.01)
 
 
 def threads(name: str) -> list[threading.Thread]:
@@ -267,7 +221,7 @@ async def test_access_accept_reject_and_drops(farm: FarmFactory) -> None:
     server = config.server("A")
     assert server.reference is not None and server.reference.pid_file is not None
     pid_file = config.path(server.reference.pid_file)
-    async with running(aaa, config, only=["A"]):
+    async with running(aaa.run, config, only=["A"]):
         await wait_ready(config, "A")
         assert pid_file.read_text().strip() == str(os.getpid())
         assert not config.path(f"run/{config.servers[1].id}.pid").exists()
@@ -333,9 +287,9 @@ async def test_access_accept_reject_and_drops(farm: FarmFactory) -> None:
 async def test_control_stalls_workers_and_the_queue_grows(farm: FarmFactory) -> None:
     config, _ = farm(clients=2, workers=4)
     async with AsyncExitStack() as stack:
-        bus = await Bus.connect(config.bus, Keyring.from_config(config), name="test", stack=stack)
+        bus = await operator_bus(config, stack, "test")
         subject = bus.subjects.control("A")
-        async with running(aaa, config, only=["A"]):
+        async with running(aaa.run, config, only=["A"]):
             await wait_ready(config, "A")
             idle = await status(config, "A")
             assert (idle[ACTIVE], idle[TOTAL], idle[MAX], idle[QUEUE]) == (0, 4, 4, 0)
@@ -405,7 +359,7 @@ async def test_overload_drops_when_the_queue_is_full_and_stops_promptly(
     async with AsyncExitStack() as stack:
         bus = await Bus.connect(small.bus, Keyring.from_config(small), name="test", stack=stack)
         task_started = time.monotonic()
-        async with running(aaa, small, only=["A", "B"]):
+        async with running(aaa.run, small, only=["A", "B"]):
             await wait_ready(small, "A")
             await wait_ready(small, "B")
             await bus.publish(

@@ -6,7 +6,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import replace
 from typing import Any, cast
 
@@ -33,10 +33,11 @@ from services.agent.client import (
     on_time,
 )
 from services.agent.service import run
-from services.runtime.bus import Bus, Keyring
+from services.runtime.bus import Bus
 from services.runtime.config import Config
 from services.runtime.radius import dictionary
 from tests.conftest import FarmFactory
+from tests.helpers import operator_bus, running
 
 TIMEOUT = 5.0
 
@@ -313,21 +314,14 @@ class Harness:
                     return status
 
 
-@asynccontextmanager
-async def agent(config: Config, only: list[str] | None = None) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(run(config, shutdown_trigger=stop.wait, only=only))
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
+def agent(config: Config, only: list[str] | None = None) -> AbstractAsyncContextManager[object]:
+    return running(run, config, only)
 
 
 @asynccontextmanager
 async def harness(config: Config) -> AsyncIterator[Harness]:
     async with AsyncExitStack() as stack:
-        bus = await Bus.connect(config.bus, Keyring.from_config(config), name="test", stack=stack)
+        bus = await operator_bus(config, stack, "test")
         h = Harness(config, bus)
         await h.listen()
         yield h

@@ -21,10 +21,10 @@ from services.aaa import service as aaa
 from services.collector import service as collector
 from services.collector.process import ProcessReading, ProcessWatch, find_process
 from services.collector.sample import make_sample, status_failure, status_reading
-from services.runtime.bus import Bus, Keyring
+from services.runtime.bus import Bus
 from services.runtime.config import Config, ConfigError, ProcessMatch
 from tests.conftest import FarmFactory
-from tests.test_aaa import running, wait_ready
+from tests.helpers import operator_bus, running, wait_ready
 
 FAST = {"collector": {"interval_s": 0.3, "status_timeout_s": 0.2}}
 
@@ -198,11 +198,11 @@ async def _subscribe(bus: Bus, config: Config) -> asyncio.Queue[MetricsSample]:
 async def test_collector_publishes_live_figures_and_errors(farm: FarmFactory) -> None:
     config, _ = farm(FAST, clients=2, workers=4)
     async with AsyncExitStack() as stack:
-        bus = await Bus.connect(config.bus, Keyring.from_config(config), name="t", stack=stack)
+        bus = await operator_bus(config, stack, "t")
         got = await _subscribe(bus, config)
-        async with running(aaa, config, only=["A"]):
+        async with running(aaa.run, config, only=["A"]):
             await wait_ready(config, "A")
-            async with running(collector, config):
+            async with running(collector.run, config):
                 a = await _next(got, lambda s: s.server == "A" and s.status_ok)
                 assert (a.threads_active, a.threads_total, a.threads_max, a.queue_len) == (
                     0,
@@ -238,7 +238,7 @@ async def test_collector_publishes_live_figures_and_errors(farm: FarmFactory) ->
                     assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers), server
 
         # A stopped: its samples now say so
-        async with running(collector, config, only=["A"]):
+        async with running(collector.run, config, only=["A"]):
             down = await _next(got, lambda s: s.server == "A" and not s.status_ok)
             assert down.threads_active is None
             assert any("no answer" in e for e in down.errors)
@@ -249,11 +249,11 @@ async def test_a_slow_server_does_not_hold_up_the_others(farm: FarmFactory) -> N
         {"collector": {"interval_s": 1.0, "status_timeout_s": 0.8}}, clients=2, workers=2
     )
     async with AsyncExitStack() as stack:
-        bus = await Bus.connect(config.bus, Keyring.from_config(config), name="t", stack=stack)
+        bus = await operator_bus(config, stack, "t")
         got = await _subscribe(bus, config)
-        async with running(aaa, config, only=["A"]):
+        async with running(aaa.run, config, only=["A"]):
             await wait_ready(config, "A")
-            async with running(collector, config, only=["A", "B"]):
+            async with running(collector.run, config, only=["A", "B"]):
                 # in each round, A's answer is published long before B's probe times out
                 for _ in range(2):
                     a = await _next(got, lambda s: s.server == "A")
@@ -266,12 +266,12 @@ async def test_a_slow_server_does_not_hold_up_the_others(farm: FarmFactory) -> N
 async def test_sequence_numbers_survive_a_restart(farm: FarmFactory) -> None:
     config, _ = farm(FAST, clients=2)
     async with AsyncExitStack() as stack:
-        bus = await Bus.connect(config.bus, Keyring.from_config(config), name="t", stack=stack)
+        bus = await operator_bus(config, stack, "t")
         got = await _subscribe(bus, config)
-        async with running(collector, config, only=["C"]):
+        async with running(collector.run, config, only=["C"]):
             first = await _next(got, lambda s: s.server == "C")
             later = await _next(got, lambda s: s.server == "C" and s.seq > first.seq)
-        async with running(collector, config, only=["C"]):
+        async with running(collector.run, config, only=["C"]):
             again = await _next(got, lambda s: s.server == "C")
         assert again.seq > later.seq
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from schemas.events import Event, HealthReport, Incident, MetricsSample, ReadmitWave
 from services.evaluator.service import run
-from services.runtime.bus import Bus, Keyring
+from services.runtime.bus import Bus
 from services.runtime.config import Config
 from tests.conftest import FarmFactory
+from tests.helpers import operator_bus, running
 
 TIMEOUT = 5.0
 # threads_max is 8 in the farm: 8 busy is health 0, 5 busy is between the
@@ -74,20 +75,13 @@ class Observer:
             pass
 
 
-@asynccontextmanager
-async def evaluator(config: Config) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(run(config, shutdown_trigger=stop.wait))
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
+def evaluator(config: Config) -> AbstractAsyncContextManager[object]:
+    return running(run, config)
 
 
 @asynccontextmanager
 async def observer(config: Config, stack: AsyncExitStack) -> AsyncIterator[Observer]:
-    bus = await Bus.connect(config.bus, Keyring.from_config(config), name="test", stack=stack)
+    bus = await operator_bus(config, stack, "test")
     obs = Observer(bus)
     await obs.start()
     yield obs

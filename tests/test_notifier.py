@@ -7,7 +7,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import pytest
@@ -32,9 +32,10 @@ from schemas.signing import (
     verify_client_authenticator,
 )
 from services.notifier.service import run
-from services.runtime.bus import Bus, Keyring, Signer
+from services.runtime.bus import Bus, Signer
 from services.runtime.config import Config
 from tests.conftest import FarmFactory
+from tests.helpers import operator_bus, running
 
 TIMEOUT = 5.0
 
@@ -115,21 +116,14 @@ class Harness:
         return codec.decode(msg.data, headers.get(codec.CONTENT_TYPE))
 
 
-@asynccontextmanager
-async def notifier(config: Config) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(run(config, shutdown_trigger=stop.wait))
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
+def notifier(config: Config) -> AbstractAsyncContextManager[object]:
+    return running(run, config)
 
 
 @asynccontextmanager
 async def harness(config: Config) -> AsyncIterator[Harness]:
     async with AsyncExitStack() as stack:
-        bus = await Bus.connect(config.bus, Keyring.from_config(config), name="test", stack=stack)
+        bus = await operator_bus(config, stack, "test")
         h = Harness(config, bus)
         await h.listen()
         yield h

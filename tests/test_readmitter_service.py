@@ -22,9 +22,10 @@ from schemas.events import (
 from schemas.signing import client_key_id
 from services.readmitter.service import run
 from services.readmitter.waves import Readmission
-from services.runtime.bus import Bus, Keyring, Signer
+from services.runtime.bus import Bus, Signer
 from services.runtime.config import Config
 from tests.conftest import FarmFactory
+from tests.helpers import operator_bus
 
 THRESHOLD = 0.6
 MOVED = ["nas-01", "nas-02", "nas-03", "nas-04", "nas-05"]
@@ -139,7 +140,7 @@ class Harness:
 @asynccontextmanager
 async def _harness(config: Config) -> AsyncIterator[Harness]:
     async with AsyncExitStack() as stack:
-        bus = await Bus.connect(config.bus, Keyring.from_config(config), name="test", stack=stack)
+        bus = await operator_bus(config, stack, "test")
         await bus.ensure_stream(max_age_s=600, max_bytes=1 << 24)
         harness = Harness(config, bus, await bus.kv("readmitter"))
         await harness.listen("A")

@@ -8,10 +8,11 @@ from contextlib import AsyncExitStack
 import msgspec
 import pytest
 
-from services.runtime.bus import Bus, Keyring
+from services.runtime.bus import Bus
 from services.runtime.config import Config
 from services.runtime.state import StateStore
 from tests.conftest import FarmFactory
+from tests.helpers import operator_bus
 
 
 class Item(msgspec.Struct, frozen=True, kw_only=True):
@@ -26,7 +27,7 @@ class Item(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def _bus(config: Config, stack: AsyncExitStack) -> Bus:
-    return await Bus.connect(config.bus, Keyring.from_config(config), name="t", stack=stack)
+    return await operator_bus(config, stack, "t")
 
 
 async def test_round_trip_and_missing_key(farm: FarmFactory) -> None:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 
 from schemas.events import FailoverPlan, Incident, IncidentState
-from services.runtime.bus import Bus, Keyring
+from services.runtime.bus import Bus
 from services.runtime.config import Config
 from services.targeter.service import run
 from tests.conftest import FarmFactory
+from tests.helpers import operator_bus, running
 
 TIMEOUT = 5.0
 # farm(clients=6) on servers A, B, C: nas-01 and nas-04 are homed on A with
@@ -65,19 +65,12 @@ class Observer:
                 return plan
 
 
-@asynccontextmanager
-async def targeter(config: Config) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(run(config, shutdown_trigger=stop.wait))
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
+def targeter(config: Config) -> AbstractAsyncContextManager[object]:
+    return running(run, config)
 
 
 async def observer(config: Config, stack: AsyncExitStack) -> Observer:
-    bus = await Bus.connect(config.bus, Keyring.from_config(config), name="test", stack=stack)
+    bus = await operator_bus(config, stack, "test")
     obs = Observer(bus)
     await obs.start()
     return obs

@@ -1,0 +1,85 @@
+"""Helpers shared by the tests: services run in-process, a test's bus, RADIUS probes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, Protocol
+
+from services.runtime import radius
+from services.runtime.bus import Bus, Keyring
+from services.runtime.config import Config
+from services.runtime.lifecycle import ShutdownTrigger
+from services.runtime.radius import RadiusClient, reply_values, status_request
+
+
+class ServiceRun(Protocol):
+    def __call__(
+        self,
+        config: Config,
+        *,
+        shutdown_trigger: ShutdownTrigger | None = ...,
+        bus_url: str | None = ...,
+        only: list[str] | None = ...,
+    ) -> Awaitable[None]: ...
+
+
+@asynccontextmanager
+async def running(
+    run: ServiceRun, config: Config, only: list[str] | None = None
+) -> AsyncIterator[asyncio.Task[None]]:
+    """Run a service in-process until the block ends, then stop it and wait for it."""
+    stop = asyncio.Event()
+    task: asyncio.Task[None] = asyncio.create_task(
+        _call(run, config, stop.wait, only), name="service under test"
+    )
+    try:
+        yield task
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def _call(
+    run: ServiceRun, config: Config, trigger: ShutdownTrigger, only: list[str] | None
+) -> None:
+    await run(config, shutdown_trigger=trigger, only=only)
+
+
+async def operator_bus(config: Config, stack: AsyncExitStack, name: str = "test") -> Bus:
+    """A bus holding the config's keys, as an operator's tool would."""
+    return await Bus.connect(config.bus, Keyring.from_config(config), name=name, stack=stack)
+
+
+async def status(config: Config, server_id: str, *, retries: int = 0) -> dict[str, Any]:
+    """The FreeRADIUS statistics of a running server, by attribute name."""
+    server = config.server(server_id)
+    secret = config.read_secret(server.status_secret)
+    client = await RadiusClient.open((server.ip, server.probe_port), secret)
+    try:
+        reply = await client.send(status_request(secret), timeout_s=0.1, retries=retries)
+    finally:
+        client.close()
+    assert reply.code == radius.ACCESS_ACCEPT
+    return reply_values(reply)
+
+
+async def wait_ready(config: Config, server_id: str) -> None:
+    """Wait (retransmitting Status-Server) until the server answers."""
+    await status(config, server_id, retries=100)
+
+
+async def wait_status(
+    config: Config, server_id: str, check: Callable[[dict[str, Any]], bool], timeout_s: float = 5
+) -> dict[str, Any]:
+    """Probe until the server's statistics pass ``check``; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        values = await status(config, server_id, retries=3)
+        if check(values):
+            return values
+        if time.monotonic() > deadline:
+            raise AssertionError(f"status of {server_id} never passed: last {values}")
+        await asyncio.sleep(0.01)
