@@ -266,7 +266,8 @@ def _summary(config: Config, timeline: Timeline) -> None:
     for wave in timeline.waves:
         print(
             f"  wave {wave.wave} at {wave.time - timeline.started:+.2f}s:"
-            f" {len(wave.clients)} clients" + (" (final)" if wave.final else "")
+            f" {len(wave.clients)} client{'' if len(wave.clients) == 1 else 's'}"
+            + (" (final)" if wave.final else "")
         )
     home = sum(1 for s in statuses if s.current == s.home)
     print(f"  clients on their home server at the end: {home} of {len(config.clients)}")
