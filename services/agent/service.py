@@ -205,21 +205,6 @@ class ClientAgent:
 
     # --- timers, load and status ------------------------------------------
 
-    async def _wait(self, seconds: float) -> bool:
-        """Wait ``seconds``, or less for a new notice or shutdown; False when stopping."""
-        waiters = {
-            asyncio.ensure_future(self.wake.wait()),
-            asyncio.ensure_future(self.rt.stopping.wait()),
-        }
-        try:
-            await asyncio.wait(
-                waiters, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-        return not self.rt.stopping.is_set()
-
     async def timer_loop(self) -> None:
         loop = asyncio.get_running_loop()
         next_status = loop.time()
@@ -248,7 +233,7 @@ class ClientAgent:
             wakeup = next_wakeup(self.state)
             if wakeup is not None:
                 timeout = min(timeout, wakeup - time.time())
-            if not await self._wait(timeout):
+            if not await self.rt.nap(timeout, self.wake):
                 return
 
     async def main(self) -> None:

@@ -223,7 +223,7 @@ class Readmitter:
             except Exception:
                 logger.exception("wave loop of %s failed; retrying", server)
                 nap = max(self.config.readmitter.wave_interval_s, 1.0)
-            if nap is None or not await self._nap(server, nap):
+            if nap is None or not await self.rt.nap(nap, self._wake[server]):
                 return
 
     async def _wave_step(self, server: str) -> float | None:
@@ -296,23 +296,6 @@ class Readmitter:
             return False
         self.waves_sent += 1
         return True
-
-    async def _nap(self, server: str, seconds: float) -> bool:
-        """Wait up to ``seconds`` or until the server's state or health changes.
-
-        Returns False if the service is stopping.
-        """
-        stopping = asyncio.ensure_future(self.rt.stopping.wait())
-        woken = asyncio.ensure_future(self._wake[server].wait())
-        try:
-            await asyncio.wait(
-                {stopping, woken}, timeout=max(seconds, 0.0), return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            for waiter in (stopping, woken):
-                waiter.cancel()
-            await asyncio.gather(stopping, woken, return_exceptions=True)
-        return not self.rt.stopping.is_set()
 
     def stats(self) -> dict[str, Any]:
         return {"waves": self.waves_sent, "dropped": dict(self.dropped)}

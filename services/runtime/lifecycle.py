@@ -77,6 +77,20 @@ class Runtime:
             return True
         return False
 
+    async def nap(self, seconds: float, wake: asyncio.Event) -> bool:
+        """Wait up to ``seconds`` or until ``wake`` is set; False if the service is stopping."""
+        stopping = asyncio.ensure_future(self.stopping.wait())
+        woken = asyncio.ensure_future(wake.wait())
+        try:
+            await asyncio.wait(
+                {stopping, woken}, timeout=max(seconds, 0.0), return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for waiter in (stopping, woken):
+                waiter.cancel()
+            await asyncio.gather(stopping, woken, return_exceptions=True)
+        return not self.stopping.is_set()
+
     async def _stop_loops(self, grace_s: float) -> None:
         self.stopping.set()
         pending = [t for t in self._tasks if not t.done()]
