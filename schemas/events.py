@@ -43,13 +43,18 @@ class ServiceCheck(msgspec.Struct, frozen=True, kw_only=True):
     kind: Literal["mandatory", "dependent"]
     ok: bool
     detail: str = ""
+    check: str = ""
+    latency_s: float | None = None
 
 
 class MetricsSample(Event, frozen=True, kw_only=True, tag="metrics.sample"):
     """What the collector read of one server in one interval.
 
     A figure that could not be read is ``None`` and the reason is listed in
-    ``errors``: it never turns into a zero that looks healthy.
+    ``errors``: it never turns into a zero that looks healthy. ``sources``
+    says where each figure came from (``status-server``, ``process``,
+    ``config``, ``radiusd.conf``). ``queue_len`` is the auth queue; rates are
+    per second over the interval since the previous sample.
     """
 
     server: str
@@ -59,11 +64,23 @@ class MetricsSample(Event, frozen=True, kw_only=True, tag="metrics.sample"):
     threads_total: int | None = None
     threads_max: int | None = None
     queue_len: int | None = None
+    queue_len_internal: int | None = None
+    queue_len_acct: int | None = None
+    queue_len_proxy: int | None = None
+    queue_len_detail: int | None = None
+    pps_in: int | None = None
+    pps_out: int | None = None
+    access_requests_per_s: float | None = None
+    auth_responses_per_s: float | None = None
+    acct_requests_per_s: float | None = None
+    acct_responses_per_s: float | None = None
     process_threads: int | None = None
     memory_percent: float | None = None
     cpu_percent: float | None = None
     process_count: int | None = None
+    process_tree_count: int | None = None
     services: list[ServiceCheck] = msgspec.field(default_factory=list)
+    sources: dict[str, str] = msgspec.field(default_factory=dict)
     errors: list[str] = msgspec.field(default_factory=list)
 
 

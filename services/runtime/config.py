@@ -88,6 +88,104 @@ class ProcessMatch(Base, frozen=True, kw_only=True):
     cmdline: str | None = None
 
 
+class CheckBase(Base, frozen=True, kw_only=True, tag_field="check"):
+    """A service the server needs, and how to tell that it is available.
+
+    ``mandatory``: the server must not run without it (down -> health 0).
+    ``dependent``: it degrades without it (down -> health lowered by ``weight``).
+    """
+
+    name: str
+    kind: Literal["mandatory", "dependent"] = "mandatory"
+    timeout_s: float = 1.0
+    weight: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0:
+            raise ValueError("timeout_s must be positive")
+        if not 0 <= self.weight <= 1:
+            raise ValueError("weight must be in [0, 1]")
+
+
+def _check_port(port: int) -> None:
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} out of range")
+
+
+class ProcessCheck(CheckBase, frozen=True, kw_only=True, tag="process"):
+    """The service's process is alive."""
+
+    match: ProcessMatch
+
+
+class TcpCheck(CheckBase, frozen=True, kw_only=True, tag="tcp"):
+    """A TCP connection to the port is accepted."""
+
+    host: str = "127.0.0.1"
+    port: int
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_port(self.port)
+
+
+class RadiusCheck(CheckBase, frozen=True, kw_only=True, tag="radius"):
+    """A RADIUS Status-Server request to the port is answered."""
+
+    host: str = "127.0.0.1"
+    port: int
+    secret: Secret
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_port(self.port)
+
+
+class UnixCheck(CheckBase, frozen=True, kw_only=True, tag="unix"):
+    """A unix stream socket at ``path`` accepts a connection."""
+
+    path: str
+
+
+class WritableCheck(CheckBase, frozen=True, kw_only=True, tag="writable"):
+    """A file can be created and written in the directory ``path``."""
+
+    path: str
+
+
+class CommandCheck(CheckBase, frozen=True, kw_only=True, tag="command"):
+    """``command`` (argv, no shell) exits 0 within the timeout."""
+
+    command: list[str]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.command:
+            raise ValueError("command must not be empty")
+
+
+ServiceCheckConfig = (
+    ProcessCheck | TcpCheck | RadiusCheck | UnixCheck | WritableCheck | CommandCheck
+)
+
+
+class HealthWeights(Base, frozen=True, kw_only=True):
+    """Weights of the health parts in the ``weighted`` rule (0 leaves a part out)."""
+
+    threads: float = 1.0
+    queue: float = 1.0
+    memory: float = 1.0
+    cpu: float = 1.0
+    processes: float = 1.0
+
+
+class HealthRule(Base, frozen=True, kw_only=True):
+    """How a server's health parts combine: the minimum, or a weighted mean."""
+
+    rule: Literal["min", "weighted"] = "min"
+    weights: HealthWeights = HealthWeights()
+
+
 class ServerConfig(Base, frozen=True, kw_only=True):
     """One AAA server of the farm."""
 
@@ -97,15 +195,19 @@ class ServerConfig(Base, frozen=True, kw_only=True):
     status_port: int | None = None
     status_secret: Secret
     threads_max: int | None = None
+    radiusd_conf: str | None = None
     queue_max: int = 256
     process: ProcessMatch | None = None
+    services: list[ServiceCheckConfig] = msgspec.field(default_factory=list)
+    health: HealthRule | None = None
     reference: ReferenceServer | None = None
 
     def __post_init__(self) -> None:
         check_token(self.id, "server id")
         for port in (self.auth_port, self.status_port):
-            if port is not None and not 0 < port < 65536:
-                raise ValueError(f"port {port} out of range")
+            if port is not None:
+                _check_port(port)
+        _no_repeats([c.name for c in self.services], "service name")
 
     @property
     def probe_port(self) -> int:
@@ -148,16 +250,6 @@ class CollectorConfig(Base, frozen=True, kw_only=True):
             raise ValueError("status_timeout_s must be positive and below interval_s")
 
 
-class HealthWeights(Base, frozen=True, kw_only=True):
-    """Weights of the health parts in the ``weighted`` rule (0 leaves a part out)."""
-
-    threads: float = 1.0
-    queue: float = 1.0
-    memory: float = 1.0
-    cpu: float = 1.0
-    processes: float = 1.0
-
-
 class EvaluatorConfig(Base, frozen=True, kw_only=True):
     failover_threshold: float = 0.2
     connection_threshold: float = 0.6
@@ -179,6 +271,10 @@ class EvaluatorConfig(Base, frozen=True, kw_only=True):
             )
         if self.failover_samples < 1 or self.recovery_samples < 1:
             raise ValueError("failover_samples and recovery_samples must be at least 1")
+
+    def health_rule(self, server: ServerConfig) -> HealthRule:
+        """The server's own health rule, or the evaluator's default one."""
+        return server.health or HealthRule(rule=self.rule, weights=self.weights)
 
 
 class TargeterConfig(Base, frozen=True, kw_only=True):
