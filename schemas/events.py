@@ -90,13 +90,20 @@ IncidentState = Literal["opened", "recovering", "closed"]
 
 
 class HealthReport(Event, frozen=True, kw_only=True, tag="health.report"):
-    """The health score of one sample, with the part that limits it."""
+    """The health score of one sample, and why it is what it is.
+
+    ``parts`` are the 0-1 headrooms combined by the server's rule;
+    ``penalties`` what each failed dependent service took off; ``limiting``
+    names what decided the score and ``reason`` says it in words.
+    """
 
     server: str
     sample_id: str
     health: float
     parts: dict[str, float] = msgspec.field(default_factory=dict)
+    penalties: dict[str, float] = msgspec.field(default_factory=dict)
     limiting: str = ""
+    reason: str = ""
     failover_threshold: float
     connection_threshold: float
     incident_id: str | None = None
