@@ -7,10 +7,13 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 
-from schemas.events import Event, HealthReport, Incident, MetricsSample, ReadmitWave
+import msgspec
+import pytest
+
+from schemas.events import Event, HealthReport, Incident, MetricsSample, ReadmitWave, ServiceCheck
 from services.evaluator.service import run
 from services.runtime.bus import Bus
-from services.runtime.config import Config
+from services.runtime.config import Config, WritableCheck
 from tests.conftest import FarmFactory
 from tests.helpers import operator_bus, running
 
@@ -98,6 +101,8 @@ async def test_incident_opens_recovers_and_closes(farm: FarmFactory) -> None:
         assert first.health == 0.0
         assert first.limiting == "threads"
         assert first.parts == {"threads": 0.0}
+        assert first.penalties == {}
+        assert first.reason.startswith("min of 1 part: threads 0.00 limits")
         assert first.state == "healthy" and first.incident_id is None
         assert (first.failover_threshold, first.connection_threshold) == (0.2, 0.6)
 
@@ -163,8 +168,6 @@ async def test_unknown_servers_and_other_servers_are_kept_apart(farm: FarmFactor
 
 
 async def test_mandatory_service_down_opens_an_incident(farm: FarmFactory) -> None:
-    from schemas.events import ServiceCheck
-
     config, _ = farm({"evaluator": {"failover_samples": 1}})
     async with AsyncExitStack() as stack, evaluator(config):
         obs = await stack.enter_async_context(observer(config, stack))
@@ -175,6 +178,37 @@ async def test_mandatory_service_down_opens_an_incident(farm: FarmFactory) -> No
         assert report.limiting == "service:ldap"
         opened = await obs.incident()
         assert opened.state == "opened" and "ldap" in opened.reason
+
+
+async def test_failed_dependent_service_lowers_health_by_its_weight(farm: FarmFactory) -> None:
+    config, _ = farm()
+    acct_log = WritableCheck(name="acct-log", kind="dependent", path="/var/log/acct", weight=0.25)
+    servers = [
+        msgspec.structs.replace(s, services=[acct_log]) if s.id == "A" else s
+        for s in config.servers
+    ]
+    config = msgspec.structs.replace(config, servers=servers)
+    async with AsyncExitStack() as stack, evaluator(config):
+        obs = await stack.enter_async_context(observer(config, stack))
+        await obs.wait_ready()
+        clean = await obs.report_of(await obs.sample(HIGH))
+        assert clean.health == 0.875 and clean.penalties == {}
+
+        failed = [ServiceCheck(name="acct-log", kind="dependent", ok=False, detail="read-only")]
+        report = await obs.report_of(await obs.sample(HIGH, services=failed))
+        assert report.penalties == {"acct-log": 0.25}
+        assert report.parts == clean.parts
+        assert report.health == pytest.approx(0.875 - 0.25)
+        # The penalty (0.25) takes off more than the threads part (0.125) does.
+        assert report.limiting == "penalty:acct-log"
+        assert "dependent acct-log down (-0.25: read-only) limits" in report.reason
+
+        unknown = [ServiceCheck(name="spool", kind="dependent", ok=False)]
+        report = await obs.report_of(await obs.sample(HIGH, server="B", services=unknown))
+        assert report.penalties == {"spool": 0.3}
+        assert report.health == pytest.approx(0.875 - 0.3)
+        assert report.limiting == "penalty:spool"
+        assert "not configured" in report.reason
 
 
 async def test_restarted_evaluator_keeps_the_incident(farm: FarmFactory) -> None:

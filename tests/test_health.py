@@ -1,18 +1,38 @@
-"""The health function: each part, each rule, and what forces health to 0."""
+"""The health function: each part, each rule, dependent penalties, and what forces health to 0."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 
 from schemas.events import MetricsSample, ServiceCheck
-from services.evaluator.health import score
-from services.runtime.config import EvaluatorConfig, HealthWeights, Secret, ServerConfig
+from services.evaluator.health import RESOURCE_PARTS, score
+from services.runtime.config import (
+    EvaluatorConfig,
+    HealthRule,
+    HealthWeights,
+    Secret,
+    ServerConfig,
+    TcpCheck,
+    WritableCheck,
+)
 
-SERVER = ServerConfig(id="A", status_secret=Secret(env="S"), threads_max=8, queue_max=100)
+SERVER = ServerConfig(
+    id="A",
+    status_secret=Secret(env="S"),
+    threads_max=8,
+    queue_max=100,
+    services=[
+        WritableCheck(name="acct-log", kind="dependent", path="/var/log/acct", weight=0.25),
+        TcpCheck(name="ldap", kind="dependent", port=389, weight=0.15),
+        TcpCheck(name="db", kind="mandatory", port=5432),
+    ],
+)
 MIN = EvaluatorConfig(max_processes=1000)
 WEIGHTED = EvaluatorConfig(rule="weighted", max_processes=1000)
+RULES = {"min": MIN, "weighted": WEIGHTED}
 
 
 def sample(**kwargs: Any) -> MetricsSample:
@@ -20,6 +40,34 @@ def sample(**kwargs: Any) -> MetricsSample:
     return MetricsSample(server="A", seq=1, **kwargs)
 
 
+def down(name: str, detail: str = "", kind: str = "dependent") -> ServiceCheck:
+    return ServiceCheck(name=name, kind=kind, ok=False, detail=detail)  # type: ignore[arg-type]
+
+
+def weights(**overrides: float) -> HealthWeights:
+    return msgspec.structs.replace(HealthWeights(), **overrides)
+
+
+# Every part known: threads 0.5, queue 1.0, memory 0.8, cpu 0.1, processes 1.0.
+FULL: dict[str, Any] = {
+    "threads_active": 4,
+    "queue_len": 0,
+    "memory_percent": 20.0,
+    "cpu_percent": 90.0,
+    "process_count": 0,
+}
+FULL_PARTS = {"threads": 0.5, "queue": 1.0, "memory": 0.8, "cpu": 0.1, "processes": 1.0}
+# For each part, the sample fields that put it at 0.2 (every other part at its FULL value).
+LOW_FIELD: dict[str, dict[str, Any]] = {
+    "threads": {"threads_active": 6.4},
+    "queue": {"queue_len": 80},
+    "memory": {"memory_percent": 80.0},
+    "cpu": {"cpu_percent": 80.0},
+    "processes": {"process_count": 800},
+}
+
+
+@pytest.mark.parametrize("rule", ["min", "weighted"])
 @pytest.mark.parametrize(
     ("fields", "part", "expected"),
     [
@@ -35,11 +83,88 @@ def sample(**kwargs: Any) -> MetricsSample:
         ({"process_count": 5000}, "processes", 0.0),
     ],
 )
-def test_each_part_is_a_headroom(fields: dict[str, Any], part: str, expected: float) -> None:
-    result = score(sample(**fields), SERVER, MIN)
+def test_each_part_is_a_headroom(
+    fields: dict[str, Any], part: str, expected: float, rule: str
+) -> None:
+    result = score(sample(**fields), SERVER, RULES[rule])
     assert result.parts == {part: pytest.approx(expected)}
     assert result.health == pytest.approx(expected)
     assert result.limiting == part
+    assert result.penalties == {}
+    assert f"{part} {expected:.2f} limits" in result.reason
+
+
+@pytest.mark.parametrize("part", RESOURCE_PARTS)
+def test_each_part_limits_under_min_when_lowest(part: str) -> None:
+    fields = {**FULL, "cpu_percent": 10.0, **LOW_FIELD[part]}
+    result = score(sample(**fields), SERVER, MIN)
+    assert result.health == pytest.approx(0.2)
+    assert result.limiting == part
+    assert result.reason.startswith(f"min of 5 parts: {part} 0.20 limits")
+
+
+@pytest.mark.parametrize("part", RESOURCE_PARTS)
+def test_each_part_weighs_in_the_weighted_mean(part: str) -> None:
+    fields = {**FULL, "cpu_percent": 10.0, **LOW_FIELD[part]}
+    parts = {**FULL_PARTS, "cpu": 0.9, part: 0.2}
+    cfg = EvaluatorConfig(rule="weighted", weights=weights(**{part: 4.0}), max_processes=1000)
+    result = score(sample(**fields), SERVER, cfg)
+    others = sum(v for p, v in parts.items() if p != part)
+    assert result.health == pytest.approx((4 * 0.2 + others) / 8)
+    assert result.limiting == part
+    assert result.reason.startswith(f"weighted mean of 5 parts {result.health:.2f}: {part} 0.20")
+
+
+@pytest.mark.parametrize("part", RESOURCE_PARTS)
+def test_weight_zero_drops_the_part_from_the_weighted_mean(part: str) -> None:
+    cfg = EvaluatorConfig(rule="weighted", weights=weights(**{part: 0.0}), max_processes=1000)
+    result = score(sample(**FULL), SERVER, cfg)
+    kept = {p: v for p, v in FULL_PARTS.items() if p != part}
+    assert result.parts == pytest.approx(kept)
+    assert result.health == pytest.approx(sum(kept.values()) / 4)
+    assert "weighted mean of 4 parts" in result.reason
+
+
+def test_min_rule_is_the_lowest_part() -> None:
+    result = score(sample(**FULL), SERVER, MIN)
+    assert result.health == pytest.approx(0.1)
+    assert result.limiting == "cpu"
+    assert result.parts == pytest.approx(FULL_PARTS)
+    assert result.reason == "min of 5 parts: cpu 0.10 limits"
+
+
+def test_weighted_rule_is_the_weighted_mean_and_names_the_costliest_part() -> None:
+    result = score(sample(**FULL), SERVER, WEIGHTED)
+    assert result.health == pytest.approx(sum(FULL_PARTS.values()) / 5)
+    assert result.limiting == "cpu"
+    # threads at 0.5 weighs 3: its shortfall (1.5) costs more than cpu's (0.9).
+    cfg = EvaluatorConfig(rule="weighted", weights=weights(threads=3.0), max_processes=1000)
+    result = score(sample(**FULL), SERVER, cfg)
+    assert result.health == pytest.approx((3 * 0.5 + 1.0 + 0.8 + 0.1 + 1.0) / 7)
+    assert result.limiting == "threads"
+
+
+def test_weighted_rule_with_every_weight_zero_has_no_parts() -> None:
+    zero = weights(threads=0, queue=0, memory=0, cpu=0, processes=0)
+    cfg = EvaluatorConfig(rule="weighted", weights=zero)
+    result = score(sample(**FULL), SERVER, cfg)
+    assert result.health == 0.0
+    assert "no health parts known" in result.reason
+
+
+def test_a_servers_own_rule_beats_the_default() -> None:
+    other = msgspec.structs.replace(SERVER, id="B")
+    own = msgspec.structs.replace(
+        SERVER, health=HealthRule(rule="weighted", weights=weights(cpu=0.0))
+    )
+    assert score(sample(**FULL), other, MIN).health == pytest.approx(0.1)
+    result = score(sample(**FULL), own, MIN)
+    assert result.health == pytest.approx((0.5 + 1.0 + 0.8 + 1.0) / 4)
+    assert "cpu" not in result.parts
+    assert result.limiting == "threads"
+    strict = msgspec.structs.replace(SERVER, health=HealthRule(rule="min"))
+    assert score(sample(**FULL), other, WEIGHTED).health == pytest.approx(0.68)
+    assert score(sample(**FULL), strict, WEIGHTED).health == pytest.approx(0.1)
 
 
 def test_threads_max_falls_back_to_the_server_config_and_is_unknown_without_either() -> None:
@@ -73,72 +198,96 @@ def test_status_failure_is_health_zero() -> None:
     assert "timeout" in result.reason
 
 
-def test_mandatory_service_down_is_health_zero() -> None:
+@pytest.mark.parametrize("rule", ["min", "weighted"])
+def test_mandatory_service_down_is_health_zero(rule: str) -> None:
     checks = [
         ServiceCheck(name="radiusd", kind="mandatory", ok=True),
-        ServiceCheck(name="ldap", kind="mandatory", ok=False, detail="connection refused"),
+        down("db", "connection refused", kind="mandatory"),
+        down("acct-log", "not a directory"),
     ]
-    for cfg in (MIN, WEIGHTED):
-        result = score(sample(memory_percent=10.0, services=checks), SERVER, cfg)
-        assert result.health == 0.0
-        assert result.limiting == "service:ldap"
-        assert "connection refused" in result.reason
+    result = score(sample(memory_percent=10.0, services=checks), SERVER, RULES[rule])
+    assert result.health == 0.0
+    assert result.limiting == "service:db"
+    assert "connection refused" in result.reason and "db" in result.reason
 
 
-def test_mandatory_services_up_do_not_change_health() -> None:
-    checks = [ServiceCheck(name="radiusd", kind="mandatory", ok=True)]
+def test_services_up_do_not_change_health() -> None:
+    checks = [
+        ServiceCheck(name="db", kind="mandatory", ok=True),
+        ServiceCheck(name="acct-log", kind="dependent", ok=True),
+    ]
     result = score(sample(memory_percent=10.0, services=checks), SERVER, MIN)
     assert result.health == pytest.approx(0.9)
+    assert result.penalties == {}
 
 
-FULL: dict[str, Any] = {
-    "threads_active": 4,  # 0.5
-    "queue_len": 0,  # 1.0
-    "memory_percent": 20.0,  # 0.8
-    "cpu_percent": 90.0,  # 0.1
-    "process_count": 0,  # 1.0
-}
+@pytest.mark.parametrize("rule", ["min", "weighted"])
+def test_failed_dependent_takes_off_exactly_its_configured_weight(rule: str) -> None:
+    clean = score(sample(**FULL), SERVER, RULES[rule])
+    checks = [down("acct-log", "not a directory")]
+    result = score(sample(**FULL, services=checks), SERVER, RULES[rule])
+    assert result.penalties == {"acct-log": 0.25}
+    assert result.parts == clean.parts
+    assert result.health == pytest.approx(max(0.0, clean.health - 0.25))
+    assert "dependent acct-log down (-0.25: not a directory)" in result.reason
 
 
-def test_min_rule_is_the_lowest_part() -> None:
-    result = score(sample(**FULL), SERVER, MIN)
-    assert result.health == pytest.approx(0.1)
-    assert result.limiting == "cpu"
-    assert len(result.parts) == 5
+def test_two_failed_dependents_add_up() -> None:
+    checks = [down("acct-log"), down("ldap", "timeout")]
+    result = score(sample(memory_percent=10.0, services=checks), SERVER, MIN)
+    assert result.penalties == {"acct-log": 0.25, "ldap": 0.15}
+    assert result.health == pytest.approx(0.9 - 0.25 - 0.15)
+    assert "dependent acct-log down (-0.25)" in result.reason
+    assert "dependent ldap down (-0.15: timeout)" in result.reason
+    assert "0.90 - 0.40 = 0.50" in result.reason
 
 
-def test_weighted_rule_is_the_weighted_mean() -> None:
-    result = score(sample(**FULL), SERVER, WEIGHTED)
-    assert result.health == pytest.approx((0.5 + 1.0 + 0.8 + 0.1 + 1.0) / 5)
-    assert result.limiting == "cpu"
-    weights = HealthWeights(threads=3.0, queue=1.0, memory=0.0, cpu=0.0, processes=0.0)
-    cfg = EvaluatorConfig(rule="weighted", weights=weights, max_processes=1000)
-    result = score(sample(**FULL), SERVER, cfg)
-    assert result.health == pytest.approx((3 * 0.5 + 1 * 1.0) / 4)
-    assert set(result.parts) == {"threads", "queue"}
-    assert result.limiting == "threads"
-
-
-def test_weighted_rule_with_every_weight_zero_has_no_parts() -> None:
-    weights = HealthWeights(threads=0, queue=0, memory=0, cpu=0, processes=0)
-    cfg = EvaluatorConfig(rule="weighted", weights=weights)
-    result = score(sample(**FULL), SERVER, cfg)
+def test_penalties_floor_health_at_zero() -> None:
+    checks = [down("acct-log"), down("ldap"), down("spool")]
+    result = score(sample(memory_percent=50.0, services=checks), SERVER, MIN)
+    assert sum(result.penalties.values()) == pytest.approx(0.7)
     assert result.health == 0.0
-    assert "no health parts known" in result.reason
 
 
-def test_dependent_service_down_is_a_zero_part_in_weighted_and_a_note_in_min() -> None:
-    checks = [
-        ServiceCheck(name="logging", kind="dependent", ok=False),
-        ServiceCheck(name="accounting", kind="dependent", ok=True),
-    ]
-    weighted = score(sample(memory_percent=20.0, services=checks), SERVER, WEIGHTED)
-    assert weighted.parts == {"memory": 0.8, "dependent:logging": 0.0, "dependent:accounting": 1.0}
-    assert weighted.health == pytest.approx((0.8 + 0.0 + 1.0) / 3)
-    assert weighted.limiting == "dependent:logging"
-    by_min = score(sample(memory_percent=20.0, services=checks), SERVER, MIN)
-    assert by_min.health == pytest.approx(0.8)
-    assert "dependent down" in by_min.reason and "logging" in by_min.reason
+def test_an_unconfigured_dependent_takes_off_the_default_weight_and_says_so() -> None:
+    result = score(sample(memory_percent=10.0, services=[down("spool", "full")]), SERVER, MIN)
+    assert result.penalties == {"spool": 0.3}
+    assert result.health == pytest.approx(0.6)
+    assert "dependent spool down (-0.30: not configured, default weight 0.30; full)" in (
+        result.reason
+    )
+
+
+def test_a_dependent_with_weight_zero_is_reported_but_takes_nothing() -> None:
+    server = msgspec.structs.replace(
+        SERVER, services=[WritableCheck(name="acct-log", kind="dependent", path="/x", weight=0)]
+    )
+    result = score(sample(memory_percent=10.0, services=[down("acct-log")]), server, MIN)
+    assert result.penalties == {"acct-log": 0.0}
+    assert result.health == pytest.approx(0.9)
+    assert result.limiting == "memory"
+
+
+def test_parts_limit_when_they_take_off_more_than_the_penalties() -> None:
+    checks = [down("acct-log", "not a directory")]
+    result = score(sample(threads_active=7, services=checks), SERVER, MIN)  # threads 0.125
+    assert result.limiting == "threads"
+    assert result.health == 0.0
+    assert result.reason == (
+        "min of 1 part: threads 0.12 limits; "
+        "dependent acct-log down (-0.25: not a directory); 0.12 - 0.25 = 0.00; "
+        "unknown: queue, memory, cpu, processes"
+    )
+
+
+@pytest.mark.parametrize("rule", ["min", "weighted"])
+def test_a_penalty_limits_when_penalties_take_off_more_than_the_parts(rule: str) -> None:
+    checks = [down("ldap"), down("acct-log", "not a directory")]
+    result = score(sample(memory_percent=10.0, services=checks), SERVER, RULES[rule])
+    assert result.health == pytest.approx(0.5)
+    assert result.limiting == "penalty:acct-log"
+    assert "dependent acct-log down (-0.25: not a directory) limits" in result.reason
+    assert "memory 0.90 limits" not in result.reason
 
 
 @pytest.mark.parametrize("rule", ["min", "weighted"])
