@@ -53,7 +53,7 @@ class MetricsSample(Event, frozen=True, kw_only=True, tag="metrics.sample"):
     A figure that could not be read is ``None`` and the reason is listed in
     ``errors``: it never turns into a zero that looks healthy. ``sources``
     says where each figure came from (``status-server``, ``process``,
-    ``config``, ``radiusd.conf``). ``queue_len`` is the auth queue; rates are
+    ``host``, ``config``, ``radiusd.conf``). ``queue_len`` is the auth queue; rates are
     per second over the interval since the previous sample.
     """
 

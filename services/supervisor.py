@@ -10,6 +10,7 @@ SIGKILL after a grace period) and the embedded server last.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from services.runtime.config import Config
-from services.runtime.lifecycle import wait_for_shutdown
+from services.runtime.lifecycle import ShutdownSignals
 from services.runtime.natsserver import EmbeddedNats
 
 logger = logging.getLogger(__name__)
@@ -197,23 +198,23 @@ def _print_sink(name: str, line: str) -> None:
     print(f"{name:>12} | {line}", file=sys.stderr, flush=True)
 
 
-async def supervise(supervisor: Supervisor) -> None:
-    """Watch the processes until SIGINT or SIGTERM."""
-    stop = asyncio.create_task(wait_for_shutdown(None))
-    while not stop.done():
-        supervisor.check()
-        await asyncio.wait([stop], timeout=0.5)
-
-
 def up(config: Config, config_path: Path) -> int:
     """Run every service of ``config`` until interrupted; exit 0 on a clean stop."""
-    supervisor = Supervisor(config, config_path.resolve(), sink=_print_sink)
-    try:
-        supervisor.start()
-        logger.info("all services started; bus at %s", supervisor.bus_url)
-        asyncio.run(supervise(supervisor))
-    finally:
-        statuses = supervisor.stop()
+    return asyncio.run(_up(Supervisor(config, config_path.resolve(), sink=_print_sink)))
+
+
+async def _up(supervisor: Supervisor) -> int:
+    # Signal handlers first, so a SIGTERM during start-up still stops everything cleanly.
+    with ShutdownSignals() as signals:
+        try:
+            await asyncio.to_thread(supervisor.start)
+            logger.info("all services started; bus at %s", supervisor.bus_url)
+            while not signals.event.is_set():
+                supervisor.check()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(signals.event.wait(), 0.5)
+        finally:
+            statuses = await asyncio.to_thread(supervisor.stop)
     failed = {name: status for name, status in statuses.items() if status != 0}
     if failed:
         logger.error("services exited with errors: %s", failed)

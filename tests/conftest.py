@@ -13,6 +13,8 @@ from services.farm import write_farm
 from services.runtime.config import Config
 from services.runtime.natsserver import EmbeddedNats
 
+pytest_plugins = ["tests.freeradius"]
+
 
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:

@@ -92,6 +92,8 @@ class ServerFigures:
     accepts: int
     rejects: int
     dropped: int
+    pps_in: int = 0
+    pps_out: int = 0
 
 
 _U32 = 0xFFFFFFFF
@@ -114,10 +116,20 @@ def status_reply(request: packet.AuthPacket, figures: ServerFigures) -> bytes:
             "FreeRADIUS-Stats-Threads-Total": figures.threads_total,
             "FreeRADIUS-Stats-Threads-Max": figures.threads_max,
             "FreeRADIUS-Queue-Len-Auth": figures.queue_len,
+            # It has only an auth queue and does no accounting or proxying.
+            "FreeRADIUS-Queue-Len-Internal": 0,
+            "FreeRADIUS-Queue-Len-Acct": 0,
+            "FreeRADIUS-Queue-Len-Proxy": 0,
+            "FreeRADIUS-Queue-Len-Detail": 0,
+            "FreeRADIUS-Queue-PPS-In": figures.pps_in,
+            "FreeRADIUS-Queue-PPS-Out": figures.pps_out,
             "FreeRADIUS-Total-Access-Requests": figures.requests,
             "FreeRADIUS-Total-Access-Accepts": figures.accepts,
             "FreeRADIUS-Total-Access-Rejects": figures.rejects,
+            "FreeRADIUS-Total-Auth-Responses": figures.accepts + figures.rejects,
             "FreeRADIUS-Total-Auth-Dropped-Requests": figures.dropped,
+            "FreeRADIUS-Total-Accounting-Requests": 0,
+            "FreeRADIUS-Total-Accounting-Responses": 0,
         }
         for name, value in values.items():
             reply[name] = min(max(0, value), _U32)

@@ -18,6 +18,7 @@ import asyncio
 import functools
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -102,6 +103,7 @@ class AaaServer(asyncio.DatagramProtocol):
             service_time_s=reference.service_time_ms / 1000.0,
         )
         self.counters = ServerCounters()
+        self._last_rates = (time.monotonic(), 0, 0)
         self._in_flight: set[RequestKey] = set()
         self._transport: asyncio.DatagramTransport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -157,8 +159,23 @@ class AaaServer(asyncio.DatagramProtocol):
 
     # --- figures and control --------------------------------------------
 
+    def _packet_rates(self) -> tuple[int, int]:
+        """Requests in and replies out per second since the previous call."""
+        now = time.monotonic()
+        replies = self.counters.accepts + self.counters.rejects
+        then, requests_then, replies_then = self._last_rates
+        self._last_rates = (now, self.counters.requests, replies)
+        elapsed = now - then
+        if elapsed <= 0:
+            return 0, 0
+        return (
+            round((self.counters.requests - requests_then) / elapsed),
+            round((replies - replies_then) / elapsed),
+        )
+
     def figures(self) -> ServerFigures:
         stats = self.pool.stats()
+        pps_in, pps_out = self._packet_rates()
         return ServerFigures(
             threads_active=stats.busy,
             threads_total=stats.alive,
@@ -168,6 +185,8 @@ class AaaServer(asyncio.DatagramProtocol):
             accepts=self.counters.accepts,
             rejects=self.counters.rejects,
             dropped=sum(self.counters.dropped.values()),
+            pps_in=pps_in,
+            pps_out=pps_out,
         )
 
     async def on_control(self, event: ServerControl) -> None:

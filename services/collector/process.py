@@ -4,8 +4,10 @@ A :class:`ProcessWatch` finds the server's process by a
 :class:`~services.runtime.config.ProcessMatch` (pid file, process name,
 command-line substring; every one given must match) and keeps the
 ``psutil.Process`` between samples, so that ``cpu_percent`` covers the time
-since the previous sample. Reading blocks (it walks /proc): call
-:meth:`ProcessWatch.sample` from a thread.
+since the previous sample; it also reads the CPU time of each of the
+process's threads (from which the collector estimates how many are busy)
+and counts the process with its descendants. Reading blocks (it walks
+/proc): call :meth:`ProcessWatch.sample` from a thread.
 """
 
 from __future__ import annotations
@@ -32,13 +34,20 @@ class NotFound(Exception):
 
 @dataclass(frozen=True)
 class ProcessReading:
-    """Figures of one sample; a figure that could not be read is None, with a reason."""
+    """Figures of one sample; a figure that could not be read is None, with a reason.
+
+    ``thread_times`` maps each thread id of the process to its CPU time
+    (user + system, seconds); ``process_tree_count`` is the process and all
+    its descendants; ``process_count`` is every process of the host.
+    """
 
     pid: int | None = None
     process_threads: int | None = None
     memory_percent: float | None = None
     cpu_percent: float | None = None
     process_count: int | None = None
+    thread_times: dict[int, float] | None = None
+    process_tree_count: int | None = None
     errors: list[str] = field(default_factory=list)
 
 
@@ -164,11 +173,23 @@ class ProcessWatch:
         except psutil.Error as exc:
             errors.append(f"process: {exc}")
             return ProcessReading(process_count=process_count, errors=errors)
+        thread_times: dict[int, float] | None = None
+        try:
+            thread_times = {t.id: t.user_time + t.system_time for t in proc.threads()}
+        except psutil.Error as exc:
+            errors.append(f"threads of process {proc.pid}: {exc}")
+        tree: int | None = None
+        try:
+            tree = 1 + len(proc.children(recursive=True))
+        except psutil.Error as exc:
+            errors.append(f"descendants of process {proc.pid}: {exc}")
         return ProcessReading(
             pid=proc.pid,
             process_threads=threads,
             memory_percent=memory,
             cpu_percent=cpu,
             process_count=process_count,
+            thread_times=thread_times,
+            process_tree_count=tree,
             errors=errors,
         )

@@ -4,19 +4,29 @@ Each server is read concurrently: a FreeRADIUS Status-Server probe (bounded
 by ``collector.status_timeout_s``) and its process's figures with psutil (in
 a thread, so the loop never blocks). A server that does not answer gives a
 sample with ``status_ok=False`` and the reason in ``errors``, never zeros.
-The sequence number of each server's samples is kept in the KV bucket
-``collector`` (stored before each publish), so it keeps growing across
-restarts.
+What rates and busy-thread estimates need from the previous reading is kept
+per server in memory (a restart starts them afresh); the sequence number of
+each server's samples is kept in the KV bucket ``collector`` (stored before
+each publish), so it keeps growing across restarts. A server's
+``radiusd_conf`` is read once, at start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from schemas.events import MetricsSample
 from services.collector.process import ProcessReading, ProcessWatch
-from services.collector.sample import StatusReading, make_sample, status_failure, status_reading
+from services.collector.sample import (
+    Limit,
+    SampleBuilder,
+    StatusReading,
+    status_failure,
+    status_reading,
+    threads_limit,
+)
 from services.runtime import radius
 from services.runtime.config import Config, ServerConfig
 from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
@@ -28,8 +38,24 @@ logger = logging.getLogger(__name__)
 SEQ_KEY = "seq.{server}"
 
 
+def read_limit(server: ServerConfig, config: Config) -> Limit:
+    """The server's ``threads_max`` fallback, reading its radiusd.conf if it needs to."""
+    if server.threads_max is not None or server.radiusd_conf is None:
+        return threads_limit(server.threads_max, server.radiusd_conf)
+    path = config.path(server.radiusd_conf)
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        limit = threads_limit(None, str(path), None, exc.strerror or str(exc))
+    else:
+        limit = threads_limit(None, str(path), text)
+    if limit.error is not None:
+        logger.warning("collector: server %s: %s", server.id, limit.error)
+    return limit
+
+
 class ServerProbe:
-    """How the collector reads one server, and the last sequence number it used."""
+    """How the collector reads one server: its probes, its sample builder, its last seq."""
 
     def __init__(
         self,
@@ -38,12 +64,14 @@ class ServerProbe:
         watch: ProcessWatch,
         *,
         timeout_s: float,
+        limit: Limit | None = None,
         source: str = "collector",
     ) -> None:
         self.server = server
         self.status_secret = status_secret
         self.watch = watch
         self.timeout_s = timeout_s
+        self.builder = SampleBuilder(server.id, limit)
         self.source = source
         self.seq = 0
         self.failures = 0
@@ -59,14 +87,15 @@ class ServerProbe:
             values = await query_status(target, self.status_secret, timeout_s=self.timeout_s)
         except radius.RadiusTimeout:
             return status_failure(
-                f"status: no answer from {target[0]}:{target[1]} in {self.timeout_s:g}s"
+                f"status: no answer from {target[0]}:{target[1]} "
+                f"within the {self.timeout_s:g}s timeout"
             )
         except OSError as exc:
             return status_failure(f"status: {target[0]}:{target[1]}: {exc}")
         except Exception as exc:
             logger.exception("status probe of %s failed", self.id)
             return status_failure(f"status: {type(exc).__name__}: {exc}")
-        return status_reading(values, self.server.threads_max)
+        return status_reading(values, time.monotonic())
 
     async def process(self) -> ProcessReading:
         """Read the process figures in a thread; never raises."""
@@ -79,7 +108,7 @@ class ServerProbe:
     async def read(self, seq: int) -> MetricsSample:
         """The sample numbered ``seq``, from both readings made at once."""
         status, process = await asyncio.gather(self.status(), self.process())
-        return make_sample(self.id, seq, status, process, source=self.source)
+        return self.builder.build(seq, status, process, source=self.source)
 
 
 async def collect_one(rt: Runtime, probe: ServerProbe, seqs: StateStore[int]) -> None:
@@ -126,6 +155,7 @@ async def run(
             config.read_secret(server.status_secret),
             ProcessWatch(server.process, config.path, prime_s=min(0.1, timeout_s)),
             timeout_s=timeout_s,
+            limit=read_limit(server, config),
         )
         for server in servers
     ]

@@ -1,0 +1,329 @@
+"""A real FreeRADIUS for tests: its own raddb in a tmp dir, run unprivileged in the foreground.
+
+The ``freeradius`` fixture is a factory: ``server = await freeradius()``
+writes a raddb (PAP user ``alice``/``wonderland``, an auth and an acct
+listener, and a Status-Server listener with its own secret, all on free
+loopback ports), starts ``freeradius -f -d DIR`` in its own session and
+waits until the status port answers. Every server it started is stopped at
+teardown (SIGTERM to its process group, then SIGKILL); ``server.stop()``
+stops one earlier. ``server.entry("F")`` is the server's entry for a farm
+config. Register it for every test module with
+``pytest_plugins = ["tests.freeradius"]`` in ``tests/conftest.py``.
+
+When FreeRADIUS is not installed the tests using it are skipped, except
+when the environment variable ``CI`` is set: then they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.farm import free_udp_port
+from services.runtime.radius import RadiusTimeout, query_status
+
+IP = "127.0.0.1"
+USER = "alice"
+PASSWORD = "wonderland"
+READY_TIMEOUT_S = 20.0
+STOP_GRACE_S = 5.0
+
+
+def require(program: str) -> str:
+    """The path of ``program`` (also looked for in /usr/sbin); skip, or fail under CI."""
+    found = shutil.which(program) or shutil.which(program, path="/usr/sbin:/usr/bin")
+    if found is not None:
+        return found
+    message = f"{program} is not installed (Debian: apt-get install freeradius freeradius-utils)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+RADIUSD_CONF = """\
+# radiusd.conf written by tests/freeradius.py
+prefix = /usr
+exec_prefix = /usr
+sysconfdir = /etc
+localstatedir = /var
+sbindir = ${{exec_prefix}}/sbin
+logdir = {dir}/log
+raddbdir = {dir}
+radacctdir = {dir}/radacct
+name = freeradius
+confdir = ${{raddbdir}}
+modconfdir = ${{confdir}}/mods-config
+run_dir = {dir}/run
+db_dir = {dir}
+libdir = /usr/lib/freeradius
+pidfile = ${{run_dir}}/freeradius.pid
+# room for radclient's bursts; a finished request is kept (and only then counted
+# in FreeRADIUS-Total-Auth-Responses) for cleanup_delay seconds
+max_requests = 65536
+cleanup_delay = 2
+
+log {{
+    destination = files
+    file = ${{logdir}}/radius.log
+    auth = no
+}}
+
+security {{
+    status_server = yes
+    allow_core_dumps = no
+}}
+
+thread pool {{
+    start_servers = {start_servers}
+    max_servers = {max_servers}   # the collector reads this one
+    min_spare_servers = 1
+    max_spare_servers = {max_servers}
+    max_requests_per_server = 0
+}}
+
+client loopback {{
+    ipaddr = 127.0.0.0/8
+    secret = "{client_secret}"
+}}
+
+modules {{
+    pap {{
+    }}
+    files {{
+        filename = ${{confdir}}/users
+    }}
+    always ok {{
+        rcode = ok
+    }}
+    detail {{
+        filename = ${{radacctdir}}/detail
+        permissions = 0600
+    }}
+}}
+
+server default {{
+    listen {{
+        type = auth
+        ipaddr = {ip}
+        port = {auth_port}
+    }}
+    listen {{
+        type = acct
+        ipaddr = {ip}
+        port = {acct_port}
+    }}
+    authorize {{
+        files
+        pap
+    }}
+    authenticate {{
+        Auth-Type PAP {{
+            pap
+        }}
+    }}
+    accounting {{
+        detail
+        ok
+    }}
+}}
+
+server status {{
+    listen {{
+        type = status
+        ipaddr = {ip}
+        port = {status_port}
+    }}
+    client admin {{
+        ipaddr = {ip}
+        secret = "{status_secret}"
+    }}
+    authorize {{
+        ok
+        Autz-Type Status-Server {{
+            ok
+        }}
+    }}
+}}
+"""
+
+
+@dataclass
+class FreeRadius:
+    """One FreeRADIUS server with its own raddb in ``directory``."""
+
+    directory: Path
+    max_servers: int = 16
+    start_servers: int = 4
+    auth_port: int = field(default_factory=lambda: free_udp_port(IP))
+    acct_port: int = field(default_factory=lambda: free_udp_port(IP))
+    status_port: int = field(default_factory=lambda: free_udp_port(IP))
+    client_secret: str = field(default_factory=lambda: secrets.token_hex(12))
+    status_secret: str = field(default_factory=lambda: secrets.token_hex(12))
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def radiusd_conf(self) -> Path:
+        return self.directory / "radiusd.conf"
+
+    @property
+    def pid_file(self) -> Path:
+        """The pid file the harness writes (FreeRADIUS writes none in the foreground)."""
+        return self.directory / "run" / "freeradius.pid"
+
+    @property
+    def status_secret_file(self) -> Path:
+        return self.directory / "status.secret"
+
+    @property
+    def log_file(self) -> Path:
+        return self.directory / "log" / "radius.log"
+
+    @property
+    def output_file(self) -> Path:
+        return self.directory / "output.log"
+
+    def write(self) -> None:
+        """Write the raddb: radiusd.conf, an empty dictionary, the users file, the secret."""
+        for sub in ("log", "run", "radacct"):
+            (self.directory / sub).mkdir(parents=True, exist_ok=True)
+        self.radiusd_conf.write_text(
+            RADIUSD_CONF.format(
+                dir=self.directory,
+                ip=IP,
+                auth_port=self.auth_port,
+                acct_port=self.acct_port,
+                status_port=self.status_port,
+                client_secret=self.client_secret,
+                status_secret=self.status_secret,
+                max_servers=self.max_servers,
+                start_servers=self.start_servers,
+            )
+        )
+        (self.directory / "dictionary").write_text("")
+        (self.directory / "users").write_text(f'{USER} Cleartext-Password := "{PASSWORD}"\n')
+        self.status_secret_file.write_text(self.status_secret + "\n")
+        self.status_secret_file.chmod(0o600)
+
+    def start(self) -> None:
+        """Start ``freeradius -f -d DIR`` in its own session and write its pid file."""
+        program = require("freeradius")
+        with self.output_file.open("wb") as output:
+            self.process = subprocess.Popen(
+                [program, "-f", "-d", str(self.directory)],
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.pid_file.write_text(f"{self.process.pid}\n")
+
+    async def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Wait until the status port answers a Status-Server; fail with the log if not."""
+        deadline = time.monotonic() + timeout_s
+        secret = self.status_secret.encode()
+        while True:
+            if self.process is None or self.process.poll() is not None:
+                code = None if self.process is None else self.process.returncode
+                raise AssertionError(f"freeradius is not running (exit {code}):\n{self.logs()}")
+            try:
+                await query_status((IP, self.status_port), secret, timeout_s=0.2)
+                return
+            except (RadiusTimeout, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"freeradius did not answer in {timeout_s}s:\n{self.logs()}")
+            await asyncio.sleep(0.05)
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> int | None:
+        """SIGTERM the server's process group, SIGKILL it after ``grace_s``; its exit status."""
+        proc = self.process
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc.pid, signal.SIGKILL)
+                proc.wait(grace_s)
+        _signal_group(proc.pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+        return proc.returncode
+
+    def logs(self, lines: int = 40) -> str:
+        """The last lines of the server's output and log file."""
+        out = []
+        for path in (self.output_file, self.log_file):
+            try:
+                text = path.read_text(errors="replace")
+            except OSError:
+                continue
+            out.extend(text.splitlines()[-lines:])
+        return "\n".join(out)
+
+    def entry(self, server_id: str = "F", **extra: Any) -> dict[str, Any]:
+        """This server's entry in a farm config (``servers`` list), with ``extra`` merged in."""
+        return {
+            "id": server_id,
+            "ip": IP,
+            "auth_port": self.auth_port,
+            "status_port": self.status_port,
+            "status_secret": {"file": str(self.status_secret_file)},
+            "process": {"pid_file": str(self.pid_file)},
+            "radiusd_conf": str(self.radiusd_conf),
+            **extra,
+        }
+
+    def radclient(self, count: int, parallel: int) -> list[str]:
+        """The argv of a radclient sending ``count`` Access-Requests, ``parallel`` at once."""
+        program = require("radclient")
+        return [
+            program,
+            "-q",
+            "-c",
+            str(count),
+            "-p",
+            str(parallel),
+            f"{IP}:{self.auth_port}",
+            "auth",
+            self.client_secret,
+        ]
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+StartFreeRadius = Callable[..., Awaitable[FreeRadius]]
+
+
+@pytest.fixture
+def freeradius(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartFreeRadius]:
+    """Start FreeRADIUS servers: ``await freeradius(max_servers=16, start_servers=4)``."""
+    started: list[FreeRadius] = []
+
+    async def start(**kwargs: Any) -> FreeRadius:
+        require("freeradius")
+        server = FreeRadius(tmp_path_factory.mktemp("raddb"), **kwargs)
+        server.write()
+        started.append(server)
+        server.start()
+        await server.wait_ready()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
