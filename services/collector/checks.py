@@ -136,9 +136,13 @@ async def _radius(spec: RadiusCheck, config: Config) -> str:
         ) from None
     finally:
         client.close()
-    if reply.code != radius.ACCESS_ACCEPT:
+    # Any reply that verifies under the secret shows the port is served: an
+    # auth port whose virtual server has no Status-Server section answers
+    # with an Access-Reject (RFC 5997 asks for an Accept, FreeRADIUS's
+    # `default` site gives one).
+    if reply.code not in (radius.ACCESS_ACCEPT, radius.ACCESS_REJECT):
         raise CheckFailed(f"{target} answered Status-Server with code {reply.code}")
-    return ""
+    return "answered with Access-Reject" if reply.code == radius.ACCESS_REJECT else ""
 
 
 def _write_probe(directory: Path) -> None:

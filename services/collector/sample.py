@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.events import MetricsSample
+from schemas.events import MetricsSample, ServiceCheck
 from services.collector.process import ProcessReading
 from services.collector.radiusd import RadiusdConfError, max_servers
 
@@ -244,7 +244,13 @@ class SampleBuilder:
         self.threads: ThreadTimes | None = None
 
     def build(
-        self, seq: int, status: StatusReading, process: ProcessReading, *, source: str = ""
+        self,
+        seq: int,
+        status: StatusReading,
+        process: ProcessReading,
+        *,
+        services: list[ServiceCheck] | None = None,
+        source: str = "",
     ) -> MetricsSample:
         """The sample numbered ``seq``; remembers this reading for the next one."""
         counts: dict[str, int] = {}
@@ -327,6 +333,7 @@ class SampleBuilder:
             queue_len_detail=counts.get("queue_len_detail"),
             pps_in=counts.get("pps_in"),
             pps_out=counts.get("pps_out"),
+            services=list(services or []),
             access_requests_per_s=amounts.get("access_requests_per_s"),
             auth_responses_per_s=amounts.get("auth_responses_per_s"),
             acct_requests_per_s=amounts.get("acct_requests_per_s"),

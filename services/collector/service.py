@@ -1,8 +1,9 @@
 """The collector: every interval, one MetricsSample per server on the bus.
 
 Each server is read concurrently: a FreeRADIUS Status-Server probe (bounded
-by ``collector.status_timeout_s``) and its process's figures with psutil (in
-a thread, so the loop never blocks). A server that does not answer gives a
+by ``collector.status_timeout_s``), its process's figures with psutil (in
+a thread, so the loop never blocks) and the checks of the services it needs
+(each bounded by its own timeout). A server that does not answer gives a
 sample with ``status_ok=False`` and the reason in ``errors``, never zeros.
 What rates and busy-thread estimates need from the previous reading is kept
 per server in memory (a restart starts them afresh); the sequence number of
@@ -17,7 +18,8 @@ import asyncio
 import logging
 import time
 
-from schemas.events import MetricsSample
+from schemas.events import MetricsSample, ServiceCheck
+from services.collector.checks import run_checks
 from services.collector.process import ProcessReading, ProcessWatch
 from services.collector.sample import (
     Limit,
@@ -65,9 +67,11 @@ class ServerProbe:
         *,
         timeout_s: float,
         limit: Limit | None = None,
+        config: Config,
         source: str = "collector",
     ) -> None:
         self.server = server
+        self.config = config
         self.status_secret = status_secret
         self.watch = watch
         self.timeout_s = timeout_s
@@ -105,10 +109,16 @@ class ServerProbe:
             logger.exception("process reading of %s failed", self.id)
             return ProcessReading(errors=[f"process: {type(exc).__name__}: {exc}"])
 
+    async def checks(self) -> list[ServiceCheck]:
+        """The outcome of every service check of the server, run at once."""
+        return await run_checks(self.server.services, self.config)
+
     async def read(self, seq: int) -> MetricsSample:
-        """The sample numbered ``seq``, from both readings made at once."""
-        status, process = await asyncio.gather(self.status(), self.process())
-        return self.builder.build(seq, status, process, source=self.source)
+        """The sample numbered ``seq``, from every reading made at once."""
+        status, process, services = await asyncio.gather(
+            self.status(), self.process(), self.checks()
+        )
+        return self.builder.build(seq, status, process, services=services, source=self.source)
 
 
 async def collect_one(rt: Runtime, probe: ServerProbe, seqs: StateStore[int]) -> None:
@@ -156,6 +166,7 @@ async def run(
             ProcessWatch(server.process, config.path, prime_s=min(0.1, timeout_s)),
             timeout_s=timeout_s,
             limit=read_limit(server, config),
+            config=config,
         )
         for server in servers
     ]
