@@ -33,6 +33,7 @@ def test_up_runs_every_service_on_an_embedded_bus_and_stops_cleanly(tmp_path: Pa
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
+    children: list[psutil.Process] = []
     try:
         assert started.wait(60), "".join(lines[-30:])
         assert proc.poll() is None, "".join(lines[-30:])
@@ -50,5 +51,8 @@ def test_up_runs_every_service_on_an_embedded_bus_and_stops_cleanly(tmp_path: Pa
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        for child in children:  # whatever a failed run left behind
+            if child.is_running():
+                child.kill()
         assert proc.stderr is not None
         proc.stderr.close()
