@@ -23,6 +23,9 @@ check: $(STAMP)
 	$(BIN)/ruff format --check schemas services tests
 	$(BIN)/mypy
 
+bench: $(STAMP)
+	$(BIN)/python bench/planner.py
+
 schema: $(STAMP)
 	$(BIN)/aaa-failover schema
 

@@ -106,6 +106,7 @@ class HealthReport(Event, frozen=True, kw_only=True, tag="health.report"):
     reason: str = ""
     failover_threshold: float
     connection_threshold: float
+    deficit: float = 0.0
     incident_id: str | None = None
     state: Literal["healthy", "overloaded", "recovering"] = "healthy"
 
@@ -126,15 +127,30 @@ class Incident(Event, frozen=True, kw_only=True, tag="incident"):
 
 
 class Move(msgspec.Struct, frozen=True, kw_only=True):
-    """One client to move, the alternates it may use in order, and why."""
+    """One client to move, the alternates it may use in order, and why.
+
+    ``why`` says why the client was chosen, ``where`` why its first
+    alternate was picked; ``load`` is the request rate it takes along.
+    """
 
     client: str
     alternates: list[str]
     why: str = ""
+    where: str = ""
+    load: float = 0.0
 
 
 class FailoverPlan(Event, frozen=True, kw_only=True, tag="failover.plan"):
-    """Which clients of an overloaded server move, and where to."""
+    """Which clients of an overloaded server move, and where to.
+
+    ``step`` counts the plans of one incident (a later step sheds more); a
+    plan too large for one message travels as ``parts`` events sharing its
+    ``plan_id``, each with some of the moves and the same summary;
+    ``share`` is the part of the server's load asked to move (from the
+    health ``deficit`` below the failover threshold), ``cap`` the most clients
+    one step may move, ``load`` the server's load before the step and
+    ``moved_load`` what the moves take away.
+    """
 
     plan_id: str = msgspec.field(default_factory=new_id)
     incident_id: str
@@ -142,6 +158,15 @@ class FailoverPlan(Event, frozen=True, kw_only=True, tag="failover.plan"):
     moves: list[Move] = msgspec.field(default_factory=list)
     unplaced: list[str] = msgspec.field(default_factory=list)
     reason: str = ""
+    step: int = 1
+    health: float | None = None
+    deficit: float | None = None
+    share: float | None = None
+    cap: int | None = None
+    load: float | None = None
+    moved_load: float = 0.0
+    part: int = 1
+    parts: int = 1
 
 
 # --- notifier and agent ----------------------------------------------------
@@ -222,6 +247,7 @@ class ClientStatus(Event, frozen=True, kw_only=True, tag="client.status"):
     client: str
     home: str
     current: str
+    rate: float | None = None
     sent: int = 0
     answered: int = 0
     rejected: int = 0

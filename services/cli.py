@@ -43,6 +43,23 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--overload-s", type=float, default=12.0)
     demo.add_argument("--keep", metavar="DIR", help="write the demo's files here and keep them")
 
+    plan = sub.add_parser("plan", help="print the failover plan a situation would produce")
+    plan.add_argument("-c", "--config", required=True)
+    plan.add_argument(
+        "--dry-run", action="store_true", help="plan without a bus and publish nothing (default)"
+    )
+    plan.add_argument("--server", required=True, help="the overloaded server")
+    plan.add_argument("--health", type=float, required=True, help="its health, 0 to 1")
+    plan.add_argument("--limiting", default="", help="what limits it, e.g. service:ldap")
+    plan.add_argument(
+        "--server-health",
+        action="append",
+        default=[],
+        metavar="ID=HEALTH",
+        help="another server's health (default 1.0)",
+    )
+    plan.add_argument("--json", action="store_true", help="the FailoverPlan event as JSON")
+
     schema = sub.add_parser("schema", help="write the JSON Schema of every event")
     schema.add_argument("--out", type=Path, help="directory (default: schemas/json)")
     return parser
@@ -62,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from services.demo import demo
 
             return demo(clients=args.clients, overload_s=args.overload_s, keep=args.keep)
+        if args.command == "plan":
+            return _plan(args)
         if args.command == "schema":
             from schemas.jsonschema import JSON_DIR, write_schemas
 
@@ -80,6 +99,28 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     module = importlib.import_module(f"services.{args.service}.service")
     asyncio.run(module.run(config, bus_url=args.bus_url, only=args.only))
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from schemas.codec import encode
+    from services.targeter.dryrun import describe, dry_run
+
+    healths: dict[str, float] = {}
+    for item in args.server_health:
+        sid, _, value = item.partition("=")
+        try:
+            healths[sid] = float(value)
+        except ValueError:
+            raise ConfigError(f"--server-health {item!r}: expected ID=HEALTH") from None
+    plan = dry_run(
+        load_config(args.config),
+        args.server,
+        args.health,
+        limiting=args.limiting,
+        server_health=healths,
+    )
+    print(encode(plan).decode() if args.json else describe(plan))
     return 0
 
 

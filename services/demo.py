@@ -46,6 +46,7 @@ DEMO_SETTINGS: dict[str, Any] = {
         "failover_samples": 2,
         "recovery_samples": 3,
     },
+    "targeter": {"max_share": 1.0, "step_interval_s": 1.0},
     "notifier": {"ack_timeout_s": 1.0, "retries": 3},
     "readmitter": {"wave_size": 3, "wave_interval_s": 2.0, "retry_after_s": 5.0},
 }

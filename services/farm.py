@@ -55,6 +55,7 @@ def farm_dict(
     client_rate: float = 2.0,
     workers: int = 8,
     service_time_ms: float = 5.0,
+    capacity_rps: float | None = None,
 ) -> dict[str, Any]:
     """The config of a farm as a dict; writes the secret files it names."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -75,7 +76,8 @@ def farm_dict(
     for i, sid in enumerate(servers):
         ip = server_ip(i)
         server_list.append(
-            {
+            ({"capacity_rps": capacity_rps} if capacity_rps is not None else {})
+            | {
                 "id": sid,
                 "ip": ip,
                 "auth_port": free_udp_port(ip),

@@ -21,7 +21,8 @@ def test_demo_runs_to_its_summary_and_cleans_up(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
-    assert "incident opened" in out and "plan: move 7 clients" in out
+    assert "incident opened" in out and "plan: move" in out
+    assert "clients moved: 7 of 7 targeted" in out
     assert "readmit wave 1" in out and "(final)" in out
     assert "summary" in out
     assert "clients on their home server at the end: 20 of 20" in out

@@ -87,6 +87,7 @@ class ClientAgent:
             jitter=client.return_jitter,
         )
         self.rejections: Counter[str] = Counter()
+        self._rate_mark: tuple[float, int] | None = None
         self.wake = asyncio.Event()
         self.traffic = Traffic(
             client_id=client.id,
@@ -112,12 +113,21 @@ class ClientAgent:
         except nats.errors.Error as exc:
             logger.warning("%s: cannot publish on %s: %s", self.client.id, subject, exc)
 
+    def _measured_rate(self) -> float | None:
+        """Requests sent per second since the previous status (None at the first)."""
+        now, sent = time.monotonic(), self.traffic.counters.sent
+        last, self._rate_mark = self._rate_mark, (now, sent)
+        if last is None or now - last[0] < 0.5 * STATUS_INTERVAL_S:
+            return None
+        return (sent - last[1]) / (now - last[0])
+
     async def publish_status(self) -> None:
         c = self.traffic.counters
         status = ClientStatus(
             client=self.client.id,
             home=self.state.home.server,
             current=self.state.current.server,
+            rate=self._measured_rate(),
             sent=c.sent,
             answered=c.answered,
             rejected=c.rejected,

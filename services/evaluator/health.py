@@ -170,3 +170,10 @@ def _combine(rule: HealthRule, parts: dict[str, float]) -> tuple[float, str, str
         return combined, part, head
     part = min(parts, key=lambda p: parts[p])
     return parts[part], part, f"min of {count}: {part} {parts[part]:.2f}"
+
+
+def deficit(health: float, failover_threshold: float) -> float:
+    """How far health is below the failover threshold, as a share of it (0 when not below)."""
+    if failover_threshold <= 0 or health >= failover_threshold:
+        return 0.0
+    return min(1.0, (failover_threshold - health) / failover_threshold)

@@ -14,7 +14,7 @@ import logging
 import time
 
 from schemas.events import HealthReport, Incident, MetricsSample, ReadmitWave
-from services.evaluator.health import score
+from services.evaluator.health import deficit, score
 from services.evaluator.incidents import ServerState, Transition, close, step
 from services.runtime.config import Config, ServerConfig, subject_tokens
 from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
@@ -72,6 +72,7 @@ class Evaluator:
                 reason=result.reason,
                 failover_threshold=cfg.failover_threshold,
                 connection_threshold=cfg.connection_threshold,
+                deficit=deficit(result.health, cfg.failover_threshold),
                 incident_id=state.incident_id,
                 state=state.phase,
             )

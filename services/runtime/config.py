@@ -196,6 +196,8 @@ class ServerConfig(Base, frozen=True, kw_only=True):
     status_secret: Secret
     threads_max: int | None = None
     radiusd_conf: str | None = None
+    site: str = ""
+    capacity_rps: float | None = None
     queue_max: int = 256
     process: ProcessMatch | None = None
     services: list[ServiceCheckConfig] = msgspec.field(default_factory=list)
@@ -222,6 +224,10 @@ class ClientConfig(Base, frozen=True, kw_only=True):
     secret: Secret
     home: str
     alternates: list[str] = msgspec.field(default_factory=list)
+    alternates_from: Literal["client", "notice"] = "client"
+    group: str = ""
+    site: str = ""
+    priority: int = 100
     rate: float = 2.0
     user: str = "alice"
     password: str = "wonderland"
@@ -277,13 +283,37 @@ class EvaluatorConfig(Base, frozen=True, kw_only=True):
         return server.health or HealthRule(rule=self.rule, weights=self.weights)
 
 
+TargetingPolicy = Literal["all", "list", "group", "topology"]
+
+
 class TargeterConfig(Base, frozen=True, kw_only=True):
-    policy: Literal["all", "list"] = "all"
+    """Which clients move, in what order, how many, and where to."""
+
+    policy: list[TargetingPolicy] = msgspec.field(default_factory=lambda: ["all"])
     clients: list[str] = msgspec.field(default_factory=list)
+    groups: list[str] = msgspec.field(default_factory=list)
+    topology: Literal["nearest", "site"] = "nearest"
+    sites: list[str] = msgspec.field(default_factory=list)
+    max_share: float = 0.5
+    gain: float = 1.0
+    step_interval_s: float = 5.0
+    default_capacity_rps: float = 1000.0
 
     def __post_init__(self) -> None:
-        if self.policy == "list" and not self.clients:
+        if not self.policy:
+            raise ValueError("policy must name at least one of all, list, group, topology")
+        if len(set(self.policy)) != len(self.policy):
+            raise ValueError("policy names a policy twice")
+        if "list" in self.policy and not self.clients:
             raise ValueError("policy 'list' needs `clients`")
+        if not 0 < self.max_share <= 1:
+            raise ValueError("max_share must be in (0, 1]")
+        if self.gain <= 0:
+            raise ValueError("gain must be positive")
+        if self.step_interval_s < 0:
+            raise ValueError("step_interval_s must not be negative")
+        if self.default_capacity_rps <= 0:
+            raise ValueError("default_capacity_rps must be positive")
 
 
 class NotifierConfig(Base, frozen=True, kw_only=True):

@@ -1,23 +1,31 @@
-"""The targeter service: a FailoverPlan for every incident that opens.
+"""The targeter service: FailoverPlans for overloaded servers, step by step.
 
-It keeps which servers are in an incident (opened or recovering) in the KV
-bucket ``targeter`` (key: server id), so that plans never send clients to a
-server that is itself overloaded, across restarts and replicas: the bucket is
-read again for every plan.
+It keeps two things in JetStream KV, so a restarted targeter has them at once:
+the client registry (bucket ``registry``, key: client id; see
+:mod:`services.targeter.registry`), fed by the config and by the clients'
+own signed ``ClientStatus`` announcements and acks; and, per server, the
+incident it is in and the steps planned for it (bucket ``targeter``).
+
+An incident that opens gets a first plan; while it stays open and health
+keeps falling, every ``targeter.step_interval_s`` a further step sheds more
+of the clients still on the server. Plans never send clients to a server that
+is itself in an incident, nor to one without room for them. Run one targeter
+per farm: it needs every server's health to pick alternates.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 import msgspec
-import nats.errors
 
-from schemas.events import Incident, IncidentState
+from schemas.events import Ack, ClientStatus, HealthReport, Incident, IncidentState
 from services.runtime.config import Config
 from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
 from services.runtime.state import StateStore
-from services.targeter.planning import plan_failover
+from services.targeter.planning import Pressure, ServerView, plan_failover, split_plan
+from services.targeter.registry import ClientRecord, apply_status, merge, moved
 
 logger = logging.getLogger(__name__)
 
@@ -25,80 +33,178 @@ NAME = "targeter"
 
 
 class Tracked(msgspec.Struct, frozen=True, kw_only=True):
-    """The last incident state the targeter saw for one server."""
+    """One server's last incident state, and the steps planned in it."""
 
     incident_id: str
     state: IncidentState
     time: float
+    step: int = 0
+    planned: tuple[str, ...] = ()
+    last_plan_at: float = 0.0
+    last_plan_health: float | None = None
+
+
+def server_views(
+    config: Config, reports: dict[str, HealthReport], in_incident: set[str]
+) -> dict[str, ServerView]:
+    """Every server as the planner sees it: its latest health, room and incident."""
+    views = {}
+    for server in config.servers:
+        report = reports.get(server.id)
+        views[server.id] = ServerView(
+            id=server.id,
+            site=server.site,
+            health=report.health if report is not None else None,
+            failover_threshold=(
+                report.failover_threshold
+                if report is not None
+                else config.evaluator.failover_threshold
+            ),
+            in_incident=server.id in in_incident,
+            capacity_rps=server.capacity_rps,
+        )
+    return views
 
 
 class Targeter:
-    """The targeter's handlers and its view of which servers are in an incident."""
+    """The targeter's handlers, its registry and its view of the farm."""
 
-    def __init__(self, rt: Runtime, store: StateStore[Tracked]) -> None:
+    def __init__(
+        self, rt: Runtime, incidents: StateStore[Tracked], registry: StateStore[ClientRecord]
+    ) -> None:
         self.rt = rt
-        self.store = store
+        self.config = rt.config
+        self.incidents = incidents
+        self.registry_store = registry
         self.servers = {s.id for s in rt.config.servers}
         self.tracked: dict[str, Tracked] = {}
+        self.registry: dict[str, ClientRecord] = {}
+        self.reports: dict[str, HealthReport] = {}
 
     async def load(self) -> None:
-        """Read every server's tracked state from KV; a bad value is logged and ignored."""
-        tracked: dict[str, Tracked] = {}
-        for sid in sorted(self.servers):
-            value = await self.store.get(sid)
-            if value is not None:
-                tracked[sid] = value
-        self.tracked = tracked
+        """Read the incidents and the registry from KV; bring the registry up to the config."""
+        self.tracked = {
+            sid: tracked
+            for sid, tracked in (await self.incidents.load_all()).items()
+            if sid in self.servers
+        }
+        stored = await self.registry_store.load_all()
+        self.registry = merge(self.config, stored)
+        for client_id, record in self.registry.items():
+            if stored.get(client_id) != record:
+                await self.registry_store.put(client_id, record)
+        for client_id in set(stored) - set(self.registry):
+            await self.registry_store.delete(client_id)
+        logger.info(
+            "registry: %d clients; servers in incident: %s",
+            len(self.registry),
+            sorted(self.in_incident()) or "none",
+        )
 
     def in_incident(self) -> set[str]:
         """Servers with an incident that is opened or recovering."""
         return {sid for sid, t in self.tracked.items() if t.state != "closed"}
 
-    @staticmethod
-    def _is_newer(tracked: Tracked, stored: Tracked | None) -> bool:
-        return stored is None or tracked.time >= stored.time
+    def _drop(self, reason: str, detail: str) -> None:
+        self.rt.bus.counters.drop(reason)
+        logger.warning("dropped %s", detail)
+
+    # --- registry ---------------------------------------------------------
+
+    async def _record(self, record: ClientRecord) -> None:
+        self.registry[record.id] = record
+        await self.registry_store.put(record.id, record)
+
+    async def on_status(self, status: ClientStatus) -> None:
+        record = self.registry.get(status.client)
+        if record is None:
+            self._drop("unknown-client", f"status of unknown client {status.client!r}")
+            return
+        changed = apply_status(record, status, self.servers)
+        if changed is not None:
+            await self._record(changed)
+
+    async def on_ack(self, ack: Ack) -> None:
+        record = self.registry.get(ack.client)
+        if record is None:
+            self._drop("unknown-client", f"ack of unknown client {ack.client!r}")
+            return
+        if ack.accepted and ack.now_on in self.servers and ack.now_on != record.current:
+            await self._record(moved(record, ack.now_on, ack.time))
+
+    # --- incidents and steps ------------------------------------------------
 
     async def on_incident(self, incident: Incident) -> None:
         if incident.server not in self.servers:
-            self.rt.bus.counters.drop("unknown-server")
-            logger.warning("dropped incident of unknown server %r", incident.server)
+            self._drop("unknown-server", f"incident of unknown server {incident.server!r}")
+            return
+        previous = self.tracked.get(incident.server)
+        if previous is not None and incident.time < previous.time:
+            self._drop("out-of-order", f"incident {incident.incident_id}: older than stored")
             return
         tracked = Tracked(
             incident_id=incident.incident_id, state=incident.state, time=incident.time
         )
-        try:
-            await self.load()
-        except nats.errors.Error as exc:
-            logger.error("targeter state store failed, planning from memory: %s", exc)
-        else:
-            if self._is_newer(tracked, self.tracked.get(incident.server)):
-                await self.store.put(incident.server, tracked)
-        if not self._is_newer(tracked, self.tracked.get(incident.server)):
-            self.rt.bus.counters.drop("out-of-order")
-            logger.warning(
-                "ignored incident %s of %s: older than the state stored",
-                incident.incident_id,
-                incident.server,
-            )
-            return
+        if previous is not None and previous.incident_id == incident.incident_id:
+            tracked = msgspec.structs.replace(tracked, step=previous.step)
         self.tracked[incident.server] = tracked
-        if incident.state != "opened":
+        if incident.state == "opened":
+            await self._plan(incident.server, tracked, fallback_health=incident.health)
+        else:
+            await self.incidents.put(incident.server, tracked)
+
+    async def on_health(self, report: HealthReport) -> None:
+        if report.server not in self.servers:
+            self._drop("unknown-server", f"health of unknown server {report.server!r}")
             return
+        self.reports[report.server] = report
+        tracked = self.tracked.get(report.server)
+        if tracked is None or tracked.state != "opened":
+            return
+        falling = tracked.last_plan_health is None or report.health <= tracked.last_plan_health
+        due = time.time() - tracked.last_plan_at >= self.config.targeter.step_interval_s
+        if report.health < report.failover_threshold and falling and due:
+            await self._plan(report.server, tracked, fallback_health=report.health)
+
+    async def _plan(self, server: str, tracked: Tracked, *, fallback_health: float) -> None:
+        report = self.reports.get(server)
+        pressure = Pressure(
+            health=report.health if report is not None else fallback_health,
+            failover_threshold=(
+                report.failover_threshold
+                if report is not None
+                else self.config.evaluator.failover_threshold
+            ),
+            limiting=report.limiting if report is not None else "",
+        )
+        planned = set(tracked.planned)
+        remaining = [
+            r for r in self.registry.values() if r.current == server and r.id not in planned
+        ]
+        if not remaining and tracked.step > 0:
+            return  # every client of the server has been planned away already
         plan = plan_failover(
-            incident.server,
-            incident.incident_id,
-            self.rt.config,
-            self.in_incident() - {incident.server},
+            server,
+            tracked.incident_id,
+            pressure,
+            remaining,
+            server_views(self.config, self.reports, self.in_incident() - {server}),
+            self.config.targeter,
+            step=tracked.step + 1,
             source=NAME,
         )
-        logger.info(
-            "plan %s for incident %s of %s: %s",
-            plan.plan_id,
-            incident.incident_id,
-            incident.server,
-            plan.reason,
+        tracked = msgspec.structs.replace(
+            tracked,
+            step=plan.step,
+            planned=tuple(sorted(planned | {m.client for m in plan.moves})),
+            last_plan_at=time.time(),
+            last_plan_health=pressure.health,
         )
-        await self.rt.bus.publish(self.rt.bus.subjects.plan(incident.server), plan)
+        self.tracked[server] = tracked
+        await self.incidents.put(server, tracked)
+        logger.info("plan %s of %s: %s", plan.plan_id, server, plan.reason)
+        for part in split_plan(plan):
+            await self.rt.bus.publish(self.rt.bus.subjects.plan(server), part)
 
 
 async def run(
@@ -111,10 +217,20 @@ async def run(
     """Run the targeter for every server of ``config`` (``only`` does not apply)."""
 
     async def setup(rt: Runtime) -> None:
-        targeter = Targeter(rt, await StateStore.open(rt.bus, NAME, Tracked))
+        targeter = Targeter(
+            rt,
+            await StateStore.open(rt.bus, NAME, Tracked),
+            await StateStore.open(rt.bus, "registry", ClientRecord),
+        )
         await targeter.load()
+        subjects = rt.bus.subjects
+        await rt.bus.subscribe(subjects.incident("*"), targeter.on_incident, types=(Incident,))
+        await rt.bus.subscribe(subjects.health("*"), targeter.on_health, types=(HealthReport,))
         await rt.bus.subscribe(
-            rt.bus.subjects.incident("*"), targeter.on_incident, types=(Incident,), queue=NAME
+            subjects.status("*"), targeter.on_status, types=(ClientStatus,), accept_clients=True
+        )
+        await rt.bus.subscribe(
+            subjects.ack("*"), targeter.on_ack, types=(Ack,), accept_clients=True
         )
 
     await run_service(NAME, config, setup, shutdown_trigger=shutdown_trigger, bus_url=bus_url)
