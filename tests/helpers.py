@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from services.runtime import radius
 from services.runtime.bus import Bus, Keyring
@@ -83,3 +83,24 @@ async def wait_status(
         if time.monotonic() > deadline:
             raise AssertionError(f"status of {server_id} never passed: last {values}")
         await asyncio.sleep(0.01)
+
+
+T = TypeVar("T")
+
+
+async def next_matching(
+    queue: asyncio.Queue[T], check: Callable[[T], bool], timeout_s: float = 10
+) -> T:
+    """The next item of ``queue`` that passes ``check``; fail after ``timeout_s`` with the last."""
+    deadline = time.monotonic() + timeout_s
+    last: T | None = None
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"nothing passed the check in {timeout_s}s; last: {last}")
+        try:
+            last = await asyncio.wait_for(queue.get(), remaining)
+        except TimeoutError:
+            continue
+        if check(last):
+            return last

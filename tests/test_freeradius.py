@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
 import psutil
@@ -16,7 +16,7 @@ from services.runtime.bus import Bus
 from services.runtime.config import Config
 from tests.conftest import FarmFactory
 from tests.freeradius import PASSWORD, USER, FreeRadius, StartFreeRadius
-from tests.helpers import operator_bus, running
+from tests.helpers import next_matching, operator_bus, running
 
 INTERVAL_S = 0.5
 TIMEOUT_S = 0.3
@@ -37,26 +37,6 @@ async def _subscribe(bus: Bus) -> asyncio.Queue[MetricsSample]:
 
     await bus.subscribe(bus.subjects.metrics("F"), handler, types=(MetricsSample,))
     return got
-
-
-async def _next(
-    queue: asyncio.Queue[MetricsSample],
-    check: Callable[[MetricsSample], bool],
-    timeout_s: float = 10,
-) -> MetricsSample:
-    """The next sample that passes ``check``; fail after ``timeout_s`` with the last one seen."""
-    deadline = time.monotonic() + timeout_s
-    last: MetricsSample | None = None
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"no sample passed the check in {timeout_s}s; last: {last}")
-        try:
-            last = await asyncio.wait_for(queue.get(), remaining)
-        except TimeoutError:
-            continue
-        if check(last):
-            return last
 
 
 @contextlib.asynccontextmanager
@@ -94,7 +74,7 @@ async def test_collector_reads_queues_rates_and_threads_of_freeradius(
         bus = await operator_bus(config, stack, "t")
         got = await _subscribe(bus)
         async with running(collector.run, config):
-            first = await _next(got, lambda s: s.status_ok)
+            first = await next_matching(got, lambda s: s.status_ok)
             # queue lengths and packets per second come live from Status-Server
             for name in (
                 "queue_len",
@@ -120,7 +100,7 @@ async def test_collector_reads_queues_rates_and_threads_of_freeradius(
             assert first.memory_percent is not None and first.memory_percent > 0
 
             # from the second reading on, rates and the busy-thread estimate are there
-            idle = await _next(got, lambda s: s.status_ok and s.seq > first.seq)
+            idle = await next_matching(got, lambda s: s.status_ok and s.seq > first.seq)
             assert idle.threads_active is not None and idle.sources["threads_active"] == "process"
             assert idle.auth_responses_per_s == 0
             assert idle.acct_requests_per_s == 0 and idle.acct_responses_per_s == 0
@@ -130,7 +110,7 @@ async def test_collector_reads_queues_rates_and_threads_of_freeradius(
             assert not any("rates" in e or "threads_active" in e for e in idle.errors)
 
             async with load(server):
-                busy = await _next(
+                busy = await next_matching(
                     got,
                     lambda s: (
                         (s.auth_responses_per_s or 0) > 50 and (s.access_requests_per_s or 0) > 50
@@ -142,7 +122,7 @@ async def test_collector_reads_queues_rates_and_threads_of_freeradius(
                 assert busy.queue_len is not None and busy.pps_in is not None
 
             # once radclient has stopped, the rates fall back to the probes' own trickle
-            quiet = await _next(
+            quiet = await next_matching(
                 got,
                 lambda s: s.auth_responses_per_s is not None and s.auth_responses_per_s < 1,
             )
@@ -159,12 +139,14 @@ async def test_a_stopped_freeradius_is_seen_within_one_interval_and_a_restart_re
         bus = await operator_bus(config, stack, "t")
         got = await _subscribe(bus)
         async with running(collector.run, config):
-            first = await _next(got, lambda s: s.status_ok)
-            await _next(got, lambda s: s.seq > first.seq and s.access_requests_per_s is not None)
+            first = await next_matching(got, lambda s: s.status_ok)
+            await next_matching(
+                got, lambda s: s.seq > first.seq and s.access_requests_per_s is not None
+            )
 
             await asyncio.to_thread(server.stop)
             stopped_at = time.monotonic()
-            down = await _next(got, lambda s: not s.status_ok, timeout_s=5)
+            down = await next_matching(got, lambda s: not s.status_ok, timeout_s=5)
             assert time.monotonic() - stopped_at <= INTERVAL_S + TIMEOUT_S + 0.5
             assert any(
                 f"no answer from 127.0.0.1:{server.status_port} within the {TIMEOUT_S:g}s timeout"
@@ -178,9 +160,9 @@ async def test_a_stopped_freeradius_is_seen_within_one_interval_and_a_restart_re
             # the same server again: its counters started over, so no rates this time
             server.start()
             await server.wait_ready()
-            back = await _next(got, lambda s: s.status_ok)
+            back = await next_matching(got, lambda s: s.status_ok)
             assert back.access_requests_per_s is None and back.auth_responses_per_s is None
             assert any("restart" in e for e in back.errors), back.errors
             assert back.queue_len is not None and back.threads_max == 16
-            later = await _next(got, lambda s: s.status_ok and s.seq > back.seq)
+            later = await next_matching(got, lambda s: s.status_ok and s.seq > back.seq)
             assert later.access_requests_per_s is not None

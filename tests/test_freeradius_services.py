@@ -12,7 +12,6 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any, TypeVar
 
@@ -24,7 +23,7 @@ from services.evaluator import service as evaluator
 from services.runtime.bus import Bus
 from tests.conftest import FarmFactory
 from tests.freeradius import FreeRadius, StartFreeRadius
-from tests.helpers import operator_bus, running
+from tests.helpers import next_matching, operator_bus, running
 
 INTERVAL_S = 0.5
 CHECK_TIMEOUT_S = 0.3
@@ -45,21 +44,6 @@ async def _queue(bus: Bus, subject: str, kind: type[E]) -> asyncio.Queue[E]:
 
     await bus.subscribe(subject, handler, types=(kind,))
     return queue
-
-
-async def _next(queue: asyncio.Queue[E], check: Callable[[E], bool], timeout_s: float = 10) -> E:
-    deadline = time.monotonic() + timeout_s
-    last: E | None = None
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"nothing passed the check in {timeout_s}s; last: {last}")
-        try:
-            last = await asyncio.wait_for(queue.get(), remaining)
-        except TimeoutError:
-            continue
-        if check(last):
-            return last
 
 
 def _server_entry(server: FreeRadius) -> dict[str, Any]:
@@ -105,16 +89,18 @@ async def test_killed_freeradius_fails_its_mandatory_checks_within_one_interval(
         samples = await _queue(bus, bus.subjects.metrics("F"), MetricsSample)
         reports = await _queue(bus, bus.subjects.health("F"), HealthReport)
         async with running(evaluator.run, config), running(collector.run, config):
-            up = await _next(samples, lambda s: all(_checks(s).values()) and len(s.services) == 3)
+            up = await next_matching(
+                samples, lambda s: all(_checks(s).values()) and len(s.services) == 3
+            )
             assert {c.check for c in up.services} == {"radius", "process", "writable"}
             assert all(c.latency_s is not None for c in up.services)
-            healthy = await _next(reports, lambda r: r.sample_id == up.id)
+            healthy = await next_matching(reports, lambda r: r.sample_id == up.id)
             assert healthy.health > 0
 
             assert server.process is not None
             os.kill(server.process.pid, signal.SIGKILL)
             killed_at = time.time()
-            down = await _next(samples, lambda s: not _checks(s)["auth-port"])
+            down = await next_matching(samples, lambda s: not _checks(s)["auth-port"])
             # the next sample after the kill already says so: late by at most one
             # interval plus the checks' own timeout
             assert down.time - killed_at <= INTERVAL_S + CHECK_TIMEOUT_S + 0.3
@@ -123,9 +109,9 @@ async def test_killed_freeradius_fails_its_mandatory_checks_within_one_interval(
             assert "no answer" in by_name["auth-port"].detail or "timed out" in (
                 by_name["auth-port"].detail
             )
-            radiusd = await _next(samples, lambda s: not _checks(s)["radiusd"])
+            radiusd = await next_matching(samples, lambda s: not _checks(s)["radiusd"])
             assert radiusd.time - killed_at <= 2 * INTERVAL_S + CHECK_TIMEOUT_S + 0.3
-            zero = await _next(reports, lambda r: r.sample_id == down.id)
+            zero = await next_matching(reports, lambda r: r.sample_id == down.id)
             assert zero.health == 0.0
             assert zero.limiting in ("status", "service:auth-port")
 
@@ -141,14 +127,14 @@ async def test_unwritable_log_directory_lowers_health_by_its_weight(
         bus = await operator_bus(config, stack)
         reports = await _queue(bus, bus.subjects.health("F"), HealthReport)
         async with running(evaluator.run, config), running(collector.run, config):
-            before = await _next(reports, lambda r: r.parts != {} and not r.penalties)
+            before = await next_matching(reports, lambda r: r.parts != {} and not r.penalties)
             assert before.health == pytest.approx(min(before.parts.values()))
 
             # unwritable for root too: a regular file stands where the directory was
             acct.rename(moved)
             acct.write_text("not a directory\n")
             try:
-                lowered = await _next(reports, lambda r: "acct-log" in r.penalties)
+                lowered = await next_matching(reports, lambda r: "acct-log" in r.penalties)
                 assert lowered.penalties == {"acct-log": ACCT_WEIGHT}
                 assert lowered.health == pytest.approx(
                     max(0.0, min(lowered.parts.values()) - ACCT_WEIGHT)
@@ -157,5 +143,5 @@ async def test_unwritable_log_directory_lowers_health_by_its_weight(
             finally:
                 acct.unlink()
                 moved.rename(acct)
-            restored = await _next(reports, lambda r: r.parts != {} and not r.penalties)
+            restored = await next_matching(reports, lambda r: r.parts != {} and not r.penalties)
             assert restored.health == pytest.approx(min(restored.parts.values()))
