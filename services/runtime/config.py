@@ -216,8 +216,46 @@ class ServerConfig(Base, frozen=True, kw_only=True):
         return self.status_port or self.auth_port
 
 
+class ProxyConfig(Base, frozen=True, kw_only=True):
+    """The agent as a RADIUS proxy in front of NAS devices.
+
+    NAS devices send Access- and Accounting-Requests to ``ip``:``auth_port``
+    / ``acct_port`` under ``nas_secret``; the agent forwards them to its
+    current upstream under the client's own secret. Like a FreeRADIUS home
+    server pool, an upstream that leaves a request unanswered for
+    ``response_window_s`` is a zombie: it is probed with Status-Server every
+    ``check_interval_s`` and taken back after ``answers_to_alive`` answers.
+    """
+
+    ip: str = "127.0.0.1"
+    auth_port: int = 1812
+    acct_port: int | None = None
+    nas_secret: Secret
+    response_window_s: float = 2.0
+    check_interval_s: float = 1.0
+    check_timeout_s: float = 0.5
+    answers_to_alive: int = 3
+
+    def __post_init__(self) -> None:
+        for port in (self.auth_port, self.acct_port):
+            if port is not None:
+                _check_port(port)
+        if self.response_window_s <= 0 or self.check_interval_s <= 0:
+            raise ValueError("response_window_s and check_interval_s must be positive")
+        if not 0 < self.check_timeout_s <= self.check_interval_s:
+            raise ValueError("check_timeout_s must be positive and at most check_interval_s")
+        if self.answers_to_alive < 1:
+            raise ValueError("answers_to_alive must be at least 1")
+
+
 class ClientConfig(Base, frozen=True, kw_only=True):
-    """One AAA client (NAS) and how its agent behaves."""
+    """One AAA client (NAS or site proxy) and how its agent behaves.
+
+    ``transport`` is how notices reach it: over the bus (``nats``), as a
+    RADIUS CoA-Request to ``ip``:``coa_port`` (``radius-coa``), or as an
+    ICMP Echo Request to ``ip`` (``icmp-echo``; needs root or CAP_NET_RAW on
+    both ends).
+    """
 
     id: str
     ip: str = "127.0.0.1"
@@ -236,6 +274,9 @@ class ClientConfig(Base, frozen=True, kw_only=True):
     return_after_s: float = 30.0
     return_jitter: float = 0.2
     legacy_authenticator: bool = False
+    transport: Literal["nats", "radius-coa", "icmp-echo"] = "nats"
+    coa_port: int = 3799
+    proxy: ProxyConfig | None = None
 
     def __post_init__(self) -> None:
         check_token(self.id, "client id")
@@ -317,9 +358,14 @@ class TargeterConfig(Base, frozen=True, kw_only=True):
 
 
 class NotifierConfig(Base, frozen=True, kw_only=True):
+    """Notice delivery: ack timeout and retries (RFC 5080 style back-off for CoA)."""
+
     ack_timeout_s: float = 2.0
     retries: int = 3
     notice_validity_s: float = 300.0
+    coa_timeout_s: float = 2.0
+    coa_retries: int = 3
+    coa_max_timeout_s: float = 16.0
 
     def __post_init__(self) -> None:
         if self.ack_timeout_s <= 0:
