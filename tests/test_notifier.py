@@ -6,8 +6,9 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,9 +32,11 @@ from schemas.signing import (
     client_key_id,
     verify_client_authenticator,
 )
+from services.farm import farm_dict, free_udp_port
+from services.notifier.deliveries import DeliveryTracker, Failed, Retry
 from services.notifier.service import run
 from services.runtime.bus import Bus, Signer
-from services.runtime.config import Config
+from services.runtime.config import Config, ConfigError
 from tests.conftest import FarmFactory
 from tests.helpers import operator_bus, running
 
@@ -114,6 +117,25 @@ class Harness:
                 self.secret(client), "10.9.9.9", c.ip, msg.data, headers[AUTH_HEADER]
             )
         return codec.decode(msg.data, headers.get(codec.CONTENT_TYPE))
+
+
+def transport_farm(
+    farm: FarmFactory,
+    tmp_path: Path,
+    transports: Mapping[str, str],
+    notifier: Mapping[str, Any] | None = None,
+    clients: int = 3,
+) -> Config:
+    """A farm whose clients named in ``transports`` use that transport (and a free CoA port)."""
+    shape = farm_dict(tmp_path / "shape", bus_url=None, clients=clients)
+    client_list = []
+    for entry in shape["clients"]:
+        transport = transports.get(entry["id"])
+        if transport is not None:
+            entry = entry | {"transport": transport, "coa_port": free_udp_port(entry["ip"])}
+        client_list.append(entry)
+    config, _ = farm({"clients": client_list, "notifier": dict(notifier or {})}, clients=clients)
+    return config
 
 
 def notifier(config: Config) -> AbstractAsyncContextManager[object]:
@@ -264,3 +286,95 @@ async def test_restarted_notifier_resumes_notices_in_flight(farm: FarmFactory) -
             later = codec.decode(msg.data)
             assert isinstance(later, FailoverNotice)
             assert later.seq > codec.decode(first.data).seq  # type: ignore[union-attr]
+
+
+# --- delivery tracking of transports that answer by themselves (CoA) -------
+
+
+def _tracked(tracker: DeliveryTracker, now: float = 100.0) -> None:
+    tracker.sent(
+        notice_id="n1",
+        notice_type="notice.failover",
+        client="nas-01",
+        server="A",
+        subject="aaa.notice.nas-01",
+        payload=b"{}",
+        headers={},
+        now=now,
+    )
+
+
+def test_an_exchange_holds_its_notice_and_each_retransmission_is_reported() -> None:
+    tracker = DeliveryTracker(ack_timeout_s=1.0, retries=1)
+    _tracked(tracker)
+    assert tracker.begin_exchange("n1", 100.0, hold_s=30.0) is not None
+    assert tracker.due(200.0) == []  # never due while its exchange runs
+    assert tracker.next_deadline() is None
+    again = tracker.retransmitted("n1", 100.5)
+    assert again is not None and (again.outcome, again.attempts) == ("retried", 2)
+    # a failed exchange is due after the ack timeout: tried again as a new round
+    tracker.exchange_failed("n1", 101.0)
+    assert tracker.next_deadline() == 102.0
+    assert tracker.due(101.9) == []
+    (retry,) = tracker.due(102.0)
+    assert isinstance(retry, Retry)
+    assert (retry.delivery.outcome, retry.delivery.attempts, retry.pending.rounds) == (
+        "retried",
+        3,
+        2,
+    )
+    # the last try fails at once
+    tracker.begin_exchange("n1", 102.0, hold_s=30.0)
+    failed = tracker.exchange_failed("n1", 103.0)
+    assert isinstance(failed, Failed)
+    assert (failed.delivery.outcome, failed.delivery.attempts) == ("failed", 3)
+    assert len(tracker) == 0
+    assert tracker.exchange_failed("n1", 103.0) is None
+
+
+def test_an_acked_exchange_settles_and_a_restored_one_is_due_after_its_hold() -> None:
+    tracker = DeliveryTracker(ack_timeout_s=1.0, retries=3)
+    _tracked(tracker)
+    pending = tracker.begin_exchange("n1", 100.0, hold_s=30.0)
+    assert pending is not None and pending.deadline == 130.0
+    restarted = DeliveryTracker(ack_timeout_s=1.0, retries=3)
+    restarted.restore(pending)
+    assert restarted.due(129.0) == []
+    (retry,) = restarted.due(130.0)
+    assert isinstance(retry, Retry)
+    acked = tracker.acked("n1", "nas-01", 100.25)
+    assert acked is not None and acked.latency_s == pytest.approx(0.25)
+    assert tracker.exchanging == set()
+
+
+def test_a_notice_that_cannot_be_sent_fails_at_once() -> None:
+    tracker = DeliveryTracker(ack_timeout_s=1.0, retries=3)
+    _tracked(tracker)
+    failed = tracker.fail("n1", 100.1)
+    assert failed is not None and (failed.outcome, failed.attempts) == ("failed", 1)
+    assert tracker.fail("n1", 100.2) is None
+    assert len(tracker) == 0
+
+
+async def test_notices_go_by_each_clients_transport_only(farm: FarmFactory, tmp_path: Path) -> None:
+    """A radius-coa client gets nothing on the bus; its Delivery events still go there."""
+    config = transport_farm(
+        farm,
+        tmp_path,
+        {"nas-01": "radius-coa"},
+        {"coa_timeout_s": 0.1, "coa_retries": 0, "retries": 0},
+    )
+    async with harness(config) as h, notifier(config):
+        await h.until_ready("nas-03")
+        await h.plan("A", ("nas-01", ["B"]))
+        await h.plan("C", ("nas-03", ["A"]))
+        assert (await h.delivery("nas-01")).outcome == "sent"
+        assert (await h.delivery("nas-01")).outcome == "failed"  # nobody answers the CoA
+        h.check_notice(await h.notice("nas-03"), "nas-03", "C")
+        assert h.notices["nas-01"].empty()
+
+
+async def test_coa_settings_without_a_backoff_fail_at_start(farm: FarmFactory) -> None:
+    config, _ = farm({"notifier": {"coa_timeout_s": 0.0}})
+    with pytest.raises(ConfigError, match="coa_timeout_s"):
+        await run(config, shutdown_trigger=asyncio.Event().wait)

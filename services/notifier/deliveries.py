@@ -4,6 +4,15 @@ A notice is *sent*, *retried* (the same bytes again) each time no Ack came
 within the ack timeout, *acked* when its client answers, and *failed* after
 the last retry went unanswered. Every step yields the :class:`Delivery`
 event that reports it, so nothing is lost without a trace.
+
+A transport that answers by itself (RADIUS CoA) runs an *exchange* per try:
+while it runs the notice is not due (``begin_exchange``), each of its
+retransmissions is reported as *retried* (``retransmitted``), a CoA-ACK
+settles it like an Ack, and a failed exchange (``exchange_failed``) makes it
+due again after the ack timeout, to be tried again like any other, or fails
+it when that was its last try.
+``attempts`` counts transmissions, ``rounds`` the tries the retry budget
+limits (the same for the bus, where each try is one transmission).
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ class Pending(msgspec.Struct, kw_only=True):
     headers: dict[str, str]
     first_sent: float
     attempts: int = 1
+    rounds: int = 1
     deadline: float
 
 
@@ -64,6 +74,7 @@ class DeliveryTracker:
         self.retries = retries
         self.source = source
         self.pending: dict[str, Pending] = {}
+        self.exchanging: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.pending)
@@ -120,27 +131,82 @@ class DeliveryTracker:
         if pending is None or pending.client != client:
             return None
         del self.pending[notice_id]
+        self.exchanging.discard(notice_id)
         return self._delivery(pending, "acked", now, latency_s=max(0.0, now - pending.first_sent))
+
+    def begin_exchange(self, notice_id: str, now: float, hold_s: float) -> Pending | None:
+        """Mark a notice as in an exchange; it is due again only after ``hold_s``.
+
+        The hold matters after a restart only (exchanges are not restored):
+        then the notice is tried again once it has passed.
+        """
+        pending = self.pending.get(notice_id)
+        if pending is None:
+            return None
+        self.exchanging.add(notice_id)
+        pending.deadline = now + max(hold_s, self.ack_timeout_s)
+        return pending
+
+    def retransmitted(self, notice_id: str, now: float) -> Delivery | None:
+        """The ``retried`` Delivery of one retransmission within an exchange."""
+        pending = self.pending.get(notice_id)
+        if pending is None:
+            return None
+        pending.attempts += 1
+        return self._delivery(pending, "retried", now)
+
+    def exchange_failed(self, notice_id: str, now: float) -> Pending | Failed | None:
+        """An exchange ended unanswered or refused.
+
+        With retries left the notice is due again after the ack timeout (the
+        Pending to keep is returned); after the last one it has failed.
+        """
+        pending = self.pending.get(notice_id)
+        self.exchanging.discard(notice_id)
+        if pending is None:
+            return None
+        if pending.rounds > self.retries:
+            del self.pending[notice_id]
+            return Failed(pending, self._delivery(pending, "failed", now))
+        pending.deadline = now + self.ack_timeout_s
+        return pending
+
+    def fail(self, notice_id: str, now: float) -> Delivery | None:
+        """Give up on a notice at once (it cannot be sent at all): its ``failed`` Delivery."""
+        pending = self.pending.pop(notice_id, None)
+        self.exchanging.discard(notice_id)
+        if pending is None:
+            return None
+        return self._delivery(pending, "failed", now)
 
     def due(self, now: float) -> list[Retry | Failed]:
         """What to do about every notice whose ack timeout has passed, oldest first."""
         actions: list[Retry | Failed] = []
         expired = sorted(
-            (p for p in self.pending.values() if p.deadline <= now), key=lambda p: p.deadline
+            (
+                p
+                for p in self.pending.values()
+                if p.deadline <= now and p.notice_id not in self.exchanging
+            ),
+            key=lambda p: p.deadline,
         )
         for pending in expired:
-            if pending.attempts > self.retries:
+            if pending.rounds > self.retries:
                 del self.pending[pending.notice_id]
                 actions.append(Failed(pending, self._delivery(pending, "failed", now)))
             else:
                 pending.attempts += 1
+                pending.rounds += 1
                 pending.deadline = now + self.ack_timeout_s
                 actions.append(Retry(pending, self._delivery(pending, "retried", now)))
         return actions
 
     def next_deadline(self) -> float | None:
-        """When the next ack timeout passes, or None with nothing in flight."""
-        return min((p.deadline for p in self.pending.values()), default=None)
+        """When the next ack timeout passes, or None with nothing due later."""
+        return min(
+            (p.deadline for p in self.pending.values() if p.notice_id not in self.exchanging),
+            default=None,
+        )
 
 
 class Sequencer:

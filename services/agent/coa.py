@@ -1,0 +1,262 @@
+"""The agent's RADIUS CoA listener (RFC 5176): notices that arrive as CoA-Requests.
+
+:class:`CoaListener` listens on the client's ``ip``:``coa_port`` and answers
+every CoA-Request it can authenticate:
+
+- The Request Authenticator and the Message-Authenticator must verify under
+  the client's RADIUS secret. A request that fails is counted
+  (``bad-authenticator``) and answered with a CoA-NAK, Error-Cause 404
+  (Invalid-Request), so that a sender with the wrong secret shows up in a
+  packet capture; ``nak_unauthenticated=False`` drops it silently instead,
+  as many NAS devices do. A request without Message-Authenticator gets
+  Error-Cause 402 (Missing-Attribute); one whose Event-Timestamp is outside
+  ``timestamp_window_s`` of the local clock gets 404.
+- The notice is reassembled from its ``AAA-Failover-Notice`` attributes (402
+  if it or its server or authenticator attribute is missing) and handed to
+  ``on_notice(server_id, payload, authenticator, content_type)``: True means
+  accepted (CoA-ACK), False refused (CoA-NAK, Error-Cause 407,
+  Invalid-Attribute-Value); a callback that raises gets 506
+  (Resources-Unavailable).
+- A retransmission (same source, identifier and Request Authenticator,
+  RFC 5080 section 2.2.2) gets the answer already sent, or is dropped while
+  the first copy is still being handled; it never reaches the callback twice.
+
+Every answer carries a Message-Authenticator. Requests are handled one at a
+time in arrival order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter, OrderedDict
+from typing import Any
+
+from pyrad import packet
+from pyrad.dictionary import Dictionary
+
+from services.agent.receive import NoticeCallback
+from services.notifier.transports.wire import (
+    COA_NAK,
+    COA_REQUEST,
+    EVENT_TIMESTAMP,
+    ErrorCause,
+    WireError,
+    read_coa_notice,
+)
+from services.runtime.radius import dictionary as project_dictionary
+
+logger = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+_Key = tuple[Address, int, bytes]
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, listener: CoaListener) -> None:
+        self.listener = listener
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.listener._received(data, (str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        logger.debug("CoA listener socket error: %s", exc)
+
+
+class CoaListener:
+    """Receives notices as CoA-Requests on one UDP address, for one client.
+
+    Use ``await listener.start()`` then ``await listener.close()``, or
+    ``async with listener:``. ``counters`` counts what happened by label:
+    ``accepted``, ``refused``, ``bad-authenticator``,
+    ``missing-message-authenticator``, ``stale-timestamp``,
+    ``missing-attribute``, ``bad-attribute``, ``callback-error``,
+    ``duplicate``, ``malformed``, ``unexpected-code``, ``overload``, and the
+    answers sent (``ack-sent``, ``nak-sent``).
+    """
+
+    def __init__(
+        self,
+        ip: str,
+        port: int,
+        secret: bytes,
+        on_notice: NoticeCallback,
+        *,
+        timestamp_window_s: float | None = 300.0,
+        nak_unauthenticated: bool = True,
+        duplicate_window_s: float = 60.0,
+        queue_size: int = 256,
+        radius_dictionary: Dictionary | None = None,
+    ) -> None:
+        self.ip = ip
+        self.port = port
+        self.secret = secret
+        self.on_notice = on_notice
+        self.timestamp_window_s = timestamp_window_s
+        self.nak_unauthenticated = nak_unauthenticated
+        self.duplicate_window_s = duplicate_window_s
+        self.dictionary = radius_dictionary or project_dictionary()
+        self.counters: Counter[str] = Counter()
+        self._queue: asyncio.Queue[tuple[bytes, Address, _Key]] = asyncio.Queue(queue_size)
+        self._recent: OrderedDict[_Key, tuple[float, bytes | None]] = OrderedDict()
+        self._transport: asyncio.DatagramTransport | None = None
+        self._worker: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> Address:
+        """The address it listens on (the real port once started, if ``port`` was 0)."""
+        if self._transport is None:
+            return (self.ip, self.port)
+        host, port = self._transport.get_extra_info("sockname")[:2]
+        return (str(host), int(port))
+
+    async def start(self) -> None:
+        """Bind the UDP socket and start answering; OSError if the address is taken."""
+        if self._transport is not None:
+            return
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Protocol(self), local_addr=(self.ip, self.port)
+        )
+        self._transport = transport
+        self._worker = asyncio.create_task(self._work(), name=f"coa-listener:{self.ip}")
+        logger.info("listening for CoA notices on %s:%d", *self.address)
+
+    async def close(self) -> None:
+        """Stop answering and close the socket."""
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+
+    async def __aenter__(self) -> CoaListener:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- receiving ------------------------------------------------------
+
+    def _received(self, data: bytes, addr: Address) -> None:
+        if len(data) < 20:
+            self.counters["malformed"] += 1
+            return
+        if data[0] != COA_REQUEST:
+            self.counters["unexpected-code"] += 1
+            logger.debug("ignored RADIUS code %d from %s:%d", data[0], *addr)
+            return
+        now = time.monotonic()
+        self._forget_before(now - self.duplicate_window_s)
+        key: _Key = (addr, data[1], data[4:20])
+        seen = self._recent.get(key)
+        if seen is not None:
+            self.counters["duplicate"] += 1
+            answer = seen[1]
+            if answer is not None and self._transport is not None:
+                self._transport.sendto(answer, addr)
+            return
+        try:
+            self._queue.put_nowait((data, addr, key))
+        except asyncio.QueueFull:
+            self.counters["overload"] += 1
+            return
+        self._recent[key] = (now, None)
+        while len(self._recent) > 4096:
+            self._recent.popitem(last=False)
+
+    def _forget_before(self, cutoff: float) -> None:
+        while self._recent:
+            key, (when, _) = next(iter(self._recent.items()))
+            if when >= cutoff:
+                break
+            del self._recent[key]
+
+    async def _work(self) -> None:
+        while True:
+            data, addr, key = await self._queue.get()
+            answer = await self._answer(data, addr)
+            if answer is None:
+                self._recent.pop(key, None)
+                continue
+            if key in self._recent:
+                self._recent[key] = (self._recent[key][0], answer)
+            if self._transport is not None:
+                self._transport.sendto(answer, addr)
+
+    # --- answering ------------------------------------------------------
+
+    def _reply(self, request: Any, cause: ErrorCause | None) -> bytes:
+        reply = request.CreateReply()
+        if cause is not None:
+            reply.code = COA_NAK
+            reply["Error-Cause"] = int(cause)
+            self.counters["nak-sent"] += 1
+        else:
+            self.counters["ack-sent"] += 1
+        reply.add_message_authenticator()
+        raw: bytes = reply.ReplyPacket()
+        return raw
+
+    async def _answer(self, data: bytes, addr: Address) -> bytes | None:
+        """The answer to one CoA-Request, or None to send none."""
+        try:
+            request = packet.CoAPacket(packet=data, secret=self.secret, dict=self.dictionary)
+        except Exception as exc:
+            self.counters["malformed"] += 1
+            logger.warning("undecodable CoA-Request from %s:%d: %s", *addr, exc)
+            return None
+        authentic = bool(request.VerifyCoARequest())
+        if authentic and request.message_authenticator:
+            authentic = bool(request.verify_message_authenticator())
+        if not authentic:
+            self.counters["bad-authenticator"] += 1
+            logger.warning(
+                "CoA-Request from %s:%d does not verify under this client's secret", *addr
+            )
+            if not self.nak_unauthenticated:
+                return None
+            return self._reply(request, ErrorCause.INVALID_REQUEST)
+        if not request.message_authenticator:
+            self.counters["missing-message-authenticator"] += 1
+            logger.warning("CoA-Request from %s:%d has no Message-Authenticator", *addr)
+            return self._reply(request, ErrorCause.MISSING_ATTRIBUTE)
+        if self.timestamp_window_s is not None and EVENT_TIMESTAMP in request:
+            try:
+                stamp = float(request[EVENT_TIMESTAMP][0])
+            except (ValueError, TypeError, IndexError):
+                stamp = float("nan")
+            if not abs(time.time() - stamp) <= self.timestamp_window_s:
+                self.counters["stale-timestamp"] += 1
+                logger.warning("CoA-Request from %s:%d: Event-Timestamp out of window", *addr)
+                return self._reply(request, ErrorCause.INVALID_REQUEST)
+        try:
+            message = read_coa_notice(request)
+        except WireError as exc:
+            self.counters[exc.reason] += 1
+            logger.warning("CoA-Request from %s:%d: %s", *addr, exc)
+            cause = (
+                ErrorCause.MISSING_ATTRIBUTE
+                if exc.reason == "missing-attribute"
+                else ErrorCause.INVALID_ATTRIBUTE_VALUE
+            )
+            return self._reply(request, cause)
+        try:
+            accepted = await self.on_notice(
+                message.server, message.payload, message.authenticator, message.content_type
+            )
+        except Exception:
+            self.counters["callback-error"] += 1
+            logger.exception("handling a CoA notice from %s:%d failed", *addr)
+            return self._reply(request, ErrorCause.RESOURCES_UNAVAILABLE)
+        if accepted:
+            self.counters["accepted"] += 1
+            return self._reply(request, None)
+        self.counters["refused"] += 1
+        return self._reply(request, ErrorCause.INVALID_ATTRIBUTE_VALUE)

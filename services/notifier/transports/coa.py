@@ -1,0 +1,214 @@
+"""CoA-Requests from the notifier: one UDP socket, RFC 5080 retransmissions, verified answers.
+
+:class:`CoaClient` sends each CoA-Request to its client's ``ip``:``coa_port``
+and waits for a CoA-ACK or CoA-NAK that verifies under the client's secret
+(Response Authenticator and, when present, Message-Authenticator). With no
+such answer it retransmits the very same packet (same identifier, same
+Request Authenticator, RFC 5080 section 2.2.1) after each wait of its
+back-off, and gives up after the last one. Answers that do not verify are
+dropped and counted; when an exchange fails they are named in its reason,
+since they mostly mean the two ends hold different secrets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.notifier.transports.wire import COA_ACK, COA_NAK, ErrorCause, error_cause
+
+logger = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+OnRetransmit = Callable[[int], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class CoaResult:
+    """How one CoA exchange ended.
+
+    ``acked``: a verified CoA-ACK came. Otherwise ``code`` is COA_NAK for a
+    verified CoA-NAK (with its ``error_cause``) or None for no verified
+    answer; ``reason`` says it in words. ``transmissions`` counts the
+    packets sent.
+    """
+
+    acked: bool
+    transmissions: int
+    code: int | None = None
+    error_cause: int | None = None
+    unverified: int = 0
+    reason: str = ""
+
+
+@dataclass
+class _Exchange:
+    request: Any
+    dest: Address
+    answer: asyncio.Future[Any]
+    unverified: int = 0
+
+
+@dataclass
+class CoaCounters:
+    """What the client sent and what came back."""
+
+    sent: int = 0
+    retransmitted: int = 0
+    acks: int = 0
+    naks: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, client: CoaClient) -> None:
+        self.client = client
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.client._on_answer(data, (str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        logger.debug("CoA socket error: %s", exc)
+
+
+def describe_cause(cause: int | None) -> str:
+    """An Error-Cause in words, e.g. ``407 (Invalid-Attribute-Value)``."""
+    if cause is None:
+        return "no Error-Cause"
+    try:
+        return f"{cause} ({ErrorCause(cause).name.title().replace('_', '-')})"
+    except ValueError:
+        return str(cause)
+
+
+class CoaClient:
+    """CoA exchanges with any number of clients from one UDP socket."""
+
+    def __init__(self) -> None:
+        self._transport: asyncio.DatagramTransport | None = None
+        self._exchanges: dict[tuple[Address, int], _Exchange] = {}
+        self._next_id: dict[Address, int] = {}
+        self.counters = CoaCounters()
+
+    async def open(self, bind_ip: str | None = None) -> None:
+        """Open the socket (on ``bind_ip`` if given, any port)."""
+        if self._transport is not None:
+            return
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Protocol(self), local_addr=(bind_ip or "0.0.0.0", 0)
+        )
+        self._transport = transport
+
+    def close(self) -> None:
+        """Close the socket; exchanges in flight end as unanswered."""
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        for exchange in self._exchanges.values():
+            if not exchange.answer.done():
+                exchange.answer.cancel()
+        self._exchanges.clear()
+
+    def _allocate_id(self, dest: Address) -> int:
+        start = self._next_id.get(dest, 0)
+        for offset in range(256):
+            candidate = (start + offset) % 256
+            if (dest, candidate) not in self._exchanges:
+                self._next_id[dest] = (candidate + 1) % 256
+                return candidate
+        raise RuntimeError(f"256 CoA-Requests in flight to {dest[0]}:{dest[1]}")
+
+    async def exchange(
+        self,
+        request: Any,
+        dest: Address,
+        waits: Sequence[float],
+        on_retransmit: OnRetransmit | None = None,
+    ) -> CoaResult:
+        """Send ``request`` (a CoAPacket) to ``dest`` until it is answered or ``waits`` run out.
+
+        One transmission per wait; ``on_retransmit(n)`` is awaited before the
+        n-th transmission (n >= 2).
+        """
+        if self._transport is None:
+            await self.open()
+        assert self._transport is not None
+        if not waits:
+            raise ValueError("an exchange needs at least one wait")
+        request.id = self._allocate_id(dest)
+        raw = request.RequestPacket()
+        key = (dest, request.id)
+        exchange = _Exchange(request, dest, asyncio.get_running_loop().create_future())
+        self._exchanges[key] = exchange
+        sent = 0
+        try:
+            for wait in waits:
+                if sent:
+                    if on_retransmit is not None:
+                        await on_retransmit(sent + 1)
+                    self.counters.retransmitted += 1
+                if self._transport is None:
+                    break
+                self._transport.sendto(raw, dest)
+                self.counters.sent += 1
+                sent += 1
+                try:
+                    answer = await asyncio.wait_for(asyncio.shield(exchange.answer), wait)
+                except TimeoutError:
+                    continue
+                return self._result(answer, sent, exchange.unverified)
+            reason = f"no answer after {sent} transmissions"
+            if exchange.unverified:
+                reason += (
+                    f"; {exchange.unverified} answers did not verify"
+                    " (do both ends hold the same RADIUS secret?)"
+                )
+            return CoaResult(
+                acked=False, transmissions=sent, unverified=exchange.unverified, reason=reason
+            )
+        finally:
+            self._exchanges.pop(key, None)
+            if not exchange.answer.done():
+                exchange.answer.cancel()
+
+    def _result(self, answer: Any, sent: int, unverified: int) -> CoaResult:
+        if answer.code == COA_ACK:
+            self.counters.acks += 1
+            return CoaResult(acked=True, transmissions=sent, code=COA_ACK, unverified=unverified)
+        self.counters.naks += 1
+        cause = error_cause(answer)
+        return CoaResult(
+            acked=False,
+            transmissions=sent,
+            code=COA_NAK,
+            error_cause=cause,
+            unverified=unverified,
+            reason=f"CoA-NAK, Error-Cause {describe_cause(cause)}",
+        )
+
+    def _on_answer(self, data: bytes, addr: Address) -> None:
+        if len(data) < 20 or data[0] not in (COA_ACK, COA_NAK):
+            self.counters.dropped["not-an-answer"] += 1
+            return
+        exchange = self._exchanges.get((addr, data[1]))
+        if exchange is None:
+            self.counters.dropped["unmatched"] += 1
+            return
+        try:
+            answer = exchange.request.CreateReply(packet=data)
+            valid = bool(exchange.request.VerifyReply(answer, data))
+        except Exception as exc:
+            logger.debug("undecodable CoA answer from %s: %s", addr, exc)
+            valid = False
+        if not valid:
+            exchange.unverified += 1
+            self.counters.dropped["unverified"] += 1
+            logger.debug("CoA answer from %s:%d does not verify", *addr)
+            return
+        if not exchange.answer.done():
+            exchange.answer.set_result(answer)
