@@ -25,6 +25,7 @@ check: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/planner.py
+	$(BIN)/python bench/proxy.py
 
 schema: $(STAMP)
 	$(BIN)/aaa-failover schema

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -26,15 +27,45 @@ class ServiceRun(Protocol):
     ) -> Awaitable[None]: ...
 
 
+class _Started(logging.Handler):
+    """Sets an event when the lifecycle logs that a service has started."""
+
+    def __init__(self, event: asyncio.Event, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(logging.INFO)
+        self.event = event
+        self.loop = loop
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().endswith(" started"):
+            self.loop.call_soon_threadsafe(self.event.set)
+
+
 @asynccontextmanager
 async def running(
     run: ServiceRun, config: Config, only: list[str] | None = None
 ) -> AsyncIterator[asyncio.Task[None]]:
-    """Run a service in-process until the block ends, then stop it and wait for it."""
+    """Run a service in-process from when it has started until the block ends."""
     stop = asyncio.Event()
+    started = asyncio.Event()
+    lifecycle = logging.getLogger("services.runtime.lifecycle")
+    handler = _Started(started, asyncio.get_running_loop())
+    level = lifecycle.level
+    lifecycle.addHandler(handler)
+    lifecycle.setLevel(logging.INFO)
     task: asyncio.Task[None] = asyncio.create_task(
         _call(run, config, stop.wait, only), name="service under test"
     )
+    try:
+        waiter = asyncio.ensure_future(started.wait())
+        await asyncio.wait({waiter, task}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if task.done():
+            task.result()  # raises what stopped it
+            raise AssertionError("the service stopped before it started")
+        assert started.is_set(), "the service did not start within 20 s"
+    finally:
+        lifecycle.removeHandler(handler)
+        lifecycle.setLevel(level)
     try:
         yield task
     finally:

@@ -9,6 +9,12 @@ asks to return home on ``request.<home>`` when its timer runs out, sends its
 RADIUS load to the current server (:mod:`services.agent.traffic`) and reports
 ``ClientStatus`` on ``status.<client>`` every second, at each switch and at
 shutdown. Everything it publishes is signed with the client's own secret.
+
+A client with a ``proxy`` section is also a RADIUS proxy in front of its NAS
+devices (:mod:`services.agent.proxy`): notices choose its preferred upstream,
+and the proxy fails over by itself when an upstream stops answering, so the
+server it reports as ``current`` (and its simulated load goes to) is the
+upstream actually in use.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import logging
 import random
 import time
 from collections import Counter
+from contextlib import AsyncExitStack
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -37,7 +44,6 @@ from schemas.signing import (
     SERVER_HEADER,
     Rejected,
     client_key_id,
-    verify_client_authenticator,
 )
 from services.agent.client import (
     Answer,
@@ -48,9 +54,13 @@ from services.agent.client import (
     on_notice,
     on_time,
 )
+from services.agent.coa import CoaListener
+from services.agent.icmp import IcmpListener, IcmpUnavailable
+from services.agent.proxy import RadiusProxy
+from services.agent.receive import verify_notice
 from services.agent.traffic import Traffic
 from services.runtime.bus import Keyring, Signer
-from services.runtime.config import ClientConfig, Config, ServerConfig
+from services.runtime.config import ClientConfig, Config, ConfigError, ServerConfig
 from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
 
 logger = logging.getLogger(__name__)
@@ -73,6 +83,8 @@ class ClientAgent:
         secret: bytes,
         servers: dict[str, ServerConfig],
         rng: Uniform,
+        *,
+        nas_secret: bytes | None = None,
     ) -> None:
         self.rt = rt
         self.client = client
@@ -89,6 +101,20 @@ class ClientAgent:
         self.rejections: Counter[str] = Counter()
         self._rate_mark: tuple[float, int] | None = None
         self.wake = asyncio.Event()
+        self._status_due = False
+        self.proxy: RadiusProxy | None = None
+        if client.proxy is not None:
+            if nas_secret is None:
+                raise ValueError(f"client {client.id} has a proxy but no NAS secret was given")
+            self.proxy = RadiusProxy(
+                client_id=client.id,
+                client_ip=client.ip,
+                secret=secret,
+                nas_secret=nas_secret,
+                settings=client.proxy,
+                upstreams=[endpoint(servers[s]) for s in (client.home, *client.alternates)],
+                on_switch=self._on_proxy_switch,
+            )
         self.traffic = Traffic(
             client_id=client.id,
             client_ip=client.ip,
@@ -98,8 +124,21 @@ class ClientAgent:
             rate=client.rate,
             timeout_s=client.request_timeout_s,
             retries=client.request_retries,
-            current=lambda: self.state.current,
+            current=self.current,
         )
+
+    def current(self) -> Endpoint:
+        """Where requests go: the proxy's upstream in use, else the notices' choice."""
+        return self.proxy.in_use() if self.proxy is not None else self.state.current
+
+    def _on_proxy_switch(self, now_in_use: Endpoint) -> None:
+        self._status_due = True
+        self.wake.set()
+
+    def _follow_notices(self) -> None:
+        """Give the proxy the upstream the notices chose."""
+        if self.proxy is not None:
+            self.proxy.prefer(self.state.current)
 
     @property
     def notices_rejected(self) -> int:
@@ -126,7 +165,7 @@ class ClientAgent:
         status = ClientStatus(
             client=self.client.id,
             home=self.state.home.server,
-            current=self.state.current.server,
+            current=self.current().server,
             rate=self._measured_rate(),
             sent=c.sent,
             answered=c.answered,
@@ -155,46 +194,31 @@ class ClientAgent:
         self.rejections[reason] += 1
         logger.warning("%s: rejected notice: %s (%s)", self.client.id, reason, detail)
 
-    def verify(self, msg: Msg) -> FailoverNotice | ReadmitNotice | None:
-        """The notice in ``msg`` if it is authentic, else None (rejection counted)."""
-        headers = msg.headers or {}
-        server_id = headers.get(SERVER_HEADER, "")
-        server = self.servers.get(server_id)
-        if server is None:
-            self.reject("unknown-server", f"server header {server_id!r}")
-            return None
+    async def on_notice(
+        self, server_id: str, payload: bytes, authenticator: str | None, content_type: str | None
+    ) -> bool:
+        """Handle a notice from any transport; True if it was verified and acted on.
+
+        Nothing is decoded before the authenticator under the client's own
+        secret checks out (:func:`services.agent.receive.verify_notice`).
+        """
         try:
-            verify_client_authenticator(
+            notice = verify_notice(
+                self.client,
                 self.secret,
-                server.ip,
-                self.client.ip,
-                msg.data,
-                headers.get(AUTH_HEADER),
-                legacy=self.client.legacy_authenticator,
+                self.servers,
+                server_id,
+                payload,
+                authenticator,
+                content_type,
             )
         except Rejected as exc:
-            self.reject(exc.reason, f"from {server_id}")
-            return None
-        try:
-            event = codec.decode(msg.data, headers.get(codec.CONTENT_TYPE))
-        except codec.DecodeError as exc:
-            self.reject("undecodable", str(exc))
-            return None
-        if not isinstance(event, FailoverNotice | ReadmitNotice):
-            self.reject("unexpected-type", type(event).__name__)
-            return None
-        if event.server != server_id:
-            self.reject("server-mismatch", f"{event.server!r} under header {server_id!r}")
-            return None
-        return event
-
-    async def on_message(self, msg: Msg) -> None:
-        notice = self.verify(msg)
-        if notice is None:
-            return
+            self.reject(exc.reason, f"from {server_id!r}: {exc.detail}")
+            return False
         before = self.state
         step = on_notice(before, notice, time.time(), self.rng)
         self.state = step.state
+        self._follow_notices()
         if step.rejected is not None:
             self.reject(step.rejected, f"notice {notice.id} seq {notice.seq}")
         elif step.reack:
@@ -210,8 +234,45 @@ class ClientAgent:
         if step.ack is not None:
             await self._ack(notice, step.ack)
         if step.switched:
+            self._status_due = False
             await self.publish_status()
         self.wake.set()
+        return step.rejected is None
+
+    async def on_message(self, msg: Msg) -> None:
+        """A notice over the bus."""
+        headers = msg.headers or {}
+        await self.on_notice(
+            headers.get(SERVER_HEADER, ""),
+            msg.data,
+            headers.get(AUTH_HEADER),
+            headers.get(codec.CONTENT_TYPE),
+        )
+
+    async def listen(self, stack: AsyncExitStack) -> None:
+        """Receive notices by the client's transport: the bus, RADIUS CoA or ICMP Echo."""
+        transport = self.client.transport
+        if transport == "nats":
+            await self.rt.bus.subscribe_raw(
+                self.rt.bus.subjects.notice(self.client.id), self.on_message
+            )
+            return
+        listener: CoaListener | IcmpListener
+        if transport == "radius-coa":
+            listener = CoaListener(
+                self.client.ip, self.client.coa_port, self.secret, self.on_notice
+            )
+        else:
+            listener = IcmpListener(self.client.ip, self.on_notice)
+        try:
+            await listener.start()
+        except IcmpUnavailable as exc:
+            raise ConfigError(f"client {self.client.id}: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(
+                f"client {self.client.id}: cannot listen for {transport} notices: {exc}"
+            ) from None
+        stack.push_async_callback(listener.close)
 
     # --- timers, load and status ------------------------------------------
 
@@ -222,6 +283,7 @@ class ClientAgent:
             self.wake.clear()
             tick = on_time(self.state, time.time(), self.rng)
             self.state = tick.state
+            self._follow_notices()
             if tick.action == "request-return":
                 home = self.state.home.server
                 logger.info("%s: asking to return to %s", self.client.id, home)
@@ -236,7 +298,8 @@ class ClientAgent:
                     self.state.home.server,
                 )
                 await self.publish_status()
-            if loop.time() >= next_status:
+            if self._status_due or loop.time() >= next_status:
+                self._status_due = False
                 await self.publish_status()
                 next_status = max(next_status + STATUS_INTERVAL_S, loop.time())
             timeout = next_status - loop.time()
@@ -247,8 +310,10 @@ class ClientAgent:
                 return
 
     async def main(self) -> None:
-        """Run the load and the timers until shutdown, then report a last status."""
+        """Run the proxy, the load and the timers until shutdown, then report a last status."""
         async with asyncio.TaskGroup() as tg:
+            if self.proxy is not None:
+                tg.create_task(self.proxy.run(self.rt.stopping), name=f"{self.client.id}:proxy")
             tg.create_task(self.traffic.run(self.rt.sleep), name=f"{self.client.id}:traffic")
             await self.timer_loop()
         await self.publish_status()
@@ -275,16 +340,25 @@ async def run(
     """Run the agent of every client of ``config`` (or of those in ``only``)."""
     clients = config.select_clients(only)
     secrets = {c.id: config.read_secret(c.secret) for c in clients}
+    nas_secrets = {
+        c.id: config.read_secret(c.proxy.nas_secret) for c in clients if c.proxy is not None
+    }
     servers = {s.id: s for s in config.servers}
     keyring = Keyring(signer=None, bus_keys={}, client_keys=secrets)
     rng = random.Random()
 
     async def setup(rt: Runtime) -> None:
         for client in clients:
-            agent = ClientAgent(rt, client, secrets[client.id], servers, rng)
-            await rt.bus.subscribe_raw(rt.bus.subjects.notice(client.id), agent.on_message)
+            agent = ClientAgent(
+                rt, client, secrets[client.id], servers, rng, nas_secret=nas_secrets.get(client.id)
+            )
+            if agent.proxy is not None:
+                rt.stack.push_async_callback(agent.proxy.close)
+                await agent.proxy.start()
+            await agent.listen(rt.stack)
             rt.spawn(agent.main(), client.id)
-        logger.info("agent runs %d clients", len(clients))
+        proxies = sum(1 for c in clients if c.proxy is not None)
+        logger.info("agent runs %d clients, %d of them as RADIUS proxies", len(clients), proxies)
 
     await run_service(
         NAME, config, setup, shutdown_trigger=shutdown_trigger, bus_url=bus_url, keyring=keyring

@@ -1,0 +1,698 @@
+"""The agent as a failover-aware RADIUS proxy in front of NAS devices.
+
+NAS devices send Access-Requests to ``proxy.ip``:``proxy.auth_port`` and
+Accounting-Requests to ``proxy.acct_port`` (when set), under ``nas_secret``.
+Each request is verified (its Message-Authenticator when present, the
+Request Authenticator of an Accounting-Request), then re-encoded for the
+upstream in use under the client's own secret: User-Password (and any
+salt-encrypted attribute) is decrypted with the NAS secret and encrypted
+again for the upstream, the packet gets a new Request Authenticator and a
+Message-Authenticator, and every other attribute, Proxy-State included, is
+kept. It goes out from a socket bound to the client's IP, one set of sockets
+per upstream, and waits ``response_window_s`` with no retransmission. With no
+answer the upstream may turn zombie (:mod:`services.agent.upstreams`) and
+the same request is tried once more on the next alive upstream, as
+FreeRADIUS fails a request over to another home server. The reply goes back
+to the NAS re-encoded under ``nas_secret``: Response Authenticator from the
+NAS's own request, Message-Authenticator when the upstream's reply has one
+(or the NAS's Access-Request had one).
+
+Accounting goes to the upstream's ``auth_port + 1``, as a FreeRADIUS
+``home_server`` of type ``auth+acct`` does. Status-Server sent to the proxy
+is answered by the proxy itself. A retransmission from a NAS (same source,
+id and authenticator) is not forwarded again while its request is in
+flight, and gets the same reply again for a few seconds after. Zombies are
+probed with Status-Server every ``check_interval_s``.
+
+Requests in flight when the upstream in use changes finish against the
+upstream they were sent to. What the proxy received, forwarded, answered,
+failed over and dropped (by reason) is counted in :class:`ProxyCounters`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import logging
+import secrets
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from pyrad import packet
+
+from schemas.events import Endpoint
+from services.agent.upstreams import Transition, UpstreamPool
+from services.runtime.config import ProxyConfig
+from services.runtime.radius import (
+    ACCESS_REQUEST,
+    STATUS_SERVER,
+    RadiusClient,
+    RadiusTimeout,
+    dictionary,
+    status_request,
+)
+
+logger = logging.getLogger(__name__)
+
+ACCOUNTING_REQUEST = packet.AccountingRequest
+
+ACCT_PORT_OFFSET = 1
+"""An upstream takes accounting on its ``auth_port`` plus this (FreeRADIUS ``auth+acct``)."""
+
+RECENT_REPLY_S = 5.0
+"""How long a reply is kept to answer a NAS's retransmission (FreeRADIUS ``cleanup_delay``)."""
+
+RECENT_MAX = 65536
+"""At most this many replies are kept for retransmissions."""
+
+MAX_IN_FLIGHT = 255
+"""Requests in flight on one upstream socket before another socket is opened (ids are 8 bits)."""
+
+QUIET_DROPS = frozenset({"duplicate", "shutdown"})
+
+USER_PASSWORD = 2
+CHAP_PASSWORD = 3
+PROXY_STATE = 33
+CHAP_CHALLENGE = 60
+TUNNEL_PASSWORD = 69
+MESSAGE_AUTHENTICATOR = 80
+MICROSOFT = 311
+
+SALTED: dict[int | tuple[int, int], bool] = {
+    TUNNEL_PASSWORD: True,  # RFC 2868 section 3.5, after a tag octet
+    (MICROSOFT, 16): False,  # MS-MPPE-Send-Key, RFC 2548 section 2.4.2
+    (MICROSOFT, 17): False,  # MS-MPPE-Recv-Key, RFC 2548 section 2.4.3
+}
+"""Attributes encrypted with a salt, by raw key, and whether a tag octet comes first."""
+
+ZERO_VECTOR = bytes(16)
+
+RequestKey = tuple[bool, tuple[str, int], int, bytes]
+
+
+class Dropped(Exception):
+    """A packet is not relayed; ``reason`` is a short counter label."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+# --- packets (pure) -------------------------------------------------------------
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(len(a), "big")
+
+
+def hide_password(padded: bytes, secret: bytes, vector: bytes) -> bytes:
+    """User-Password hiding (RFC 2865 section 5.2) of ``padded`` (a multiple of 16 octets)."""
+    if not padded or len(padded) % 16:
+        raise ValueError("a hidden password is a multiple of 16 octets")
+    out = []
+    last = vector
+    for i in range(0, len(padded), 16):
+        last = _xor(padded[i : i + 16], hashlib.md5(secret + last).digest())
+        out.append(last)
+    return b"".join(out)
+
+
+def reveal_password(hidden: bytes, secret: bytes, vector: bytes) -> bytes:
+    """The padded plaintext of a hidden User-Password; raise Dropped if its length is wrong."""
+    if not hidden or len(hidden) % 16 or len(hidden) > 128:
+        raise Dropped("malformed", f"User-Password of {len(hidden)} octets")
+    out = []
+    last = vector
+    for i in range(0, len(hidden), 16):
+        block = hidden[i : i + 16]
+        out.append(_xor(block, hashlib.md5(secret + last).digest()))
+        last = block
+    return b"".join(out)
+
+
+def resalt(
+    value: bytes,
+    tagged: bool,
+    *,
+    from_secret: bytes,
+    from_vector: bytes,
+    to_secret: bytes,
+    to_vector: bytes,
+) -> bytes:
+    """A salt-encrypted value (RFC 2868 section 3.5) decrypted under one secret and
+    vector and encrypted again, with the same salt, under another."""
+    tag, body = (value[:1], value[1:]) if tagged else (b"", value)
+    if len(body) < 18 or (len(body) - 2) % 16:
+        raise Dropped("malformed", f"salt-encrypted value of {len(body)} octets")
+    salt, cipher = body[:2], body[2:]
+    out = []
+    last_in, last_out = from_vector + salt, to_vector + salt
+    for i in range(0, len(cipher), 16):
+        block = cipher[i : i + 16]
+        plain = _xor(block, hashlib.md5(from_secret + last_in).digest())
+        encrypted = _xor(plain, hashlib.md5(to_secret + last_out).digest())
+        out.append(encrypted)
+        last_in, last_out = block, encrypted
+    return tag + salt + b"".join(out)
+
+
+def _raw_items(pkt: packet.Packet) -> list[tuple[Any, Any]]:
+    # pyrad keys a packet by raw attribute code (or (vendor, code)); OrderedDict's own
+    # items() gives those keys with their raw values, in order.
+    return list(OrderedDict.items(pkt))
+
+
+def _set_raw(pkt: packet.Packet, key: Any, values: Any) -> None:
+    OrderedDict.__setitem__(pkt, key, list(values) if isinstance(values, list) else values)
+
+
+def decode_request(data: bytes, secret: bytes, *, accounting: bool) -> packet.Packet:
+    """A NAS's request, verified under ``secret``; raise Dropped.
+
+    The auth port takes Access-Request and Status-Server, the accounting port
+    Accounting-Request and Status-Server. A Message-Authenticator is checked
+    when present (and required on Status-Server), the Request Authenticator of
+    an Accounting-Request always.
+    """
+    if len(data) < 20:
+        raise Dropped("malformed", f"{len(data)} octets")
+    code = data[0]
+    allowed = (ACCOUNTING_REQUEST if accounting else ACCESS_REQUEST, STATUS_SERVER)
+    if code not in allowed:
+        raise Dropped("unsupported-code", str(code))
+    kind = packet.AcctPacket if accounting else packet.AuthPacket
+    try:
+        request: packet.Packet = kind(packet=data, secret=secret, dict=dictionary())
+        if code == ACCOUNTING_REQUEST and not request.VerifyAcctRequest():
+            raise Dropped("bad-authenticator")
+        if request.message_authenticator:
+            if not request.verify_message_authenticator():
+                raise Dropped("bad-message-authenticator")
+        elif code == STATUS_SERVER:
+            raise Dropped("no-message-authenticator")
+    except Dropped:
+        raise
+    except Exception as exc:
+        raise Dropped("malformed", str(exc)) from None
+    return request
+
+
+def upstream_request(request: packet.Packet, secret: bytes) -> packet.Packet:
+    """``request`` (from a NAS, decoded under its secret) re-encoded for an upstream.
+
+    The copy has a new Request Authenticator, the User-Password and salted
+    attributes encrypted again under ``secret``, a Message-Authenticator (on an
+    Accounting-Request only when the NAS sent one), and every other attribute
+    as it came, Proxy-State included. A CHAP-Password without CHAP-Challenge
+    gets the NAS's Request Authenticator as CHAP-Challenge, since that was the
+    challenge. The id is set when it is sent.
+    """
+    access = request.code == ACCESS_REQUEST
+    out: packet.Packet
+    if access:
+        out = packet.AuthPacket(
+            code=ACCESS_REQUEST,
+            secret=secret,
+            dict=dictionary(),
+            authenticator=secrets.token_bytes(16),
+        )
+        from_vector, to_vector = request.authenticator, out.authenticator
+    else:
+        out = packet.AcctPacket(code=ACCOUNTING_REQUEST, secret=secret, dict=dictionary())
+        from_vector = to_vector = ZERO_VECTOR
+    for key, values in _raw_items(request):
+        if key == MESSAGE_AUTHENTICATOR:
+            continue
+        if key == USER_PASSWORD and access:
+            values = [
+                hide_password(reveal_password(v, request.secret, from_vector), secret, to_vector)
+                for v in values
+            ]
+        elif key in SALTED:
+            values = [
+                resalt(
+                    v,
+                    SALTED[key],
+                    from_secret=request.secret,
+                    from_vector=from_vector,
+                    to_secret=secret,
+                    to_vector=to_vector,
+                )
+                for v in values
+            ]
+        _set_raw(out, key, values)
+    raw_keys = {key for key, _ in _raw_items(request)}
+    if access and CHAP_PASSWORD in raw_keys and CHAP_CHALLENGE not in raw_keys:
+        _set_raw(out, CHAP_CHALLENGE, [request.authenticator])
+    if access or request.message_authenticator:
+        out.add_message_authenticator()
+    return out
+
+
+def nas_reply(request: packet.Packet, sent: packet.Packet, reply: packet.Packet) -> bytes:
+    """The upstream's ``reply`` to ``sent``, re-encoded as the answer to the NAS's ``request``.
+
+    Code and attributes are the upstream's (salted ones encrypted again under
+    the NAS secret); the Response Authenticator is computed from the NAS's own
+    Request Authenticator; a Message-Authenticator is added when the reply has
+    one, or when the NAS's Access-Request had one.
+    """
+    access = request.code == ACCESS_REQUEST
+    sign = bool(reply.message_authenticator) or (access and bool(request.message_authenticator))
+    out: packet.Packet = request.CreateReply(message_authenticator=sign)
+    out.code = reply.code
+    for key, values in _raw_items(reply):
+        if key == MESSAGE_AUTHENTICATOR:
+            continue
+        if key in SALTED:
+            values = [
+                resalt(
+                    v,
+                    SALTED[key],
+                    from_secret=sent.secret,
+                    from_vector=sent.authenticator,
+                    to_secret=request.secret,
+                    to_vector=request.authenticator,
+                )
+                for v in values
+            ]
+        _set_raw(out, key, values)
+    raw: bytes = out.ReplyPacket()
+    return raw
+
+
+def status_answer(request: packet.Packet) -> bytes:
+    """The proxy's own answer to a verified Status-Server (RFC 5997)."""
+    reply = request.CreateReply()
+    raw: bytes = reply.ReplyPacket()
+    return raw
+
+
+# --- the proxy ------------------------------------------------------------------
+
+
+@dataclass
+class ProxyCounters:
+    """What the proxy did with the NAS's packets.
+
+    ``received``: datagrams from NAS devices; ``forwarded``: requests sent
+    upstream (a fail-over sends one twice); ``answered``: replies sent back;
+    ``failed_over``: requests tried again on another upstream; ``resent``:
+    replies sent again to a retransmission; ``status``: Status-Server
+    answered by the proxy; ``dropped``: packets left unanswered, by reason.
+    """
+
+    received: int = 0
+    forwarded: int = 0
+    answered: int = 0
+    failed_over: int = 0
+    resent: int = 0
+    status: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class _Slot:
+    client: RadiusClient
+    in_flight: int = 0
+
+
+class _Link:
+    """Sockets to one upstream address, bound to the client's IP; one more is opened
+    whenever every socket has ``MAX_IN_FLIGHT`` requests waiting."""
+
+    def __init__(self, address: tuple[str, int], secret: bytes, bind_ip: str) -> None:
+        self.address = address
+        self.secret = secret
+        self.bind_ip = bind_ip
+        self._slots: list[_Slot] = []
+
+    async def send(self, pkt: packet.Packet, timeout_s: float) -> packet.Packet:
+        slot = next((s for s in self._slots if s.in_flight < MAX_IN_FLIGHT), None)
+        if slot is None:
+            client = await RadiusClient.open(self.address, self.secret, bind_ip=self.bind_ip)
+            slot = _Slot(client)
+            self._slots.append(slot)
+        slot.in_flight += 1
+        try:
+            return await slot.client.send(pkt, timeout_s=timeout_s)
+        finally:
+            slot.in_flight -= 1
+
+    def close(self) -> None:
+        for slot in self._slots:
+            slot.client.close()
+        self._slots.clear()
+
+
+class _Listener(asyncio.DatagramProtocol):
+    """The proxy's UDP endpoint for NAS devices: the auth port or the accounting port."""
+
+    def __init__(self, proxy: RadiusProxy, accounting: bool) -> None:
+        self.proxy = proxy
+        self.accounting = accounting
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.proxy._on_datagram(self, data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        logger.debug("proxy socket error: %s", exc)
+
+    def send(self, raw: bytes, addr: tuple[str, int]) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.sendto(raw, addr)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _same(listener: _Listener) -> _Listener:
+    return listener
+
+
+class RadiusProxy:
+    """One client's RADIUS proxy: NAS listeners, upstream pool, probes and counters."""
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        client_ip: str,
+        secret: bytes,
+        nas_secret: bytes,
+        settings: ProxyConfig,
+        upstreams: Sequence[Endpoint],
+        on_switch: Callable[[Endpoint], None] | None = None,
+    ) -> None:
+        self.client_id = client_id
+        self.client_ip = client_ip
+        self.secret = secret
+        self.nas_secret = nas_secret
+        self.settings = settings
+        self.on_switch = on_switch
+        self.pool = UpstreamPool(
+            upstreams,
+            response_window_s=settings.response_window_s,
+            check_interval_s=settings.check_interval_s,
+            answers_to_alive=settings.answers_to_alive,
+        )
+        self.counters = ProxyCounters()
+        self._in_use = self.pool.in_use()
+        self._listeners: list[_Listener] = []
+        self._links: dict[tuple[str, int], _Link] = {}
+        self._in_flight: set[RequestKey] = set()
+        self._recent: OrderedDict[RequestKey, tuple[float, bytes]] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._probe_wake = asyncio.Event()
+        self._closing = False
+        self._closed = False
+
+    # --- where requests go ----------------------------------------------
+
+    def in_use(self) -> Endpoint:
+        """The upstream new requests go to."""
+        return self._in_use
+
+    def prefer(self, endpoint: Endpoint) -> None:
+        """Make ``endpoint`` the preferred upstream (the one verified notices chose)."""
+        if endpoint.server == self.pool.preferred and endpoint in self.pool.order:
+            return
+        self.pool.prefer(endpoint)
+        logger.info("%s: proxy prefers %s", self.client_id, endpoint.server)
+        self._check_switch()
+
+    def _check_switch(self) -> None:
+        now_in_use = self.pool.in_use()
+        if now_in_use == self._in_use:
+            return
+        before, self._in_use = self._in_use, now_in_use
+        logger.warning(
+            "%s: proxy now sends to %s (was %s; upstreams %s)",
+            self.client_id,
+            now_in_use.server,
+            before.server,
+            self.pool.states(),
+        )
+        if self.on_switch is not None:
+            self.on_switch(now_in_use)
+
+    def _after(self, transition: Transition | None) -> None:
+        if transition is None:
+            return
+        log = logger.info if transition.after == "alive" else logger.warning
+        log(
+            "%s: upstream %s %s -> %s (%s)",
+            self.client_id,
+            transition.server,
+            transition.before,
+            transition.after,
+            transition.reason,
+        )
+        if transition.after != "alive":
+            self._probe_wake.set()
+        self._check_switch()
+
+    # --- life -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind the NAS listeners (auth port, and accounting port when set); raise OSError."""
+        loop = asyncio.get_running_loop()
+        ports = [(self.settings.auth_port, False)]
+        if self.settings.acct_port is not None:
+            ports.append((self.settings.acct_port, True))
+        try:
+            for port, accounting in ports:
+                listener = _Listener(self, accounting)
+                self._listeners.append(listener)
+                await loop.create_datagram_endpoint(
+                    functools.partial(_same, listener), local_addr=(self.settings.ip, port)
+                )
+        except OSError:
+            for listener in self._listeners:
+                listener.close()
+            raise
+        logger.info(
+            "%s: proxy listening on %s ports %s, upstreams %s",
+            self.client_id,
+            self.settings.ip,
+            [port for port, _ in ports],
+            [e.server for e in self.pool.order],
+        )
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Probe zombies until ``stopping`` is set, then stop (see :meth:`close`)."""
+        try:
+            await self._probe_loop(stopping)
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Stop taking requests, let those in flight finish (bounded), close every socket."""
+        if self._closed:
+            return
+        self._closing = True
+        for listener in self._listeners:
+            listener.close()
+        grace = 2 * self.settings.response_window_s + 0.5
+        try:
+            if self._tasks:
+                _, late = await asyncio.wait(set(self._tasks), timeout=grace)
+                for task in late:
+                    task.cancel()
+                if late:
+                    await asyncio.gather(*late, return_exceptions=True)
+        finally:
+            self._closed = True
+            for link in self._links.values():
+                link.close()
+            self._links.clear()
+            c = self.counters
+            logger.info(
+                "%s: proxy stopped: received %d, forwarded %d, answered %d, failed over %d, "
+                "resent %d, status %d, dropped %s; upstreams %s",
+                self.client_id,
+                c.received,
+                c.forwarded,
+                c.answered,
+                c.failed_over,
+                c.resent,
+                c.status,
+                dict(c.dropped),
+                self.pool.states(),
+            )
+
+    def _track(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- probes ---------------------------------------------------------
+
+    async def _probe_loop(self, stopping: asyncio.Event) -> None:
+        interval = self.settings.check_interval_s
+        while not stopping.is_set():
+            now = time.monotonic()
+            for endpoint in self.pool.probes_due(now):
+                self._track(self._probe(endpoint), f"{self.client_id}:probe:{endpoint.server}")
+            due = self.pool.next_probe_at()
+            wait = interval if due is None else min(interval, max(0.0, due - now))
+            self._probe_wake.clear()
+            waiters = [
+                asyncio.ensure_future(stopping.wait()),
+                asyncio.ensure_future(self._probe_wake.wait()),
+            ]
+            try:
+                await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+                await asyncio.gather(*waiters, return_exceptions=True)
+
+    async def _probe(self, endpoint: Endpoint) -> None:
+        answered = False
+        try:
+            link = self._link((endpoint.ip, endpoint.auth_port))
+            await link.send(
+                status_request(self.secret, "None"), timeout_s=self.settings.check_timeout_s
+            )
+            answered = True
+        except RadiusTimeout:
+            pass
+        except (OSError, RuntimeError) as exc:
+            logger.debug("%s: probe of %s failed: %s", self.client_id, endpoint.server, exc)
+        self._after(self.pool.probed(endpoint.server, answered, time.monotonic()))
+
+    # --- requests -------------------------------------------------------
+
+    def _link(self, address: tuple[str, int]) -> _Link:
+        if self._closed:
+            raise RuntimeError("proxy is closed")
+        link = self._links.get(address)
+        if link is None:
+            link = _Link(address, self.secret, self.client_ip)
+            self._links[address] = link
+        return link
+
+    def _on_datagram(self, listener: _Listener, data: bytes, addr: tuple[str, int]) -> None:
+        self.counters.received += 1
+        try:
+            self._accept(listener, data, addr)
+        except Dropped as dropped:
+            self._drop(dropped, addr)
+        except Exception:
+            self.counters.dropped["error"] += 1
+            logger.exception("%s: proxy failed on a packet from %s", self.client_id, addr[0])
+
+    def _drop(self, dropped: Dropped, addr: tuple[str, int]) -> None:
+        self.counters.dropped[dropped.reason] += 1
+        level = logging.DEBUG if dropped.reason in QUIET_DROPS else logging.WARNING
+        logger.log(level, "%s: proxy dropped a packet from %s: %s", self.client_id, addr, dropped)
+
+    def _accept(self, listener: _Listener, data: bytes, addr: tuple[str, int]) -> None:
+        if self._closing:
+            raise Dropped("shutdown")
+        if len(data) < 20:
+            raise Dropped("malformed", f"{len(data)} octets")
+        key: RequestKey = (listener.accounting, addr, data[1], data[4:20])
+        if key in self._in_flight:
+            raise Dropped("duplicate")
+        now = time.monotonic()
+        cached = self._recent_reply(key, now)
+        if cached is not None:
+            listener.send(cached, addr)
+            self.counters.resent += 1
+            return
+        request = decode_request(data, self.nas_secret, accounting=listener.accounting)
+        if request.code == STATUS_SERVER:
+            listener.send(status_answer(request), addr)
+            self.counters.status += 1
+            return
+        self._in_flight.add(key)
+        self._track(self._relay(listener, key, request, addr), f"{self.client_id}:request")
+
+    def _recent_reply(self, key: RequestKey, now: float) -> bytes | None:
+        recent = self._recent
+        while recent:
+            oldest = next(iter(recent))
+            if recent[oldest][0] > now and len(recent) <= RECENT_MAX:
+                break
+            del recent[oldest]
+        entry = recent.get(key)
+        return None if entry is None else entry[1]
+
+    async def _relay(
+        self,
+        listener: _Listener,
+        key: RequestKey,
+        request: packet.Packet,
+        addr: tuple[str, int],
+    ) -> None:
+        try:
+            raw = await self._forward(request, listener.accounting, addr)
+            if raw is None:
+                return
+            listener.send(raw, addr)
+            self.counters.answered += 1
+            self._recent[key] = (time.monotonic() + RECENT_REPLY_S, raw)
+        except Dropped as dropped:
+            self._drop(dropped, addr)
+        except Exception:
+            self.counters.dropped["error"] += 1
+            logger.exception("%s: proxy failed to relay a request from %s", self.client_id, addr)
+        finally:
+            self._in_flight.discard(key)
+
+    async def _forward(
+        self, request: packet.Packet, accounting: bool, addr: tuple[str, int]
+    ) -> bytes | None:
+        """The reply for the NAS, from the upstream in use or, failing it, the next alive one."""
+        first = self.in_use()
+        outcome = await self._attempt(first, request, accounting)
+        if outcome is None:
+            target = self.pool.retry_target(first.server)
+            if target is None:
+                raise Dropped("no-answer", f"from {first.server}, no other upstream alive")
+            self.counters.failed_over += 1
+            logger.debug(
+                "%s: request from %s unanswered by %s, tried on %s",
+                self.client_id,
+                addr[0],
+                first.server,
+                target.server,
+            )
+            outcome = await self._attempt(target, request, accounting)
+            if outcome is None:
+                raise Dropped("no-answer", f"from {first.server} nor {target.server}")
+        sent, reply = outcome
+        return nas_reply(request, sent, reply)
+
+    async def _attempt(
+        self, endpoint: Endpoint, request: packet.Packet, accounting: bool
+    ) -> tuple[packet.Packet, packet.Packet] | None:
+        """Send ``request`` to ``endpoint`` once: (what was sent, its reply), or None."""
+        port = endpoint.auth_port + (ACCT_PORT_OFFSET if accounting else 0)
+        sent = upstream_request(request, self.secret)
+        sent_at = time.monotonic()
+        self.counters.forwarded += 1
+        try:
+            reply = await self._link((endpoint.ip, port)).send(
+                sent, timeout_s=self.settings.response_window_s
+            )
+        except RadiusTimeout:
+            self._after(self.pool.unanswered(endpoint.server, sent_at, time.monotonic()))
+            return None
+        except (OSError, RuntimeError) as exc:
+            logger.warning("%s: cannot send to %s: %s", self.client_id, endpoint.server, exc)
+            return None
+        self.pool.answered(endpoint.server, time.monotonic())
+        return sent, reply
