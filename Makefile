@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,dev]'
+	$(BIN)/pip install --quiet -e '.[test,dev,bench]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -19,13 +19,12 @@ test: $(STAMP)
 	$(BIN)/pytest
 
 check: $(STAMP)
-	$(BIN)/ruff check schemas services tests
-	$(BIN)/ruff format --check schemas services tests
+	$(BIN)/ruff check schemas services tests bench
+	$(BIN)/ruff format --check schemas services tests bench
 	$(BIN)/mypy
 
 bench: $(STAMP)
-	$(BIN)/python bench/planner.py
-	$(BIN)/python bench/proxy.py
+	$(BIN)/python bench/run_all.py $(if $(QUICK),--quick)
 
 schema: $(STAMP)
 	$(BIN)/aaa-failover schema
