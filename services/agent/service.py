@@ -153,8 +153,14 @@ class ClientAgent:
             logger.warning("%s: cannot publish on %s: %s", self.client.id, subject, exc)
 
     def _measured_rate(self) -> float | None:
-        """Requests sent per second since the previous status (None at the first)."""
-        now, sent = time.monotonic(), self.traffic.counters.sent
+        """Requests per second since the previous status, its own and those it relays.
+
+        None at the first status, or when too little time has passed to tell.
+        """
+        sent = self.traffic.counters.sent
+        if self.proxy is not None:
+            sent += self.proxy.counters.received - self.proxy.counters.status
+        now = time.monotonic()
         last, self._rate_mark = self._rate_mark, (now, sent)
         if last is None or now - last[0] < 0.5 * STATUS_INTERVAL_S:
             return None
