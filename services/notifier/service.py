@@ -65,6 +65,8 @@ from services.runtime.state import StateStore
 
 logger = logging.getLogger(__name__)
 
+SEND_CONCURRENCY = 256
+
 NAME = "notifier"
 
 Notice = FailoverNotice | ReadmitNotice
@@ -183,6 +185,24 @@ class Notifier:
             return {AUTH_HEADER: auth, SERVER_HEADER: server.id}
 
         return authenticate
+
+    async def send_all(
+        self, batch: list[tuple[Notice, ClientConfig]], server: ServerConfig
+    ) -> None:
+        """Send a plan's or a wave's notices, up to ``SEND_CONCURRENCY`` at once.
+
+        Each notice is still stored before it goes out; sending them side by
+        side lets those KV round trips overlap instead of queueing.
+        """
+        limit = asyncio.Semaphore(SEND_CONCURRENCY)
+
+        async def one(notice: Notice, client: ClientConfig) -> None:
+            async with limit:
+                await self.send(notice, client, server)
+
+        async with asyncio.TaskGroup() as tg:
+            for notice, client in batch:
+                tg.create_task(one(notice, client))
 
     async def send(self, notice: Notice, client: ClientConfig, server: ServerConfig) -> None:
         """Send ``notice`` to ``client`` by its transport, track it and report it sent."""
@@ -360,6 +380,7 @@ class Notifier:
             return
         now = time.time()
         valid_until = now + self.config.notifier.notice_validity_s
+        batch: list[tuple[Notice, ClientConfig]] = []
         for move in plan.moves:
             client = self.clients.get(move.client)
             if client is None:
@@ -381,7 +402,8 @@ class Notifier:
                 valid_until=valid_until,
                 source=self.rt.bus.name,
             )
-            await self.send(notice, client, server)
+            batch.append((notice, client))
+        await self.send_all(batch, server)
 
     async def on_wave(self, wave: ReadmitWave) -> None:
         server = self.servers.get(wave.server)
@@ -391,6 +413,7 @@ class Notifier:
         now = time.time()
         valid_until = now + self.config.notifier.notice_validity_s
         home = endpoint(server)
+        batch: list[tuple[Notice, ClientConfig]] = []
         for granted, ids in ((True, wave.clients), (False, wave.deferred)):
             for cid in ids:
                 client = self.clients.get(cid)
@@ -412,7 +435,8 @@ class Notifier:
                     valid_until=valid_until,
                     source=self.rt.bus.name,
                 )
-                await self.send(notice, client, server)
+                batch.append((notice, client))
+        await self.send_all(batch, server)
 
     async def on_ack(self, ack: Ack) -> None:
         delivery = self.tracker.acked(ack.notice_id, ack.client, time.time())

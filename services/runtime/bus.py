@@ -64,6 +64,7 @@ class Keyring:
     signer: Signer | None
     bus_keys: dict[str, bytes] = field(default_factory=dict)
     client_keys: dict[str, bytes] = field(default_factory=dict)
+    _with_clients: dict[str, bytes] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def from_config(cls, config: Config, *, clients: bool = True) -> Keyring:
@@ -80,11 +81,15 @@ class Keyring:
         )
         return cls(Signer(bus.key.id, key), keys, client_keys)
 
-    def verification_keys(self, accept_clients: bool) -> dict[str, bytes]:
-        keys = dict(self.bus_keys)
+    def verification_keys(self, accept_clients: bool) -> Mapping[str, bytes]:
+        """The keys an event may be signed with; built once, looked up per event."""
         if accept_clients:
-            keys.update({CLIENT_KEY_PREFIX + cid: k for cid, k in self.client_keys.items()})
-        return keys
+            if self._with_clients is None:
+                self._with_clients = self.bus_keys | {
+                    CLIENT_KEY_PREFIX + cid: k for cid, k in self.client_keys.items()
+                }
+            return self._with_clients
+        return self.bus_keys
 
 
 @dataclass
