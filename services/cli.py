@@ -34,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--only", action="append", metavar="ID", help="aaa: this server; agent: this client"
     )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="N",
+        help="serve Prometheus /metrics on port N (0: a free one), overriding [metrics] ports",
+    )
 
     up = sub.add_parser("up", help="run every service of a config under one supervisor")
     up.add_argument("-c", "--config", required=True)
@@ -60,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("--json", action="store_true", help="the FailoverPlan event as JSON")
 
+    tail = sub.add_parser("tail", help="print every event on the bus and whether it verified")
+    tail.add_argument("filter", nargs="?", help="subject filter (default: <prefix>.>)")
+    tail.add_argument("-c", "--config", required=True)
+    tail.add_argument("--bus-url", help="NATS URL, overriding bus.url of the config")
+    tail.add_argument("--server", help="only events whose server is this")
+    tail.add_argument("--client", help="only events whose client is this")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+
     schema = sub.add_parser("schema", help="write the JSON Schema of every event")
     schema.add_argument("--out", type=Path, help="directory (default: schemas/json)")
     return parser
@@ -81,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return demo(clients=args.clients, overload_s=args.overload_s, keep=args.keep)
         if args.command == "plan":
             return _plan(args)
+        if args.command == "tail":
+            return _tail(args)
         if args.command == "schema":
             from schemas.jsonschema import JSON_DIR, write_schemas
 
@@ -97,6 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    if args.metrics_port is not None:
+        if not 0 <= args.metrics_port <= 65535:
+            raise ConfigError("--metrics-port must be in [0, 65535]")
+        config = config.with_metrics_port(args.service, args.metrics_port)
     module = importlib.import_module(f"services.{args.service}.service")
     asyncio.run(module.run(config, bus_url=args.bus_url, only=args.only))
     return 0
@@ -121,6 +141,24 @@ def _plan(args: argparse.Namespace) -> int:
         server_health=healths,
     )
     print(encode(plan).decode() if args.json else describe(plan))
+    return 0
+
+
+def _tail(args: argparse.Namespace) -> int:
+    from services.tools.tail import tail
+
+    config = load_config(args.config)
+    asyncio.run(
+        tail(
+            config,
+            subject=args.filter,
+            server=args.server,
+            client=args.client,
+            as_json=args.json,
+            out=sys.stdout,
+            bus_url=args.bus_url,
+        )
+    )
     return 0
 
 

@@ -19,6 +19,9 @@ import tomli_w
 from services.runtime.config import Config, load_config
 
 
+STREAM_MAX_BYTES = 64 << 20
+
+
 def free_udp_port(ip: str) -> int:
     """A UDP port free on ``ip`` right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -69,7 +72,13 @@ def farm_dict(
             path.chmod(0o600)
         return {"file": f"secrets/{name}"}
 
-    bus: dict[str, Any] = {"prefix": prefix, "key": {"id": "k1", "secret": secret("bus.key")}}
+    bus: dict[str, Any] = {
+        "prefix": prefix,
+        "key": {"id": "k1", "secret": secret("bus.key")},
+        # JetStream reserves a stream's max_bytes up front: a loopback farm
+        # (and every test prefix) needs little, so many can share one server.
+        "stream_max_bytes": STREAM_MAX_BYTES,
+    }
     if bus_url:
         bus["url"] = bus_url
     server_list = []

@@ -13,16 +13,22 @@ import asyncio
 import logging
 import time
 
+from prometheus_client import Gauge, Histogram
+
 from schemas.events import HealthReport, Incident, MetricsSample, ReadmitWave
 from services.evaluator.health import deficit, score
 from services.evaluator.incidents import ServerState, Transition, close, step
 from services.runtime.config import Config, ServerConfig, subject_tokens
 from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
+from services.runtime.metrics import LATENCY_BUCKETS
 from services.runtime.state import StateStore
 
 logger = logging.getLogger(__name__)
 
 NAME = "evaluator"
+
+# The incident state gauge's value of each phase.
+PHASE_VALUES = {"healthy": 0, "overloaded": 1, "recovering": 2}
 
 
 class Evaluator:
@@ -36,6 +42,30 @@ class Evaluator:
         self.servers = servers
         self.states: dict[str, ServerState] = {sid: ServerState(server=sid) for sid in servers}
         self._lock = asyncio.Lock()
+        registry = rt.metrics.registry
+        self.health_gauge = Gauge(
+            "aaa_failover_health",
+            "Latest health of each server, 0 to 1.",
+            ["server"],
+            registry=registry,
+        )
+        self.state_gauge = Gauge(
+            "aaa_failover_incident_state",
+            "Each server's incident state: 0 healthy, 1 overloaded, 2 recovering.",
+            ["server"],
+            registry=registry,
+        )
+        self.decision_latency = Histogram(
+            "aaa_failover_decision_latency_seconds",
+            "Time from a MetricsSample received to its HealthReport published.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        for state in self.states.values():
+            self._observe(state)
+
+    def _observe(self, state: ServerState) -> None:
+        self.state_gauge.labels(state.server).set(PHASE_VALUES[state.phase])
 
     async def load(self) -> None:
         """Read each server's machine state from KV; a bad value is logged and ignored."""
@@ -47,10 +77,12 @@ class Evaluator:
                 self.store.bad(sid, f"it names {state.server}")
                 continue
             self.states[sid] = state
+            self._observe(state)
             if state.incident_id is not None:
                 logger.info("%s resumes incident %s (%s)", sid, state.incident_id, state.phase)
 
     async def on_sample(self, sample: MetricsSample) -> None:
+        received = time.perf_counter()
         server = self.servers.get(sample.server)
         if server is None:
             self.rt.bus.counters.drop("unknown-server")
@@ -77,6 +109,9 @@ class Evaluator:
                 state=state.phase,
             )
             await self.rt.bus.publish(self.rt.bus.subjects.health(server.id), report)
+            self.decision_latency.observe(time.perf_counter() - received)
+            self.health_gauge.labels(server.id).set(result.health)
+            self._observe(state)
             if transition is not None:
                 await self._transition(state, transition, result.reason)
 
@@ -101,6 +136,7 @@ class Evaluator:
                 )
                 return
             self.states[wave.server] = state
+            self._observe(state)
             await self._transition(state, transition, f"readmission finished: {wave.reason}")
 
     async def _transition(self, state: ServerState, transition: Transition, reason: str) -> None:

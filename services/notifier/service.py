@@ -29,6 +29,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+import prometheus_client
+
 from schemas import codec
 from schemas.events import (
     Ack,
@@ -131,6 +133,12 @@ class Notifier:
         self.rand = rfc5080_rand(random.Random())
         self.coa_jobs: asyncio.Queue[str] = asyncio.Queue()
         self.exchanges: dict[str, asyncio.Task[None]] = {}
+        self.deliveries_total = prometheus_client.Counter(
+            "aaa_failover_deliveries",
+            "Delivery reports of notices, by outcome and the client's transport.",
+            ["outcome", "transport"],
+            registry=rt.metrics.registry,
+        )
 
     async def open_transports(self) -> None:
         """Open the sockets the configured clients' transports need, and say what is missing.
@@ -266,6 +274,9 @@ class Notifier:
             logger.warning("ICMP Echo to %s for %s: %s", client.ip, pending.notice_id, exc)
 
     async def _report(self, delivery: Delivery) -> None:
+        client = self.clients.get(delivery.client)
+        transport = client.transport if client is not None else "unknown"
+        self.deliveries_total.labels(delivery.outcome, transport).inc()
         await self.rt.bus.publish(self.rt.bus.subjects.delivery(delivery.client), delivery)
 
     # --- CoA exchanges --------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 import nats.errors
+import prometheus_client
 
 from schemas.events import FailoverPlan, HealthReport, Incident, ReadmitRequest, ReadmitWave
 from services.readmitter import waves
@@ -60,6 +61,16 @@ class Readmitter:
         self._wake: dict[str, asyncio.Event] = {s: asyncio.Event() for s in servers}
         self._locks: dict[str, asyncio.Lock] = {s: asyncio.Lock() for s in servers}
         self._last_pause: dict[str, str] = {}
+        registry = rt.metrics.registry
+        self.readmitted_total = prometheus_client.Counter(
+            "aaa_failover_clients_readmitted",
+            "Clients sent back to their home server, by waves or granted requests.",
+            ["server"],
+            registry=registry,
+        )
+        self.waves_total = prometheus_client.Counter(
+            "aaa_failover_readmit_waves", "Readmission waves published.", registry=registry
+        )
 
     # --- state ----------------------------------------------------------
 
@@ -190,6 +201,8 @@ class Readmitter:
         changed = self._set(server, state)
         try:
             await self.rt.bus.publish(self.rt.bus.subjects.readmit(server), wave)
+            if wave.clients:
+                self.readmitted_total.labels(server).inc(len(wave.clients))
         finally:
             if changed:
                 await self._persist(server)
@@ -295,6 +308,9 @@ class Readmitter:
             logger.error("could not publish wave %d of %s: %s", wave.wave, server, exc)
             return False
         self.waves_sent += 1
+        self.waves_total.inc()
+        if event.clients:
+            self.readmitted_total.labels(server).inc(len(event.clients))
         return True
 
     def stats(self) -> dict[str, Any]:

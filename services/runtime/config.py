@@ -386,6 +386,25 @@ class ReadmitterConfig(Base, frozen=True, kw_only=True):
             raise ValueError("wave_interval_s must not be negative")
 
 
+class MetricsConfig(Base, frozen=True, kw_only=True):
+    """Prometheus /metrics endpoints: where to listen, and each service's port.
+
+    A service with no port here serves no metrics; port 0 picks a free one.
+    """
+
+    listen: str = "127.0.0.1"
+    ports: dict[str, int] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for service, port in self.ports.items():
+            if not 0 <= port <= 65535:
+                raise ValueError(f"ports.{service} must be in [0, 65535], got {port}")
+
+    def port(self, service: str) -> int | None:
+        """The port ``service`` serves metrics on (0: a free one), or None for none."""
+        return self.ports.get(service)
+
+
 class Config(Base, frozen=True, kw_only=True):
     """A whole deployment: the bus, the farm and every service's settings."""
 
@@ -397,6 +416,7 @@ class Config(Base, frozen=True, kw_only=True):
     targeter: TargeterConfig = TargeterConfig()
     notifier: NotifierConfig = NotifierConfig()
     readmitter: ReadmitterConfig = ReadmitterConfig()
+    metrics: MetricsConfig = MetricsConfig()
     base_dir: str = ""
 
     def __post_init__(self) -> None:
@@ -413,6 +433,13 @@ class Config(Base, frozen=True, kw_only=True):
         unknown = set(self.targeter.clients) - {c.id for c in self.clients}
         if unknown:
             raise ValueError(f"targeter.clients names unknown clients {sorted(unknown)}")
+
+    def with_metrics_port(self, service: str, port: int) -> Config:
+        """This config with ``service`` serving metrics on ``port`` (0: a free one)."""
+        ports = {**self.metrics.ports, service: port}
+        return msgspec.structs.replace(
+            self, metrics=msgspec.structs.replace(self.metrics, ports=ports)
+        )
 
     def select_servers(self, only: Sequence[str] | None) -> list[ServerConfig]:
         """The servers named in ``only`` (every server without it); ConfigError if unknown."""

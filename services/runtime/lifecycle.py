@@ -16,6 +16,7 @@ from typing import Any
 
 from services.runtime.bus import Bus, Keyring
 from services.runtime.config import Config
+from services.runtime.metrics import ServiceMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +52,25 @@ async def wait_for_shutdown(trigger: ShutdownTrigger | None) -> None:
 
 
 class Runtime:
-    """What a service's set-up gets: its bus, its exit stack and its loops."""
+    """What a service's set-up gets: its bus, its exit stack, its metrics and its loops.
 
-    def __init__(self, name: str, config: Config, bus: Bus, stack: AsyncExitStack) -> None:
+    ``metrics.registry`` is this service's own Prometheus registry; services
+    add their metrics to it whether or not it is served.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        config: Config,
+        bus: Bus,
+        stack: AsyncExitStack,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
         self.name = name
         self.config = config
         self.bus = bus
         self.stack = stack
+        self.metrics = metrics or ServiceMetrics(name)
         self.stopping = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -113,7 +126,12 @@ async def run_service(
     keyring: Keyring | None = None,
     grace_s: float = 5.0,
 ) -> None:
-    """Connect ``name`` to the bus, run ``setup``, and serve until shutdown."""
+    """Connect ``name`` to the bus, run ``setup``, and serve until shutdown.
+
+    With a port for ``name`` in ``config.metrics`` (see
+    :meth:`Config.with_metrics_port`), /metrics is served from set-up until
+    the subscriptions are drained and the loops have stopped.
+    """
     keyring = keyring or Keyring.from_config(config)
     async with AsyncExitStack() as stack:
         if shutdown_trigger is None:
@@ -124,7 +142,13 @@ async def run_service(
         await bus.ensure_stream(
             max_age_s=config.bus.stream_max_age_s, max_bytes=config.bus.stream_max_bytes
         )
-        runtime = Runtime(name, config, bus, stack)
+        metrics = ServiceMetrics(name)
+        metrics.watch_bus(bus.counters)
+        port = config.metrics.port(name)
+        if port is not None:
+            metrics.serve(config.metrics.listen, port)
+            stack.push_async_callback(metrics.stop)
+        runtime = Runtime(name, config, bus, stack, metrics)
         async with asyncio.TaskGroup() as tg:
             runtime._tg = tg
             await setup(runtime)

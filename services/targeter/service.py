@@ -19,10 +19,12 @@ import logging
 import time
 
 import msgspec
+from prometheus_client import Counter, Histogram
 
 from schemas.events import Ack, ClientStatus, HealthReport, Incident, IncidentState
 from services.runtime.config import Config
 from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
+from services.runtime.metrics import LATENCY_BUCKETS
 from services.runtime.state import StateStore
 from services.targeter.planning import Pressure, ServerView, plan_failover, split_plan
 from services.targeter.registry import ClientRecord, apply_status, merge, moved
@@ -80,6 +82,19 @@ class Targeter:
         self.tracked: dict[str, Tracked] = {}
         self.registry: dict[str, ClientRecord] = {}
         self.reports: dict[str, HealthReport] = {}
+        prometheus = rt.metrics.registry
+        self.moved_total = Counter(
+            "aaa_failover_clients_moved",
+            "Clients planned away from an overloaded server.",
+            ["server"],
+            registry=prometheus,
+        )
+        self.plan_latency = Histogram(
+            "aaa_failover_plan_latency_seconds",
+            "Time to plan a step and publish its FailoverPlan.",
+            buckets=LATENCY_BUCKETS,
+            registry=prometheus,
+        )
 
     async def load(self) -> None:
         """Read the incidents and the registry from KV; bring the registry up to the config."""
@@ -167,6 +182,7 @@ class Targeter:
             await self._plan(report.server, tracked, fallback_health=report.health)
 
     async def _plan(self, server: str, tracked: Tracked, *, fallback_health: float) -> None:
+        started = time.perf_counter()
         report = self.reports.get(server)
         pressure = Pressure(
             health=report.health if report is not None else fallback_health,
@@ -205,6 +221,9 @@ class Targeter:
         logger.info("plan %s of %s: %s", plan.plan_id, server, plan.reason)
         for part in split_plan(plan):
             await self.rt.bus.publish(self.rt.bus.subjects.plan(server), part)
+        if plan.moves:
+            self.moved_total.labels(server).inc(len(plan.moves))
+        self.plan_latency.observe(time.perf_counter() - started)
 
 
 async def run(

@@ -1,0 +1,121 @@
+"""Prometheus metrics of one service: its own registry and, when asked, a /metrics endpoint.
+
+Every service process gets a :class:`ServiceMetrics` with its own
+``CollectorRegistry`` (never the global one, so several services in one
+process do not collide). The bus counters are read on each scrape by
+:class:`BusCollector`; services add their own metrics to ``registry``. The
+endpoint is served only for a service with a port in ``[metrics] ports``
+(or ``aaa-failover run X --metrics-port N``); port 0 picks a free one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from services.runtime.bus import DropCounters
+from services.runtime.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "aaa_failover"
+
+# Buckets (seconds) for in-process latencies: sub-millisecond to a few seconds.
+LATENCY_BUCKETS: Sequence[float] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+
+
+class BusCollector(Collector):
+    """The counters of a bus, as Prometheus counters labelled with the service name."""
+
+    def __init__(self, service: str, counters: DropCounters) -> None:
+        self.service = service
+        self.counters = counters
+
+    def collect(self) -> Iterable[Metric]:
+        c = self.counters
+        labels = ["service"]
+        published = CounterMetricFamily(
+            f"{PREFIX}_events_published", "Events this service published.", labels=labels
+        )
+        published.add_metric([self.service], c.published)
+        received = CounterMetricFamily(
+            f"{PREFIX}_events_received", "Messages this service received.", labels=labels
+        )
+        received.add_metric([self.service], c.received)
+        dropped = CounterMetricFamily(
+            f"{PREFIX}_events_dropped",
+            "Events this service dropped, by reason.",
+            labels=["service", "reason"],
+        )
+        for reason, count in sorted(dict(c.dropped).items()):
+            dropped.add_metric([self.service, reason], count)
+        errors = CounterMetricFamily(
+            f"{PREFIX}_handler_errors", "Handlers of this service that raised.", labels=labels
+        )
+        errors.add_metric([self.service], c.handler_errors)
+        return [published, received, dropped, errors]
+
+
+class ServiceMetrics:
+    """One service's registry and, while serving, its HTTP endpoint."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.url: str | None = None
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def watch_bus(self, counters: DropCounters) -> None:
+        """Report ``counters`` on every scrape."""
+        self.registry.register(BusCollector(self.service, counters))
+
+    def serve(self, listen: str, port: int) -> str:
+        """Serve /metrics on ``listen:port`` (0: a free port) in a thread; return its URL.
+
+        Raises ConfigError if it cannot listen there.
+        """
+        try:
+            server, thread = start_http_server(port, listen, registry=self.registry)
+        except OSError as exc:
+            raise ConfigError(
+                f"metrics: cannot listen on {listen}:{port}: {exc.strerror or exc}"
+            ) from None
+        self._server, self._thread = server, thread
+        host = f"[{listen}]" if ":" in listen else listen
+        self.url = f"http://{host}:{server.server_port}/metrics"
+        logger.info("metrics at %s", self.url)
+        return self.url
+
+    async def stop(self) -> None:
+        """Stop serving (if serving) and close the socket."""
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is None:
+            return
+        await asyncio.to_thread(server.shutdown)
+        server.server_close()
+        if thread is not None:
+            await asyncio.to_thread(thread.join, 5)
+        logger.debug("metrics of %s stopped", self.service)

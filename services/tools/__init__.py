@@ -1,0 +1,1 @@
+"""Operator tools that watch the bus: `aaa-failover tail`."""
