@@ -18,7 +18,6 @@ import tomli_w
 
 from services.runtime.config import Config, load_config
 
-
 STREAM_MAX_BYTES = 64 << 20
 
 
