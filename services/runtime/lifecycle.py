@@ -152,6 +152,9 @@ async def run_service(
         async with asyncio.TaskGroup() as tg:
             runtime._tg = tg
             await setup(runtime)
+            # The server has every subscription once this round trip is back:
+            # from here on, nothing published to this service is missed.
+            await bus.nc.flush()
             logger.info("%s started", name)
             await wait_for_shutdown(shutdown_trigger)
             logger.info("%s stopping", name)
