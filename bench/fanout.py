@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import os
 import secrets
 import signal
 import subprocess
@@ -38,7 +36,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -52,7 +49,7 @@ import tomli_w  # noqa: E402
 from nats.aio.client import Client as NatsClient  # noqa: E402
 from nats.aio.msg import Msg  # noqa: E402
 
-from bench.common import RESULTS, summary, table, write  # noqa: E402
+from bench.common import RESULTS, process, summary, table, write  # noqa: E402
 from schemas import codec  # noqa: E402
 from schemas.events import Ack, Delivery, FailoverPlan, Move  # noqa: E402
 from schemas.signing import AUTH_HEADER, SERVER_HEADER, Rejected, client_key_id  # noqa: E402
@@ -221,31 +218,6 @@ def serve_raw(url: str) -> None:
         await nc.drain()
 
     asyncio.run(main())
-
-
-@contextlib.contextmanager
-def process(argv: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``argv`` running (from the project root) until the block ends, then SIGTERM."""
-    log = log_path.open("wb")
-    proc = subprocess.Popen(
-        argv,
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
 
 
 class Fanout:

@@ -22,18 +22,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench import common  # noqa: E402
 from services.farm import farm_dict, free_udp_port, write_config  # noqa: E402
 from services.runtime.config import Config, load_config  # noqa: E402
 from services.runtime.natsserver import EmbeddedNats  # noqa: E402
@@ -159,29 +157,12 @@ def build_config(directory: Path, bus_url: str) -> tuple[Config, Path]:
     return load_config(path), path
 
 
-@contextlib.contextmanager
-def service(name: str, config_path: Path, log_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
+def service(name: str, config_path: Path, log_dir: Path) -> Any:
     """``python -m services.<name> -c CONFIG`` running until the block ends (then SIGTERM)."""
-    log = (log_dir / f"{name}.log").open("wb")
-    proc = subprocess.Popen(
+    return common.process(
         [sys.executable, "-m", f"services.{name}", "-c", str(config_path)],
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        log_dir / f"{name}.log",
     )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
 
 
 async def wait_answering(

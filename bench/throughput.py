@@ -36,8 +36,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common
+from bench.detection import good_sample as sample
 from bench.detection import read, start, wait_started
-from schemas.events import MetricsSample
 from services.farm import farm_dict, write_config
 from services.runtime.bus import Bus, Keyring
 from services.runtime.config import Config, load_config
@@ -52,24 +52,6 @@ PATHS = ("bare", "evaluator")
 GOAL_RATIO = 0.6
 IDLE_TIMEOUT_S = 5.0
 """A round ends early, with drops, when the counter has not moved for this long."""
-
-
-def sample(server: str, seq: int) -> MetricsSample:
-    """A healthy sample of ``server`` (health 0.8), as a collector would send it."""
-    return MetricsSample(
-        source="bench",
-        server=server,
-        seq=seq,
-        status_ok=True,
-        threads_active=1,
-        threads_total=8,
-        threads_max=8,
-        queue_len=0,
-        memory_percent=20.0,
-        cpu_percent=10.0,
-        process_count=120,
-        sources={"threads": "status-server", "memory": "host", "cpu": "process"},
-    )
 
 
 def build_config(directory: Path, bus_url: str, servers: int) -> tuple[Config, Path]:

@@ -40,7 +40,7 @@ from services.runtime.radius import (
 from tests.conftest import FarmFactory
 from tests.helpers import operator_bus, running, status, wait_ready, wait_status
 
-# --- helpers shared with the collector's tests -------------------------------
+# --- helpers ------------------------------------------------------------------
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
