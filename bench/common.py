@@ -88,6 +88,13 @@ def write(out: Path, name: str, results: Mapping[str, Any]) -> Path:
     return path
 
 
+def goal_line(goal: Mapping[str, Any], value: str | None = None) -> str:
+    """One goal of a results file, as every benchmark prints it."""
+    state = "met" if goal["met"] else "NOT met"
+    shown = value if value is not None else f"{goal['value']:.3g}"
+    return f"goal {goal['name']} {goal['target']}: {state} ({shown})"
+
+
 def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A plain text table."""
     cells = [[str(c) for c in header]] + [[_cell(c) for c in row] for row in rows]

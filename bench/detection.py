@@ -456,8 +456,7 @@ def main() -> int:
     )
     print(f"ratio detection/relay: p50 x{s['ratio_p50']:.2f}, p99 x{s['ratio_p99']:.2f}")
     for goal in res["goals"]:
-        state = "met" if goal["met"] else "NOT met"
-        print(f"goal {goal['name']} {goal['target']}: {state} ({goal['value']:.3g})")
+        print(common.goal_line(goal))
     print(f"wrote {path}")
     return 0
 

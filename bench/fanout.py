@@ -49,7 +49,7 @@ import tomli_w  # noqa: E402
 from nats.aio.client import Client as NatsClient  # noqa: E402
 from nats.aio.msg import Msg  # noqa: E402
 
-from bench.common import RESULTS, process, summary, table, write  # noqa: E402
+from bench.common import RESULTS, goal_line, process, summary, table, write  # noqa: E402
 from schemas import codec  # noqa: E402
 from schemas.events import Ack, Delivery, FailoverPlan, Move  # noqa: E402
 from schemas.signing import AUTH_HEADER, SERVER_HEADER, Rejected, client_key_id  # noqa: E402
@@ -474,8 +474,7 @@ def report(results: dict[str, Any]) -> str:
         )
     ]
     for goal in results["goals"]:
-        state = "met" if goal["met"] else "NOT met"
-        lines.append(f"goal {goal['name']} {goal['target']}: {state} ({goal['value']:.3g})")
+        lines.append(goal_line(goal))
     return "\n".join(lines)
 
 

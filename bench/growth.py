@@ -31,7 +31,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import fanout, planner  # noqa: E402
-from bench.common import RESULTS, plot_growth, table, write  # noqa: E402
+from bench.common import RESULTS, goal_line, plot_growth, table, write  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -185,8 +185,7 @@ def report(results: dict[str, Any]) -> str:
             )
         )
     for goal in results["goals"]:
-        state = "met" if goal["met"] else "NOT met"
-        lines.append(f"goal {goal['name']} {goal['target']}: {state} ({goal['value']:.3g})")
+        lines.append(goal_line(goal))
     return "\n".join(lines)
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import platform
@@ -336,9 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="aaa-bench-proxy-") as tmp:
         res = asyncio.run(run_bench(params, Path(tmp)))
     res["parameters"]["quick"] = args.quick
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "proxy.json"
-    path.write_text(json.dumps(res, indent=2) + "\n")
+    path = common.write(args.out, "proxy", res)
     print(table(res))
     print(f"wrote {path}")
     return 0

@@ -304,8 +304,7 @@ def main() -> int:
         f"dropped {bus.get('dropped', '?')}, slow-consumer errors {s['slow_consumer_errors']}"
     )
     for goal in res["goals"]:
-        state = "met" if goal["met"] else "NOT met"
-        print(f"goal {goal['name']} {goal['target']}: {state} ({goal['value']:.3g})")
+        print(common.goal_line(goal))
     print(f"wrote {path}")
     return 0
 

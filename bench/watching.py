@@ -36,23 +36,8 @@ QUICK = {"window_s": 6.0, "interval_s": 1.0}
 
 
 def _start(stack: ExitStack, service: str, path: Path, *extra: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "run", service, "-c", str(path), *extra],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=common.ROOT,
-    )
-
-    def stop() -> None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    stack.callback(stop)
-    return proc
+    argv = [sys.executable, "-m", "services.cli", "run", service, "-c", str(path), *extra]
+    return stack.enter_context(common.process(argv, path.parent / f"{service}.log"))
 
 
 async def _count_samples(config: Config, seconds: float, server: str) -> tuple[int, float]:
@@ -140,8 +125,7 @@ def main() -> int:
         )
     )
     for goal in results["goals"]:
-        state = "met" if goal["met"] else "NOT met"
-        print(f"goal {goal['name']} {goal['target']}: {state} ({100 * goal['value']:.2f}%)")
+        print(common.goal_line(goal, f"{100 * goal['value']:.2f}%"))
     print(f"wrote {path}")
     return 0
 
