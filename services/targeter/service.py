@@ -21,51 +21,18 @@ import time
 import msgspec
 from prometheus_client import Counter, Histogram
 
-from schemas.events import Ack, ClientStatus, HealthReport, Incident, IncidentState
+from schemas.events import Ack, ClientStatus, HealthReport, Incident
 from services.runtime.config import Config
 from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
 from services.runtime.metrics import LATENCY_BUCKETS
 from services.runtime.state import StateStore
-from services.targeter.planning import Pressure, ServerView, plan_failover, split_plan
+from services.targeter.planning import split_plan
 from services.targeter.registry import ClientRecord, apply_status, merge, moved
+from services.targeter.steps import Tracked, next_step, step_due
 
 logger = logging.getLogger(__name__)
 
 NAME = "targeter"
-
-
-class Tracked(msgspec.Struct, frozen=True, kw_only=True):
-    """One server's last incident state, and the steps planned in it."""
-
-    incident_id: str
-    state: IncidentState
-    time: float
-    step: int = 0
-    planned: tuple[str, ...] = ()
-    last_plan_at: float = 0.0
-    last_plan_health: float | None = None
-
-
-def server_views(
-    config: Config, reports: dict[str, HealthReport], in_incident: set[str]
-) -> dict[str, ServerView]:
-    """Every server as the planner sees it: its latest health, room and incident."""
-    views = {}
-    for server in config.servers:
-        report = reports.get(server.id)
-        views[server.id] = ServerView(
-            id=server.id,
-            site=server.site,
-            health=report.health if report is not None else None,
-            failover_threshold=(
-                report.failover_threshold
-                if report is not None
-                else config.evaluator.failover_threshold
-            ),
-            in_incident=server.id in in_incident,
-            capacity_rps=server.capacity_rps,
-        )
-    return views
 
 
 class Targeter:
@@ -176,46 +143,32 @@ class Targeter:
         tracked = self.tracked.get(report.server)
         if tracked is None or tracked.state != "opened":
             return
-        falling = tracked.last_plan_health is None or report.health <= tracked.last_plan_health
-        due = time.time() - tracked.last_plan_at >= self.config.targeter.step_interval_s
-        if report.health < report.failover_threshold and falling and due:
+        if step_due(
+            health=report.health,
+            failover_threshold=report.failover_threshold,
+            last_plan_health=tracked.last_plan_health,
+            last_plan_at=tracked.last_plan_at,
+            now=time.time(),
+            step_interval_s=self.config.targeter.step_interval_s,
+        ):
             await self._plan(report.server, tracked, fallback_health=report.health)
 
     async def _plan(self, server: str, tracked: Tracked, *, fallback_health: float) -> None:
         started = time.perf_counter()
-        report = self.reports.get(server)
-        pressure = Pressure(
-            health=report.health if report is not None else fallback_health,
-            failover_threshold=(
-                report.failover_threshold
-                if report is not None
-                else self.config.evaluator.failover_threshold
-            ),
-            limiting=report.limiting if report is not None else "",
-        )
-        planned = set(tracked.planned)
-        remaining = [
-            r for r in self.registry.values() if r.current == server and r.id not in planned
-        ]
-        if not remaining and tracked.step > 0:
-            return  # every client of the server has been planned away already
-        plan = plan_failover(
+        step = next_step(
             server,
-            tracked.incident_id,
-            pressure,
-            remaining,
-            server_views(self.config, self.reports, self.in_incident() - {server}),
-            self.config.targeter,
-            step=tracked.step + 1,
+            tracked,
+            config=self.config,
+            reports=self.reports,
+            registry=self.registry,
+            in_incident=self.in_incident(),
+            fallback_health=fallback_health,
+            now=time.time(),
             source=NAME,
         )
-        tracked = msgspec.structs.replace(
-            tracked,
-            step=plan.step,
-            planned=tuple(sorted(planned | {m.client for m in plan.moves})),
-            last_plan_at=time.time(),
-            last_plan_health=pressure.health,
-        )
+        if step is None:
+            return  # every client of the server has been planned away already
+        plan, tracked = step
         self.tracked[server] = tracked
         await self.incidents.put(server, tracked)
         logger.info("plan %s of %s: %s", plan.plan_id, server, plan.reason)
