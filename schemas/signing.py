@@ -104,20 +104,24 @@ class ReplayGuard:
     window check, and at most ``max_ids`` of them (the oldest are forgotten
     first; an id forgotten that way is older than any event that could still
     be accepted only when the rate stays below max_ids per window).
+
+    Without ``check_time`` (a replay sandbox, whose events are recorded ones
+    with their original times) only repeated ids are rejected.
     """
 
-    def __init__(self, window_s: float, max_ids: int = 200_000) -> None:
+    def __init__(self, window_s: float, max_ids: int = 200_000, *, check_time: bool = True) -> None:
         if window_s <= 0:
             raise ValueError("replay window must be positive")
         self.window_s = window_s
         self.max_ids = max_ids
+        self.check_time = check_time
         self._seen: OrderedDict[str, float] = OrderedDict()
 
     def check(self, event_id: str, event_time: float, now: float) -> None:
         """Raise Rejected (``stale``, ``future`` or ``replayed``), else remember the id."""
-        if event_time < now - self.window_s:
+        if self.check_time and event_time < now - self.window_s:
             raise Rejected("stale", f"{now - event_time:.1f}s old")
-        if event_time > now + self.window_s:
+        if self.check_time and event_time > now + self.window_s:
             raise Rejected("future", f"{event_time - now:.1f}s ahead")
         self._forget_before(now - 2 * self.window_s)
         if event_id in self._seen:

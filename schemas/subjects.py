@@ -19,6 +19,13 @@ def check_token(value: str, what: str = "id") -> str:
     return value
 
 
+def overlaps(prefix: str, other: str) -> bool:
+    """Whether the subjects of two prefixes can meet: one prefix is the other or is under it."""
+    a, b = prefix.split("."), other.split(".")
+    shorter = min(len(a), len(b))
+    return a[:shorter] == b[:shorter]
+
+
 class Subjects:
     """The subjects of one deployment, built from its prefix."""
 
@@ -66,6 +73,12 @@ class Subjects:
 
     def control(self, server: str) -> str:
         return self._subject("control", server)
+
+    def rehome(self, subject: str, prefix: str) -> str:
+        """``subject`` of this prefix moved under ``prefix`` (a replay sandbox's)."""
+        if not subject.startswith(self.prefix + "."):
+            raise ValueError(f"{subject!r} is not under {self.prefix!r}")
+        return prefix + subject[len(self.prefix) :]
 
     def stream_name(self) -> str:
         """The JetStream stream that captures every subject of this prefix."""

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from services.runtime.config import Config
+from services.runtime.config import SANDBOX_SERVICES, Config, ConfigError
 from services.runtime.lifecycle import ShutdownSignals
 from services.runtime.natsserver import EmbeddedNats
 
@@ -97,7 +97,13 @@ class ServiceProcess:
 
 
 def service_plan(config: Config) -> list[tuple[str, str, list[str]]]:
-    """(process name, service, extra args) of every process a config needs, in start order."""
+    """(process name, service, extra args) of every process a config needs, in start order.
+
+    A replay sandbox runs the decision services alone, each told the sandbox's prefix.
+    """
+    if config.bus.sandbox:
+        sandbox = ["--sandbox", config.bus.prefix]
+        return [(name, name, sandbox) for name in SANDBOX_SERVICES]
     plan: list[tuple[str, str, list[str]]] = [
         (f"aaa-{s.id}", "aaa", ["--only", s.id]) for s in config.servers if s.reference
     ]
@@ -200,6 +206,8 @@ def _print_sink(name: str, line: str) -> None:
 
 def up(config: Config, config_path: Path) -> int:
     """Run every service of ``config`` until interrupted; exit 0 on a clean stop."""
+    if config.bus.sandbox and not config.bus.url:
+        raise ConfigError("a sandbox joins the bus that holds the recording: set bus.url")
     return asyncio.run(_up(Supervisor(config, config_path.resolve(), sink=_print_sink)))
 
 

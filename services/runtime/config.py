@@ -16,7 +16,11 @@ from typing import Literal, TypeVar
 
 import msgspec
 
-from schemas.subjects import check_token
+from schemas.subjects import check_token, overlaps
+
+# The services that re-derive decisions from replayed events in a sandbox; the
+# others touch real servers and clients.
+SANDBOX_SERVICES = ("evaluator", "targeter", "notifier", "readmitter")
 
 
 class ConfigError(Exception):
@@ -55,8 +59,11 @@ class BusConfig(Base, frozen=True, kw_only=True):
     stream_max_age_s: float = 7 * 24 * 3600.0
     stream_max_bytes: int = 1 << 30
     connect_timeout_s: float = 5.0
+    sandbox: bool = False
 
     def __post_init__(self) -> None:
+        if self.sandbox and self.prefix == "aaa":
+            raise ValueError("a sandbox needs its own prefix, not the live 'aaa'")
         for part in self.prefix.split("."):
             if not part or not part.replace("_", "").replace("-", "").isalnum():
                 raise ValueError(f"prefix {self.prefix!r} must be dot-separated tokens")
@@ -440,6 +447,26 @@ class Config(Base, frozen=True, kw_only=True):
         return msgspec.structs.replace(
             self, metrics=msgspec.structs.replace(self.metrics, ports=ports)
         )
+
+    def as_sandbox(self, prefix: str) -> Config:
+        """This config as a replay sandbox under ``prefix``.
+
+        A sandbox's services accept events of any age (recorded ones keep
+        their original times) and still reject repeated ids. ``prefix`` must
+        not overlap the live prefix, so nothing replayed reaches live subjects,
+        and every client is reached over the bus alone: a sandbox's notifier
+        sends no CoA or ICMP to real clients.
+        """
+        if overlaps(prefix, self.bus.prefix):
+            raise ConfigError(
+                f"sandbox prefix {prefix!r} overlaps the live prefix {self.bus.prefix!r}"
+            )
+        try:
+            bus = msgspec.structs.replace(self.bus, prefix=prefix, sandbox=True)
+        except ValueError as exc:
+            raise ConfigError(f"sandbox prefix: {exc}") from None
+        clients = [msgspec.structs.replace(c, transport="nats") for c in self.clients]
+        return msgspec.structs.replace(self, bus=bus, clients=clients)
 
     def select_servers(self, only: Sequence[str] | None) -> list[ServerConfig]:
         """The servers named in ``only`` (every server without it); ConfigError if unknown."""
