@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from services.runtime.config import ConfigError, load_config
+from services.runtime.config import SANDBOX_SERVICES, Config, ConfigError, load_config
 from services.runtime.logs import configure_logging
+from services.tools.errors import ToolError
+from services.tools.recording import RecordingError, WindowSpec, load, parse_time
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +43,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="serve Prometheus /metrics on port N (0: a free one), overriding [metrics] ports",
     )
+    _sandbox_option(run)
 
     up = sub.add_parser("up", help="run every service of a config under one supervisor")
     up.add_argument("-c", "--config", required=True)
+    _sandbox_option(up)
 
     demo = sub.add_parser("demo", help="an overload incident on an embedded farm, end to end")
     demo.add_argument("--clients", type=int, default=20)
@@ -74,9 +79,88 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--client", help="only events whose client is this")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
 
+    replay = sub.add_parser(
+        "replay", help="print a recorded window as a timeline, or replay it into a sandbox"
+    )
+    _recording_options(replay, incident_required=False)
+    replay.add_argument("--from", dest="start", metavar="TIME", help="window start")
+    replay.add_argument("--to", dest="end", metavar="TIME", help="window end (default: now)")
+    replay.add_argument(
+        "--sandbox",
+        metavar="PREFIX",
+        help="publish the window's input events under PREFIX instead of printing it",
+    )
+    pace = replay.add_mutually_exclusive_group()
+    pace.add_argument("--speed", default="1x", help="replay this many times faster (default 1x)")
+    pace.add_argument("--as-fast-as-possible", action="store_true", help="replay with no pauses")
+    replay.add_argument(
+        "--kind",
+        action="append",
+        metavar="KIND",
+        help="subject kind to replay (repeatable; 'all'; default: metrics, status, ack, request)",
+    )
+    replay.add_argument("--server", help="timeline: only events whose server is this")
+    replay.add_argument("--client", help="timeline: only events whose client is this")
+    replay.add_argument("--json", action="store_true", help="timeline: one JSON object per line")
+
+    whatif = sub.add_parser(
+        "what-if", help="re-decide a recorded incident offline with other settings"
+    )
+    _recording_options(whatif, incident_required=True)
+    whatif.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="a setting to change, e.g. evaluator.failover_threshold=0.1 (repeatable)",
+    )
+    whatif.add_argument("--json", action="store_true", help="both outcomes as JSON")
+
+    report = sub.add_parser("report", help="draw a recorded incident: PNG or HTML")
+    _recording_options(report, incident_required=True)
+    report.add_argument("-o", "--out", required=True, type=Path, help="incident.png or .html")
+
     schema = sub.add_parser("schema", help="write the JSON Schema of every event")
     schema.add_argument("--out", type=Path, help="directory (default: schemas/json)")
     return parser
+
+
+def _sandbox_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--sandbox",
+        metavar="PREFIX",
+        help="run as a replay sandbox under PREFIX: recorded events of any age are accepted",
+    )
+
+
+def _recording_options(parser: argparse.ArgumentParser, *, incident_required: bool) -> None:
+    parser.add_argument("-c", "--config", required=True)
+    parser.add_argument("--bus-url", help="NATS URL, overriding bus.url of the config")
+    parser.add_argument(
+        "--incident", required=incident_required, metavar="ID", help="the incident's window"
+    )
+    parser.add_argument(
+        "--before",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds of the window before the incident opened (default 30)",
+    )
+    parser.add_argument(
+        "--after",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds of the window after it closed (default 30)",
+    )
+
+
+def _config(args: argparse.Namespace) -> Config:
+    """The config of ``args``, as a sandbox if ``--sandbox`` asks for one."""
+    config = load_config(args.config)
+    sandbox = getattr(args, "sandbox", None)
+    return config.as_sandbox(sandbox) if sandbox else config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "up":
             from services.supervisor import up
 
-            return up(load_config(args.config), Path(args.config))
+            return up(_config(args), Path(args.config))
         if args.command == "demo":
             from services.demo import demo
 
@@ -97,6 +181,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _plan(args)
         if args.command == "tail":
             return _tail(args)
+        if args.command == "replay":
+            return _replay(args)
+        if args.command == "what-if":
+            return _what_if(args)
+        if args.command == "report":
+            return _report(args)
         if args.command == "schema":
             from schemas.jsonschema import JSON_DIR, write_schemas
 
@@ -106,13 +196,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"aaa-failover: config error: {exc}", file=sys.stderr)
         return 2
+    except ToolError as exc:
+        print(f"aaa-failover {args.command}: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     return 2
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    if args.sandbox and args.service not in SANDBOX_SERVICES:
+        raise ConfigError(
+            f"only {', '.join(SANDBOX_SERVICES)} run in a sandbox, not {args.service}"
+        )
+    config = _config(args)
     if args.metrics_port is not None:
         if not 0 <= args.metrics_port <= 65535:
             raise ConfigError("--metrics-port must be in [0, 65535]")
@@ -159,6 +256,70 @@ def _tail(args: argparse.Namespace) -> int:
             bus_url=args.bus_url,
         )
     )
+    return 0
+
+
+def _window(args: argparse.Namespace) -> WindowSpec:
+    start = getattr(args, "start", None)
+    end = getattr(args, "end", None)
+    return WindowSpec(
+        incident=args.incident,
+        start=parse_time(start) if start else None,
+        end=parse_time(end) if end else None,
+        before_s=args.before,
+        after_s=args.after,
+    )
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from services.tools.replay import parse_speed, replay
+
+    window = _window(args)
+    return asyncio.run(
+        replay(
+            load_config(args.config),
+            window,
+            out=sys.stdout,
+            sandbox=args.sandbox,
+            kinds=args.kind,
+            speed=None if args.as_fast_as_possible else parse_speed(args.speed),
+            server=args.server,
+            client=args.client,
+            as_json=args.json,
+            bus_url=args.bus_url,
+        )
+    )
+
+
+def _what_if(args: argparse.Namespace) -> int:
+    from services.tools import whatif
+
+    config = load_config(args.config)
+    changed = whatif.apply_settings(config, args.settings)
+    loaded = asyncio.run(load(config, _window(args), bus_url=args.bus_url))
+    assert loaded.span is not None
+    try:
+        before = whatif.recorded(loaded.events, loaded.span.incident_id)
+    except ValueError as exc:
+        raise RecordingError(str(exc)) from None
+    after = whatif.simulate(
+        changed, loaded.events, loaded.span.server, placement_before=loaded.span.opened_at
+    )
+    if args.json:
+        print(json.dumps(whatif.to_json(before, after, args.settings), indent=2))
+    else:
+        print(whatif.side_by_side(before, after, settings=args.settings, start=loaded.start))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from services.tools.report import timeline, write_report
+
+    config = load_config(args.config)
+    loaded = asyncio.run(load(config, _window(args), bus_url=args.bus_url))
+    assert loaded.span is not None
+    path = write_report(timeline(loaded.events, loaded.span.incident_id, config), args.out)
+    print(path)
     return 0
 
 

@@ -169,13 +169,13 @@ def demo(clients: int = 20, overload_s: float = 12.0, keep: str | None = None) -
     """Run the demo; 0 when every moved client came home and the incident closed."""
     directory = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="aaa-demo-"))
     try:
-        return asyncio.run(_demo(directory, clients, overload_s))
+        return asyncio.run(_demo(directory, clients, overload_s, keep=bool(keep)))
     finally:
         if not keep:
             shutil.rmtree(directory, ignore_errors=True)
 
 
-async def _demo(directory: Path, clients: int, overload_s: float) -> int:
+async def _demo(directory: Path, clients: int, overload_s: float, *, keep: bool) -> int:
     config, path = write_farm(
         directory, DEMO_SETTINGS, bus_url=None, clients=clients, client_rate=4.0
     )
@@ -209,13 +209,21 @@ async def _demo(directory: Path, clients: int, overload_s: float) -> int:
                 ),
                 accept_clients=True,
             )
-            return await _scenario(config, supervisor, bus, timeline, overload_s)
+            status = await _scenario(config, supervisor, bus, timeline, overload_s)
     finally:
         statuses = await asyncio.to_thread(supervisor.stop)
         logs.close()
         unclean = {name: s for name, s in statuses.items() if s != 0}
         if unclean:
             print(f"services that did not stop cleanly: {unclean}", file=sys.stderr)
+    if keep and timeline.incident_states:
+        incident = timeline.incident_states[0].incident_id
+        print(
+            f"\nthe farm and its recorded stream stay in {directory}; look at the incident with"
+            f"\n  aaa-failover replay -c {path} --incident {incident}"
+            f"\n  aaa-failover report -c {path} --incident {incident} -o incident.png"
+        )
+    return status
 
 
 async def _scenario(
@@ -275,3 +283,5 @@ def _summary(config: Config, timeline: Timeline) -> None:
     print(f"  incident closed: {'yes' if timeline.closed else 'no'}")
     if timeline.failed_deliveries:
         print(f"  failed notice deliveries: {timeline.failed_deliveries}")
+    if timeline.incident_states:
+        print(f"  incident id: {timeline.incident_states[0].incident_id}")

@@ -13,7 +13,7 @@ from services.farm import write_farm
 from services.runtime.config import Config
 from services.runtime.natsserver import EmbeddedNats
 
-pytest_plugins = ["tests.freeradius"]
+pytest_plugins = ["tests.freeradius", "tests.recorded"]
 
 
 @pytest.fixture(scope="session")

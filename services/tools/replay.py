@@ -1,0 +1,235 @@
+"""`aaa-failover replay`: a recorded window as a timeline, or re-run in a sandbox.
+
+Without ``--sandbox`` the window is printed, one line per event as `tail`
+prints it, then a summary of what it held (events and bytes by type: the
+figures for sizing the stream). With ``--sandbox PREFIX`` the recorded events
+of the input kinds are published again, byte for byte with their original
+headers (so their signatures still verify), under ``PREFIX`` instead of the
+live prefix, paced as they were recorded (``speed`` times faster) or as fast
+as possible. A second copy of the services started with ``--sandbox PREFIX``
+re-derives every decision from them; only such services accept events of any
+age. Nothing is ever published on the live prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from schemas.subjects import Subjects, overlaps
+from services.runtime.bus import Bus
+from services.runtime.config import Config, ConfigError
+from services.tools.recording import WindowSpec, connect, read_window, resolve
+from services.tools.tail import Seen, event_type, format_line, json_line, matches, subject_party
+
+logger = logging.getLogger(__name__)
+
+KINDS = (
+    "metrics",
+    "health",
+    "incident",
+    "plan",
+    "notice",
+    "delivery",
+    "ack",
+    "status",
+    "request",
+    "readmit",
+    "control",
+)
+# What comes into the decision services from outside them: the collector's
+# samples and the clients' own words. The sandbox's services make the rest.
+INPUT_KINDS = ("metrics", "status", "ack", "request")
+
+
+def choose_kinds(asked: Sequence[str] | None) -> tuple[str, ...]:
+    """The subject kinds to replay: ``asked`` (``all`` for every one), else the inputs."""
+    if not asked:
+        return INPUT_KINDS
+    if "all" in asked:
+        return KINDS
+    unknown = sorted(set(asked) - set(KINDS))
+    if unknown:
+        raise ConfigError(f"replay: unknown kinds {unknown}; known: {', '.join(KINDS)}, all")
+    return tuple(k for k in KINDS if k in asked)
+
+
+def parse_speed(text: str) -> float:
+    """``10x`` or ``10`` as 10.0; ConfigError unless positive."""
+    try:
+        speed = float(text.lower().removesuffix("x"))
+    except ValueError:
+        raise ConfigError(f"--speed {text!r}: expected a factor such as 10x") from None
+    if not speed > 0:
+        raise ConfigError("--speed must be positive")
+    return speed
+
+
+def schedule(stored: Sequence[float], speed: float | None) -> list[float]:
+    """When to publish each message, in seconds after the replay starts.
+
+    The gaps between the stored times, divided by ``speed``; all zero when
+    ``speed`` is None (as fast as possible).
+    """
+    if not stored or speed is None:
+        return [0.0] * len(stored)
+    first = stored[0]
+    return [(t - first) / speed for t in stored]
+
+
+@dataclass
+class Sizes:
+    """How many events of each type a window held and how many bytes they took."""
+
+    events: Counter[str] = field(default_factory=Counter)
+    payload_bytes: Counter[str] = field(default_factory=Counter)
+    header_bytes: Counter[str] = field(default_factory=Counter)
+    rejected: int = 0
+
+    def add(self, seen: Seen) -> None:
+        kind = event_type(seen.event) if seen.event is not None else "?"
+        self.events[kind] += 1
+        self.payload_bytes[kind] += len(seen.payload)
+        self.header_bytes[kind] += sum(len(k) + len(v) + 4 for k, v in seen.headers.items())
+        if not seen.verified:
+            self.rejected += 1
+
+    def lines(self, seconds: float) -> list[str]:
+        """A table: type, count, mean bytes per event (payload + headers), total."""
+        total = sum(self.events.values())
+        out = [f"{total} events over {seconds:.1f} s, {self.rejected} failed verification"]
+        out.append(f"  {'type':<18} {'events':>8} {'bytes/event':>12} {'bytes':>10}")
+        for kind, count in sorted(self.events.items()):
+            size = self.payload_bytes[kind] + self.header_bytes[kind]
+            out.append(f"  {kind:<18} {count:>8} {size / count:>12.0f} {size:>10}")
+        return out
+
+
+def sizes_of(seen: Iterable[Seen]) -> Sizes:
+    sizes = Sizes()
+    for item in seen:
+        sizes.add(item)
+    return sizes
+
+
+def print_timeline(
+    seen: Sequence[Seen],
+    prefix: str,
+    out: TextIO,
+    *,
+    server: str | None = None,
+    client: str | None = None,
+    as_json: bool = False,
+) -> int:
+    """Print the window; return how many events were shown."""
+    shown = [s for s in seen if matches(s, prefix, server, client)]
+    for item in shown:
+        out.write((json_line(item) if as_json else format_line(item, prefix)) + "\n")
+    if not as_json:
+        span = (seen[-1].received - seen[0].received) if seen else 0.0
+        out.write("\n".join(sizes_of(shown).lines(span)) + "\n")
+    return len(shown)
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """What a replay into a sandbox did."""
+
+    published: int
+    skipped_kinds: int
+    rejected: int
+    seconds: float
+
+
+async def republish(
+    bus: Bus,
+    seen: Sequence[Seen],
+    sandbox: str,
+    *,
+    kinds: Sequence[str] = INPUT_KINDS,
+    speed: float | None = None,
+    retention: tuple[float, int] | None = None,
+) -> Replayed:
+    """Publish the verified messages of ``kinds`` in ``seen`` again under ``sandbox``.
+
+    Payloads and headers are the recorded ones. A message that fails
+    verification is not replayed (a forgery stays where it was found). With
+    ``retention`` (max age, max bytes) the sandbox gets its own stream, so
+    what the sandbox's services decide can be read back like the live one.
+    """
+    live = bus.subjects
+    if overlaps(sandbox, live.prefix):
+        raise ConfigError(f"sandbox prefix {sandbox!r} overlaps the live prefix {live.prefix!r}")
+    target = Subjects(sandbox)
+    if retention is not None:
+        max_age_s, max_bytes = retention
+        await Bus(bus.nc, target, bus.keyring).ensure_stream(
+            max_age_s=max_age_s, max_bytes=max_bytes
+        )
+    chosen = [s for s in seen if subject_party(s.subject, live.prefix)[0] in kinds]
+    to_send = [s for s in chosen if s.verified]
+    started = time.monotonic()
+    for item, due in zip(to_send, schedule([s.received for s in to_send], speed), strict=True):
+        wait = started + due - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        await bus.nc.publish(
+            live.rehome(item.subject, sandbox), item.payload, headers=dict(item.headers)
+        )
+    await bus.nc.flush()
+    return Replayed(
+        published=len(to_send),
+        skipped_kinds=len(seen) - len(chosen),
+        rejected=len(chosen) - len(to_send),
+        seconds=time.monotonic() - started,
+    )
+
+
+async def replay(
+    config: Config,
+    window: WindowSpec,
+    *,
+    out: TextIO,
+    sandbox: str | None = None,
+    kinds: Sequence[str] | None = None,
+    speed: float | None = 1.0,
+    server: str | None = None,
+    client: str | None = None,
+    as_json: bool = False,
+    bus_url: str | None = None,
+) -> int:
+    """Read the window from the stream, then print it or replay it into ``sandbox``."""
+    chosen = choose_kinds(kinds)
+    if sandbox is not None and not (bus_url or config.bus.url):
+        raise ConfigError("a replay into a sandbox needs the live bus: set bus.url or --bus-url")
+    async with AsyncExitStack() as stack:
+        bus = await connect(config, stack, name="replay", bus_url=bus_url)
+        start, end, _ = await resolve(bus, window)
+        seen = await read_window(bus, start, end)
+        if sandbox is None:
+            print_timeline(
+                seen, config.bus.prefix, out, server=server, client=client, as_json=as_json
+            )
+            return 0
+        if server is not None or client is not None:
+            raise ConfigError("--server and --client only filter a printed timeline")
+        done = await republish(
+            bus,
+            seen,
+            sandbox,
+            kinds=chosen,
+            speed=speed,
+            retention=(config.bus.stream_max_age_s, config.bus.stream_max_bytes),
+        )
+        out.write(
+            f"replayed {done.published} events of {', '.join(chosen)} into {sandbox}.> "
+            f"in {done.seconds:.1f} s ({done.skipped_kinds} of other kinds left out, "
+            f"{done.rejected} failed verification and were not replayed)\n"
+        )
+        return 0

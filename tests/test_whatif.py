@@ -1,0 +1,446 @@
+"""`what-if`: settings, the recorded outcome, the replayed one, and how both are shown.
+
+Pure: no bus. The farm (servers A, B, C; twelve clients, nas-01, nas-04,
+nas-07 and nas-10 homed on A, 2 rps each) is written by ``write_farm`` with
+no bus URL. Server A saturates then recovers, one sample a second; B and C
+stay at health 0.875, so they have room for A's clients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from schemas.events import (
+    ClientStatus,
+    Event,
+    FailoverPlan,
+    HealthReport,
+    Incident,
+    MetricsSample,
+    Move,
+    ReadmitWave,
+)
+from services.farm import write_farm
+from services.runtime.config import Config, ConfigError
+from services.targeter.steps import step_due
+from services.tools.whatif import (
+    HEALTH_NOTE,
+    Outcome,
+    WaveOutcome,
+    apply_settings,
+    first_opened,
+    recorded,
+    side_by_side,
+    simulate,
+    to_json,
+)
+
+T0 = 1_700_000_000.0
+A_CLIENTS = ["nas-01", "nas-04", "nas-07", "nas-10"]
+
+# (threads_active of 8, auth queue of 256, the health that gives: the lower headroom)
+IDLE = (0, 0, 1.0)
+BUSY = (4, 0, 0.5)
+LOW = (7, 0, 0.125)
+LOWER = (7, 240, 0.0625)
+LOWEST = (7, 248, 0.03125)
+MID = (5, 0, 0.375)
+HIGH = (2, 0, 0.75)
+OTHERS = (1, 0, 0.875)
+
+# Threshold 0.2 (two lows): opens at 3 with health 0.125 and plans nas-01, nas-04;
+# a further step at 8 (5 s later, health lower) plans nas-07; three highs from 10
+# start the recovery at 12, where one wave brings all three back and closes it.
+INCIDENT = [IDLE, BUSY, LOW, LOW, LOWER, LOWEST, LOWEST, LOWEST, LOWER, MID, HIGH, HIGH]
+A_LOAD = INCIDENT + [IDLE] * 13
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    cfg, _ = write_farm(tmp_path / "farm", bus_url=None, clients=12)
+    return cfg
+
+
+def sample(server: str, i: int, load: tuple[int, int, float]) -> MetricsSample:
+    return MetricsSample(
+        id=f"s-{server}-{i}",
+        time=T0 + i,
+        source="collector",
+        server=server,
+        seq=i,
+        status_ok=True,
+        threads_active=load[0],
+        threads_max=8,
+        queue_len=load[1],
+    )
+
+
+def samples(a_load: Sequence[tuple[int, int, float]]) -> list[MetricsSample]:
+    out = []
+    for i, load in enumerate(a_load):
+        out += [sample("A", i, load), sample("B", i, OTHERS), sample("C", i, OTHERS)]
+    return out
+
+
+def statuses(config: Config, at: float) -> list[ClientStatus]:
+    return [
+        ClientStatus(time=at, client=c.id, home=c.home, current=c.home, rate=2.0)
+        for c in config.clients
+    ]
+
+
+def by_time(events: list[Event]) -> list[Event]:
+    return sorted(events, key=lambda e: e.time)
+
+
+def recording(config: Config) -> list[Event]:
+    """The stream the live services would have recorded for A_LOAD at the default settings."""
+    events: list[Event] = [*statuses(config, T0 - 5), *samples(A_LOAD)]
+    for i, (_, _, health) in enumerate(A_LOAD):
+        in_incident = 3 <= i <= 12
+        events.append(
+            HealthReport(
+                time=T0 + i + 0.005,
+                source="evaluator",
+                server="A",
+                sample_id=f"s-A-{i}",
+                health=health,
+                failover_threshold=0.2,
+                connection_threshold=0.6,
+                incident_id="inc-A1" if in_incident else None,
+                state=("recovering" if i == 12 else "overloaded") if in_incident else "healthy",
+            )
+        )
+
+    def incident(at: float, state: Any, health: float) -> Incident:
+        return Incident(
+            time=at,
+            source="evaluator",
+            incident_id="inc-A1",
+            server="A",
+            state=state,
+            health=health,
+            opened_at=T0 + 3.01,
+        )
+
+    def plan(at: float, step: int, clients: list[str]) -> FailoverPlan:
+        moves = [Move(client=c, alternates=["B", "C"]) for c in clients]
+        return FailoverPlan(
+            time=at, source="targeter", incident_id="inc-A1", server="A", moves=moves, step=step
+        )
+
+    events += [
+        incident(T0 + 3.01, "opened", 0.125),
+        plan(T0 + 3.02, 1, ["nas-01", "nas-04"]),
+        plan(T0 + 8.02, 2, ["nas-07"]),
+        incident(T0 + 12.01, "recovering", 1.0),
+        ReadmitWave(
+            time=T0 + 12.02,
+            source="readmitter",
+            incident_id="inc-A1",
+            server="A",
+            wave=1,
+            clients=["nas-01", "nas-04", "nas-07"],
+            health=1.0,
+            final=True,
+        ),
+        incident(T0 + 12.03, "closed", 1.0),
+    ]
+    return by_time(events)
+
+
+def assert_same_decisions(rec: Outcome, sim: Outcome) -> None:
+    """Equal but for ids and the services' few milliseconds behind the samples."""
+    times = ("onset_at", "recovering_at", "closed_at")
+    for name in ("server", "lowest_health", "clients_moved", "steps", "re_overloads"):
+        assert getattr(sim, name) == getattr(rec, name), name
+    assert sim.further_incidents == rec.further_incidents
+    for name in times:
+        assert getattr(sim, name) == pytest.approx(getattr(rec, name), abs=0.05), name
+    assert [(w.wave, w.clients, w.final) for w in sim.waves] == [
+        (w.wave, w.clients, w.final) for w in rec.waves
+    ]
+    assert [w.at for w in sim.waves] == pytest.approx([w.at for w in rec.waves], abs=0.05)
+
+
+def text_of(config: Config, settings: list[str], events: list[Event]) -> tuple[Outcome, str]:
+    sim = simulate(apply_settings(config, settings), events, "A")
+    return sim, side_by_side(recorded(events, "inc-A1"), sim, settings=settings, start=T0)
+
+
+# --- recorded and reproduced ------------------------------------------------------
+
+
+def test_recorded_reads_the_decisions_of_the_incident(config: Config) -> None:
+    rec = recorded(recording(config), "inc-A1")
+    assert rec == Outcome(
+        server="A",
+        incident_id="inc-A1",
+        onset_at=T0 + 3,
+        lowest_health=0.03125,
+        clients_moved=["nas-01", "nas-04", "nas-07"],
+        steps=2,
+        waves=[
+            WaveOutcome(at=T0 + 12.02, wave=1, clients=["nas-01", "nas-04", "nas-07"], final=True)
+        ],
+        re_overloads=0,
+        recovering_at=T0 + 12,
+        closed_at=T0 + 12.02,
+        further_incidents=0,
+        failover_threshold=0.2,
+        connection_threshold=0.6,
+    )
+
+
+def test_recorded_without_the_incident_names_it(config: Config) -> None:
+    with pytest.raises(ValueError, match="inc-nope"):
+        recorded(recording(config), "inc-nope")
+
+
+def test_the_live_settings_reproduce_the_recording(config: Config) -> None:
+    events = recording(config)
+    sim, text = text_of(config, [], events)
+    assert_same_decisions(recorded(events, "inc-A1"), sim)
+    assert sim.incident_id == "what-if-1"
+    assert sim.failover_samples == 2
+    assert text.rstrip().endswith(
+        "With the live settings the onset is detected at the same time. "
+        "Everything else is as recorded."
+    )
+    assert HEALTH_NOTE in text
+
+
+# --- other settings ---------------------------------------------------------------
+
+
+def test_a_lower_failover_threshold_detects_the_onset_later(config: Config) -> None:
+    events = recording(config)
+    settings = ["evaluator.failover_threshold=0.1"]
+    sim, text = text_of(config, settings, events)
+    # 0.125 is no longer low: the lows are 0.0625 at 4 and 0.03125 at 5.
+    assert sim.onset_at == T0 + 5
+    assert sim.failover_threshold == 0.1
+    # Health 0.03125 is 69% below 0.1: 5.5 rps of 8 to shed, capped at 2 of 4 clients;
+    # no further step: 5 s later health is above the threshold.
+    assert sim.clients_moved == ["nas-01", "nas-04"]
+    assert sim.steps == 1
+    assert sim.waves == [WaveOutcome(at=T0 + 12, wave=1, clients=["nas-01", "nas-04"], final=True)]
+    onset = next(line for line in text.splitlines() if line.startswith("onset detected"))
+    assert onset.split()[2:] == ["3.0", "s", "5.0", "s"]
+    assert (
+        "With evaluator.failover_threshold=0.1 the onset is detected 2.0 s later. "
+        "2 clients move instead of 3 and in 1 step instead of 2." in text
+    )
+
+
+def test_a_threshold_below_the_lowest_health_never_detects_the_onset(config: Config) -> None:
+    events = recording(config)
+    settings = ["evaluator.failover_threshold=0.03"]
+    sim, text = text_of(config, settings, events)
+    assert sim.incident_id is None and sim.onset_at is None and sim.closed_at is None
+    assert sim.clients_moved == [] and sim.steps == 0
+    assert sim.lowest_health == 0.03125
+    onset = next(line for line in text.splitlines() if line.startswith("onset detected"))
+    assert onset.split()[2:] == ["3.0", "s", "never"]
+    assert (
+        "the onset is never detected: health never stayed below 0.03 for 2 samples "
+        "(lowest 0.031). No client moves (3 clients in the recording)." in text
+    )
+
+
+@pytest.mark.parametrize(
+    ("interval", "times"),
+    [
+        # One client a wave: every 2 s from the start of the recovery at 12.
+        ("2", [12, 14, 16]),
+        # 2.5 s apart: the readmitter wakes when each wave falls due, between samples.
+        ("2.5", [12, 14.5, 17]),
+    ],
+)
+def test_waves_follow_the_wave_size_and_interval(
+    config: Config, interval: str, times: list[int]
+) -> None:
+    settings = ["readmitter.wave_size=1", f"readmitter.wave_interval_s={interval}"]
+    sim, text = text_of(config, settings, recording(config))
+    assert sim.waves == [
+        WaveOutcome(at=T0 + times[0], wave=1, clients=["nas-01"]),
+        WaveOutcome(at=T0 + times[1], wave=2, clients=["nas-04"]),
+        WaveOutcome(at=T0 + times[2], wave=3, clients=["nas-07"], final=True),
+    ]
+    assert sim.closed_at == T0 + times[2]
+    row = next(line for line in text.splitlines() if line.startswith("  wave 3"))
+    assert row.split()[2:] == ["-", f"{times[2]:.1f}", "s:", "1:", "nas-07", "(final)"]
+    assert "3 readmission waves instead of 1" in text
+    assert f"the incident closes {times[2] - 12.0:.1f} s later" in text
+
+
+def test_a_relapse_is_counted_and_sheds_again(config: Config) -> None:
+    # After the recovery at 12 and the first wave, two lows at 13 and 14 relapse.
+    load = [*INCIDENT, IDLE, LOWER, LOWER, *[IDLE] * 10]
+    events = by_time([*statuses(config, T0 - 5), *samples(load)])
+    cfg = apply_settings(config, ["readmitter.wave_size=1", "readmitter.wave_interval_s=2"])
+    sim = simulate(cfg, events, "A")
+    assert sim.re_overloads == 1
+    # Step 3 at the relapse: nas-01 (back on A) is first of the clients on A again.
+    assert sim.steps == 3
+    assert sim.clients_moved == ["nas-01", "nas-04", "nas-07"]
+    assert sim.recovering_at == T0 + 12
+    # Recovery again at 17 (highs 15, 16, 17): the rest, one every 2 s, nas-01 last.
+    assert [(w.at - T0, w.clients) for w in sim.waves] == [
+        (12, ["nas-01"]),
+        (17, ["nas-04"]),
+        (19, ["nas-07"]),
+        (21, ["nas-01"]),
+    ]
+    assert sim.closed_at == T0 + 21
+    assert sim.further_incidents == 0
+
+
+def test_a_later_incident_is_counted_not_reported(config: Config) -> None:
+    load = [*A_LOAD, LOWER, LOWER, *[IDLE] * 3]
+    events = by_time([*statuses(config, T0 - 5), *samples(load)])
+    sim = simulate(config, events, "A")
+    assert sim.incident_id == "what-if-1"
+    assert sim.closed_at == T0 + 12
+    assert sim.further_incidents == 1
+
+
+def test_placement_comes_from_statuses_before_the_cutoff(config: Config) -> None:
+    events = recording(config)
+    moved_before = ClientStatus(time=T0 + 1, client="nas-04", home="A", current="C", rate=2.0)
+    moved_after = ClientStatus(time=T0 + 6, client="nas-10", home="A", current="B", rate=2.0)
+    events = by_time([*events, moved_before, moved_after])
+    cutoff = first_opened(events, "A")
+    assert cutoff == T0 + 3.01
+    sim = simulate(config, events, "A", placement_before=cutoff)
+    # nas-01, nas-07, nas-10 on A: 6 rps, cap 1 a step; nas-10 stays (its move came later).
+    assert sim.clients_moved == ["nas-01", "nas-07"]
+    # By default only statuses before the first sample count: all four start on A.
+    assert simulate(config, events, "A").clients_moved == ["nas-01", "nas-04", "nas-07"]
+
+
+def test_the_same_input_gives_the_same_output(config: Config) -> None:
+    events = recording(config)
+    settings = ["evaluator.failover_threshold=0.1", "readmitter.wave_size=1"]
+    first = text_of(config, settings, events)[1]
+    second = text_of(config, settings, list(events))[1]
+    assert first == second
+    rec = recorded(events, "inc-A1")
+    sims = [simulate(apply_settings(config, settings), events, "A") for _ in range(2)]
+    assert to_json(rec, sims[0], settings) == to_json(rec, sims[1], settings)
+
+
+def test_to_json_holds_both_outcomes_and_the_summary(config: Config) -> None:
+    events = recording(config)
+    settings = ["evaluator.failover_threshold=0.1"]
+    rec, sim = recorded(events, "inc-A1"), simulate(apply_settings(config, settings), events, "A")
+    data = to_json(rec, sim, settings)
+    assert data["settings"] == settings
+    assert data["note"] == HEALTH_NOTE
+    assert data["simulated"]["onset_at"] == T0 + 5
+    assert data["recorded"]["waves"][0]["clients"] == ["nas-01", "nas-04", "nas-07"]
+    assert data["summary"].startswith("With evaluator.failover_threshold=0.1 the onset")
+    assert msgspec.json.decode(msgspec.json.encode(data)) == data
+
+
+def test_simulate_of_an_unknown_server_says_so(config: Config) -> None:
+    with pytest.raises(ValueError, match="'Z'"):
+        simulate(config, recording(config), "Z")
+
+
+# --- settings ---------------------------------------------------------------------
+
+
+def test_apply_settings_sets_typed_values_and_keeps_the_original(config: Config) -> None:
+    new = apply_settings(
+        config,
+        [
+            "evaluator.failover_threshold=0",
+            "evaluator.weights.cpu=0.5",
+            'targeter.policy=["list", "all"]',
+            'targeter.clients=["nas-04"]',
+            "targeter.topology=site",
+            "collector.interval_s=2",
+            "readmitter.wave_size=3",
+        ],
+    )
+    assert new.evaluator.failover_threshold == 0.0
+    assert isinstance(new.evaluator.failover_threshold, float)
+    assert new.evaluator.weights.cpu == 0.5
+    assert new.targeter.policy == ["list", "all"]
+    assert new.targeter.clients == ["nas-04"]
+    assert new.targeter.topology == "site"
+    assert new.collector.interval_s == 2.0
+    assert new.readmitter.wave_size == 3
+    assert config.evaluator.failover_threshold == 0.2
+    assert new.servers == config.servers and new.clients == config.clients
+
+
+def test_related_settings_are_checked_together(config: Config) -> None:
+    both = ["evaluator.failover_threshold=0.7", "evaluator.connection_threshold=0.8"]
+    new = apply_settings(config, both)
+    assert (new.evaluator.failover_threshold, new.evaluator.connection_threshold) == (0.7, 0.8)
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("evaluator.failover_treshold=0.1", "evaluator has no field 'failover_treshold'"),
+        ("evaluator.weights.disk=1", "evaluator.weights has no field 'disk'"),
+        ("evaluator.failover_threshold.x=1", "has no field 'x'"),
+        ("notifier.retries=1", "unknown section 'notifier'"),
+        ("bus.url=nats://x", "unknown section 'bus'"),
+        ("evaluator.failover_threshold", "expected section.field=value"),
+        ("evaluator=1", "expected section.field=value"),
+        ("evaluator.failover_threshold=low", "Expected `float`, got `str`"),
+        ("evaluator.failover_threshold=true", "Expected `float`, got `bool`"),
+        ("evaluator.failover_threshold=0.1.2", "is not a TOML value"),
+        ("evaluator.failover_threshold=1.5", r"failover_threshold must be in \[0, 1\]"),
+        ("evaluator.failover_threshold=0.7", r"must be below connection_threshold \(0.6\)"),
+        ("readmitter.wave_size=0", "wave_size must be at least 1"),
+        ('targeter.topology="far"', "Invalid enum value 'far'"),
+        ('targeter.clients=["nas-99"]', "targeter.clients names unknown clients"),
+    ],
+)
+def test_apply_settings_refuses_with_one_line(
+    config: Config, assignment: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        apply_settings(config, [assignment])
+    assert "\n" not in str(caught.value)
+    assert assignment.partition("=")[0] in str(caught.value)
+
+
+# --- the targeter's step rule, shared with the service ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("health", "last_health", "since", "due"),
+    [
+        (0.1, 0.15, 5.0, True),  # lower, interval passed
+        (0.15, 0.15, 5.0, True),  # as low as at the last plan still counts as falling
+        (0.19, None, 5.0, True),  # no health recorded at the last plan: any low counts
+        (0.16, 0.15, 9.0, False),  # rising
+        (0.1, 0.15, 4.9, False),  # too soon
+        (0.2, 0.3, 9.0, False),  # at the threshold is not below it
+    ],
+)
+def test_a_further_step_is_due_when_below_falling_and_the_interval_passed(
+    health: float, last_health: float | None, since: float, due: bool
+) -> None:
+    assert (
+        step_due(
+            health=health,
+            failover_threshold=0.2,
+            last_plan_health=last_health,
+            last_plan_at=100.0,
+            now=100.0 + since,
+            step_interval_s=5.0,
+        )
+        is due
+    )
