@@ -78,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--server", help="only events whose server is this")
     tail.add_argument("--client", help="only events whose client is this")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    _sandbox_option(tail)
 
     replay = sub.add_parser(
         "replay", help="print a recorded window as a timeline, or replay it into a sandbox"
@@ -244,7 +245,7 @@ def _plan(args: argparse.Namespace) -> int:
 def _tail(args: argparse.Namespace) -> int:
     from services.tools.tail import tail
 
-    config = load_config(args.config)
+    config = _config(args)
     asyncio.run(
         tail(
             config,

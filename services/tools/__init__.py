@@ -1,1 +1,1 @@
-"""Operator tools that watch the bus: `aaa-failover tail`."""
+"""Operator tools over the bus and its recorded stream: tail, replay, what-if, report."""
