@@ -7,6 +7,7 @@ real port and readiness are read from the server's own log. Used by
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -18,6 +19,7 @@ import tempfile
 import threading
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +104,13 @@ class EmbeddedNats:
 
     def _read_log(self, ready: threading.Event) -> None:
         assert self.proc is not None and self.proc.stderr is not None
-        for line in self.proc.stderr:
+        # ValueError: stop() closed the log while this thread still read it
+        with contextlib.suppress(ValueError):
+            self._read_lines(self.proc.stderr, ready)
+        ready.set()
+
+    def _read_lines(self, stream: IO[str], ready: threading.Event) -> None:
+        for line in stream:
             line = line.rstrip()
             if len(self._log) < 1000:
                 self._log.append(line)
@@ -113,7 +121,6 @@ class EmbeddedNats:
                 ready.set()
             if "[FTL]" in line or "[ERR]" in line:
                 logger.warning("nats-server: %s", line)
-        ready.set()
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and remove a data dir it made."""
@@ -125,10 +132,10 @@ class EmbeddedNats:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=2)  # the log ends with the process: read it to the end
         if proc is not None and proc.stderr is not None:
             proc.stderr.close()
-        if self._reader is not None:
-            self._reader.join(timeout=2)
         self.port = None
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
