@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="run every service of a config under one supervisor")
     up.add_argument("-c", "--config", required=True)
+    up.add_argument("--bus-url", help="NATS URL, overriding bus.url of the config")
     _sandbox_option(up)
 
     demo = sub.add_parser("demo", help="an overload incident on an embedded farm, end to end")
@@ -158,10 +159,15 @@ def _recording_options(parser: argparse.ArgumentParser, *, incident_required: bo
 
 
 def _config(args: argparse.Namespace) -> Config:
-    """The config of ``args``, as a sandbox if ``--sandbox`` asks for one."""
+    """The config of ``args``: a sandbox if ``--sandbox`` asks for one, on ``--bus-url``
+    if it is given (`up` passes it on to its services)."""
     config = load_config(args.config)
     sandbox = getattr(args, "sandbox", None)
-    return config.as_sandbox(sandbox) if sandbox else config
+    if sandbox:
+        config = config.as_sandbox(sandbox)
+    if args.command == "up" and args.bus_url:
+        config = config.on_bus(args.bus_url)
+    return config
 
 
 def main(argv: Sequence[str] | None = None) -> int:

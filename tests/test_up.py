@@ -6,19 +6,22 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
 
 from services.farm import write_farm
+from tests.conftest import FarmFactory
 
 
-def test_up_runs_every_service_on_an_embedded_bus_and_stops_cleanly(tmp_path: Path) -> None:
-    _, path = write_farm(tmp_path / "farm", bus_url=None, clients=2)
+@contextmanager
+def running_up(*args: str) -> Iterator[str]:
+    """`aaa-failover up ARGS` from all services started to a clean SIGTERM exit;
+    yields the command lines of its child processes, joined."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "up", "-c", str(path)],
-        stderr=subprocess.PIPE,
-        text=True,
+        [sys.executable, "-m", "services.cli", "up", *args], stderr=subprocess.PIPE, text=True
     )
     lines: list[str] = []
     started = threading.Event()
@@ -38,11 +41,7 @@ def test_up_runs_every_service_on_an_embedded_bus_and_stops_cleanly(tmp_path: Pa
         assert started.wait(60), "".join(lines[-30:])
         assert proc.poll() is None, "".join(lines[-30:])
         children = psutil.Process(proc.pid).children(recursive=True)
-        names = " ".join(" ".join(c.cmdline()) for c in children)
-        for service in ("evaluator", "targeter", "notifier", "readmitter", "collector", "agent"):
-            assert f"run {service}" in names
-        assert "nats-server" in names
-        assert names.count("run aaa") == 3
+        yield " ".join(" ".join(c.cmdline()) for c in children)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0, "".join(lines[-30:])
         reader.join(5)
@@ -56,3 +55,35 @@ def test_up_runs_every_service_on_an_embedded_bus_and_stops_cleanly(tmp_path: Pa
                 child.kill()
         assert proc.stderr is not None
         proc.stderr.close()
+
+
+def test_up_runs_every_service_on_an_embedded_bus_and_stops_cleanly(tmp_path: Path) -> None:
+    _, path = write_farm(tmp_path / "farm", bus_url=None, clients=2)
+    with running_up("-c", str(path)) as names:
+        for service in ("evaluator", "targeter", "notifier", "readmitter", "collector", "agent"):
+            assert f"run {service}" in names
+        assert "nats-server" in names
+        assert names.count("run aaa") == 3
+
+
+def test_up_in_a_sandbox_runs_the_decision_services_alone(farm: FarmFactory) -> None:
+    config, path = farm(clients=2)
+    assert config.bus.url is not None
+    with running_up("-c", str(path), "--sandbox", "sbx-up", "--bus-url", config.bus.url) as names:
+        for service in ("evaluator", "targeter", "notifier", "readmitter"):
+            assert f"run {service}" in names
+        assert names.count("--sandbox sbx-up") == 4
+        for other in ("run collector", "run agent", "run aaa", "nats-server"):
+            assert other not in names
+
+
+def test_up_in_a_sandbox_needs_the_bus_of_the_recording(tmp_path: Path) -> None:
+    _, path = write_farm(tmp_path / "farm", bus_url=None, clients=1)
+    result = subprocess.run(
+        [sys.executable, "-m", "services.cli", "up", "-c", str(path), "--sandbox", "sbx"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "a sandbox joins the bus that holds the recording" in result.stderr

@@ -448,6 +448,10 @@ class Config(Base, frozen=True, kw_only=True):
             self, metrics=msgspec.structs.replace(self.metrics, ports=ports)
         )
 
+    def on_bus(self, url: str) -> Config:
+        """This config on the bus at ``url``."""
+        return msgspec.structs.replace(self, bus=msgspec.structs.replace(self.bus, url=url))
+
     def as_sandbox(self, prefix: str) -> Config:
         """This config as a replay sandbox under ``prefix``.
 
