@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,dev,bench]'
+	$(BIN)/pip install --quiet -e '.[test,dev,report,bench]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -19,8 +19,8 @@ test: $(STAMP)
 	$(BIN)/pytest
 
 check: $(STAMP)
-	$(BIN)/ruff check schemas services tests bench
-	$(BIN)/ruff format --check schemas services tests bench
+	$(BIN)/ruff check schemas services tests bench compose
+	$(BIN)/ruff format --check schemas services tests bench compose
 	$(BIN)/mypy
 
 bench: $(STAMP)
@@ -31,3 +31,16 @@ schema: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# `make containers`: prepare podman (../shared/containers/setup-podman.sh, as root: slow the
+# first time on a machine, about a second after), then build the images and run the compose
+# stack for real, one overload incident end to end (tests/containers). Prints each step's time.
+PODMAN_SETUP ?= ../shared/containers/setup-podman.sh
+
+.PHONY: containers
+containers: $(STAMP)
+	@start=$$(date +%s); \
+	setup="$$(bash $(PODMAN_SETUP))" || { echo "podman setup failed" >&2; exit 1; }; \
+	eval "$$setup"; \
+	echo "[containers] podman ready in $$(( $$(date +%s) - start ))s"; \
+	$(BIN)/pytest tests/containers -v -s

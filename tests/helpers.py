@@ -9,6 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
+import pytest
+
+from schemas.events import ClientStatus
 from services.runtime import radius
 from services.runtime.bus import Bus, Keyring
 from services.runtime.config import Config
@@ -135,3 +138,39 @@ async def next_matching(
             continue
         if check(last):
             return last
+
+
+class Recorder:
+    """Every verified event a test hears, and a way to wait on a condition of them."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+        self.changed = asyncio.Event()
+
+    async def on_event(self, event: Any) -> None:
+        self.events.append(event)
+        self.changed.set()
+
+    def of(self, kind: type[Any]) -> list[Any]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    def latest_status(self) -> dict[str, ClientStatus]:
+        """Each client's last ClientStatus heard."""
+        latest: dict[str, ClientStatus] = {}
+        for status in self.of(ClientStatus):
+            latest[status.client] = status
+        return latest
+
+    async def until(self, condition: Callable[[], bool], timeout_s: float, what: str) -> float:
+        """Wait until ``condition`` holds; return how long it took; fail after the timeout."""
+        begin = time.monotonic()
+        while not condition():
+            remaining = begin + timeout_s - time.monotonic()
+            if remaining <= 0:
+                pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}")
+            self.changed.clear()
+            try:
+                await asyncio.wait_for(self.changed.wait(), remaining)
+            except TimeoutError:
+                continue
+        return time.monotonic() - begin

@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
-from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from schemas.events import Ack, ClientStatus, FailoverPlan, Incident, ReadmitWave, ServerControl
 from services.runtime.bus import Bus, Keyring
 from services.runtime.config import Config
 from services.supervisor import Supervisor
 from tests.conftest import FarmFactory
+from tests.helpers import Recorder
 
 WAVE_INTERVAL_S = 1.0
 
@@ -34,40 +31,6 @@ SETTINGS: dict[str, Any] = {
     "notifier": {"ack_timeout_s": 1.0, "retries": 3},
     "readmitter": {"wave_size": 1, "wave_interval_s": WAVE_INTERVAL_S},
 }
-
-
-class Recorder:
-    """Every event of the test's prefix, with a way to wait for a condition on them."""
-
-    def __init__(self) -> None:
-        self.events: list[Any] = []
-        self.changed = asyncio.Event()
-
-    async def on_event(self, event: Any) -> None:
-        self.events.append(event)
-        self.changed.set()
-
-    def of(self, kind: type[Any]) -> list[Any]:
-        return [e for e in self.events if isinstance(e, kind)]
-
-    async def until(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not condition():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                pytest.fail(f"timed out waiting for {what}")
-            self.changed.clear()
-            try:
-                await asyncio.wait_for(self.changed.wait(), remaining)
-            except TimeoutError:
-                continue
-
-
-def _latest_status(recorder: Recorder) -> dict[str, ClientStatus]:
-    latest: dict[str, ClientStatus] = {}
-    for status in recorder.of(ClientStatus):
-        latest[status.client] = status
-    return latest
 
 
 async def test_overload_failover_and_staged_readmission(farm: FarmFactory, tmp_path: Path) -> None:
@@ -96,7 +59,7 @@ async def test_overload_failover_and_staged_readmission(farm: FarmFactory, tmp_p
 
 async def _run_incident(config: Config, bus: Bus, recorder: Recorder, home_a: list[str]) -> None:
     await recorder.until(
-        lambda: len(_latest_status(recorder)) == len(config.clients), 20, "every client reporting"
+        lambda: len(recorder.latest_status()) == len(config.clients), 20, "every client reporting"
     )
     workers = config.server("A").reference.workers  # type: ignore[union-attr]
     await bus.publish(
@@ -104,7 +67,7 @@ async def _run_incident(config: Config, bus: Bus, recorder: Recorder, home_a: li
     )
 
     def moved() -> bool:
-        latest = _latest_status(recorder)
+        latest = recorder.latest_status()
         return all(latest[c].current != "A" for c in home_a)
 
     await recorder.until(moved, 20, "A's clients to move")
@@ -116,13 +79,13 @@ async def _run_incident(config: Config, bus: Bus, recorder: Recorder, home_a: li
     assert sorted(a.client for a in acks) == sorted(home_a)
     assert all(a.now_on in ("B", "C") for a in acks)
     # no client of another server was touched
-    latest = _latest_status(recorder)
+    latest = recorder.latest_status()
     assert all(s.current == s.home for s in latest.values() if s.home != "A")
 
     await bus.publish(bus.subjects.control("A"), ServerControl(server="A", stalled_workers=0))
 
     def closed_and_home() -> bool:
-        latest = _latest_status(recorder)
+        latest = recorder.latest_status()
         closed = any(i.state == "closed" for i in recorder.of(Incident) if i.server == "A")
         return closed and all(s.current == s.home for s in latest.values())
 
