@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from schemas.events import HealthReport
 from services.cli import main
+from services.tools.recording import WindowSpec, load
 from tests.recorded import RecordedDemo
 
 
@@ -32,15 +35,42 @@ def test_what_if_with_the_live_settings_decides_as_recorded(
     assert simulated["closed_at"] is not None
 
 
-def test_what_if_with_a_lower_failover_threshold_never_detects_the_onset(
+def _onset(reports: list[HealthReport], threshold: float, samples: int) -> float | None:
+    """When ``samples`` reports in a row first fell below ``threshold``: an oracle
+    read straight off the recorded health, independent of the simulation."""
+    run = 0
+    for report in reports:
+        run = run + 1 if report.health < threshold else 0
+        if run == samples:
+            return report.time
+    return None
+
+
+def test_what_if_with_a_lower_failover_threshold_detects_the_onset_later_or_never(
     recorded_demo: RecordedDemo, stored_bus: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The demo's overload holds A's health at 1/8: a threshold below it never fires."""
-    args = _cli(recorded_demo, stored_bus, "what-if", "--set", "evaluator.failover_threshold=0.1")
+    config = recorded_demo.config.on_bus(stored_bus)
+    loaded = asyncio.run(load(config, WindowSpec(incident=recorded_demo.incident_id)))
+    reports = [e for e in loaded.events if isinstance(e, HealthReport) and e.server == "A"]
+    samples = config.evaluator.failover_samples
+    lower = config.evaluator.failover_threshold / 2
+    expected = _onset(reports, lower, samples)
+
+    args = _cli(
+        recorded_demo, stored_bus, "what-if", "--set", f"evaluator.failover_threshold={lower}"
+    )
+    assert main([*args, "--json"]) == 0
+    both = json.loads(capsys.readouterr().out)
+    recorded, simulated = both["recorded"], both["simulated"]
     assert main(args) == 0
-    out = capsys.readouterr().out
-    assert "the onset is never detected: health never stayed below 0.1" in out
-    assert "No client moves (7 clients in the recording)" in out
+    text = capsys.readouterr().out
+    if expected is None:
+        assert simulated["onset_at"] is None and simulated["clients_moved"] == []
+        assert f"the onset is never detected: health never stayed below {lower:g}" in text
+    else:
+        assert simulated["onset_at"] == pytest.approx(expected, abs=0.05)
+        assert simulated["onset_at"] >= recorded["onset_at"] - 0.05
+        assert "later" in text or "at the same time" in text
 
 
 def test_what_if_with_more_samples_detects_the_onset_later(
