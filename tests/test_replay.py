@@ -29,19 +29,37 @@ from services.runtime.bus import Bus, Keyring
 from services.runtime.config import Config, ConfigError
 from services.targeter.service import run as run_targeter
 from services.tools.recording import RecordingError, WindowSpec, load, parse_time
-from services.tools.replay import INPUT_KINDS, choose_kinds, parse_speed, replay, schedule
+from services.tools.replay import (
+    INPUT_KINDS,
+    choose_kinds,
+    parse_speed,
+    replay,
+    schedule,
+    select,
+)
+from services.tools.tail import Seen
 from tests.helpers import running
 from tests.recorded import RecordedDemo
 
 
 def _decisions(events: list[Event], server: str) -> dict[str, object]:
-    """What the decision services decided about ``server``, without ids or times."""
+    """What the decision services decided about ``server``, without ids or times.
+
+    The health an incident closed at is the latest the readmitter had heard
+    when the final wave went out, and the order of a move's alternates ranks
+    their latest health, which the other servers' reports of that instant
+    decide: both are matters of timing, so only the closing and the set of
+    alternates are compared.
+    """
     incidents = [e for e in events if isinstance(e, Incident) and e.server == server]
     plans = [e for e in events if isinstance(e, FailoverPlan) and e.server == server]
     waves = [e for e in events if isinstance(e, ReadmitWave) and e.server == server]
     return {
-        "incident": [(i.state, round(i.health, 3), i.relapses) for i in incidents],
-        "moves": [(m.client, m.alternates) for p in plans for m in p.moves],
+        "incident": [
+            (i.state, None if i.state == "closed" else round(i.health, 3), i.relapses)
+            for i in incidents
+        ],
+        "moves": [(m.client, sorted(m.alternates)) for p in plans for m in p.moves],
         "unplaced": [c for p in plans for c in p.unplaced],
         "waves": [(w.wave, w.clients, w.final) for w in waves if w.wave > 0],
     }
@@ -213,3 +231,32 @@ def test_window_and_pacing_helpers() -> None:
     assert "plan" in choose_kinds(["all"])
     with pytest.raises(ConfigError, match="unknown kinds"):
         choose_kinds(["metrics", "bogus"])
+
+
+def test_replay_selects_inputs_and_cuts_client_reactions_after_the_first_plan() -> None:
+    def seen(subject: str, at: float, verified: bool = True) -> Seen:
+        return Seen(subject, b"{}", {}, None, verified, received=at)
+
+    window = [
+        seen("aaa.metrics.A", 1.0),
+        seen("aaa.status.n1", 1.5),
+        seen("aaa.health.A", 1.6),
+        seen("aaa.metrics.A", 2.0, verified=False),
+        seen("aaa.plan.A", 2.1),
+        seen("aaa.ack.n1", 2.2),
+        seen("aaa.status.n1", 2.5),
+        seen("aaa.request.A", 2.6),
+        seen("aaa.metrics.A", 3.0),
+    ]
+    cut = select(window, "aaa", INPUT_KINDS, cut_reactions=True)
+    assert [(s.subject, s.received) for s in cut.send] == [
+        ("aaa.metrics.A", 1.0),
+        ("aaa.status.n1", 1.5),
+        ("aaa.request.A", 2.6),
+        ("aaa.metrics.A", 3.0),
+    ]
+    assert (cut.other_kinds, cut.rejected, cut.reactions) == (2, 1, 2)
+    whole = select(window, "aaa", INPUT_KINDS, cut_reactions=False)
+    assert len(whole.send) == 6 and whole.reactions == 0
+    no_plan = select([window[1], window[6]], "aaa", INPUT_KINDS, cut_reactions=True)
+    assert len(no_plan.send) == 2

@@ -8,7 +8,9 @@ headers (so their signatures still verify), under ``PREFIX`` instead of the
 live prefix, paced as they were recorded (``speed`` times faster) or as fast
 as possible. A second copy of the services started with ``--sandbox PREFIX``
 re-derives every decision from them; only such services accept events of any
-age. Nothing is ever published on the live prefix.
+age. By default what clients said after the first recorded plan (statuses,
+acks) is left out: it answered the live decisions, not the sandbox's.
+Nothing is ever published on the live prefix.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ KINDS = (
 # What comes into the decision services from outside them: the collector's
 # samples and the clients' own words. The sandbox's services make the rest.
 INPUT_KINDS = ("metrics", "status", "ack", "request")
+# What clients say in answer to decisions: after the first recorded plan it
+# answers the live services' decisions, which the sandbox's may not repeat.
+REACTION_KINDS = ("status", "ack")
 
 
 def choose_kinds(asked: Sequence[str] | None) -> tuple[str, ...]:
@@ -69,6 +74,49 @@ def parse_speed(text: str) -> float:
     if not speed > 0:
         raise ConfigError("--speed must be positive")
     return speed
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The messages a replay sends, and how many it leaves out and why."""
+
+    send: list[Seen]
+    other_kinds: int
+    rejected: int
+    reactions: int
+
+
+def select(
+    seen: Sequence[Seen], prefix: str, kinds: Sequence[str], *, cut_reactions: bool
+) -> Selection:
+    """The verified messages of ``kinds`` in ``seen``, in stored order.
+
+    With ``cut_reactions``, client statuses and acks stored after the first
+    recorded FailoverPlan are left out: they answer the live decisions, and a
+    sandbox that decided otherwise would be told clients moved that it never
+    moved. A message that failed verification is never sent.
+    """
+    first_plan = next(
+        (s.received for s in seen if subject_party(s.subject, prefix)[0] == "plan"), None
+    )
+    send: list[Seen] = []
+    other_kinds = rejected = reactions = 0
+    for item in seen:
+        kind = subject_party(item.subject, prefix)[0]
+        if kind not in kinds:
+            other_kinds += 1
+        elif not item.verified:
+            rejected += 1
+        elif (
+            cut_reactions
+            and kind in REACTION_KINDS
+            and first_plan is not None
+            and item.received >= first_plan
+        ):
+            reactions += 1
+        else:
+            send.append(item)
+    return Selection(send, other_kinds, rejected, reactions)
 
 
 def schedule(stored: Sequence[float], speed: float | None) -> list[float]:
@@ -141,10 +189,19 @@ def print_timeline(
 class Replayed:
     """What a replay into a sandbox did."""
 
-    published: int
-    skipped_kinds: int
-    rejected: int
+    selection: Selection
     seconds: float
+
+    def describe(self, sandbox: str, kinds: Sequence[str]) -> str:
+        chosen = self.selection
+        text = (
+            f"replayed {len(chosen.send)} events of {', '.join(kinds)} into {sandbox}.> "
+            f"in {self.seconds:.1f} s ({chosen.other_kinds} of other kinds left out, "
+            f"{chosen.rejected} failed verification and were not replayed"
+        )
+        if chosen.reactions:
+            text += f", {chosen.reactions} client statuses and acks after the first plan left out"
+        return text + ")"
 
 
 async def republish(
@@ -153,15 +210,14 @@ async def republish(
     sandbox: str,
     *,
     kinds: Sequence[str] = INPUT_KINDS,
+    cut_reactions: bool = True,
     speed: float | None = None,
     retention: tuple[float, int] | None = None,
 ) -> Replayed:
-    """Publish the verified messages of ``kinds`` in ``seen`` again under ``sandbox``.
+    """Publish what :func:`select` picks of ``seen`` again under ``sandbox``.
 
-    Payloads and headers are the recorded ones. A message that fails
-    verification is not replayed (a forgery stays where it was found). With
-    ``retention`` (max age, max bytes) the sandbox gets its own stream, so
-    what the sandbox's services decide can be read back like the live one.
+    Payloads and headers are the recorded ones. With ``retention`` (max age,
+    max bytes) the sandbox gets its own stream.
     """
     live = bus.subjects
     if overlaps(sandbox, live.prefix):
@@ -172,8 +228,8 @@ async def republish(
         await Bus(bus.nc, target, bus.keyring).ensure_stream(
             max_age_s=max_age_s, max_bytes=max_bytes
         )
-    chosen = [s for s in seen if subject_party(s.subject, live.prefix)[0] in kinds]
-    to_send = [s for s in chosen if s.verified]
+    selection = select(seen, live.prefix, kinds, cut_reactions=cut_reactions)
+    to_send = selection.send
     started = time.monotonic()
     for item, due in zip(to_send, schedule([s.received for s in to_send], speed), strict=True):
         wait = started + due - time.monotonic()
@@ -183,12 +239,7 @@ async def republish(
             live.rehome(item.subject, sandbox), item.payload, headers=dict(item.headers)
         )
     await bus.nc.flush()
-    return Replayed(
-        published=len(to_send),
-        skipped_kinds=len(seen) - len(chosen),
-        rejected=len(chosen) - len(to_send),
-        seconds=time.monotonic() - started,
-    )
+    return Replayed(selection, time.monotonic() - started)
 
 
 async def replay(
@@ -224,12 +275,9 @@ async def replay(
             seen,
             sandbox,
             kinds=chosen,
+            cut_reactions=not kinds,
             speed=speed,
             retention=(config.bus.stream_max_age_s, config.bus.stream_max_bytes),
         )
-        out.write(
-            f"replayed {done.published} events of {', '.join(chosen)} into {sandbox}.> "
-            f"in {done.seconds:.1f} s ({done.skipped_kinds} of other kinds left out, "
-            f"{done.rejected} failed verification and were not replayed)\n"
-        )
+        out.write(done.describe(sandbox, chosen) + "\n")
         return 0
