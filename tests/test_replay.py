@@ -16,7 +16,6 @@ import sys
 import uuid
 from contextlib import AsyncExitStack
 
-import msgspec
 import psutil
 import pytest
 from nats.aio.msg import Msg
@@ -105,10 +104,7 @@ def test_replay_prints_the_incident_from_the_stored_stream(recorded_demo: Record
 async def test_replay_into_a_sandbox_gives_the_same_decisions(
     recorded_demo: RecordedDemo, stored_bus: str
 ) -> None:
-    live = msgspec.structs.replace(
-        recorded_demo.config,
-        bus=msgspec.structs.replace(recorded_demo.config.bus, url=stored_bus),
-    )
+    live = recorded_demo.config.on_bus(stored_bus)
     window = WindowSpec(incident=recorded_demo.incident_id, before_s=3.0, after_s=3.0)
     recorded = await load(live, window)
     assert recorded.span is not None and recorded.span.closed
@@ -161,10 +157,7 @@ async def test_live_services_reject_what_a_replay_carries(
 ) -> None:
     """Recorded events keep their signatures and times: they verify, but only a
     sandbox accepts their age."""
-    live = msgspec.structs.replace(
-        recorded_demo.config,
-        bus=msgspec.structs.replace(recorded_demo.config.bus, url=stored_bus),
-    )
+    live = recorded_demo.config.on_bus(stored_bus)
     loaded = await load(live, WindowSpec(incident=recorded_demo.incident_id))
     seen = [s for s in loaded.seen if isinstance(s.event, MetricsSample)]
     assert seen and all(s.verified for s in seen)
@@ -181,10 +174,7 @@ async def test_live_services_reject_what_a_replay_carries(
 async def test_an_unknown_incident_names_the_recorded_ones(
     recorded_demo: RecordedDemo, stored_bus: str
 ) -> None:
-    live = msgspec.structs.replace(
-        recorded_demo.config,
-        bus=msgspec.structs.replace(recorded_demo.config.bus, url=stored_bus),
-    )
+    live = recorded_demo.config.on_bus(stored_bus)
     with pytest.raises(RecordingError, match=recorded_demo.incident_id):
         await load(live, WindowSpec(incident="0" * 32))
 

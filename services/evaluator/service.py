@@ -15,9 +15,10 @@ import time
 
 from prometheus_client import Gauge, Histogram
 
-from schemas.events import HealthReport, Incident, MetricsSample, ReadmitWave
-from services.evaluator.health import deficit, score
+from schemas.events import Incident, MetricsSample, ReadmitWave
+from services.evaluator.health import score
 from services.evaluator.incidents import ServerState, Transition, close, step
+from services.evaluator.reports import health_report
 from services.runtime.config import Config, ServerConfig, subject_tokens
 from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
 from services.runtime.metrics import LATENCY_BUCKETS
@@ -93,21 +94,7 @@ class Evaluator:
         async with self._lock:
             state, transition = step(self.states[server.id], result.health, time.time(), cfg)
             self.states[server.id] = state
-            report = HealthReport(
-                source=NAME,
-                server=server.id,
-                sample_id=sample.id,
-                health=result.health,
-                parts=dict(result.parts),
-                penalties=dict(result.penalties),
-                limiting=result.limiting,
-                reason=result.reason,
-                failover_threshold=cfg.failover_threshold,
-                connection_threshold=cfg.connection_threshold,
-                deficit=deficit(result.health, cfg.failover_threshold),
-                incident_id=state.incident_id,
-                state=state.phase,
-            )
+            report = health_report(sample, result, state, cfg, source=NAME)
             await self.rt.bus.publish(self.rt.bus.subjects.health(server.id), report)
             self.decision_latency.observe(time.perf_counter() - received)
             self.health_gauge.labels(server.id).set(result.health)

@@ -25,12 +25,11 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from schemas.events import Event, Incident
-from schemas.signing import Rejected
 from services.runtime.bus import Bus, Keyring, verify_event
 from services.runtime.config import Config
 from services.runtime.natsserver import EmbeddedNats, NatsServerError
 from services.tools.errors import ToolError
-from services.tools.tail import Seen, decode_for_display
+from services.tools.tail import Seen, checked
 
 logger = logging.getLogger(__name__)
 
@@ -72,21 +71,8 @@ def parse_time(text: str, now: float | None = None) -> float:
 
 def check_recorded(bus: Bus, msg: Msg, stored_at: float) -> Seen:
     """``msg`` as read from the stream: its signature checked, its age not."""
-    headers = msg.headers or {}
-    try:
-        event = verify_event(bus.keyring.verification_keys(True), headers, msg.data)
-    except Rejected as rejected:
-        return Seen(
-            msg.subject,
-            msg.data,
-            headers,
-            decode_for_display(msg.data, headers),
-            False,
-            rejected.reason,
-            rejected.detail,
-            stored_at,
-        )
-    return Seen(msg.subject, msg.data, headers, event, True, received=stored_at)
+    keys = bus.keyring.verification_keys(True)
+    return checked(msg, lambda m: verify_event(keys, m.headers, m.data), stored_at)
 
 
 async def read_window(bus: Bus, start: float, end: float, subject: str | None = None) -> list[Seen]:

@@ -79,12 +79,11 @@ def decode_for_display(payload: bytes, headers: Mapping[str, str]) -> Event | No
         return None
 
 
-def inspect(bus: Bus, msg: Msg, now: float | None = None) -> Seen:
-    """Check ``msg`` as a service with the clients' keys would, and keep it either way."""
+def checked(msg: Msg, check: Callable[[Msg], Event], received: float) -> Seen:
+    """``msg`` as ``check`` finds it (an event, or Rejected), kept either way."""
     headers: Mapping[str, str] = msg.headers or {}
-    received = time.time() if now is None else now
     try:
-        event: Event = bus.check(msg, accept_clients=True)
+        event = check(msg)
     except Rejected as rejected:
         return Seen(
             msg.subject,
@@ -97,6 +96,13 @@ def inspect(bus: Bus, msg: Msg, now: float | None = None) -> Seen:
             received,
         )
     return Seen(msg.subject, msg.data, headers, event, True, received=received)
+
+
+def inspect(bus: Bus, msg: Msg, now: float | None = None) -> Seen:
+    """Check ``msg`` as a service with the clients' keys would, and keep it either way."""
+    return checked(
+        msg, lambda m: bus.check(m, accept_clients=True), time.time() if now is None else now
+    )
 
 
 def utc_ms(timestamp: float) -> str:

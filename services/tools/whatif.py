@@ -41,8 +41,9 @@ from schemas.events import (
     MetricsSample,
     ReadmitWave,
 )
-from services.evaluator.health import deficit, score
+from services.evaluator.health import score
 from services.evaluator.incidents import ServerState, Transition, close, step
+from services.evaluator.reports import health_report
 from services.readmitter import waves
 from services.runtime.config import Config, ConfigError
 from services.targeter.registry import ClientRecord, apply_status, moved, record_from_config
@@ -313,22 +314,8 @@ class _Replay:
         result = score(sample, server, cfg)
         now = sample.time
         sim.state, transition = step(sim.state, result.health, now, cfg, self.make_id)
-        report = HealthReport(
-            id=sample.id,
-            time=now,
-            source=SOURCE,
-            server=server.id,
-            sample_id=sample.id,
-            health=result.health,
-            parts=dict(result.parts),
-            penalties=dict(result.penalties),
-            limiting=result.limiting,
-            reason=result.reason,
-            failover_threshold=cfg.failover_threshold,
-            connection_threshold=cfg.connection_threshold,
-            deficit=deficit(result.health, cfg.failover_threshold),
-            incident_id=sim.state.incident_id,
-            state=sim.state.phase,
+        report = health_report(
+            sample, result, sim.state, cfg, source=SOURCE, event_id=sample.id, at=now
         )
         self.reports[server.id] = report
         sim.lowest = result.health if sim.lowest is None else min(sim.lowest, result.health)
