@@ -72,12 +72,17 @@ def summary(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-def arguments(description: str) -> argparse.Namespace:
-    """``--quick`` and ``--out DIR``, as every benchmark takes them."""
+def arguments(
+    description: str,
+    argv: Sequence[str] | None = None,
+    *,
+    quick: str = "the small, fast version",
+) -> argparse.Namespace:
+    """``--quick`` and ``--out DIR``, as every benchmark takes them (``argv``: sys.argv)."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--quick", action="store_true", help="the small, fast version")
+    parser.add_argument("--quick", action="store_true", help=quick)
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def write(out: Path, name: str, results: Mapping[str, Any]) -> Path:

@@ -26,7 +26,6 @@ Run: ``.venv/bin/python bench/fanout.py [--quick] [--out DIR]``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import secrets
@@ -49,7 +48,7 @@ import tomli_w  # noqa: E402
 from nats.aio.client import Client as NatsClient  # noqa: E402
 from nats.aio.msg import Msg  # noqa: E402
 
-from bench.common import RESULTS, goal_line, process, summary, table, write  # noqa: E402
+from bench.common import arguments, goal_line, process, summary, table, write  # noqa: E402
 from schemas import codec  # noqa: E402
 from schemas.events import Ack, Delivery, FailoverPlan, Move  # noqa: E402
 from schemas.signing import AUTH_HEADER, SERVER_HEADER, Rejected, client_key_id  # noqa: E402
@@ -478,17 +477,9 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
-    """``--quick`` and ``--out DIR``, as every benchmark takes them."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="100 and 1,000 clients")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
-    return parser.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, write ``fanout.json`` and print the table."""
-    args = parse(argv)
+    args = arguments(__doc__.splitlines()[0], argv, quick="100 and 1,000 clients")
     params = dict(QUICK if args.quick else FULL)
     params["quick"] = args.quick
     results = run(params)

@@ -17,7 +17,6 @@ Run: ``.venv/bin/python bench/growth.py [--quick] [--out DIR]``.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import statistics
@@ -31,7 +30,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import fanout, planner  # noqa: E402
-from bench.common import RESULTS, goal_line, plot_growth, table, write  # noqa: E402
+from bench.common import arguments, goal_line, plot_growth, table, write  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -189,17 +188,9 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
-    """``--quick`` and ``--out DIR``, as every benchmark takes them."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
-    return parser.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run both measurements, write ``growth.json`` and the plots, print the tables."""
-    args = parse(argv)
+    args = arguments(__doc__.splitlines()[0], argv, quick="smaller sizes, fewer repeats")
     params = dict(QUICK if args.quick else FULL)
     params["quick"] = args.quick
     results = run(params, args.out)

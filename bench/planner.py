@@ -13,7 +13,6 @@ Run: ``.venv/bin/python bench/planner.py [--quick] [--out DIR]``.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import logging
@@ -29,9 +28,14 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
-from services.runtime.config import TargeterConfig
-from services.targeter.planning import Pressure, ServerView, plan_failover
-from services.targeter.registry import ClientRecord
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import common  # noqa: E402
+from services.runtime.config import TargeterConfig  # noqa: E402
+from services.targeter.planning import Pressure, ServerView, plan_failover  # noqa: E402
+from services.targeter.registry import ClientRecord  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -219,12 +223,7 @@ def table(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, write ``planner.json`` and print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2,000 clients, 3 repeats")
-    parser.add_argument(
-        "--out", type=Path, default=Path(__file__).resolve().parent / "results", help="folder"
-    )
-    args = parser.parse_args(argv)
+    args = common.arguments(__doc__.splitlines()[0], argv, quick="2,000 clients, 3 repeats")
     results = run(QUICK if args.quick else FULL)
     results["parameters"]["quick"] = args.quick
     args.out.mkdir(parents=True, exist_ok=True)

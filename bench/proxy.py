@@ -20,7 +20,6 @@ Run: ``.venv/bin/python bench/proxy.py [--quick] [--out DIR]``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -325,12 +324,7 @@ def table(res: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, write ``proxy.json`` and print the table."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2 rounds of 200 requests")
-    parser.add_argument(
-        "--out", type=Path, default=Path(__file__).resolve().parent / "results", help="folder"
-    )
-    args = parser.parse_args(argv)
+    args = common.arguments((__doc__ or "").splitlines()[0], argv, quick="2 rounds of 200 requests")
     params = QUICK if args.quick else FULL
     with tempfile.TemporaryDirectory(prefix="aaa-bench-proxy-") as tmp:
         res = asyncio.run(run_bench(params, Path(tmp)))
