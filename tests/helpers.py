@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -174,3 +176,24 @@ class Recorder:
             except TimeoutError:
                 continue
         return time.monotonic() - begin
+
+
+def watch_stderr(
+    proc: subprocess.Popen[str], marker: Callable[[str], bool]
+) -> tuple[list[str], threading.Event, threading.Thread]:
+    """Read ``proc``'s stderr in a thread: the lines so far, an event set at the
+    first line that passes ``marker`` (or when stderr ends), and the thread."""
+    lines: list[str] = []
+    seen = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if marker(line):
+                seen.set()
+        seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return lines, seen, reader

@@ -5,31 +5,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
 
 import pytest
 
 from services.cli import SERVICES
 from services.supervisor import READY_LOGGER
 from tests.conftest import FarmFactory
-
-
-def _wait_started(proc: subprocess.Popen[str], timeout_s: float) -> list[str]:
-    """Read stderr until the lifecycle says the service started; return the lines read."""
-    lines: list[str] = []
-    started = threading.Event()
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            if READY_LOGGER in line and " started" in line:
-                started.set()
-        started.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    started.wait(timeout_s)
-    return lines
+from tests.helpers import watch_stderr
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -40,7 +22,8 @@ def test_service_starts_and_stops_on_sigterm(farm: FarmFactory, service: str) ->
         argv += ["--only", "A"]
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
     try:
-        lines = _wait_started(proc, 20)
+        lines, started, _ = watch_stderr(proc, lambda x: READY_LOGGER in x and " started" in x)
+        started.wait(20)
         assert any(" started" in line for line in lines), "".join(lines)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0, "".join(lines)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +13,7 @@ import psutil
 
 from services.farm import write_farm
 from tests.conftest import FarmFactory
+from tests.helpers import watch_stderr
 
 
 @contextmanager
@@ -23,19 +23,7 @@ def running_up(*args: str) -> Iterator[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "up", *args], stderr=subprocess.PIPE, text=True
     )
-    lines: list[str] = []
-    started = threading.Event()
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            if "all services started" in line:
-                started.set()
-        started.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    lines, started, reader = watch_stderr(proc, lambda line: "all services started" in line)
     children: list[psutil.Process] = []
     try:
         assert started.wait(60), "".join(lines[-30:])
