@@ -36,11 +36,19 @@ clean:
 # first time on a machine, about a second after), then build the images and run the compose
 # stack for real, one overload incident end to end (tests/containers). Prints each step's time.
 PODMAN_SETUP ?= ../shared/containers/setup-podman.sh
+# What an earlier setup on this machine saved, for a checkout without ../shared beside it.
+PODMAN_ENV ?= /var/lib/aaa-podman/env.sh
 
 .PHONY: containers
 containers: $(STAMP)
 	@start=$$(date +%s); \
-	setup="$$(bash $(PODMAN_SETUP))" || { echo "podman setup failed" >&2; exit 1; }; \
+	if [ -f $(PODMAN_SETUP) ]; then \
+	  setup="$$(bash $(PODMAN_SETUP))" || { echo "podman setup failed" >&2; exit 1; }; \
+	elif [ -f $(PODMAN_ENV) ]; then \
+	  setup="$$(cat $(PODMAN_ENV))"; \
+	else \
+	  echo "no $(PODMAN_SETUP) and no $(PODMAN_ENV): cannot prepare podman" >&2; exit 1; \
+	fi; \
 	eval "$$setup"; \
 	echo "[containers] podman ready in $$(( $$(date +%s) - start ))s"; \
 	$(BIN)/pytest tests/containers -v -s
