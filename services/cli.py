@@ -125,6 +125,11 @@ def _parser() -> argparse.ArgumentParser:
 
     schema = sub.add_parser("schema", help="write the JSON Schema of every event")
     schema.add_argument("--out", type=Path, help="directory (default: schemas/json)")
+    schema.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; name the files that no longer describe the events, exit 1 if any",
+    )
     return parser
 
 
@@ -195,11 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "report":
             return _report(args)
         if args.command == "schema":
-            from schemas.jsonschema import JSON_DIR, write_schemas
-
-            for path in write_schemas(args.out or JSON_DIR):
-                print(path)
-            return 0
+            return _schema(args)
     except ConfigError as exc:
         print(f"aaa-failover: config error: {exc}", file=sys.stderr)
         return 2
@@ -209,6 +210,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 2
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from schemas.jsonschema import JSON_DIR, stale_schemas, write_schemas
+
+    directory = args.out or JSON_DIR
+    if args.check:
+        stale = stale_schemas(directory)
+        for name in stale:
+            print(f"stale: {directory / name}")
+        if stale:
+            print("aaa-failover schema: run `aaa-failover schema` to write them", file=sys.stderr)
+        return 1 if stale else 0
+    for path in write_schemas(directory):
+        print(path)
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas import codec
 from schemas.events import Endpoint, FailoverNotice, Incident, MetricsSample, ServiceCheck
-from schemas.jsonschema import JSON_DIR, event_schemas
+from schemas.jsonschema import JSON_DIR, event_schemas, stale_schemas, write_schemas
 from schemas.signing import (
     Rejected,
     ReplayGuard,
@@ -18,12 +21,60 @@ from schemas.signing import (
     verify_client_authenticator,
 )
 from schemas.subjects import Subjects
+from services.cli import main
 
 
 def test_checked_in_json_schemas_are_current() -> None:
-    expected = event_schemas()
-    on_disk = {p.name: p.read_text() for p in JSON_DIR.glob("*.json")}
-    assert on_disk == expected, "schemas/json is stale: run `aaa-failover schema`"
+    assert stale_schemas(JSON_DIR) == [], "schemas/json is stale: run `aaa-failover schema`"
+
+
+def test_descriptions_are_docstrings_without_their_indentation() -> None:
+    text = event_schemas()["metrics.sample.json"]
+    description = json.loads(text)["$defs"]["MetricsSample"]["description"]
+    assert description.startswith("What the collector read of one server in one interval.\n\n")
+    assert "\n " not in description
+
+
+def test_a_description_laid_out_anew_is_not_stale(tmp_path: Path) -> None:
+    write_schemas(tmp_path)
+    path = tmp_path / "metrics.sample.json"
+    schema = json.loads(path.read_text())
+    old = schema["$defs"]["MetricsSample"]["description"]
+    # as msgspec before 0.23 wrote it: the docstring's indentation kept
+    schema["$defs"]["MetricsSample"]["description"] = old.replace("\n", "\n    ")
+    path.write_text(json.dumps(schema))
+    assert stale_schemas(tmp_path) == []
+
+
+def test_a_changed_event_is_stale_until_its_schema_is_written(tmp_path: Path) -> None:
+    write_schemas(tmp_path)
+    for name, change in [
+        ("ack.json", lambda s: s["$defs"]["Ack"]["properties"].pop("reason")),
+        ("ack.json", lambda s: s["$defs"]["Ack"]["properties"]["now_on"].update(default="A")),
+        ("incident.json", lambda s: s["$defs"]["Incident"]["required"].remove("health")),
+        ("incident.json", lambda s: s["$defs"]["Incident"].update(description="Other words.")),
+    ]:
+        path = tmp_path / name
+        schema = json.loads(path.read_text())
+        change(schema)
+        path.write_text(json.dumps(schema))
+        assert stale_schemas(tmp_path) == [name]
+        write_schemas(tmp_path)
+    (tmp_path / "ack.json").unlink()
+    (tmp_path / "gone.event.json").write_text("{}")
+    (tmp_path / "incident.json").write_text("{not json")
+    assert stale_schemas(tmp_path) == ["ack.json", "gone.event.json", "incident.json"]
+    write_schemas(tmp_path)
+    assert stale_schemas(tmp_path) == []
+
+
+def test_schema_check_names_the_stale_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["schema", "--out", str(tmp_path), "--check"]) == 1
+    assert "stale:" in capsys.readouterr().out
+    assert main(["schema", "--out", str(tmp_path)]) == 0
+    assert main(["schema", "--out", str(tmp_path), "--check"]) == 0
 
 
 @pytest.mark.parametrize("name", ["json", "msgpack"])
