@@ -13,8 +13,14 @@ import pytest
 from services.farm import write_farm
 from services.runtime.config import Config
 from services.runtime.natsserver import EmbeddedNats
+from tests import needs
 
 pytest_plugins = ["tests.freeradius", "tests.recorded"]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("raw_sockets") is not None:
+        needs.raw_sockets()
 
 
 @pytest.fixture(autouse=True)

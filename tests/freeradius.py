@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import time
@@ -33,6 +32,7 @@ import pytest
 
 from services.farm import free_udp_port
 from services.runtime.radius import RadiusTimeout, query_status
+from tests import needs
 
 IP = "127.0.0.1"
 USER = "alice"
@@ -42,14 +42,8 @@ STOP_GRACE_S = 5.0
 
 
 def require(program: str) -> str:
-    """The path of ``program`` (also looked for in /usr/sbin); skip, or fail under CI."""
-    found = shutil.which(program) or shutil.which(program, path="/usr/sbin:/usr/bin")
-    if found is not None:
-        return found
-    message = f"{program} is not installed (Debian: apt-get install freeradius freeradius-utils)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    """The path of ``program``; skip without it, or fail under CI (tests/needs.py)."""
+    return needs.program(program, "Debian: apt-get install freeradius freeradius-utils")
 
 
 RADIUSD_CONF = """\

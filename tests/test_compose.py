@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 
 from services.runtime.config import Config, load_config
+from tests import needs
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_DIR = ROOT / "compose"
@@ -42,17 +43,6 @@ CONFIG_IN_CONTAINER = "/etc/aaa-failover/farm.toml"
 RADIUS_DIR = COMPOSE_DIR / "freeradius"
 COMPOSE_NAMES = re.compile(r"^(docker-)?compose(\.[\w.-]+)?\.ya?ml$")
 SKIP_DIRS = {".git", ".venv", "node_modules", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
-
-
-def _need(module: str) -> ModuleType:
-    """Import a test dependency; skip without it, but fail under CI."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        message = f"{module} is not installed: pip install -e '.[test]'"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 def compose_files() -> list[Path]:
@@ -132,7 +122,7 @@ def variables(value: Any) -> list[tuple[str, str | None]]:
 
 
 def load_compose(path: Path, env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    yaml = _need("yaml")
+    yaml = needs.module("yaml", "test")
     data = yaml.safe_load(path.read_text())
     assert isinstance(data, dict), f"{path} is not a mapping"
     return interpolate(data, env or {})  # type: ignore[no-any-return]
@@ -168,7 +158,7 @@ def test_interpolation_follows_compose() -> None:
 
 @pytest.fixture(scope="module")
 def validator() -> Any:
-    jsonschema = _need("jsonschema")
+    jsonschema = needs.module("jsonschema", "test")
     raw = SCHEMA.read_bytes()
     assert hashlib.sha256(raw).hexdigest() == SCHEMA_SHA256, "compose-spec.json changed"
     schema = json.loads(raw)
@@ -193,7 +183,7 @@ def test_the_repository_has_its_compose_file() -> None:
 )
 def test_compose_file_follows_the_compose_specification(validator: Any, path: Path) -> None:
     raw = load_compose(path, env=None)
-    refs = variables(_need("yaml").safe_load(path.read_text()))
+    refs = variables(needs.module("yaml", "test").safe_load(path.read_text()))
     without_default = sorted({name for name, op in refs if op not in ("-", ":-")})
     assert not without_default, f"variables without a default: {without_default}"
     assert not _errors(validator, raw), "\n".join(_errors(validator, raw))

@@ -1,6 +1,7 @@
 """Notices in ICMP Echo Requests: the framing, and the notifier against an IcmpListener.
 
-These tests open raw sockets: they need root or CAP_NET_RAW (as CI has).
+The tests marked ``raw_sockets`` need root or CAP_NET_RAW (as CI has); without them they
+are skipped, saying so (tests/needs.py).
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ def verifying(config: Config, client_id: str, seen: asyncio.Queue[Any]) -> Any:
     return on_notice
 
 
+@pytest.mark.raw_sockets
 async def test_icmp_notice_is_verified_by_the_client_and_settled_by_its_bus_ack(
     farm: FarmFactory, tmp_path: Path
 ) -> None:
@@ -142,6 +144,7 @@ async def test_icmp_notice_is_verified_by_the_client_and_settled_by_its_bus_ack(
     assert h.notices["nas-01"].empty()
 
 
+@pytest.mark.raw_sockets
 async def test_forged_and_broken_icmp_notices_are_rejected() -> None:
     secret = b"client-secret"
     notice = FailoverNotice(

@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from schemas.events import HealthReport
 from services.cli import main
 from services.tools.recording import WindowSpec, load
+from tests import needs
 from tests.recorded import RecordedDemo
 
 
@@ -94,6 +94,9 @@ def test_what_if_refuses_an_unknown_setting(
 def test_report_draws_the_recorded_incident(
     recorded_demo: RecordedDemo, stored_bus: str, tmp_path: Path
 ) -> None:
+    needs.module("matplotlib", "report")
+    from PIL import Image
+
     png = tmp_path / "incident.png"
     assert main([*_cli(recorded_demo, stored_bus, "report"), "-o", str(png)]) == 0
     with Image.open(png) as image:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from services.collector.radiusd import RadiusdConfError, items, max_servers
+from tests import needs
 
 DEBIAN_RADIUSD_CONF = Path("/etc/freeradius/3.0/radiusd.conf")
 
@@ -92,6 +93,9 @@ def test_bad_values_and_unbalanced_braces_are_refused() -> None:
         max_servers("}\nthread pool {\n max_servers = 5\n}\n")
 
 
-@pytest.mark.skipif(not DEBIAN_RADIUSD_CONF.exists(), reason="FreeRADIUS is not installed")
 def test_the_installed_radiusd_conf() -> None:
+    if not DEBIAN_RADIUSD_CONF.exists():
+        needs.unmet(
+            f"FreeRADIUS is not installed: no {DEBIAN_RADIUSD_CONF} (apt-get install freeradius)"
+        )
     assert max_servers(DEBIAN_RADIUSD_CONF.read_text()) == 32

@@ -36,6 +36,7 @@ from services.tools.report import (
     timeline,
     write_report,
 )
+from tests import needs
 
 T0 = 1_700_000_000.0
 INCIDENT = "0123456789abcdef0123456789abcdef"
@@ -326,7 +327,7 @@ def _rgb(colour: str) -> tuple[int, int, int]:
 
 
 def test_figure_has_three_panels_with_labelled_series(tl: Timeline) -> None:
-    pytest.importorskip("matplotlib")
+    needs.module("matplotlib", "report")
     fig = figure(tl)
     assert fig.get_size_inches() * fig.dpi == pytest.approx((1200, 800))
     health_ax, clients_ax, strip_ax = fig.axes
@@ -348,7 +349,7 @@ def test_figure_has_three_panels_with_labelled_series(tl: Timeline) -> None:
 
 
 def test_png_has_the_size_the_series_and_the_incident_colour(tl: Timeline, tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
+    needs.module("matplotlib", "report")
     from PIL import Image
     from PIL.PngImagePlugin import PngImageFile
 
@@ -374,7 +375,7 @@ def test_png_has_the_size_the_series_and_the_incident_colour(tl: Timeline, tmp_p
 
 
 def test_html_embeds_the_png_and_summarises_the_incident(tl: Timeline, tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
+    needs.module("matplotlib", "report")
     page = write_report(tl, tmp_path / "incident.html").read_text()
     match = re.search(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert match is not None
@@ -409,7 +410,7 @@ def test_other_suffixes_are_a_report_error_naming_the_suffixes(
 
 
 def test_dollars_in_a_server_id_are_drawn_as_text_not_mathtext(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
+    needs.module("matplotlib", "report")
     from PIL import Image
     from PIL.PngImagePlugin import PngImageFile
 

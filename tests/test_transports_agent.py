@@ -14,6 +14,8 @@ import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+import pytest
+
 from schemas.events import Ack, ClientStatus, Delivery, FailoverPlan, Move
 from services.agent import service as agent
 from services.notifier import service as notifier
@@ -25,6 +27,7 @@ from tests.helpers import next_matching, operator_bus, running
 from tests.test_notifier import transport_farm
 
 
+@pytest.mark.raw_sockets
 async def test_coa_and_icmp_notices_move_their_clients(farm: FarmFactory, tmp_path: Path) -> None:
     config = transport_farm(
         farm, tmp_path, {"nas-01": "radius-coa", "nas-04": "icmp-echo"}, clients=6
