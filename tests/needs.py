@@ -4,6 +4,7 @@ by ``.ci/run`` and a missing one fails the test instead of hiding it.
 
 - ``module(name, extra)``: a Python module that comes with one of the project's extras;
 - ``program(name, install)``: a program on PATH (or in /usr/sbin);
+- ``readable(path, install)``: a file that a package installs, readable by this user;
 - ``raw_sockets()``: a raw ICMP socket may be opened (root or CAP_NET_RAW). Tests mark
   themselves ``@pytest.mark.raw_sockets`` and ``tests/conftest.py`` checks before they run.
 """
@@ -14,15 +15,20 @@ import importlib
 import os
 import shutil
 import socket
+from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
 
 import pytest
 
 
+def under_ci() -> bool:
+    return bool(os.environ.get("CI"))
+
+
 def unmet(reason: str) -> NoReturn:
     """Skip with ``reason``; under CI, fail with it."""
-    if os.environ.get("CI"):
+    if under_ci():
         pytest.fail(f"{reason} (CI must provide it)", pytrace=False)
     pytest.skip(reason)
 
@@ -44,11 +50,28 @@ def program(name: str, install: str) -> str:
     return found
 
 
-def raw_sockets() -> None:
-    """Open and close a raw ICMP socket, as the ICMP transport does."""
+def raw_sockets_refused() -> str | None:
+    """Why a raw ICMP socket, as the ICMP transport opens, is refused here; None if it is not."""
     try:
         socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP).close()
-        return
     except PermissionError:
-        pass
-    unmet(f"raw ICMP sockets need root or CAP_NET_RAW (running as uid {os.getuid()})")
+        return f"raw ICMP sockets need root or CAP_NET_RAW (running as uid {os.getuid()})"
+    return None
+
+
+def raw_sockets() -> None:
+    reason = raw_sockets_refused()
+    if reason is not None:
+        unmet(reason)
+
+
+def readable(path: Path, install: str) -> None:
+    """``path`` exists (``install`` puts it there) and may be read by this user."""
+    try:
+        path.open("rb").close()
+        return
+    except FileNotFoundError:
+        reason = f"{path} does not exist ({install})"
+    except PermissionError:
+        reason = f"{path} may not be read by uid {os.getuid()} (root or its group may)"
+    unmet(reason)
