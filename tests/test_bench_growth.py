@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from tests import needs
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "growth.py"
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -28,6 +30,7 @@ def test_slope_of_linear_and_quadratic_growth() -> None:
 
 
 def test_quick_mode_writes_points_and_plots(tmp_path: Path) -> None:
+    needs.module("matplotlib", "bench")
     bench = load_bench()
     assert bench.main(["--quick", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "growth.json").read_text())
