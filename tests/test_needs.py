@@ -4,7 +4,6 @@ and under CI, where .ci/run installs everything and runs as root, it fails inste
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,17 +17,9 @@ RAW_SOCKET_TEST = "tests/test_icmp.py::test_forged_and_broken_icmp_notices_are_r
 RAW_SOCKET_REASON = "raw ICMP sockets need root or CAP_NET_RAW"
 
 
-def _can_open_raw_sockets() -> bool:
-    try:
-        socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP).close()
-    except PermissionError:
-        return False
-    return True
-
-
 def _without_cap_net_raw() -> list[str]:
     """A command prefix under which raw sockets are refused, as for an unprivileged user."""
-    if not _can_open_raw_sockets():
+    if needs.raw_sockets_refused() is not None:
         return []
     setpriv = needs.program("setpriv", "Debian: util-linux")
     return [setpriv, "--bounding-set", "-net_raw", "--inh-caps", "-net_raw"]
