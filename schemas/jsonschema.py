@@ -55,8 +55,8 @@ def stale_schemas(directory: Path = JSON_DIR) -> list[str]:
     describe an event otherwise than it is now; empty when the files are current."""
     expected = {name: _canonical(json.loads(text)) for name, text in event_schemas().items()}
     on_disk = {path.name: path for path in directory.glob("*.json")}
-    stale = sorted(set(expected) ^ set(on_disk))
-    for name in sorted(set(expected) & set(on_disk)):
+    stale = list(set(expected) ^ set(on_disk))
+    for name in set(expected) & set(on_disk):
         try:
             current = _canonical(json.loads(on_disk[name].read_text()))
         except (OSError, UnicodeDecodeError, ValueError):
