@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from services.collector.sample import (
 from services.runtime.bus import Bus
 from services.runtime.config import Config, ConfigError, ProcessMatch
 from tests.conftest import FarmFactory
+from tests.freeradius import StartFreeRadius
 from tests.helpers import operator_bus, running, wait_ready
 
 FAST = {"collector": {"interval_s": 0.3, "status_timeout_s": 0.2}}
@@ -104,19 +106,113 @@ def test_watch_reports_why_nothing_was_read(tmp_path: Path) -> None:
     assert missing.process_threads is None and missing.cpu_percent is None
     assert missing.memory_percent is None
     assert missing.process_count is not None
-    assert any("gone.pid" in e and "does not exist" in e for e in missing.errors)
+    assert missing.errors == [
+        f"process: pid file {tmp_path / 'gone.pid'} does not exist (a server run in the "
+        "foreground writes none, as FreeRADIUS does under Debian's systemd unit "
+        "(freeradius -f): match by name instead): no thread, memory or CPU figures"
+    ]
 
     (tmp_path / "junk.pid").write_text("not a pid\n")
     junk = ProcessWatch(ProcessMatch(pid_file="junk.pid"), resolve).sample()
-    assert any("holds no pid" in e for e in junk.errors)
+    assert junk.errors == [
+        f"process: pid file {tmp_path / 'junk.pid'} holds no pid: no thread, memory or CPU figures"
+    ]
 
     unmatched = ProcessWatch(None).sample()
     assert unmatched.process_threads is None
-    assert unmatched.errors == ["no process match configured"]
+    assert unmatched.errors == [
+        "process: none configured for this server: no thread, memory or CPU figures"
+    ]
 
-    nobody = ProcessWatch(ProcessMatch(name="no-such-process-" + uuid.uuid4().hex[:8])).sample()
+    name = "no-such-process-" + uuid.uuid4().hex[:8]
+    nobody = ProcessWatch(ProcessMatch(name=name, cmdline="--flag")).sample()
     assert nobody.process_threads is None
-    assert any("no running process" in e for e in nobody.errors)
+    assert nobody.errors == [
+        f"process: no running process named {name!r}, with '--flag' in its command line: "
+        "no thread, memory or CPU figures"
+    ]
+
+
+def test_a_process_not_found_is_one_warning_per_change_of_state(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="services.collector.process")
+    pid_file = tmp_path / "server.pid"
+    watch = ProcessWatch(
+        ProcessMatch(pid_file="server.pid"), lambda p: tmp_path / p, prime_s=0.01, label="A"
+    )
+
+    def logged() -> list[tuple[int, str]]:
+        got = [(r.levelno, r.getMessage()) for r in caplog.records]
+        caplog.clear()
+        return got
+
+    for _ in range(3):
+        assert watch.sample().pid is None
+    assert logged() == [
+        (
+            logging.WARNING,
+            f"A: process: pid file {pid_file} does not exist (a server run in the foreground "
+            "writes none, as FreeRADIUS does under Debian's systemd unit (freeradius -f): "
+            "match by name instead): no thread, memory or CPU figures",
+        )
+    ]
+
+    # found: said once at info level, then nothing while it stays found
+    pid_file.write_text(f"{os.getpid()}\n")
+    for _ in range(3):
+        assert watch.sample().pid == os.getpid()
+    [(level, message)] = logged()
+    assert level == logging.INFO
+    assert message.startswith(f"A: watching process {os.getpid()} (")
+    assert message.endswith("found by pid file server.pid")
+
+    # lost again: one warning again; a different problem is a new warning
+    pid_file.unlink()
+    for _ in range(2):
+        watch.sample()
+    pid_file.write_text("junk\n")
+    for _ in range(2):
+        watch.sample()
+    assert [(level, "does not exist" in m, "holds no pid" in m) for level, m in logged()] == [
+        (logging.WARNING, True, False),
+        (logging.WARNING, False, True),
+    ]
+
+    # nothing configured: one warning, not one per sample
+    unset = ProcessWatch(None)
+    for _ in range(3):
+        unset.sample()
+    assert logged() == [
+        (
+            logging.WARNING,
+            "process: none configured for this server: no thread, memory or CPU figures",
+        )
+    ]
+
+
+async def test_a_freeradius_run_with_f_is_found_by_name_not_by_pid_file(
+    freeradius: StartFreeRadius,
+) -> None:
+    """FreeRADIUS in the foreground (as Debian's systemd unit runs it) writes no pid file;
+    the harness writes one for the other tests, so it is removed here."""
+    server = await freeradius()
+    assert server.process is not None
+    server.pid_file.unlink()
+    by_file = ProcessWatch(ProcessMatch(pid_file=str(server.pid_file))).sample()
+    assert by_file.pid is None
+    assert any("does not exist" in e and "match by name instead" in e for e in by_file.errors)
+
+    # name = "freeradius" finds it (the directory only tells it from other tests' servers)
+    watch = ProcessWatch(
+        ProcessMatch(name="freeradius", cmdline=f"freeradius -f -d {server.directory}"),
+        prime_s=0.05,
+    )
+    reading = watch.sample()
+    assert reading.errors == []
+    assert reading.pid == server.process.pid
+    assert reading.process_threads is not None and reading.process_threads >= 1
+    assert reading.memory_percent is not None and reading.memory_percent > 0
 
 
 def test_watch_follows_a_process_by_command_line_until_it_ends(tmp_path: Path) -> None:
