@@ -53,8 +53,16 @@ class MetricsSample(Event, frozen=True, kw_only=True, tag="metrics.sample"):
     A figure that could not be read is ``None`` and the reason is listed in
     ``errors``: it never turns into a zero that looks healthy. ``sources``
     says where each figure came from (``status-server``, ``process``,
-    ``host``, ``config``, ``radiusd.conf``). ``queue_len`` is the auth queue; rates are
+    ``host``, ``config``, ``radiusd.conf``, ``probes``). ``queue_len`` is the auth queue; rates are
     per second over the interval since the previous sample.
+
+    The request path: ``probes`` synthetic Access-Requests were decided in
+    the collector's latency window, ``probes_slow`` of them not answered
+    within the server's latency objective (``probes_failed`` of those not
+    at all); the percentiles are of those answered. ``outstanding`` is the
+    requests in flight inside the server, from its Total-* counters, and
+    ``outstanding_latency_s`` the time in the server it implies (Little's
+    law: outstanding / arrival rate).
     """
 
     server: str
@@ -79,6 +87,14 @@ class MetricsSample(Event, frozen=True, kw_only=True, tag="metrics.sample"):
     cpu_percent: float | None = None
     process_count: int | None = None
     process_tree_count: int | None = None
+    probes: int | None = None
+    probes_slow: int | None = None
+    probes_failed: int | None = None
+    probe_latency_p50_s: float | None = None
+    probe_latency_p90_s: float | None = None
+    probe_latency_max_s: float | None = None
+    outstanding: int | None = None
+    outstanding_latency_s: float | None = None
     services: list[ServiceCheck] = msgspec.field(default_factory=list)
     sources: dict[str, str] = msgspec.field(default_factory=dict)
     errors: list[str] = msgspec.field(default_factory=list)
@@ -94,13 +110,16 @@ class HealthReport(Event, frozen=True, kw_only=True, tag="health.report"):
 
     ``parts`` are the 0-1 headrooms combined by the server's rule;
     ``penalties`` what each failed dependent service took off; ``limiting``
-    names what decided the score and ``reason`` says it in words.
+    names what decided the score and ``reason`` says it in words;
+    ``sources`` says where each part was read (``status-server``,
+    ``process``, ``host``, ``probes``, ``counters``, ``agents``).
     """
 
     server: str
     sample_id: str
     health: float
     parts: dict[str, float] = msgspec.field(default_factory=dict)
+    sources: dict[str, str] = msgspec.field(default_factory=dict)
     penalties: dict[str, float] = msgspec.field(default_factory=dict)
     limiting: str = ""
     reason: str = ""

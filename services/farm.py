@@ -29,6 +29,10 @@ def free_udp_port(ip: str) -> int:
         return port
 
 
+PROBE_IP = "127.0.2.11"
+"""Where the collector's probes come from on a loopback farm."""
+
+
 def server_ip(index: int) -> str:
     return f"127.0.0.{11 + index}"
 
@@ -58,8 +62,13 @@ def farm_dict(
     workers: int = 8,
     service_time_ms: float = 5.0,
     capacity_rps: float | None = None,
+    probes: bool = False,
 ) -> dict[str, Any]:
-    """The config of a farm as a dict; writes the secret files it names."""
+    """The config of a farm as a dict; writes the secret files it names.
+
+    With ``probes``, the collector sends every server synthetic Access-Requests
+    as user ``probe`` from ``PROBE_IP`` (the ``latency`` part of health).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     secret_dir = directory / "secrets"
     secret_dir.mkdir(exist_ok=True)
@@ -80,11 +89,22 @@ def farm_dict(
     }
     if bus_url:
         bus["url"] = bus_url
+    probe_password = secret("probe-password")
+    probe_secret = secret("probe")
+    users = {"alice": "wonderland"}
+    if probes:
+        users["probe"] = (directory / probe_password["file"]).read_text().strip()
     server_list = []
     for i, sid in enumerate(servers):
         ip = server_ip(i)
+        probe = {
+            "secret": probe_secret,
+            "users": [{"name": "probe", "password": probe_password}],
+            "source_ip": PROBE_IP,
+        }
         server_list.append(
-            ({"capacity_rps": capacity_rps} if capacity_rps is not None else {})
+            ({"probe": probe} if probes else {})
+            | ({"capacity_rps": capacity_rps} if capacity_rps is not None else {})
             | {
                 "id": sid,
                 "ip": ip,
@@ -96,6 +116,7 @@ def farm_dict(
                     "workers": workers,
                     "service_time_ms": service_time_ms,
                     "pid_file": f"run/{sid}.pid",
+                    "users": users,
                 },
             }
         )

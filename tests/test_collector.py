@@ -413,6 +413,7 @@ def test_a_freeradius_sample_takes_its_threads_from_the_process() -> None:
     assert first.errors == [
         "threads_active: first reading of the threads of process 42, no estimate yet",
         "rates: first reading of the counters, no rates yet",
+        "outstanding: first level of the counters, no baseline yet",
     ]
 
     later = _with(

@@ -13,6 +13,8 @@ from services.runtime.config import (
     EvaluatorConfig,
     HealthRule,
     HealthWeights,
+    LatencyProbe,
+    ProbeUser,
     Secret,
     ServerConfig,
     TcpCheck,
@@ -312,3 +314,66 @@ def test_deficit_is_the_share_below_the_failover_threshold() -> None:
     assert deficit(0.0, 0.2) == 1.0
     assert deficit(0.2, 0.2) == 0.0
     assert deficit(0.9, 0.2) == 0.0
+
+
+PROBED = msgspec.structs.replace(
+    SERVER,
+    services=[],
+    probe=LatencyProbe(
+        secret=Secret(env="S"), users=[ProbeUser(name="probe", password=Secret(env="P"))]
+    ),
+)
+
+
+def test_latency_is_the_share_of_probes_over_the_objective_against_the_tolerance() -> None:
+    calm = score(sample(**FULL, probes=10, probes_slow=0), PROBED, MIN)
+    assert calm.parts["latency"] == 1.0 and calm.sources["latency"] == "probes"
+    # a tenth of the probes slow is 0.4 of the 0.25 tolerance gone
+    some = score(sample(**FULL, probes=10, probes_slow=1), PROBED, MIN)
+    assert some.parts["latency"] == pytest.approx(0.6)
+    # half of the requests slowed down: no headroom, and the reason says so
+    half = score(sample(**FULL, probes=10, probes_slow=5, probes_failed=2), PROBED, MIN)
+    assert half.health == 0.0 and half.limiting == "latency"
+    assert half.reason.startswith(
+        "min of 6 parts: latency 0.00 (5 of 10 probes over 0.25s, 2 unanswered) limits"
+    )
+
+
+def test_a_probed_server_whose_probes_are_unknown_says_why() -> None:
+    result = score(
+        sample(**FULL, errors=["latency: no probe decided in the window yet"]), PROBED, MIN
+    )
+    assert "latency" not in result.parts
+    assert "unknown: latency (latency: no probe decided in the window yet)" in result.reason
+
+
+def test_outstanding_requests_against_the_threads_with_their_implied_latency() -> None:
+    result = score(
+        sample(**FULL, threads_max=16, outstanding=12, outstanding_latency_s=4.0), SERVER, MIN
+    )
+    assert result.parts["outstanding"] == pytest.approx(0.25)
+    assert result.sources["outstanding"] == "counters"
+    assert result.limiting == "cpu"
+    only = score(
+        sample(status_ok=True, threads_max=16, outstanding=14, outstanding_latency_s=4.0),
+        msgspec.structs.replace(SERVER, services=[]),
+        MIN,
+    )
+    assert only.limiting == "outstanding"
+    assert "outstanding 0.12 (14 in flight for 16 threads, ~4s each) limits" in only.reason
+
+
+def test_unknown_process_parts_name_the_process_error() -> None:
+    result = score(
+        sample(
+            queue_len=0,
+            process_count=10,
+            errors=["process: pid file /run/freeradius/freeradius.pid does not exist"],
+        ),
+        msgspec.structs.replace(SERVER, services=[]),
+        MIN,
+    )
+    assert (
+        "unknown: threads, memory, cpu (process: pid file /run/freeradius/freeradius.pid "
+        "does not exist)" in result.reason
+    )

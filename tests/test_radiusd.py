@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from services.collector.radiusd import RadiusdConfError, items, max_servers
+from services.collector.radiusd import RadiusdConfError, cleanup_delay, items, max_servers
 from tests import needs
 
 DEBIAN_RADIUSD_CONF = Path("/etc/freeradius/3.0/radiusd.conf")
@@ -96,3 +96,13 @@ def test_bad_values_and_unbalanced_braces_are_refused() -> None:
 def test_the_installed_radiusd_conf() -> None:
     needs.readable(DEBIAN_RADIUSD_CONF, "Debian: apt-get install freeradius")
     assert max_servers(DEBIAN_RADIUSD_CONF.read_text()) == 32
+
+
+def test_cleanup_delay_is_the_top_level_item() -> None:
+    text = "cleanup_delay = 2\nthread pool {\n  cleanup_delay = 9\n}\n"
+    assert cleanup_delay(text) == 2.0
+    assert cleanup_delay("thread pool {\n  max_servers = 4\n}\n") is None
+    with pytest.raises(RadiusdConfError, match="not a number"):
+        cleanup_delay("cleanup_delay = soon\n")
+    with pytest.raises(RadiusdConfError, match="below 0"):
+        cleanup_delay("cleanup_delay = -1\n")

@@ -64,6 +64,8 @@ class KnownClient:
 class ServerCounters:
     """What one reference server received, answered and dropped (by reason).
 
+    ``requests`` counts every datagram received, as FreeRADIUS counts its
+    ``Total-Access-Requests`` (Status-Server and dropped packets included);
     ``dropped`` counts packets not answered; ``control_dropped`` counts
     ServerControl events that were verified but not applied.
     """
@@ -235,6 +237,9 @@ class AaaServer(asyncio.DatagramProtocol):
     def _handle(self, data: bytes, addr: tuple[str, int]) -> None:
         if self._closed:
             raise Dropped("shutdown")
+        # Every datagram counts as an Access-Request, as FreeRADIUS counts them:
+        # Status-Server and dropped ones included, though they never count as responses.
+        self.counters.requests += 1
         if len(data) < 20:
             raise Dropped("malformed", f"{len(data)} octets")
         code = data[0]
@@ -265,7 +270,6 @@ class AaaServer(asyncio.DatagramProtocol):
         key: RequestKey = (addr, request.id, request.authenticator)
         if key in self._in_flight:
             raise Dropped("duplicate")
-        self.counters.requests += 1
         if not self.pool.submit(functools.partial(self._work, request, addr, key)):
             raise Dropped("queue-full")
         self._in_flight.add(key)
@@ -313,6 +317,14 @@ def known_clients(config: Config) -> dict[str, KnownClient]:
     return clients
 
 
+def probe_client(server: ServerConfig, config: Config) -> dict[str, KnownClient]:
+    """The collector as a client of ``server`` when it probes it, by its probes' source address."""
+    if server.probe is None:
+        return {}
+    ip = server.probe.source_ip or "127.0.0.1"
+    return {ip: KnownClient(f"collector-probe-{server.id}", config.read_secret(server.probe.secret))}
+
+
 def build_servers(config: Config, only: list[str] | None = None) -> list[AaaServer]:
     """The reference servers to run (those named in ``only``, else all); raise ConfigError."""
     with_reference = [s for s in config.select_servers(only) if s.reference is not None]
@@ -329,7 +341,7 @@ def build_servers(config: Config, only: list[str] | None = None) -> list[AaaServ
         servers.append(
             AaaServer(
                 server,
-                clients=clients,
+                clients=clients | probe_client(server, config),
                 status_secret=config.read_secret(server.status_secret),
                 pid_file=config.path(pid_file) if pid_file else None,
             )

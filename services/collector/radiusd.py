@@ -114,3 +114,21 @@ def max_servers(text: str) -> int | None:
                 raise RadiusdConfError(f"max_servers {number} is below 1")
             return number
     return None
+
+
+def cleanup_delay(text: str) -> float | None:
+    """The top-level ``cleanup_delay`` (seconds); None if the file sets none.
+
+    Raises RadiusdConfError if the braces do not balance or the value is not
+    a number of at least 0.
+    """
+    for path, name, value in items(text):
+        if path == () and name == "cleanup_delay":
+            try:
+                number = float(value)
+            except ValueError:
+                raise RadiusdConfError(f"cleanup_delay {value!r} is not a number") from None
+            if number < 0:
+                raise RadiusdConfError(f"cleanup_delay {number:g} is below 0")
+            return number
+    return None

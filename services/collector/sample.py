@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.events import MetricsSample, ServiceCheck
+from services.collector.backlog import NEVER_ANSWERED, BacklogTracker
+from services.collector.latency import LatencySummary
 from services.collector.process import ProcessReading
 from services.collector.radiusd import RadiusdConfError, max_servers
 
@@ -34,6 +36,8 @@ PROCESS = "process"
 HOST = "host"
 CONFIG = "config"
 RADIUSD_CONF = "radiusd.conf"
+PROBES = "probes"
+COUNTERS_SOURCE = "counters"
 
 THREADS_ACTIVE = "FreeRADIUS-Stats-Threads-Active"
 THREADS_TOTAL = "FreeRADIUS-Stats-Threads-Total"
@@ -110,6 +114,9 @@ def status_reading(values: Mapping[str, Any], at: float) -> StatusReading:
 
     figures = {name: n for attribute, name in GAUGES.items() if (n := read(attribute)) is not None}
     counters = {attribute: n for attribute in COUNTERS if (n := read(attribute)) is not None}
+    for attribute in NEVER_ANSWERED:
+        if (n := _count(values.get(attribute))) is not None:
+            counters[attribute] = n
     started = _count(values.get(START_TIME))
     return StatusReading(
         ok=True,
@@ -237,11 +244,14 @@ class SampleBuilder:
     ``threads_active``).
     """
 
-    def __init__(self, server: str, limit: Limit | None = None) -> None:
+    def __init__(
+        self, server: str, limit: Limit | None = None, *, cleanup_delay_s: float = 0.0
+    ) -> None:
         self.server = server
         self.limit = limit or Limit()
         self.counters: Counters | None = None
         self.threads: ThreadTimes | None = None
+        self.backlog = BacklogTracker(cleanup_delay_s)
 
     def build(
         self,
@@ -251,8 +261,14 @@ class SampleBuilder:
         *,
         services: list[ServiceCheck] | None = None,
         source: str = "",
+        latency: LatencySummary | None = None,
+        status_probes: int = 0,
     ) -> MetricsSample:
-        """The sample numbered ``seq``; remembers this reading for the next one."""
+        """The sample numbered ``seq``; remembers this reading for the next one.
+
+        ``latency`` is the window of the server's synthetic requests, when it
+        is probed; ``status_probes`` the Status-Server requests sent to it so far.
+        """
         counts: dict[str, int] = {}
         amounts: dict[str, float] = {}
         sources: dict[str, str] = {}
@@ -298,6 +314,7 @@ class SampleBuilder:
             errors.extend(notes)
             if status.counters is not None and status.counters.values:
                 self.counters = status.counters
+                self._outstanding(status.counters, status_probes, counts, amounts, sources, errors)
 
         for name, number in (
             ("process_threads", process.process_threads),
@@ -317,6 +334,8 @@ class SampleBuilder:
             counts["process_count"] = process.process_count
             sources["process_count"] = HOST
         errors.extend(process.errors)
+        if latency is not None:
+            _latency_figures(latency, counts, amounts, sources, errors)
 
         return MetricsSample(
             source=source,
@@ -343,6 +362,62 @@ class SampleBuilder:
             cpu_percent=amounts.get("cpu_percent"),
             process_count=counts.get("process_count"),
             process_tree_count=counts.get("process_tree_count"),
+            probes=counts.get("probes"),
+            probes_slow=counts.get("probes_slow"),
+            probes_failed=counts.get("probes_failed"),
+            probe_latency_p50_s=amounts.get("probe_latency_p50_s"),
+            probe_latency_p90_s=amounts.get("probe_latency_p90_s"),
+            probe_latency_max_s=amounts.get("probe_latency_max_s"),
+            outstanding=counts.get("outstanding"),
+            outstanding_latency_s=amounts.get("outstanding_latency_s"),
             sources=sources,
             errors=errors,
         )
+
+    def _outstanding(
+        self,
+        counters: Counters,
+        status_probes: int,
+        counts: dict[str, int],
+        amounts: dict[str, float],
+        sources: dict[str, str],
+        errors: list[str],
+    ) -> None:
+        """The requests in flight, from the counters, capped by threads plus queue."""
+        threads = counts.get("threads_total")
+        queue = counts.get("queue_len")
+        cap = None if threads is None else threads + (queue or 0)
+        backlog = self.backlog.update(counters.at, counters.values, status_probes, cap)
+        if backlog.note is not None:
+            errors.append(backlog.note)
+        if backlog.outstanding is not None:
+            counts["outstanding"] = backlog.outstanding
+            sources["outstanding"] = COUNTERS_SOURCE
+        if backlog.latency_s is not None:
+            amounts["outstanding_latency_s"] = backlog.latency_s
+            sources["outstanding_latency_s"] = COUNTERS_SOURCE
+
+
+def _latency_figures(
+    latency: LatencySummary,
+    counts: dict[str, int],
+    amounts: dict[str, float],
+    sources: dict[str, str],
+    errors: list[str],
+) -> None:
+    """The probe window's figures, or why there are none."""
+    if latency.count == 0:
+        errors.append("latency: no probe decided in the window yet")
+    else:
+        counts.update(probes=latency.count, probes_slow=latency.slow, probes_failed=latency.failed)
+        for name in ("probes", "probes_slow", "probes_failed"):
+            sources[name] = PROBES
+    for name, value in (
+        ("probe_latency_p50_s", latency.p50_s),
+        ("probe_latency_p90_s", latency.p90_s),
+        ("probe_latency_max_s", latency.max_s),
+    ):
+        if value is not None:
+            amounts[name] = value
+            sources[name] = PROBES
+    errors.extend(f"latency: probe {error}" for error in latency.errors)

@@ -20,7 +20,9 @@ import time
 
 from schemas.events import MetricsSample, ServiceCheck
 from services.collector.checks import run_checks
+from services.collector.latency import Prober
 from services.collector.process import ProcessReading, ProcessWatch
+from services.collector.radiusd import RadiusdConfError, cleanup_delay
 from services.collector.sample import (
     Limit,
     SampleBuilder,
@@ -40,20 +42,61 @@ logger = logging.getLogger(__name__)
 SEQ_KEY = "seq.{server}"
 
 
+FREERADIUS_CLEANUP_DELAY_S = 5.0
+"""FreeRADIUS's ``cleanup_delay`` when radiusd.conf sets none."""
+
+
+def _radiusd_text(server: ServerConfig, config: Config) -> tuple[str | None, str | None]:
+    """The server's radiusd.conf text, or None and why not."""
+    if server.radiusd_conf is None:
+        return None, None
+    try:
+        return config.path(server.radiusd_conf).read_text(errors="replace"), None
+    except OSError as exc:
+        return None, exc.strerror or str(exc)
+
+
 def read_limit(server: ServerConfig, config: Config) -> Limit:
     """The server's ``threads_max`` fallback, reading its radiusd.conf if it needs to."""
     if server.threads_max is not None or server.radiusd_conf is None:
         return threads_limit(server.threads_max, server.radiusd_conf)
     path = config.path(server.radiusd_conf)
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        limit = threads_limit(None, str(path), None, exc.strerror or str(exc))
-    else:
-        limit = threads_limit(None, str(path), text)
+    text, error = _radiusd_text(server, config)
+    limit = threads_limit(None, str(path), text, error)
     if limit.error is not None:
         logger.warning("collector: server %s: %s", server.id, limit.error)
     return limit
+
+
+def read_cleanup_delay(server: ServerConfig, config: Config) -> float:
+    """How long the server waits before counting a response (see ServerConfig)."""
+    if server.cleanup_delay_s is not None:
+        return server.cleanup_delay_s
+    if server.reference is not None:
+        return 0.0
+    text, _ = _radiusd_text(server, config)
+    if text is not None:
+        try:
+            found = cleanup_delay(text)
+        except RadiusdConfError as exc:
+            logger.warning("collector: server %s: %s", server.id, exc)
+        else:
+            if found is not None:
+                return found
+    return FREERADIUS_CLEANUP_DELAY_S
+
+
+def make_prober(server: ServerConfig, config: Config) -> Prober | None:
+    """The server's latency prober, if it has a ``probe`` section; ConfigError on a bad secret."""
+    if server.probe is None:
+        return None
+    return Prober(
+        (server.ip, server.auth_port),
+        server.probe,
+        config.read_secret(server.probe.secret),
+        [config.read_secret(u.password).decode() for u in server.probe.users],
+        interval_s=config.collector.interval_s,
+    )
 
 
 class ServerProbe:
@@ -69,16 +112,20 @@ class ServerProbe:
         limit: Limit | None = None,
         config: Config,
         source: str = "collector",
+        cleanup_delay_s: float = 0.0,
+        prober: Prober | None = None,
     ) -> None:
         self.server = server
         self.config = config
         self.status_secret = status_secret
         self.watch = watch
         self.timeout_s = timeout_s
-        self.builder = SampleBuilder(server.id, limit)
+        self.builder = SampleBuilder(server.id, limit, cleanup_delay_s=cleanup_delay_s)
+        self.prober = prober
         self.source = source
         self.seq = 0
         self.failures = 0
+        self.status_probes = 0
 
     @property
     def id(self) -> str:
@@ -87,6 +134,7 @@ class ServerProbe:
     async def status(self) -> StatusReading:
         """Probe the server with Status-Server; never raises."""
         target = (self.server.ip, self.server.probe_port)
+        self.status_probes += 1
         try:
             values = await query_status(target, self.status_secret, timeout_s=self.timeout_s)
         except radius.RadiusTimeout:
@@ -118,7 +166,15 @@ class ServerProbe:
         status, process, services = await asyncio.gather(
             self.status(), self.process(), self.checks()
         )
-        return self.builder.build(seq, status, process, services=services, source=self.source)
+        return self.builder.build(
+            seq,
+            status,
+            process,
+            services=services,
+            source=self.source,
+            latency=self.prober.summary() if self.prober is not None else None,
+            status_probes=self.status_probes,
+        )
 
 
 async def collect_one(rt: Runtime, probe: ServerProbe, seqs: StateStore[int]) -> None:
@@ -167,6 +223,8 @@ async def run(
             timeout_s=timeout_s,
             limit=read_limit(server, config),
             config=config,
+            cleanup_delay_s=read_cleanup_delay(server, config),
+            prober=make_prober(server, config),
         )
         for server in servers
     ]
@@ -176,6 +234,8 @@ async def run(
         for probe in probes:
             probe.seq = await seqs.get(SEQ_KEY.format(server=probe.id)) or 0
             probe.source = rt.name
+            if probe.prober is not None:
+                rt.spawn(probe.prober.run(rt.stopping), f"probe {probe.id}")
         rt.spawn(collect(rt, probes, seqs), "collect")
 
     await run_service(

@@ -11,6 +11,7 @@ whatever its other figures say.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,28 @@ logger = logging.getLogger(__name__)
 RESOURCE_PARTS = ("threads", "queue", "memory", "cpu", "processes")
 """The resource parts, in the order they are reported."""
 
+REQUEST_PARTS = ("latency", "outstanding", "clients")
+"""The request-path parts: the collector's probes, the server's counters, the agents' view."""
+
+PART_SOURCES = {
+    "queue": "queue_len",
+    "memory": "memory_percent",
+    "cpu": "cpu_percent",
+    "processes": "process_count",
+    "latency": "probes",
+    "outstanding": "outstanding",
+}
+"""The sample figure whose ``sources`` entry says where each part was read."""
+
+WHY_UNKNOWN = {
+    "threads": ("process", "threads_active", "threads_max"),
+    "memory": ("process",),
+    "cpu": ("process",),
+    "latency": ("latency",),
+    "outstanding": ("outstanding",),
+}
+"""The prefixes of the sample's errors that say why a part is unknown."""
+
 DEFAULT_PENALTY: float = next(
     f.default for f in msgspec.structs.fields(CheckBase) if f.name == "weight"
 )
@@ -33,37 +56,101 @@ DEFAULT_PENALTY: float = next(
 
 @dataclass(frozen=True)
 class Health:
-    """The score of one sample: the health, its parts and penalties, what decided it and why."""
+    """The score of one sample: the health, its parts and penalties, what decided it and why.
+
+    ``sources`` says where each part was read.
+    """
 
     health: float
     parts: Mapping[str, float] = field(default_factory=dict)
     limiting: str = ""
     reason: str = ""
     penalties: Mapping[str, float] = field(default_factory=dict)
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Headrooms by part, where each was read, and a few words on the figures behind some."""
+
+    values: dict[str, float] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    details: dict[str, str] = field(default_factory=dict)
+
+    def add(self, name: str, value: float, source: str, detail: str = "") -> None:
+        self.values[name] = _clamp(value)
+        self.sources[name] = source
+        if detail:
+            self.details[name] = detail
 
 
 def _clamp(value: float) -> float:
     return min(1.0, max(0.0, value))
 
 
+def _threads_max(sample: MetricsSample, server: ServerConfig) -> int | None:
+    threads_max = sample.threads_max if sample.threads_max is not None else server.threads_max
+    return threads_max if threads_max is not None and threads_max > 0 else None
+
+
 def resource_parts(
     sample: MetricsSample, server: ServerConfig, cfg: EvaluatorConfig
 ) -> dict[str, float]:
     """The resource headrooms whose inputs the sample holds."""
-    parts: dict[str, float] = {}
-    threads_max = sample.threads_max if sample.threads_max is not None else server.threads_max
-    if sample.threads_active is not None and threads_max is not None and threads_max > 0:
-        parts["threads"] = _clamp((threads_max - sample.threads_active) / threads_max)
+    return sample_parts(sample, server, cfg).values
+
+
+def sample_parts(sample: MetricsSample, server: ServerConfig, cfg: EvaluatorConfig) -> Parts:
+    """Every headroom whose inputs the sample holds: the resources, then the request path."""
+    parts = Parts()
+    where = sample.sources
+    threads_max = _threads_max(sample, server)
+    if sample.threads_active is not None and threads_max is not None:
+        parts.add(
+            "threads",
+            (threads_max - sample.threads_active) / threads_max,
+            where.get("threads_active", ""),
+        )
     if sample.queue_len is not None and server.queue_max > 0:
-        parts["queue"] = _clamp(1 - min(sample.queue_len, server.queue_max) / server.queue_max)
+        queue = min(sample.queue_len, server.queue_max)
+        parts.add("queue", 1 - queue / server.queue_max, where.get("queue_len", ""))
     if sample.memory_percent is not None:
-        parts["memory"] = _clamp(1 - sample.memory_percent / 100)
+        parts.add("memory", 1 - sample.memory_percent / 100, where.get("memory_percent", ""))
     if sample.cpu_percent is not None:
-        parts["cpu"] = _clamp(1 - min(sample.cpu_percent, 100.0) / 100)
+        parts.add("cpu", 1 - min(sample.cpu_percent, 100.0) / 100, where.get("cpu_percent", ""))
     if sample.process_count is not None and cfg.max_processes > 0:
         count = min(sample.process_count, cfg.max_processes)
-        parts["processes"] = _clamp(1 - count / cfg.max_processes)
+        parts.add("processes", 1 - count / cfg.max_processes, where.get("process_count", ""))
+    _request_parts(sample, server, parts, threads_max)
     return parts
+
+
+def _request_parts(
+    sample: MetricsSample, server: ServerConfig, parts: Parts, threads_max: int | None
+) -> None:
+    """The latency of the probes against the server's objective, and the requests in flight."""
+    probe = server.probe
+    if probe is not None and sample.probes and sample.probes_slow is not None:
+        share = sample.probes_slow / sample.probes
+        failed = f", {sample.probes_failed} unanswered" if sample.probes_failed else ""
+        parts.add(
+            "latency",
+            1 - share / probe.tolerance,
+            sample.sources.get("probes", "probes"),
+            f"{sample.probes_slow} of {sample.probes} probes over {probe.objective_s:g}s{failed}",
+        )
+    if sample.outstanding is not None and threads_max is not None:
+        implied = (
+            f", ~{sample.outstanding_latency_s:.2g}s each"
+            if sample.outstanding_latency_s is not None
+            else ""
+        )
+        parts.add(
+            "outstanding",
+            1 - sample.outstanding / threads_max,
+            sample.sources.get("outstanding", "counters"),
+            f"{sample.outstanding} in flight for {threads_max} threads{implied}",
+        )
 
 
 @dataclass(frozen=True)
@@ -107,38 +194,54 @@ def _mandatory_down(
     return Health(0.0, parts, f"service:{first.name}", reason, taken)
 
 
-def score(sample: MetricsSample, server: ServerConfig, cfg: EvaluatorConfig) -> Health:
+def score(
+    sample: MetricsSample,
+    server: ServerConfig,
+    cfg: EvaluatorConfig,
+    extra: Parts | None = None,
+) -> Health:
     """The health of ``server`` as ``sample`` shows it, under the server's health rule.
 
     Rule ``min``: the lowest part. Rule ``weighted``: the mean of the parts
     weighted by the rule's weights (a weight of 0 leaves a part out). Then
     health = max(0, combined parts - the sum of the failed dependent services'
     weights). ``limiting`` is the deciding part, or ``penalty:<name>`` when the
-    penalties take off more than the parts do.
+    penalties take off more than the parts do. ``extra`` holds parts read
+    outside the sample (the clients' view of the server).
     """
     rule = cfg.health_rule(server)
-    parts = resource_parts(sample, server, cfg)
+    found = sample_parts(sample, server, cfg)
+    if extra is not None:
+        for name, value in extra.values.items():
+            found.add(name, value, extra.sources.get(name, ""), extra.details.get(name, ""))
+    parts, sources = found.values, found.sources
     failed = dependent_penalties(sample, server)
     taken = {p.name: p.weight for p in failed}
 
     if not sample.status_ok:
         detail = "; ".join(sample.errors) if sample.errors else "no answer"
-        return Health(0.0, parts, "status", f"Status-Server failed ({detail})", taken)
+        reason = f"Status-Server failed ({detail})"
+        return Health(0.0, parts, "status", reason, taken, sources)
 
     down = [c for c in sample.services if c.kind == "mandatory" and not c.ok]
     if down:
-        return _mandatory_down(down, parts, taken)
+        return dataclasses.replace(_mandatory_down(down, parts, taken), sources=sources)
 
-    unknown = [p for p in RESOURCE_PARTS if p not in parts]
+    expected = [*RESOURCE_PARTS, *(["latency"] if server.probe is not None else [])]
+    unknown = [p for p in expected if p not in parts]
     if rule.rule == "weighted":
         parts = {p: v for p, v in parts.items() if _weight(rule, p) > 0}
+        sources = {p: v for p, v in sources.items() if p in parts}
     notes = [p.describe() for p in failed]
     if unknown:
-        notes.append("unknown: " + ", ".join(unknown))
+        notes.append("unknown: " + ", ".join(unknown) + _why_unknown(unknown, sample.errors))
     if not parts:
-        return Health(0.0, parts, "", "; ".join(["no health parts known", *notes]), taken)
+        reason = "; ".join(["no health parts known", *notes])
+        return Health(0.0, parts, "", reason, taken, sources)
 
     combined, deciding, head = _combine(rule, parts)
+    if deciding in found.details:
+        head += f" ({found.details[deciding]})"
     total = sum(taken.values())
     health = _clamp(combined - total)
     limiting = deciding
@@ -150,7 +253,17 @@ def score(sample: MetricsSample, server: ServerConfig, cfg: EvaluatorConfig) -> 
         head += " limits"
     if failed:
         notes.insert(len(failed), f"{combined:.2f} - {total:.2f} = {health:.2f}")
-    return Health(health, parts, limiting, "; ".join([head, *notes]), taken)
+    return Health(health, parts, limiting, "; ".join([head, *notes]), taken, sources)
+
+
+def _why_unknown(unknown: list[str], errors: list[str]) -> str:
+    """The sample's errors that say why the ``unknown`` parts are unknown, in brackets."""
+    prefixes = {prefix for part in unknown for prefix in WHY_UNKNOWN.get(part, ())}
+    why: list[str] = []
+    for error in errors:
+        if error.split(":", 1)[0] in prefixes and error not in why:
+            why.append(error)
+    return f" ({'; '.join(why[:2])})" if why else ""
 
 
 def _weight(rule: HealthRule, part: str) -> float:

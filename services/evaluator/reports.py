@@ -39,6 +39,7 @@ def health_report(
         sample_id=sample.id,
         health=result.health,
         parts=dict(result.parts),
+        sources=dict(result.sources),
         penalties=dict(result.penalties),
         limiting=result.limiting,
         reason=result.reason,

@@ -184,6 +184,9 @@ class HealthWeights(Base, frozen=True, kw_only=True):
     memory: float = 1.0
     cpu: float = 1.0
     processes: float = 1.0
+    latency: float = 1.0
+    outstanding: float = 1.0
+    clients: float = 1.0
 
 
 class HealthRule(Base, frozen=True, kw_only=True):
@@ -193,8 +196,62 @@ class HealthRule(Base, frozen=True, kw_only=True):
     weights: HealthWeights = HealthWeights()
 
 
+class ProbeUser(Base, frozen=True, kw_only=True):
+    """A user the collector's synthetic Access-Requests log in as."""
+
+    name: str
+    password: Secret
+
+
+class LatencyProbe(Base, frozen=True, kw_only=True):
+    """Synthetic Access-Requests from the collector to a server's auth port.
+
+    ``per_interval`` probes go out in each collector interval, evenly spread
+    in time, each with the next of ``users`` and of ``nas_identifiers`` in
+    turn, under ``secret`` (the collector is a RADIUS client of the server),
+    from ``source_ip`` when set (the address the server knows the collector by).
+    A probe not answered within ``objective_s`` is *slow*; one not answered
+    within ``timeout_s`` has *failed*. The ``latency`` part of health is
+    1 - (share of slow probes) / ``tolerance``, over the probes decided in
+    the last ``window_s`` (the collector interval when not set): with the
+    default tolerance, a quarter of the probes over the objective leaves no
+    headroom.
+    """
+
+    secret: Secret
+    users: list[ProbeUser]
+    nas_identifiers: list[str] = msgspec.field(default_factory=lambda: ["aaa-failover-probe"])
+    per_interval: int = 5
+    objective_s: float = 0.25
+    timeout_s: float = 2.0
+    tolerance: float = 0.25
+    window_s: float | None = None
+    source_ip: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.users:
+            raise ValueError("users must name at least one probe user")
+        if not self.nas_identifiers:
+            raise ValueError("nas_identifiers must not be empty")
+        if self.per_interval < 1:
+            raise ValueError("per_interval must be at least 1")
+        if not 0 < self.objective_s < self.timeout_s:
+            raise ValueError("objective_s must be positive and below timeout_s")
+        if not 0 < self.tolerance <= 1:
+            raise ValueError("tolerance must be in (0, 1]")
+        if self.window_s is not None and self.window_s <= 0:
+            raise ValueError("window_s must be positive")
+
+
 class ServerConfig(Base, frozen=True, kw_only=True):
-    """One AAA server of the farm."""
+    """One AAA server of the farm.
+
+    ``probe`` sends it synthetic Access-Requests (the ``latency`` part of
+    health). ``cleanup_delay_s`` is how long it keeps a finished request
+    before counting its response (FreeRADIUS ``cleanup_delay``): when not
+    set, it is read from ``radiusd_conf``, else 0 for a reference server and
+    5 s (the FreeRADIUS default) for any other.
+    """
 
     id: str
     ip: str = "127.0.0.1"
@@ -210,9 +267,13 @@ class ServerConfig(Base, frozen=True, kw_only=True):
     services: list[ServiceCheckConfig] = msgspec.field(default_factory=list)
     health: HealthRule | None = None
     reference: ReferenceServer | None = None
+    probe: LatencyProbe | None = None
+    cleanup_delay_s: float | None = None
 
     def __post_init__(self) -> None:
         check_token(self.id, "server id")
+        if self.cleanup_delay_s is not None and self.cleanup_delay_s < 0:
+            raise ValueError("cleanup_delay_s must not be negative")
         for port in (self.auth_port, self.status_port):
             if port is not None:
                 _check_port(port)
