@@ -11,12 +11,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from services.runtime import busfile
 from services.runtime.config import SANDBOX_SERVICES, Config, ConfigError, load_config
 from services.runtime.logs import configure_logging
 from services.tools.errors import ToolError
 from services.tools.recording import RecordingError, WindowSpec, load, parse_time
 
 logger = logging.getLogger(__name__)
+
+BUS_URL_HELP = (
+    "NATS URL, overriding bus.url of the config; without either, the bus of an "
+    "`aaa-failover up` running the config (its bus file, CONFIG.bus)"
+)
 
 SERVICES = ("aaa", "collector", "evaluator", "targeter", "notifier", "readmitter", "agent")
 
@@ -33,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run one service")
     run.add_argument("service", choices=SERVICES)
     run.add_argument("-c", "--config", required=True, help="the TOML config file")
-    run.add_argument("--bus-url", help="NATS URL, overriding bus.url of the config")
+    run.add_argument("--bus-url", help=BUS_URL_HELP)
     run.add_argument(
         "--only", action="append", metavar="ID", help="aaa: this server; agent: this client"
     )
@@ -47,7 +53,11 @@ def _parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="run every service of a config under one supervisor")
     up.add_argument("-c", "--config", required=True)
-    up.add_argument("--bus-url", help="NATS URL, overriding bus.url of the config")
+    up.add_argument(
+        "--bus-url",
+        help="NATS URL, overriding bus.url of the config; without either, up starts an "
+        "embedded nats-server (a sandbox joins the bus of the up running the config)",
+    )
     _sandbox_option(up)
 
     demo = sub.add_parser("demo", help="an overload incident on an embedded farm, end to end")
@@ -75,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     tail = sub.add_parser("tail", help="print every event on the bus and whether it verified")
     tail.add_argument("filter", nargs="?", help="subject filter (default: <prefix>.>)")
     tail.add_argument("-c", "--config", required=True)
-    tail.add_argument("--bus-url", help="NATS URL, overriding bus.url of the config")
+    tail.add_argument("--bus-url", help=BUS_URL_HELP)
     tail.add_argument("--server", help="only events whose server is this")
     tail.add_argument("--client", help="only events whose client is this")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -143,7 +153,7 @@ def _sandbox_option(parser: argparse.ArgumentParser) -> None:
 
 def _recording_options(parser: argparse.ArgumentParser, *, incident_required: bool) -> None:
     parser.add_argument("-c", "--config", required=True)
-    parser.add_argument("--bus-url", help="NATS URL, overriding bus.url of the config")
+    parser.add_argument("--bus-url", help=BUS_URL_HELP)
     parser.add_argument(
         "--incident", required=incident_required, metavar="ID", help="the incident's window"
     )
@@ -164,15 +174,25 @@ def _recording_options(parser: argparse.ArgumentParser, *, incident_required: bo
 
 
 def _config(args: argparse.Namespace) -> Config:
-    """The config of ``args``: a sandbox if ``--sandbox`` asks for one, on ``--bus-url``
-    if it is given (`up` passes it on to its services)."""
+    """The config of ``args``: a sandbox if ``--sandbox`` asks for one. For `up`, on
+    ``--bus-url`` if it is given (`up` passes it on to its services); a sandbox `up`
+    with neither joins the bus of the `up` running the same config, if one does."""
     config = load_config(args.config)
     sandbox = getattr(args, "sandbox", None)
     if sandbox:
         config = config.as_sandbox(sandbox)
-    if args.command == "up" and args.bus_url:
-        config = config.on_bus(args.bus_url)
+    if args.command == "up":
+        url = args.bus_url or (_bus_url(args, config) if sandbox else None)
+        if url:
+            config = config.on_bus(url)
     return config
+
+
+def _bus_url(args: argparse.Namespace, config: Config) -> str | None:
+    """The bus a command joins: ``--bus-url``, else ``bus.url`` of the config, else the
+    bus of an `aaa-failover up` running this config (its bus file), else None: the
+    default (a recording tool then reads the stored stream of an embedded farm)."""
+    return busfile.choose(args.config, given=args.bus_url, configured=config.bus.url)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -239,7 +259,7 @@ def _run(args: argparse.Namespace) -> int:
             raise ConfigError("--metrics-port must be in [0, 65535]")
         config = config.with_metrics_port(args.service, args.metrics_port)
     module = importlib.import_module(f"services.{args.service}.service")
-    asyncio.run(module.run(config, bus_url=args.bus_url, only=args.only))
+    asyncio.run(module.run(config, bus_url=_bus_url(args, config), only=args.only))
     return 0
 
 
@@ -277,7 +297,7 @@ def _tail(args: argparse.Namespace) -> int:
             client=args.client,
             as_json=args.json,
             out=sys.stdout,
-            bus_url=args.bus_url,
+            bus_url=_bus_url(args, config),
         )
     )
     return 0
@@ -299,9 +319,10 @@ def _replay(args: argparse.Namespace) -> int:
     from services.tools.replay import parse_speed, replay
 
     window = _window(args)
+    config = load_config(args.config)
     return asyncio.run(
         replay(
-            load_config(args.config),
+            config,
             window,
             out=sys.stdout,
             sandbox=args.sandbox,
@@ -310,7 +331,7 @@ def _replay(args: argparse.Namespace) -> int:
             server=args.server,
             client=args.client,
             as_json=args.json,
-            bus_url=args.bus_url,
+            bus_url=_bus_url(args, config),
         )
     )
 
@@ -320,7 +341,7 @@ def _what_if(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     changed = whatif.apply_settings(config, args.settings)
-    loaded = asyncio.run(load(config, _window(args), bus_url=args.bus_url))
+    loaded = asyncio.run(load(config, _window(args), bus_url=_bus_url(args, config)))
     assert loaded.span is not None
     try:
         before = whatif.recorded(loaded.events, loaded.span.incident_id)
@@ -340,7 +361,7 @@ def _report(args: argparse.Namespace) -> int:
     from services.tools.report import timeline, write_report
 
     config = load_config(args.config)
-    loaded = asyncio.run(load(config, _window(args), bus_url=args.bus_url))
+    loaded = asyncio.run(load(config, _window(args), bus_url=_bus_url(args, config)))
     assert loaded.span is not None
     path = write_report(timeline(loaded.events, loaded.span.incident_id, config), args.out)
     print(path)

@@ -1,10 +1,13 @@
 """`aaa-failover up`: every service of a config as its own process, supervised.
 
-With no bus URL in the config it first starts the embedded nats-server. Each
-service runs as `python -m services.cli run <service> -c FILE --bus-url URL`;
-a service that exits unexpectedly is restarted with back-off. On SIGINT or
-SIGTERM the services are stopped in reverse start order (SIGTERM, then
-SIGKILL after a grace period) and the embedded server last.
+With no bus URL in the config it first starts the embedded nats-server, on a
+free port, and writes its URL to the config's bus file (``farm.toml.bus``,
+services/runtime/busfile.py) so that the tools given only ``-c`` find it; the
+file goes when the supervisor stops. Each service runs as
+`python -m services.cli run <service> -c FILE --bus-url URL`; a service that
+exits unexpectedly is restarted with back-off. On SIGINT or SIGTERM the
+services are stopped in reverse start order (SIGTERM, then SIGKILL after a
+grace period) and the embedded server last.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from services.runtime import busfile
 from services.runtime.config import SANDBOX_SERVICES, Config, ConfigError
 from services.runtime.lifecycle import ShutdownSignals
 from services.runtime.natsserver import EmbeddedNats
@@ -134,12 +138,14 @@ class Supervisor:
         self.nats: EmbeddedNats | None = None
         self.processes: list[ServiceProcess] = []
         self.bus_url = config.bus.url or ""
+        self.bus_file: Path | None = None
 
     def start(self, *, ready_timeout_s: float = 30.0) -> None:
         """Start the bus (if embedded) and every service; wait until each has started."""
         if not self.bus_url:
             self.nats = EmbeddedNats(self.config.path(".nats")).start()
             self.bus_url = self.nats.url
+            self.bus_file = busfile.write(self.config_path, self.bus_url)
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
         for name, service, extra in service_plan(self.config):
@@ -187,13 +193,16 @@ class Supervisor:
         raise KeyError(name)
 
     def stop(self) -> dict[str, int]:
-        """Stop every process in reverse start order, then the embedded bus."""
+        """Stop every process in reverse start order, then the embedded bus and its bus file."""
         statuses: dict[str, int] = {}
         for process in reversed(self.processes):
             process.terminate()
         for process in reversed(self.processes):
             statuses[process.name] = process.wait(self.grace_s)
         self.processes.clear()
+        if self.bus_file is not None:
+            busfile.remove(self.config_path)
+            self.bus_file = None
         if self.nats is not None:
             self.nats.stop()
             self.nats = None
@@ -205,9 +214,26 @@ def _print_sink(name: str, line: str) -> None:
 
 
 def up(config: Config, config_path: Path) -> int:
-    """Run every service of ``config`` until interrupted; exit 0 on a clean stop."""
+    """Run every service of ``config`` until interrupted; exit 0 on a clean stop.
+
+    With an embedded bus, refuses to start (exit 1) while another `up` runs
+    the same config: both would serve every service twice, on one data folder.
+    """
     if config.bus.sandbox and not config.bus.url:
-        raise ConfigError("a sandbox joins the bus that holds the recording: set bus.url")
+        raise ConfigError(
+            "a sandbox joins the bus that holds the recording: set bus.url, pass --bus-url, "
+            "or start it while `aaa-failover up` runs this config"
+        )
+    if not config.bus.url:
+        running = busfile.read(config_path)
+        if running is not None:
+            logger.error(
+                "another `aaa-failover up` (pid %d) runs %s, its bus at %s: stop it first",
+                running.pid,
+                config_path,
+                running.url,
+            )
+            return 1
     return asyncio.run(_up(Supervisor(config, config_path.resolve(), sink=_print_sink)))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import psutil
 
 from services.farm import write_farm
+from services.runtime import busfile
 from tests.conftest import FarmFactory
 from tests.helpers import watch_stderr
 
@@ -75,3 +77,60 @@ def test_up_in_a_sandbox_needs_the_bus_of_the_recording(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "a sandbox joins the bus that holds the recording" in result.stderr
+
+
+def test_tools_given_only_the_config_find_the_bus_of_a_running_up(tmp_path: Path) -> None:
+    _, path = write_farm(tmp_path / "farm", bus_url=None, clients=1)
+    bus_file = path.with_name(path.name + ".bus")
+    with running_up("-c", str(path)):
+        found = busfile.read(path)
+        assert found is not None and bus_file.is_file()
+        assert "up" in psutil.Process(found.pid).cmdline()
+
+        tail = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "tail", "-c", str(path), "--server", "A"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        err, started, err_reader = watch_stderr(tail, lambda line: "tail of" in line)
+        sample = threading.Event()
+        out: list[str] = []
+
+        def read_out() -> None:
+            assert tail.stdout is not None
+            for line in tail.stdout:
+                out.append(line)
+                if "metrics.A" in line and line.rstrip().endswith("[ok]"):
+                    sample.set()
+
+        out_reader = threading.Thread(target=read_out, daemon=True)
+        out_reader.start()
+        try:
+            assert started.wait(20) and tail.poll() is None, "".join(err)
+            assert found.url in "".join(err)  # it says which bus it joined
+            assert sample.wait(20), "".join(out + err)  # the collector's samples of A, verified
+            tail.send_signal(signal.SIGTERM)
+            assert tail.wait(15) == 0, "".join(err)
+        finally:
+            if tail.poll() is None:
+                tail.kill()
+                tail.wait()
+            err_reader.join(5)
+            out_reader.join(5)
+            for stream in (tail.stdout, tail.stderr):
+                assert stream is not None
+                stream.close()
+        assert "refused" not in "".join(err)
+
+        # a second `up` of the same config would run every service twice: refused
+        second = subprocess.run(
+            [sys.executable, "-m", "services.cli", "up", "-c", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert second.returncode == 1, second.stderr
+        assert f"another `aaa-failover up` (pid {found.pid}) runs" in second.stderr
+        assert busfile.running_url(path) == found.url
+    assert not bus_file.exists()  # removed by the clean stop

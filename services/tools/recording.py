@@ -219,16 +219,19 @@ async def connect(
 ) -> Bus:
     """A bus to read the recording from, closed with ``stack``.
 
-    ``bus_url`` or the config's ``bus.url``; a config with neither is an
-    embedded farm (``aaa-failover up`` or ``demo --keep`` with no bus), whose
-    stream is read from its stored folder by a nats-server of its own, once
-    the farm has stopped.
+    ``bus_url`` (the command line passes ``--bus-url``, or the bus of an
+    ``aaa-failover up`` running the config: services/runtime/busfile.py) or
+    the config's ``bus.url``; a config with neither is an embedded farm that
+    has stopped (``up`` or ``demo --keep`` with no bus), whose stream is read
+    from its stored folder by a nats-server of its own.
     """
     url = bus_url or config.bus.url
     if url is None:
         store = config.path(".nats")
         if not store.is_dir():
-            raise RecordingError(f"no bus.url, --bus-url or stored stream in {store}")
+            raise RecordingError(
+                f"no bus.url, --bus-url, running `aaa-failover up` or stored stream in {store}"
+            )
         try:
             url = stack.enter_context(EmbeddedNats(store)).url
         except NatsServerError as exc:

@@ -258,7 +258,10 @@ async def replay(
     """Read the window from the stream, then print it or replay it into ``sandbox``."""
     chosen = choose_kinds(kinds)
     if sandbox is not None and not (bus_url or config.bus.url):
-        raise ConfigError("a replay into a sandbox needs the live bus: set bus.url or --bus-url")
+        raise ConfigError(
+            "a replay into a sandbox needs the live bus: set bus.url or --bus-url, "
+            "or run it while `aaa-failover up` runs this config"
+        )
     async with AsyncExitStack() as stack:
         bus = await connect(config, stack, name="replay", bus_url=bus_url)
         start, end, _ = await resolve(bus, window)
