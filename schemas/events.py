@@ -260,8 +260,47 @@ class ReadmitRequest(Event, frozen=True, kw_only=True, tag="readmit.request"):
     reason: str = "timeout"
 
 
+class UpstreamReport(msgspec.Struct, frozen=True, kw_only=True):
+    """How one client's requests to one server fared since its previous status.
+
+    ``answers`` came within the client's response window, ``timeouts`` did
+    not (each such request is ``resent`` to the next upstream when one is
+    alive); the percentiles are of the answers' response times; ``changes``
+    counts the server's zombie, dead and alive changes; ``state`` is where
+    it is now.
+    """
+
+    server: str
+    state: Literal["alive", "zombie", "dead"] = "alive"
+    answers: int = 0
+    timeouts: int = 0
+    resent: int = 0
+    p50_s: float | None = None
+    p90_s: float | None = None
+    max_s: float | None = None
+    changes: int = 0
+
+
+class UpstreamChange(msgspec.Struct, frozen=True, kw_only=True):
+    """A client's own failover decision about one upstream: it changed state, and why."""
+
+    server: str
+    before: Literal["alive", "zombie", "dead"]
+    after: Literal["alive", "zombie", "dead"]
+    reason: str = ""
+    at: float = 0.0
+
+
 class ClientStatus(Event, frozen=True, kw_only=True, tag="client.status"):
-    """Where a client is and how its requests fare (sent by the agent)."""
+    """Where a client is and how its requests fare (sent by the agent).
+
+    ``sent`` to ``lost`` count the agent's own synthetic requests;
+    ``relayed``, ``relayed_answered`` and ``relayed_lost`` the NAS requests
+    its proxy relayed. ``upstreams`` says how requests fared per server over
+    the ``period_s`` since the previous status, with the client's
+    ``response_window_s``; ``changes`` lists the client's own failovers in
+    that period (a status goes out at once after each).
+    """
 
     client: str
     home: str
@@ -272,6 +311,13 @@ class ClientStatus(Event, frozen=True, kw_only=True, tag="client.status"):
     rejected: int = 0
     lost: int = 0
     notices_rejected: int = 0
+    relayed: int = 0
+    relayed_answered: int = 0
+    relayed_lost: int = 0
+    period_s: float | None = None
+    response_window_s: float | None = None
+    upstreams: list[UpstreamReport] = msgspec.field(default_factory=list)
+    changes: list[UpstreamChange] = msgspec.field(default_factory=list)
 
 
 # --- readmitter ------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from services.collector.latency import LatencySummary, LatencyWindow, percentile
+from services.collector.latency import LatencySummary, LatencyWindow
+from services.runtime.quantiles import percentile
 
 OBJECTIVE = 0.25
 

@@ -13,11 +13,20 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-from schemas.events import Ack, Endpoint, FailoverNotice, HealthReport, MetricsSample
+from schemas.events import (
+    Ack,
+    ClientStatus,
+    Endpoint,
+    FailoverNotice,
+    HealthReport,
+    MetricsSample,
+    UpstreamChange,
+    UpstreamReport,
+)
 from schemas.signing import AUTH_HEADER, SERVER_HEADER, sign_headers
 from services.runtime.bus import Bus, Keyring, Signer
 from services.runtime.config import Config
-from services.tools.tail import Seen, format_line, matches, tail, utc_ms
+from services.tools.tail import Seen, format_line, matches, summary, tail, utc_ms
 from tests.conftest import FarmFactory
 
 
@@ -233,3 +242,30 @@ def test_tail_command_runs_until_sigterm_and_exits_0(farm: FarmFactory) -> None:
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+def test_a_client_status_shows_its_upstreams_and_own_failovers() -> None:
+    status = ClientStatus(
+        client="nas-01",
+        home="A",
+        current="B",
+        relayed=120,
+        relayed_lost=0,
+        upstreams=[
+            UpstreamReport(server="A", state="zombie", answers=3, timeouts=2, p90_s=0.012),
+            UpstreamReport(server="B", answers=40),
+            UpstreamReport(server="C"),
+        ],
+        changes=[
+            UpstreamChange(server="A", before="alive", after="zombie", reason="no answer in 2s")
+        ],
+    )
+    text = summary(status)
+    assert "relayed=120" in text
+    assert "A=[zombie,ok=3,late=2,p90=0.012s]" in text and "B=[alive,ok=40,late=0]" in text
+    assert "C=[" not in text
+    assert text.endswith("A:alive->zombie(no answer in 2s)")
+    sample = MetricsSample(
+        server="A", seq=1, status_ok=True, probes=10, probes_slow=4, outstanding=7
+    )
+    assert "probes=4/10 slow outstanding=7" in summary(sample)

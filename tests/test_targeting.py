@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -158,6 +159,25 @@ def test_a_server_without_clients_gets_an_empty_plan() -> None:
     result = plan([rec("nas-b", "C", current="B")], cfg())
     assert result.moves == [] and result.cap == 0
     assert "no clients are on A" in result.reason
+
+
+def test_clients_that_left_by_their_own_failover_are_kept_where_they_went() -> None:
+    left = [
+        msgspec.structs.replace(rec(f"own-{i}", "B", "C"), current=to)
+        for i, to in enumerate(("B", "C"))
+    ]
+    result = plan(left, cfg(), p=pressure(0.0, "status"), away=left)
+    assert [(m.client, m.alternates) for m in result.moves] == [
+        ("own-0", ["B"]),
+        ("own-1", ["C"]),
+    ]
+    assert all(m.why == "left A by its own failover" for m in result.moves)
+    assert "no clients are on A" in result.reason
+    assert "2 already left by their own failover, kept where they are" in result.reason
+    # beside clients still on the server: they are outside the share and the cap
+    mixed = plan([*ten(), *left], cfg(max_share=0.1), away=left)
+    assert moved(mixed) == ["own-0", "own-1", "nas-0"]
+    assert mixed.moved_load == 10.0 and mixed.load == 100.0
 
 
 # --- which ones ---------------------------------------------------------------

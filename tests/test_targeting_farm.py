@@ -31,7 +31,11 @@ SETTINGS: dict[str, Any] = {
         "recovery_samples": 2,
         "failover_threshold": 0.2,
         "rule": "weighted",
-        "weights": {"threads": 1.0, "queue": 0.0, "memory": 0.0, "cpu": 0.0, "processes": 0.0},
+        "weights": {
+            **dict.fromkeys(("queue", "memory", "cpu", "processes"), 0.0),
+            **dict.fromkeys(("latency", "outstanding", "clients"), 0.0),
+            "threads": 1.0,
+        },
     },
     "targeter": {"max_share": 1.0, "gain": 10.0},
 }

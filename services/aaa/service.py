@@ -322,7 +322,9 @@ def probe_client(server: ServerConfig, config: Config) -> dict[str, KnownClient]
     if server.probe is None:
         return {}
     ip = server.probe.source_ip or "127.0.0.1"
-    return {ip: KnownClient(f"collector-probe-{server.id}", config.read_secret(server.probe.secret))}
+    return {
+        ip: KnownClient(f"collector-probe-{server.id}", config.read_secret(server.probe.secret))
+    }
 
 
 def build_servers(config: Config, only: list[str] | None = None) -> list[AaaServer]:

@@ -44,7 +44,8 @@ from typing import Any, cast
 
 from pyrad import packet
 
-from schemas.events import Endpoint
+from schemas.events import Endpoint, UpstreamChange
+from services.agent.tally import Tallies
 from services.agent.upstreams import Transition, UpstreamPool
 from services.runtime.config import ProxyConfig
 from services.runtime.radius import (
@@ -393,13 +394,17 @@ class RadiusProxy:
         settings: ProxyConfig,
         upstreams: Sequence[Endpoint],
         on_switch: Callable[[Endpoint], None] | None = None,
+        tallies: Tallies | None = None,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.client_id = client_id
+        self.tallies = tallies if tallies is not None else Tallies()
         self.client_ip = client_ip
         self.secret = secret
         self.nas_secret = nas_secret
         self.settings = settings
         self.on_switch = on_switch
+        self.on_change = on_change
         self.pool = UpstreamPool(
             upstreams,
             response_window_s=settings.response_window_s,
@@ -458,9 +463,20 @@ class RadiusProxy:
             transition.after,
             transition.reason,
         )
+        self.tallies.changed(
+            UpstreamChange(
+                server=transition.server,
+                before=transition.before,
+                after=transition.after,
+                reason=transition.reason,
+                at=time.time(),
+            )
+        )
         if transition.after != "alive":
             self._probe_wake.set()
         self._check_switch()
+        if self.on_change is not None:
+            self.on_change()
 
     # --- life -----------------------------------------------------------
 
@@ -663,6 +679,7 @@ class RadiusProxy:
             if target is None:
                 raise Dropped("no-answer", f"from {first.server}, no other upstream alive")
             self.counters.failed_over += 1
+            self.tallies.resent(first.server)
             logger.debug(
                 "%s: request from %s unanswered by %s, tried on %s",
                 self.client_id,
@@ -689,10 +706,13 @@ class RadiusProxy:
                 sent, timeout_s=self.settings.response_window_s
             )
         except RadiusTimeout:
+            self.tallies.timed_out(endpoint.server)
             self._after(self.pool.unanswered(endpoint.server, sent_at, time.monotonic()))
             return None
         except (OSError, RuntimeError) as exc:
             logger.warning("%s: cannot send to %s: %s", self.client_id, endpoint.server, exc)
             return None
-        self.pool.answered(endpoint.server, time.monotonic())
+        now = time.monotonic()
+        self.tallies.answered(endpoint.server, now - sent_at)
+        self.pool.answered(endpoint.server, now)
         return sent, reply

@@ -56,8 +56,10 @@ from services.agent.client import (
 )
 from services.agent.coa import CoaListener
 from services.agent.icmp import IcmpListener, IcmpUnavailable
+from services.agent.metrics import UpstreamMetrics
 from services.agent.proxy import RadiusProxy
 from services.agent.receive import verify_notice
+from services.agent.tally import Tallies
 from services.agent.traffic import Traffic
 from services.runtime.bus import Keyring, Signer
 from services.runtime.config import ClientConfig, Config, ConfigError, ServerConfig
@@ -85,6 +87,7 @@ class ClientAgent:
         rng: Uniform,
         *,
         nas_secret: bytes | None = None,
+        metrics: UpstreamMetrics | None = None,
     ) -> None:
         self.rt = rt
         self.client = client
@@ -99,7 +102,10 @@ class ClientAgent:
             jitter=client.return_jitter,
         )
         self.rejections: Counter[str] = Counter()
+        self.tallies = Tallies()
+        self.metrics = metrics
         self._rate_mark: tuple[float, int] | None = None
+        self._status_mark: float | None = None
         self.wake = asyncio.Event()
         self._status_due = False
         self.proxy: RadiusProxy | None = None
@@ -114,6 +120,8 @@ class ClientAgent:
                 settings=client.proxy,
                 upstreams=[endpoint(servers[s]) for s in (client.home, *client.alternates)],
                 on_switch=self._on_proxy_switch,
+                tallies=self.tallies,
+                on_change=self._on_proxy_change,
             )
         self.traffic = Traffic(
             client_id=client.id,
@@ -121,10 +129,12 @@ class ClientAgent:
             secret=secret,
             user=client.user,
             password=client.password,
-            rate=client.rate,
+            rate=client.own_rate,
             timeout_s=client.request_timeout_s,
             retries=client.request_retries,
             current=self.current,
+            tallies=self.tallies,
+            phase=rng.uniform(0.0, 1.0),
         )
 
     def current(self) -> Endpoint:
@@ -132,6 +142,10 @@ class ClientAgent:
         return self.proxy.in_use() if self.proxy is not None else self.state.current
 
     def _on_proxy_switch(self, now_in_use: Endpoint) -> None:
+        self._on_proxy_change()
+
+    def _on_proxy_change(self) -> None:
+        """An upstream changed state: the bus hears of it at once."""
         self._status_due = True
         self.wake.set()
 
@@ -166,8 +180,29 @@ class ClientAgent:
             return None
         return (sent - last[1]) / (now - last[0])
 
+    def _period(self) -> float | None:
+        """Seconds since the previous status, None at the first."""
+        now = time.monotonic()
+        last, self._status_mark = self._status_mark, now
+        return None if last is None else now - last
+
     async def publish_status(self) -> None:
         c = self.traffic.counters
+        proxy = self.proxy
+        states = dict(proxy.pool.states()) if proxy is not None else {}
+        upstreams, changes = self.tallies.drain(states)
+        if self.metrics is not None:
+            self.metrics.record(self.client.id, upstreams, changes)
+        relayed = answered = lost = 0
+        if proxy is not None:
+            relayed = proxy.counters.received - proxy.counters.status
+            answered = proxy.counters.answered
+            lost = proxy.counters.dropped["no-answer"]
+        window = (
+            self.client.proxy.response_window_s
+            if self.client.proxy is not None
+            else self.client.request_timeout_s * (self.client.request_retries + 1)
+        )
         status = ClientStatus(
             client=self.client.id,
             home=self.state.home.server,
@@ -178,6 +213,13 @@ class ClientAgent:
             rejected=c.rejected,
             lost=c.lost,
             notices_rejected=self.notices_rejected,
+            relayed=relayed,
+            relayed_answered=answered,
+            relayed_lost=lost,
+            period_s=self._period(),
+            response_window_s=window,
+            upstreams=upstreams,
+            changes=changes,
             source=self.rt.bus.name,
         )
         await self._publish(self.rt.bus.subjects.status(self.client.id), status)
@@ -354,9 +396,16 @@ async def run(
     rng = random.Random()
 
     async def setup(rt: Runtime) -> None:
+        metrics = UpstreamMetrics(rt.metrics.registry)
         for client in clients:
             agent = ClientAgent(
-                rt, client, secrets[client.id], servers, rng, nas_secret=nas_secrets.get(client.id)
+                rt,
+                client,
+                secrets[client.id],
+                servers,
+                rng,
+                nas_secret=nas_secrets.get(client.id),
+                metrics=metrics,
             )
             if agent.proxy is not None:
                 rt.stack.push_async_callback(agent.proxy.close)

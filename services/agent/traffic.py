@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from schemas.events import Endpoint
+from services.agent.tally import Tallies
 from services.runtime.radius import (
     ACCESS_ACCEPT,
     RadiusClient,
@@ -53,6 +54,8 @@ class Traffic:
         timeout_s: float,
         retries: int,
         current: Callable[[], Endpoint],
+        tallies: Tallies | None = None,
+        phase: float = 0.0,
     ) -> None:
         self.client_id = client_id
         self.client_ip = client_ip
@@ -63,6 +66,8 @@ class Traffic:
         self.timeout_s = timeout_s
         self.retries = retries
         self.current = current
+        self.tallies = tallies if tallies is not None else Tallies()
+        self.phase = phase
         self.counters = TrafficCounters()
         self._radius: dict[tuple[str, int], RadiusClient] = {}
 
@@ -77,6 +82,8 @@ class Traffic:
     async def request(self, endpoint: Endpoint) -> None:
         """One Access-Request to ``endpoint``, counted by how it ends."""
         self.counters.sent += 1
+        loop = asyncio.get_running_loop()
+        sent_at = loop.time()
         try:
             radius = await self._client_for(endpoint)
             pkt = access_request(
@@ -85,26 +92,34 @@ class Traffic:
             reply = await radius.send(pkt, timeout_s=self.timeout_s, retries=self.retries)
         except RadiusTimeout:
             self.counters.lost += 1
+            self.tallies.timed_out(endpoint.server)
             return
         except Exception as exc:
             # A socket error or a full id space: the request is lost, the load goes on.
             self.counters.lost += 1
             logger.warning("%s: request to %s failed: %s", self.client_id, endpoint.server, exc)
             return
+        self.tallies.answered(endpoint.server, loop.time() - sent_at)
         if reply.code == ACCESS_ACCEPT:
             self.counters.answered += 1
         else:
             self.counters.rejected += 1
 
     async def run(self, sleep: Callable[[float], Awaitable[bool]]) -> None:
-        """Send at ``rate`` per second until ``sleep`` returns False, then finish in flight."""
+        """Send at ``rate`` per second until ``sleep`` returns False, then finish in flight.
+
+        The first request waits ``phase`` (a share of one interval), so that
+        clients started together do not send in lock-step.
+        """
         if self.rate <= 0:
             return
         interval = 1.0 / self.rate
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.TaskGroup() as tg:
-                next_at = loop.time()
+                next_at = loop.time() + self.phase * interval
+                if not await sleep(self.phase * interval):
+                    return
                 while True:
                     endpoint = self.current()
                     tg.create_task(self.request(endpoint), name=f"{self.client_id}:request")

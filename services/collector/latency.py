@@ -21,11 +21,11 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import math
 from collections import deque
 from dataclasses import dataclass, field
 
 from services.runtime.config import LatencyProbe
+from services.runtime.quantiles import percentile
 from services.runtime.radius import ACCESS_ACCEPT, RadiusClient, RadiusTimeout, access_request
 
 logger = logging.getLogger(__name__)
@@ -67,12 +67,6 @@ class LatencySummary:
     @property
     def slow_share(self) -> float | None:
         return None if self.count == 0 else self.slow / self.count
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The ``q`` quantile (0-1) of sorted ``values`` by the nearest rank."""
-    rank = max(1, math.ceil(q * len(values)))
-    return values[rank - 1]
 
 
 class LatencyWindow:

@@ -15,8 +15,9 @@ import time
 
 from prometheus_client import Gauge, Histogram
 
-from schemas.events import Incident, MetricsSample, ReadmitWave
-from services.evaluator.health import score
+from schemas.events import ClientStatus, Incident, MetricsSample, ReadmitWave
+from services.evaluator.clients import ClientsView
+from services.evaluator.health import Parts, score
 from services.evaluator.incidents import ServerState, Transition, close, step
 from services.evaluator.reports import health_report
 from services.runtime.config import Config, ServerConfig, subject_tokens
@@ -42,6 +43,10 @@ class Evaluator:
         self.store = store
         self.servers = servers
         self.states: dict[str, ServerState] = {sid: ServerState(server=sid) for sid in servers}
+        cfg = rt.config.evaluator
+        self.clients = ClientsView(
+            cfg.clients_window_s, cfg.clients_tolerance, cfg.clients_min_requests
+        )
         self._lock = asyncio.Lock()
         registry = rt.metrics.registry
         self.health_gauge = Gauge(
@@ -90,7 +95,7 @@ class Evaluator:
             logger.warning("dropped sample of unknown server %r", sample.server)
             return
         cfg = self.rt.config.evaluator
-        result = score(sample, server, cfg)
+        result = score(sample, server, cfg, self._clients_part(server.id))
         async with self._lock:
             state, transition = step(self.states[server.id], result.health, time.time(), cfg)
             self.states[server.id] = state
@@ -101,6 +106,18 @@ class Evaluator:
             self._observe(state)
             if transition is not None:
                 await self._transition(state, transition, result.reason)
+
+    async def on_status(self, status: ClientStatus) -> None:
+        """An agent's report: how its requests to each server fared."""
+        self.clients.add(status, time.monotonic())
+
+    def _clients_part(self, server: str) -> Parts | None:
+        part = self.clients.part(server, time.monotonic())
+        if part is None:
+            return None
+        parts = Parts()
+        parts.add("clients", part.headroom, "agents", part.detail)
+        return parts
 
     async def on_wave(self, wave: ReadmitWave) -> None:
         if not wave.final:
@@ -176,5 +193,9 @@ async def run(
             await rt.bus.subscribe(
                 subjects.readmit(token), evaluator.on_wave, types=(ReadmitWave,), queue=NAME
             )
+        # every replica hears every client: any of them may score any server's sample
+        await rt.bus.subscribe(
+            subjects.status("*"), evaluator.on_status, types=(ClientStatus,), accept_clients=True
+        )
 
     await run_service(NAME, config, setup, shutdown_trigger=shutdown_trigger, bus_url=bus_url)

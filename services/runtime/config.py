@@ -316,6 +316,9 @@ class ProxyConfig(Base, frozen=True, kw_only=True):
             raise ValueError("answers_to_alive must be at least 1")
 
 
+DEFAULT_CLIENT_RATE = 2.0
+
+
 class ClientConfig(Base, frozen=True, kw_only=True):
     """One AAA client (NAS or site proxy) and how its agent behaves.
 
@@ -323,6 +326,10 @@ class ClientConfig(Base, frozen=True, kw_only=True):
     RADIUS CoA-Request to ``ip``:``coa_port`` (``radius-coa``), or as an
     ICMP Echo Request to ``ip`` (``icmp-echo``; needs root or CAP_NET_RAW on
     both ends).
+
+    ``rate`` is the agent's own synthetic load (Access-Requests per second as
+    ``user``), for demos and tests: 2 by default, none by default for a
+    client with a ``proxy``, whose load is the NAS traffic it relays.
     """
 
     id: str
@@ -334,7 +341,7 @@ class ClientConfig(Base, frozen=True, kw_only=True):
     group: str = ""
     site: str = ""
     priority: int = 100
-    rate: float = 2.0
+    rate: float | None = None
     user: str = "alice"
     password: str = "wonderland"
     request_timeout_s: float = 1.0
@@ -348,10 +355,17 @@ class ClientConfig(Base, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         check_token(self.id, "client id")
-        if self.rate < 0:
+        if self.rate is not None and self.rate < 0:
             raise ValueError("rate must not be negative")
         if not 0 <= self.return_jitter < 1:
             raise ValueError("return_jitter must be in [0, 1)")
+
+    @property
+    def own_rate(self) -> float:
+        """The agent's own synthetic Access-Requests per second (see ``rate``)."""
+        if self.rate is not None:
+            return self.rate
+        return 0.0 if self.proxy is not None else DEFAULT_CLIENT_RATE
 
 
 class CollectorConfig(Base, frozen=True, kw_only=True):
@@ -366,6 +380,14 @@ class CollectorConfig(Base, frozen=True, kw_only=True):
 
 
 class EvaluatorConfig(Base, frozen=True, kw_only=True):
+    """Thresholds, hysteresis and how health is made.
+
+    The ``clients`` part is the share of the clients' requests (their agents'
+    reports of the last ``clients_window_s``) not answered within their
+    response window, against ``clients_tolerance``; it needs at least
+    ``clients_min_requests`` requests in the window.
+    """
+
     failover_threshold: float = 0.2
     connection_threshold: float = 0.6
     failover_samples: int = 2
@@ -373,8 +395,15 @@ class EvaluatorConfig(Base, frozen=True, kw_only=True):
     rule: Literal["min", "weighted"] = "min"
     weights: HealthWeights = HealthWeights()
     max_processes: int = 4096
+    clients_window_s: float = 3.0
+    clients_tolerance: float = 0.25
+    clients_min_requests: int = 10
 
     def __post_init__(self) -> None:
+        if self.clients_window_s <= 0 or not 0 < self.clients_tolerance <= 1:
+            raise ValueError("clients_window_s must be positive, clients_tolerance in (0, 1]")
+        if self.clients_min_requests < 1:
+            raise ValueError("clients_min_requests must be at least 1")
         if not 0 <= self.failover_threshold <= 1:
             raise ValueError("failover_threshold must be in [0, 1]")
         if not 0 <= self.connection_threshold <= 1:

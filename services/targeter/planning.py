@@ -356,8 +356,16 @@ def plan_failover(
     step: int = 1,
     default_capacity_rps: float | None = None,
     source: str = "",
+    away: Iterable[ClientRecord] = (),
 ) -> FailoverPlan:
-    """The next step of moving clients of ``server`` off it: who, how many, where to."""
+    """The next step of moving clients of ``server`` off it: who, how many, where to.
+
+    ``away`` are clients of ``server`` that already left it by their own
+    failover: each is kept where it went (a move to the server it is on),
+    outside the share and the cap, so that readmission brings it back in a
+    wave like any other.
+    """
+    kept = [_keep(c) for c in away if c.home == server and c.current != server]
     candidates = [c for c in clients if c.current == server]
     n = len(candidates)
     load = sum(c.load for c in candidates)
@@ -367,11 +375,13 @@ def plan_failover(
     share = 1.0 if cause is not None else min(1.0, cfg.gain * d)
 
     def plan(moves: list[Move], unplaced: list[str], moved: float, reason: str) -> FailoverPlan:
+        if kept:
+            reason += f"; {len(kept)} already left by their own failover, kept where they are"
         return FailoverPlan(
             source=source,
             incident_id=incident_id,
             server=server,
-            moves=moves,
+            moves=[*kept, *moves],
             unplaced=unplaced,
             reason=f"step {step}: {reason}",
             step=step,
@@ -470,6 +480,17 @@ def _place(client: ClientRecord, why: str, board: _Board, nearest: bool) -> Move
         why=why,
         where=where,
         load=load,
+    )
+
+
+def _keep(client: ClientRecord) -> Move:
+    """The move that keeps ``client`` on the server its own failover took it to."""
+    return Move(
+        client=client.id,
+        alternates=[client.current],
+        why=f"left {client.home} by its own failover",
+        where=f"{client.current}, where it went by itself",
+        load=client.load,
     )
 
 

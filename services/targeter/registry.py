@@ -54,7 +54,7 @@ def record_from_config(client: ClientConfig) -> ClientRecord:
         priority=client.priority,
         alternates=tuple(client.alternates),
         alternates_from=client.alternates_from,
-        rate=client.rate,
+        rate=client.own_rate,
     )
 
 

@@ -89,8 +89,9 @@ def next_step(
     """The next step's plan for ``server`` and what to track after it.
 
     It sheds the clients still on the server that no earlier step planned
-    away, to alternates not in ``in_incident``. None when every client has
-    been planned away already.
+    away, to alternates not in ``in_incident``, and keeps where they are the
+    clients of the server that left it by their own failover. None when every
+    client has been planned away already.
     """
     report = reports.get(server)
     pressure = Pressure(
@@ -102,7 +103,12 @@ def next_step(
     )
     planned = set(tracked.planned)
     remaining = [r for r in registry.values() if r.current == server and r.id not in planned]
-    if not remaining and tracked.step > 0:
+    away = [
+        r
+        for r in registry.values()
+        if r.home == server and r.current != server and r.id not in planned
+    ]
+    if not remaining and not away and tracked.step > 0:
         return None
     plan = plan_failover(
         server,
@@ -113,6 +119,7 @@ def next_step(
         config.targeter,
         step=tracked.step + 1,
         source=source,
+        away=away,
     )
     after = msgspec.structs.replace(
         tracked,

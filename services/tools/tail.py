@@ -143,6 +143,10 @@ def _metrics(e: MetricsSample) -> str:
         f"cpu={_num(e.cpu_percent, 1)}",
         f"mem={_num(e.memory_percent, 1)}",
     ]
+    if e.probes:
+        parts.append(f"probes={e.probes_slow}/{e.probes} slow")
+    if e.outstanding is not None:
+        parts.append(f"outstanding={e.outstanding}")
     down = [s.name for s in e.services if not s.ok]
     if down:
         parts.append("down=" + ",".join(down))
@@ -191,10 +195,19 @@ def _request(e: ReadmitRequest) -> str:
 
 
 def _status(e: ClientStatus) -> str:
-    return (
+    text = (
         f"home={e.home} current={e.current} rate={_num(e.rate, 1)} "
         f"sent={e.sent} answered={e.answered} lost={e.lost}"
     )
+    if e.relayed:
+        text += f" relayed={e.relayed} relayed_lost={e.relayed_lost}"
+    for up in e.upstreams:
+        if up.answers or up.timeouts or up.state != "alive":
+            p90 = f",p90={up.p90_s:.3f}s" if up.p90_s is not None else ""
+            text += f" {up.server}=[{up.state},ok={up.answers},late={up.timeouts}{p90}]"
+    for change in e.changes:
+        text += f" {change.server}:{change.before}->{change.after}({change.reason})"
+    return text
 
 
 def _wave(e: ReadmitWave) -> str:
