@@ -219,7 +219,7 @@ async def run(
         ServerProbe(
             server,
             config.read_secret(server.status_secret),
-            ProcessWatch(server.process, config.path, prime_s=min(0.1, timeout_s)),
+            ProcessWatch(server.process, config.path, prime_s=min(0.1, timeout_s), label=server.id),
             timeout_s=timeout_s,
             limit=read_limit(server, config),
             config=config,
