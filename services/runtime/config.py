@@ -386,6 +386,13 @@ class EvaluatorConfig(Base, frozen=True, kw_only=True):
     reports of the last ``clients_window_s``) not answered within their
     response window, against ``clients_tolerance``; it needs at least
     ``clients_min_requests`` requests in the window.
+
+    Predictive onset (off while ``predict_horizon_s`` is 0): a sample between
+    the thresholds also counts towards ``failover_samples`` when the least
+    squares line through the last ``predict_samples`` healths falls by at
+    least ``predict_min_drop`` across them, health did not rise since the
+    previous sample, and the line reaches ``failover_threshold`` within
+    ``predict_horizon_s`` from now (docs/incidents.md, Predictive onset).
     """
 
     failover_threshold: float = 0.2
@@ -398,6 +405,9 @@ class EvaluatorConfig(Base, frozen=True, kw_only=True):
     clients_window_s: float = 3.0
     clients_tolerance: float = 0.25
     clients_min_requests: int = 10
+    predict_horizon_s: float = 0.0
+    predict_samples: int = 5
+    predict_min_drop: float = 0.1
 
     def __post_init__(self) -> None:
         if self.clients_window_s <= 0 or not 0 < self.clients_tolerance <= 1:
@@ -415,6 +425,12 @@ class EvaluatorConfig(Base, frozen=True, kw_only=True):
             )
         if self.failover_samples < 1 or self.recovery_samples < 1:
             raise ValueError("failover_samples and recovery_samples must be at least 1")
+        if not 0 <= self.predict_horizon_s < float("inf"):
+            raise ValueError("predict_horizon_s must be 0 (off) or a positive number of seconds")
+        if self.predict_samples < 3:
+            raise ValueError("predict_samples must be at least 3")
+        if not 0 <= self.predict_min_drop <= 1:
+            raise ValueError("predict_min_drop must be in [0, 1]")
 
     def health_rule(self, server: ServerConfig) -> HealthRule:
         """The server's own health rule, or the evaluator's default one."""
