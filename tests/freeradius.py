@@ -16,6 +16,11 @@ of Access-Requests wait that long in ``authorize`` (rlm_perl, one sleeping
 thread each; Status-Server is still answered at once), ``server.slow_backend(0.0)``
 ends it. ``server.pause()`` / ``server.resume()`` SIGSTOP / SIGCONT the server.
 
+The ``freeradius_proxy`` fixture starts the usual practice in front of such
+servers: ``await freeradius_proxy(homes=[a, b])``, a FreeRADIUS that proxies
+every request to a fail-over ``home_server_pool`` of ``a`` then ``b``
+(:class:`FreeRadiusProxy`, with its settings and why).
+
 When FreeRADIUS is not installed the tests using it are skipped, except
 when the environment variable ``CI`` is set: then they fail.
 """
@@ -24,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import io
 import os
 import secrets
 import signal
@@ -35,9 +42,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pyrad import packet
+from pyrad.dictionary import Dictionary
 
 from services.farm import free_udp_port
-from services.runtime.radius import RadiusTimeout, query_status
+from services.runtime.radius import (
+    DICTIONARY_PATH,
+    STATUS_SERVER,
+    RadiusClient,
+    RadiusTimeout,
+    query_status,
+    reply_values,
+)
 from tests import needs
 
 IP = "127.0.0.1"
@@ -408,6 +424,360 @@ class FreeRadius:
         ]
 
 
+PROXY_CONF = """\
+# radiusd.conf of a FreeRADIUS proxy, written by tests/freeradius.py
+prefix = /usr
+exec_prefix = /usr
+sysconfdir = /etc
+localstatedir = /var
+sbindir = ${{exec_prefix}}/sbin
+logdir = {dir}/log
+raddbdir = {dir}
+radacctdir = {dir}/radacct
+name = freeradius
+confdir = ${{raddbdir}}
+modconfdir = ${{confdir}}/mods-config
+run_dir = {dir}/run
+db_dir = {dir}
+libdir = /usr/lib/freeradius
+pidfile = ${{run_dir}}/freeradius.pid
+max_requests = 65536
+# a request is counted in the statistics once it is cleaned up, this long after its reply
+cleanup_delay = {cleanup_delay}
+proxy_requests = yes
+
+log {{
+    destination = files
+    file = ${{logdir}}/radius.log
+    auth = no
+}}
+
+security {{
+    status_server = yes
+    allow_core_dumps = no
+}}
+
+thread pool {{
+    start_servers = {start_servers}
+    max_servers = {max_servers}
+    min_spare_servers = 1
+    max_spare_servers = {max_servers}
+    max_requests_per_server = 0
+}}
+
+# the NAS devices
+client nas {{
+    ipaddr = 127.0.0.0/8
+    secret = "{client_secret}"
+}}
+
+proxy server {{
+    default_fallback = no
+}}
+{home_servers}
+home_server_pool homes_auth {{
+    type = fail-over
+{auth_members}}}
+
+home_server_pool homes_acct {{
+    type = fail-over
+{acct_members}}}
+
+realm homes {{
+    auth_pool = homes_auth
+    acct_pool = homes_acct
+}}
+
+modules {{
+    always ok {{
+        rcode = ok
+    }}
+}}
+
+server default {{
+    listen {{
+        type = auth
+        ipaddr = {ip}
+        port = {auth_port}
+    }}
+    listen {{
+        type = acct
+        ipaddr = {ip}
+        port = {acct_port}
+    }}
+    authorize {{
+        update control {{
+            &Proxy-To-Realm := "homes"
+        }}
+    }}
+    preacct {{
+        update control {{
+            &Proxy-To-Realm := "homes"
+        }}
+    }}
+    authenticate {{
+    }}
+    accounting {{
+        ok
+    }}
+}}
+
+server status {{
+    listen {{
+        type = status
+        ipaddr = {ip}
+        port = {status_port}
+    }}
+    client admin {{
+        ipaddr = {ip}
+        secret = "{status_secret}"
+    }}
+    authorize {{
+        ok
+        Autz-Type Status-Server {{
+            ok
+        }}
+    }}
+}}
+"""
+
+HOME_SERVER = """
+home_server {name} {{
+    type = {type}
+    ipaddr = {ip}
+    port = {port}
+    secret = "{secret}"
+    response_window = {response_window}
+    response_timeouts = {response_timeouts}
+    zombie_period = {zombie_period}
+    revive_interval = {revive_interval}
+    status_check = status-server
+    check_interval = {check_interval}
+    check_timeout = {check_timeout}
+    num_answers_to_alive = {num_answers_to_alive}
+    max_outstanding = 65536
+}}
+"""
+
+# The FreeRADIUS statistics attributes a proxy adds (dictionary.freeradius of 3.2.1),
+# beside those of the project's dictionary.
+PROXY_STATS_DICTIONARY = """\
+BEGIN-VENDOR	FreeRADIUS
+ATTRIBUTE	FreeRADIUS-Total-Proxy-Access-Requests	138	integer
+ATTRIBUTE	FreeRADIUS-Total-Proxy-Access-Accepts	139	integer
+ATTRIBUTE	FreeRADIUS-Total-Proxy-Access-Rejects	140	integer
+ATTRIBUTE	FreeRADIUS-Total-Proxy-Access-Challenges	141	integer
+ATTRIBUTE	FreeRADIUS-Total-Proxy-Auth-Responses	142	integer
+ATTRIBUTE	FreeRADIUS-Total-Proxy-Auth-Duplicate-Requests	143	integer
+ATTRIBUTE	FreeRADIUS-Total-Proxy-Auth-Malformed-Requests	144	integer
+ATTRIBUTE	FreeRADIUS-Total-Proxy-Auth-Invalid-Requests	145	integer
+ATTRIBUTE	FreeRADIUS-Total-Proxy-Auth-Dropped-Requests	146	integer
+ATTRIBUTE	FreeRADIUS-Total-Proxy-Auth-Unknown-Types	147	integer
+ATTRIBUTE	FreeRADIUS-Total-Proxy-Accounting-Requests	155	integer
+ATTRIBUTE	FreeRADIUS-Total-Proxy-Accounting-Responses	156	integer
+ATTRIBUTE	FreeRADIUS-Stats-Server-IP-Address	170	ipaddr
+ATTRIBUTE	FreeRADIUS-Stats-Server-Port	171	integer
+ATTRIBUTE	FreeRADIUS-Stats-Server-Outstanding-Requests	172	integer
+ATTRIBUTE	FreeRADIUS-Stats-Server-State	173	integer
+ATTRIBUTE	FreeRADIUS-Stats-Server-Time-Of-Death	174	date
+ATTRIBUTE	FreeRADIUS-Stats-Server-Time-Of-Life	175	date
+ATTRIBUTE	FreeRADIUS-Stats-Last-Packet-Recv	184	date
+ATTRIBUTE	FreeRADIUS-Stats-Last-Packet-Sent	185	date
+END-VENDOR	FreeRADIUS
+"""
+
+STATISTICS_ALL = 0x1F
+"""FreeRADIUS-Statistics-Type: auth, acct, proxy auth, proxy acct and internal."""
+STATISTICS_HOME_SERVER_AUTH = 0x81
+"""FreeRADIUS-Statistics-Type: one home server (Home-Server), with its auth counters."""
+
+# FreeRADIUS-Stats-Server-State carries the home server's internal state, as
+# src/include/realms.h of 3.2.1 numbers it (dictionary.freeradius names other
+# values: Alive 0, Zombie 1, Dead 2, Idle 3, which do not match what 3.2.1 sends).
+HOME_STATES = {0: "unknown", 1: "alive", 2: "zombie", 3: "dead", 4: "connection-fail", 5: "down"}
+
+
+@functools.cache
+def proxy_stats_dictionary() -> Dictionary:
+    """The project's dictionary and a proxy's statistics attributes, loaded once."""
+    return Dictionary(str(DICTIONARY_PATH), io.StringIO(PROXY_STATS_DICTIONARY))
+
+
+@dataclass
+class FreeRadiusProxy(FreeRadius):
+    """A FreeRADIUS that proxies every Access- and Accounting-Request to ``homes``.
+
+    The usual practice in front of a farm: NAS devices send to this server's
+    ``auth_port`` / ``acct_port`` under ``client_secret`` (the NAS secret,
+    also ``nas_secret``), and it forwards everything (``Proxy-To-Realm`` set in
+    ``authorize`` and ``preacct``) to a ``home_server_pool`` of ``type =
+    fail-over``: the first live home server in the order of ``homes``, each
+    reached at its auth (acct) port under its ``client_secret``, with Status-
+    Server checks. Its own statistics answer on ``status_port`` (``stats()``,
+    ``home_server_stats()``).
+
+    The home server settings follow raddb/proxy.conf of FreeRADIUS 3.2.1; where
+    the aaa-failover agent's proxy has its own (services/runtime/config.py,
+    ``ProxyConfig``), the same value is used when FreeRADIUS allows it:
+
+    - ``response_window_s`` 2 (the agent's; proxy.conf's useful range is 5-60):
+      a request unanswered that long is failed, and the home server turns
+      zombie if it has answered nothing for ``(zombie_period + 3) // 4`` seconds;
+    - ``zombie_period_s`` 20, the low end of proxy.conf's useful range (20-120):
+      a zombie that answers no Status-Server within it is marked dead;
+    - ``check_interval_s`` 6: the agent checks every 1 s, but FreeRADIUS forces
+      anything under 6 up to 6 (realms.c); proxy.conf's useful range is 6-120;
+    - ``check_timeout_s`` 1: the agent waits 0.5 s, FreeRADIUS's least is 1;
+    - ``num_answers_to_alive`` 3, as the agent and proxy.conf; a dead home server
+      needs that many answers, a zombie is alive again at its first;
+    - ``revive_interval_s`` 120, proxy.conf's example; unused with Status-Server
+      checks, which are on (``status_check = status-server``);
+    - ``response_timeouts`` 1, FreeRADIUS's default;
+    - ``cleanup_delay_s`` 5, FreeRADIUS's default: how long an answered request is
+      kept to answer a NAS retransmission from cache; it is counted in the
+      statistics only then.
+
+    Out of bounds values raise ValueError rather than being silently forced by
+    FreeRADIUS. What follows from them (src/main/process.c, realms.c): an
+    Access-Request whose home server does not answer within the response window
+    is answered with Access-Reject (FreeRADIUS's fail-safe default when no
+    ``Post-Proxy-Type Fail`` section says otherwise), and a NAS retransmission
+    never moves a request to another home server before that; a home server
+    that falls silent is a zombie 5 to 6 s later (the whole seconds since its
+    last answer must exceed ``(20 + 3) // 4``), and from then on new requests go
+    to the next home server. A zombie that answers a Status-Server (sent every
+    ``check_interval_s``, +/- 2 s) is alive again. A home server that answers
+    some requests is never a zombie, however many others it leaves unanswered.
+    """
+
+    homes: list[FreeRadius] = field(default_factory=list)
+    response_window_s: float = 2.0
+    response_timeouts: int = 1
+    zombie_period_s: int = 20
+    revive_interval_s: int = 120
+    check_interval_s: int = 6
+    check_timeout_s: int = 1
+    num_answers_to_alive: int = 3
+    cleanup_delay_s: int = 5
+
+    def __post_init__(self) -> None:
+        if not self.homes:
+            raise ValueError("a proxy needs at least one home server")
+        if self.backend:
+            raise ValueError("a proxy has no backend of its own")
+        bounds = {
+            "response_timeouts": (self.response_timeouts, 1, 1000),
+            "zombie_period_s": (self.zombie_period_s, max(1, int(self.response_window_s)), 120),
+            "revive_interval_s": (self.revive_interval_s, 10, 3600),
+            "check_interval_s": (self.check_interval_s, 6, 120),
+            "check_timeout_s": (self.check_timeout_s, 1, 10),
+            "num_answers_to_alive": (self.num_answers_to_alive, 3, 10),
+            "cleanup_delay_s": (self.cleanup_delay_s, 1, 30),
+        }
+        for name, (value, low, high) in bounds.items():
+            if not low <= value <= high:
+                raise ValueError(f"{name} = {value}: FreeRADIUS 3.2 takes {low} to {high}")
+        if not 0.001 <= self.response_window_s <= 60:
+            raise ValueError(f"response_window_s = {self.response_window_s}: 0.001 to 60")
+
+    @property
+    def nas_secret(self) -> str:
+        """The secret NAS devices share with this proxy (its ``client_secret``)."""
+        return self.client_secret
+
+    @staticmethod
+    def home_name(index: int) -> str:
+        """The name of ``homes[index]`` in the proxy's config: A, B, C, ..."""
+        return chr(ord("A") + index)
+
+    def write(self) -> None:
+        """Write the raddb: radiusd.conf with home servers, pools and realm; the secret."""
+        for sub in ("log", "run", "radacct"):
+            (self.directory / sub).mkdir(parents=True, exist_ok=True)
+        settings = {
+            "ip": IP,
+            "response_window": f"{self.response_window_s:g}",
+            "response_timeouts": self.response_timeouts,
+            "zombie_period": self.zombie_period_s,
+            "revive_interval": self.revive_interval_s,
+            "check_interval": self.check_interval_s,
+            "check_timeout": self.check_timeout_s,
+            "num_answers_to_alive": self.num_answers_to_alive,
+        }
+        blocks, auth_members, acct_members = [], [], []
+        for index, home in enumerate(self.homes):
+            name = self.home_name(index)
+            for kind, port, members, suffix in (
+                ("auth", home.auth_port, auth_members, ""),
+                ("acct", home.acct_port, acct_members, "-acct"),
+            ):
+                blocks.append(
+                    HOME_SERVER.format(
+                        name=name + suffix,
+                        type=kind,
+                        port=port,
+                        secret=home.client_secret,
+                        **settings,
+                    )
+                )
+                members.append(f"    home_server = {name}{suffix}\n")
+        self.radiusd_conf.write_text(
+            PROXY_CONF.format(
+                dir=self.directory,
+                ip=IP,
+                auth_port=self.auth_port,
+                acct_port=self.acct_port,
+                status_port=self.status_port,
+                client_secret=self.client_secret,
+                status_secret=self.status_secret,
+                max_servers=self.max_servers,
+                start_servers=self.start_servers,
+                cleanup_delay=self.cleanup_delay_s,
+                home_servers="".join(blocks),
+                auth_members="".join(auth_members),
+                acct_members="".join(acct_members),
+            )
+        )
+        (self.directory / "dictionary").write_text("")
+        self.status_secret_file.write_text(self.status_secret + "\n")
+        self.status_secret_file.chmod(0o600)
+
+    async def _statistics(self, flags: int, timeout_s: float, **attributes: Any) -> dict[str, Any]:
+        secret = self.status_secret.encode()
+        pkt = packet.AuthPacket(code=STATUS_SERVER, secret=secret, dict=proxy_stats_dictionary())
+        pkt["FreeRADIUS-Statistics-Type"] = flags
+        for name, value in attributes.items():
+            pkt[name] = value
+        pkt.add_message_authenticator()
+        client = await RadiusClient.open((IP, self.status_port), secret)
+        try:
+            reply = await client.send(pkt, timeout_s=timeout_s)
+        finally:
+            client.close()
+        return reply_values(reply)
+
+    async def stats(self, timeout_s: float = 1.0) -> dict[str, Any]:
+        """The proxy's Status-Server statistics: its own counters and the proxied ones
+        (``FreeRADIUS-Total-Proxy-Access-Requests``, ...). Raises RadiusTimeout."""
+        return await self._statistics(STATISTICS_ALL, timeout_s)
+
+    async def home_server_stats(self, home: FreeRadius, timeout_s: float = 1.0) -> dict[str, Any]:
+        """What the proxy knows of ``home`` as an auth home server: what it proxied there
+        (``FreeRADIUS-Total-Proxy-Access-Requests``, ``-Accepts``, ...), requests outstanding,
+        and ``state`` (unknown until used, alive, zombie, dead, ...). Raises RadiusTimeout."""
+        values = await self._statistics(
+            STATISTICS_HOME_SERVER_AUTH,
+            timeout_s,
+            **{
+                "FreeRADIUS-Stats-Server-IP-Address": IP,
+                "FreeRADIUS-Stats-Server-Port": home.auth_port,
+            },
+        )
+        raw = values.get("FreeRADIUS-Stats-Server-State")
+        values["state"] = HOME_STATES.get(raw, f"state {raw}") if raw is not None else None
+        return values
+
+
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
@@ -433,3 +803,26 @@ def freeradius(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartFreeRa
     yield start
     for server in started:
         server.stop()
+
+
+StartFreeRadiusProxy = Callable[..., Awaitable[FreeRadiusProxy]]
+
+
+@pytest.fixture
+def freeradius_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartFreeRadiusProxy]:
+    """Start FreeRADIUS proxies: ``await freeradius_proxy(homes=[a, b], response_window_s=2)``,
+    ``a`` and ``b`` started by the ``freeradius`` fixture."""
+    started: list[FreeRadiusProxy] = []
+
+    async def start(**kwargs: Any) -> FreeRadiusProxy:
+        require("freeradius")
+        proxy = FreeRadiusProxy(tmp_path_factory.mktemp("raddb-proxy"), **kwargs)
+        proxy.write()
+        started.append(proxy)
+        proxy.start()
+        await proxy.wait_ready()
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()
