@@ -377,3 +377,22 @@ def test_unknown_process_parts_name_the_process_error() -> None:
         "unknown: threads, memory, cpu (process: pid file /run/freeradius/freeradius.pid "
         "does not exist)" in result.reason
     )
+
+
+def test_a_server_that_stopped_answering_names_what_its_requests_meet() -> None:
+    result = score(
+        sample(
+            status_ok=False,
+            probes=10,
+            probes_slow=10,
+            probes_failed=4,
+            errors=["status: no answer from 10.0.0.11:18121 within the 0.5s timeout", "other"],
+        ),
+        PROBED,
+        MIN,
+    )
+    assert result.health == 0.0 and result.limiting == "status"
+    assert result.reason == (
+        "Status-Server failed (status: no answer from 10.0.0.11:18121 within the 0.5s timeout); "
+        "latency 0.00 (10 of 10 probes over 0.25s, 4 unanswered)"
+    )

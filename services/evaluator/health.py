@@ -219,8 +219,8 @@ def score(
     taken = {p.name: p.weight for p in failed}
 
     if not sample.status_ok:
-        detail = "; ".join(sample.errors) if sample.errors else "no answer"
-        reason = f"Status-Server failed ({detail})"
+        detail = "; ".join(e for e in sample.errors if e.startswith("status")) or "no answer"
+        reason = "; ".join([f"Status-Server failed ({detail})", *_request_path(found)])
         return Health(0.0, parts, "status", reason, taken, sources)
 
     down = [c for c in sample.services if c.kind == "mandatory" and not c.ok]
@@ -254,6 +254,15 @@ def score(
     if failed:
         notes.insert(len(failed), f"{combined:.2f} - {total:.2f} = {health:.2f}")
     return Health(health, parts, limiting, "; ".join([head, *notes]), taken, sources)
+
+
+def _request_path(found: Parts) -> list[str]:
+    """The request-path parts that show trouble, in words: what the clients' requests meet."""
+    return [
+        f"{name} {found.values[name]:.2f} ({found.details[name]})"
+        for name in REQUEST_PARTS
+        if name in found.values and found.values[name] < 1.0 and name in found.details
+    ]
 
 
 def _why_unknown(unknown: list[str], errors: list[str]) -> str:
