@@ -9,6 +9,16 @@ consecutive lows, or closes when readmission has finished. A sample that
 breaks a run resets its counter, so health between the thresholds holds the
 state where it is.
 
+Predictive onset (``predict_horizon_s`` above 0): while ``healthy``, a sample
+between the thresholds also counts as low when the health trend is about to
+cross the failover threshold (:func:`predicted_low`): the least-squares line
+through the last ``predict_samples`` (time, health) points falls by at least
+``predict_min_drop`` across them, health did not rise since the previous
+sample, and the line reaches the threshold within the horizon. A sample at or
+above the connection threshold never counts, so a server noisy around a high
+value is never predicted; relapses and recovery use the thresholds alone. The
+points are kept in the state, so a restart keeps the trend.
+
 Pure: :func:`step` and :func:`close` return a new state and the transition it
 made, if any. A state is a frozen msgspec Struct, stored as JSON in KV.
 """
@@ -16,7 +26,7 @@ made, if any. A state is a frozen msgspec Struct, stored as JSON in KV.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import msgspec
@@ -27,6 +37,9 @@ from services.runtime.config import EvaluatorConfig
 logger = logging.getLogger(__name__)
 
 Phase = Literal["healthy", "overloaded", "recovering"]
+
+Point = tuple[float, float]
+"""One sample's (time, health)."""
 
 
 class ServerState(msgspec.Struct, frozen=True, kw_only=True):
@@ -41,13 +54,18 @@ class ServerState(msgspec.Struct, frozen=True, kw_only=True):
     highs: int = 0
     health: float | None = None
     changed_at: float = 0.0
+    # Added with predictive onset; the defaults let states stored before it load.
+    predicted: int = 0
+    recent: tuple[Point, ...] = ()
 
     def __post_init__(self) -> None:
         in_incident = self.phase != "healthy"
         if in_incident != (self.incident_id is not None and self.opened_at is not None):
             raise ValueError(f"phase {self.phase!r} does not agree with incident_id/opened_at")
-        if self.relapses < 0 or self.lows < 0 or self.highs < 0:
+        if self.relapses < 0 or self.lows < 0 or self.highs < 0 or self.predicted < 0:
             raise ValueError("counters must not be negative")
+        if self.predicted > self.lows:
+            raise ValueError("more predicted lows than lows")
 
 
 class Transition(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,6 +76,83 @@ class Transition(msgspec.Struct, frozen=True, kw_only=True):
     opened_at: float
     relapses: int
     health: float
+    reason: str = ""
+    predicted: int = 0
+
+
+class Trend(msgspec.Struct, frozen=True, kw_only=True):
+    """The least-squares line through recent (time, health) points, seen from the last one.
+
+    ``slope`` is health per second, ``fitted`` the line's health at the last
+    point, ``drop`` how much it falls from the first point to the last (negative
+    when it rises), ``crosses_in`` the seconds from the last point until it
+    reaches the threshold it was fitted against (0 if already below; None if
+    it does not fall).
+    """
+
+    slope: float
+    fitted: float
+    drop: float
+    crosses_in: float | None
+
+    def describe(self, health: float, threshold: float) -> str:
+        """``health 0.45 falling 0.40/s, crosses 0.20 in 0.6s``."""
+        return (
+            f"health {health:.2f} falling {-self.slope:.2f}/s, "
+            f"crosses {threshold:.2f} in {self.crosses_in or 0.0:.1f}s"
+        )
+
+
+def fit(points: Sequence[Point], threshold: float) -> Trend | None:
+    """The line through ``points`` by least squares, or None with fewer than two distinct times."""
+    if len(points) < 2:
+        return None
+    t0, now = points[0][0], points[-1][0]
+    n = len(points)
+    mean_t = sum(t - t0 for t, _ in points) / n
+    mean_h = sum(h for _, h in points) / n
+    var = sum((t - t0 - mean_t) ** 2 for t, _ in points)
+    if var <= 0:
+        return None
+    slope = sum((t - t0 - mean_t) * (h - mean_h) for t, h in points) / var
+    fitted = mean_h + slope * (now - t0 - mean_t)
+    crosses_in = None if slope >= 0 else max(0.0, (fitted - threshold) / -slope)
+    return Trend(slope=slope, fitted=fitted, drop=-slope * (now - t0), crosses_in=crosses_in)
+
+
+def predicted_low(points: Sequence[Point], cfg: EvaluatorConfig) -> Trend | None:
+    """The trend that makes the last of ``points`` low by prediction, or None.
+
+    Only with prediction on, a full window of ``predict_samples`` points, the
+    last health between the thresholds (below the failover threshold it is low
+    anyway; at or above the connection threshold it is healthy), not above the
+    previous one, and the fitted line falling by ``predict_min_drop`` or more
+    and reaching the failover threshold within ``predict_horizon_s``.
+    """
+    if cfg.predict_horizon_s <= 0 or len(points) < cfg.predict_samples:
+        return None
+    health = points[-1][1]
+    if not cfg.failover_threshold <= health < cfg.connection_threshold:
+        return None
+    if health > points[-2][1]:
+        return None
+    trend = fit(points[-cfg.predict_samples :], cfg.failover_threshold)
+    if trend is None or trend.crosses_in is None or trend.drop < cfg.predict_min_drop:
+        return None
+    return trend if trend.crosses_in <= cfg.predict_horizon_s else None
+
+
+def _recent(
+    state: ServerState, health: float, now: float, cfg: EvaluatorConfig
+) -> tuple[Point, ...]:
+    """The points the trend is fitted on, with this sample last (none while prediction is off).
+
+    Points not before ``now`` (a clock set back) are dropped.
+    """
+    if cfg.predict_horizon_s <= 0:
+        return ()
+    kept = [p for p in state.recent if p[0] < now]
+    return (*kept[-(cfg.predict_samples - 1) :], (now, health))
 
 
 def is_low(health: float, cfg: EvaluatorConfig) -> bool:
@@ -79,7 +174,11 @@ def step(
 ) -> tuple[ServerState, Transition | None]:
     """Feed one sample's health to the machine."""
     low, high = is_low(health, cfg), is_high(health, cfg)
-    lows = state.lows + 1 if low else 0
+    recent = _recent(state, health, now, cfg)
+    trend = predicted_low(recent, cfg) if state.phase == "healthy" and not low else None
+    counted = low or trend is not None
+    lows = state.lows + 1 if counted else 0
+    predicted = state.predicted + (trend is not None) if counted else 0
     highs = state.highs + 1 if high else 0
 
     if state.phase == "healthy" and lows >= cfg.failover_samples:
@@ -92,18 +191,36 @@ def step(
             relapses=0,
             lows=0,
             highs=0,
+            predicted=0,
             health=health,
             changed_at=now,
+            recent=recent,
         )
         return new, Transition(
-            state="opened", incident_id=incident_id, opened_at=now, relapses=0, health=health
+            state="opened",
+            incident_id=incident_id,
+            opened_at=now,
+            relapses=0,
+            health=health,
+            reason=_opening_reason(health, trend, predicted, lows, cfg),
+            predicted=predicted,
         )
 
     if state.phase == "overloaded" and highs >= cfg.recovery_samples:
         new = msgspec.structs.replace(
-            state, phase="recovering", lows=0, highs=0, health=health, changed_at=now
+            state,
+            phase="recovering",
+            lows=0,
+            highs=0,
+            predicted=0,
+            health=health,
+            changed_at=now,
+            recent=recent,
         )
-        return new, _transition(new, "recovering", health)
+        reason = (
+            f"health {health:.2f} at or above {cfg.connection_threshold:.2f} for {_samples(highs)}"
+        )
+        return new, _transition(new, "recovering", health, reason)
 
     if state.phase == "recovering" and lows >= cfg.failover_samples:
         new = msgspec.structs.replace(
@@ -112,12 +229,33 @@ def step(
             relapses=state.relapses + 1,
             lows=0,
             highs=0,
+            predicted=0,
             health=health,
             changed_at=now,
+            recent=recent,
         )
-        return new, _transition(new, "opened", health)
+        reason = f"health {health:.2f} below {cfg.failover_threshold:.2f} for {_samples(lows)}"
+        return new, _transition(new, "opened", health, reason)
 
-    return msgspec.structs.replace(state, lows=lows, highs=highs, health=health), None
+    new = msgspec.structs.replace(
+        state, lows=lows, highs=highs, predicted=predicted, health=health, recent=recent
+    )
+    return new, None
+
+
+def _samples(n: int) -> str:
+    return f"{n} sample{'' if n == 1 else 's'}"
+
+
+def _opening_reason(
+    health: float, trend: Trend | None, predicted: int, lows: int, cfg: EvaluatorConfig
+) -> str:
+    """Why an incident opens: health below the threshold, or its trend about to cross it."""
+    threshold = cfg.failover_threshold
+    if trend is not None:
+        return f"{trend.describe(health, threshold)} ({predicted} of {_samples(lows)} predicted)"
+    reason = f"health {health:.2f} below {threshold:.2f} for {_samples(lows)}"
+    return f"{reason}, {predicted} of them predicted" if predicted else reason
 
 
 def close(
@@ -129,11 +267,12 @@ def close(
     """
     if state.phase != "recovering" or state.incident_id != incident_id:
         return state, None
-    transition = _transition(state, "closed", health)
-    return ServerState(server=state.server, health=health, changed_at=now), transition
+    transition = _transition(state, "closed", health, "readmission finished")
+    healthy = ServerState(server=state.server, health=health, changed_at=now, recent=state.recent)
+    return healthy, transition
 
 
-def _transition(state: ServerState, kind: IncidentState, health: float) -> Transition:
+def _transition(state: ServerState, kind: IncidentState, health: float, reason: str) -> Transition:
     assert state.incident_id is not None and state.opened_at is not None
     return Transition(
         state=kind,
@@ -141,4 +280,5 @@ def _transition(state: ServerState, kind: IncidentState, health: float) -> Trans
         opened_at=state.opened_at,
         relapses=state.relapses,
         health=health,
+        reason=reason,
     )
