@@ -194,6 +194,7 @@ def test_recorded_reads_the_decisions_of_the_incident(config: Config) -> None:
         further_incidents=0,
         failover_threshold=0.2,
         connection_threshold=0.6,
+        first_move_at=T0 + 3.02,
     )
 
 
@@ -277,6 +278,113 @@ def test_waves_follow_the_wave_size_and_interval(
     assert row.split()[2:] == ["-", f"{times[2]:.1f}", "s:", "1:", "nas-07", "(final)"]
     assert "3 readmission waves instead of 1" in text
     assert f"the incident closes {times[2] - 12.0:.1f} s later" in text
+
+
+# A slow ramp: one more worker busy each second from 1, then the queue fills.
+RAMP = [IDLE, IDLE, (1, 0, 0.875), (2, 0, 0.75), (3, 0, 0.625), BUSY, (5, 0, 0.375)]
+RAMP += [(6, 0, 0.25), LOW, LOWER, LOWEST, LOWEST, LOWEST, LOWEST, LOWEST]
+
+
+def ramp_recording(config: Config) -> list[Event]:
+    """What the live services (prediction off) recorded for RAMP: opened at 9, on 0.125
+    and 0.0625, with nas-01 and nas-04 moved at once; the recording ends still overloaded."""
+    events: list[Event] = [*statuses(config, T0 - 5), *samples(RAMP)]
+    for i, (_, _, health) in enumerate(RAMP):
+        events.append(
+            HealthReport(
+                time=T0 + i + 0.005,
+                source="evaluator",
+                server="A",
+                sample_id=f"s-A-{i}",
+                health=health,
+                failover_threshold=0.2,
+                connection_threshold=0.6,
+                incident_id="inc-A1" if i >= 9 else None,
+                state="overloaded" if i >= 9 else "healthy",
+            )
+        )
+    moves = [Move(client=c, alternates=["B", "C"]) for c in ("nas-01", "nas-04")]
+    events += [
+        Incident(
+            time=T0 + 9.01,
+            source="evaluator",
+            incident_id="inc-A1",
+            server="A",
+            state="opened",
+            health=0.0625,
+            opened_at=T0 + 9.01,
+        ),
+        FailoverPlan(
+            time=T0 + 9.02, source="targeter", incident_id="inc-A1", server="A", moves=moves, step=1
+        ),
+    ]
+    return by_time(events)
+
+
+def row(text: str, label: str) -> list[str]:
+    """The two cells of a row of the side-by-side table, as words."""
+    line = next(line for line in text.splitlines() if line.startswith(label))
+    return line.removeprefix(label).split()
+
+
+def test_prediction_opens_a_slow_ramp_earlier_but_moves_no_one_before_the_threshold(
+    config: Config,
+) -> None:
+    events = ramp_recording(config)
+    live, _ = text_of(config, [], events)
+    assert (live.onset_at, live.first_move_at) == (T0 + 9, T0 + 9)
+
+    settings = ["evaluator.predict_horizon_s=2"]
+    sim, text = text_of(config, settings, events)
+    # At 0.375 (6) the line through the last five crosses 0.2 in 1.4 s, at 0.25 (7) in 0.4 s:
+    # two lows by the trend, two samples before the thresholds' own two lows (8, 9).
+    assert sim.onset_at == T0 + 7
+    assert sim.onset_predicted == 2
+    reason = "health 0.25 falling 0.12/s, crosses 0.20 in 0.4s (2 of 2 samples predicted)"
+    assert sim.onset_reason == reason
+    assert row(text, "onset detected") == ["9.0", "s", "7.0", "s"]
+    # Health 0.25 is not below 0.2: the first plan moves no one, and the next step waits
+    # targeter.step_interval_s (5 s) from it, so the first move comes later than live.
+    assert sim.first_move_at == T0 + 12
+    assert row(text, "first client moved") == ["9.0", "s", "12.0", "s"]
+    assert (
+        text.rstrip()
+        .splitlines()[-1]
+        .startswith(
+            f"With evaluator.predict_horizon_s=2 the onset is detected 2.0 s earlier, "
+            f"on the health trend: {reason}. "
+        )
+    )
+    assert "the first client moves 3.0 s later" in text
+
+    # With a step every second, the first real low moves clients one sample before live.
+    faster = [*settings, "targeter.step_interval_s=1"]
+    sim, text = text_of(config, faster, events)
+    assert (sim.onset_at, sim.first_move_at) == (T0 + 7, T0 + 8)
+    assert "the first client moves 1.0 s earlier" in text
+
+    # Without prediction the what-if column is the recording's.
+    sim, text = text_of(config, ["evaluator.predict_horizon_s=0"], events)
+    assert (sim.onset_at, sim.first_move_at, sim.onset_predicted) == (T0 + 9, T0 + 9, 0)
+    assert row(text, "onset detected") == ["9.0", "s", "9.0", "s"]
+
+
+def test_a_trend_can_open_what_the_thresholds_never_would(config: Config) -> None:
+    # With the threshold at 0.01 the ramp's lows (the queue full: 0.03125) never count,
+    # but the line through 0.5 .. 0.125 points below 0.01 within 2 s: the trend overshoots.
+    settings = ["evaluator.predict_horizon_s=2", "evaluator.failover_threshold=0.01"]
+    sim, text = text_of(config, settings, ramp_recording(config))
+    assert sim.onset_at == T0 + 8 and sim.onset_predicted == 2
+    assert sim.clients_moved == [] and sim.first_move_at is None
+    assert "0 clients move instead of 2" in text
+    # A drop the line can never show turns prediction off, and the summary says what held.
+    settings.append("evaluator.predict_min_drop=1")
+    sim, text = text_of(config, settings, ramp_recording(config))
+    assert sim.onset_at is None and sim.predict_horizon_s == 2.0
+    assert (
+        "the onset is never detected: health never stayed below 0.01 for 2 samples "
+        "(lowest 0.031), nor did its trend cross it within 2 s." in text
+    )
 
 
 def test_a_relapse_is_counted_and_sheds_again(config: Config) -> None:

@@ -69,7 +69,11 @@ class ServerState(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Transition(msgspec.Struct, frozen=True, kw_only=True):
-    """A change of an incident, to be published as an Incident event."""
+    """A change of an incident, to be published as an Incident event.
+
+    ``reason`` says why in one line; ``predicted`` counts the samples of an
+    opening that were low by the health trend rather than below the threshold.
+    """
 
     state: IncidentState
     incident_id: str

@@ -78,7 +78,12 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
 
     Times are UNIX times (None: never). ``onset_at`` and ``recovering_at`` are
     the times of the samples that opened the incident and started its
-    recovery; ``closed_at`` that of the final wave, which closes it.
+    recovery; ``closed_at`` that of the final wave, which closes it;
+    ``first_move_at`` that of the first plan that moved a client (a plan may
+    move no one: health not yet below the threshold when a prediction opened
+    the incident). ``onset_reason`` says why it opened, and
+    ``onset_predicted`` how many of the samples that opened it counted as
+    low by the health trend rather than by the threshold.
     ``lowest_health`` is the lowest health during the incident, or in the
     whole window when no incident opened. ``clients_moved`` are in plan order;
     ``steps`` counts the plans; ``re_overloads`` the relapses from recovering
@@ -101,6 +106,10 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     failover_threshold: float | None = None
     connection_threshold: float | None = None
     failover_samples: int | None = None
+    first_move_at: float | None = None
+    onset_reason: str = ""
+    onset_predicted: int = 0
+    predict_horizon_s: float | None = None
 
 
 # --- settings ----------------------------------------------------------------
@@ -212,6 +221,8 @@ def recorded(events: Sequence[Event], incident_id: str) -> Outcome:
     moved_clients: list[str] = []
     for plan in plans:
         moved_clients.extend(m.client for m in plan.moves)
+    first_move_at = next((p.time for p in plans if p.moves), None)
+    opened = [e for e in incidents if e.state == "opened" and e.relapses == 0]
 
     wave_events = [
         e
@@ -253,6 +264,8 @@ def recorded(events: Sequence[Event], incident_id: str) -> Outcome:
         further_incidents=len(later),
         failover_threshold=reports[0].failover_threshold if reports else None,
         connection_threshold=reports[0].connection_threshold if reports else None,
+        first_move_at=first_move_at,
+        onset_reason=opened[0].reason if opened else "",
     )
 
 
@@ -266,6 +279,9 @@ class _IncidentLog:
     incident_id: str
     onset_at: float
     lowest: float
+    reason: str = ""
+    predicted: int = 0
+    first_move_at: float | None = None
     moved: list[str] = field(default_factory=list)
     steps: int = 0
     waves: list[WaveOutcome] = field(default_factory=list)
@@ -362,7 +378,11 @@ class _Replay:
         if transition.state == "opened" and transition.relapses == 0:
             sim.incidents.append(
                 _IncidentLog(
-                    incident_id=transition.incident_id, onset_at=now, lowest=transition.health
+                    incident_id=transition.incident_id,
+                    onset_at=now,
+                    lowest=transition.health,
+                    reason=transition.reason,
+                    predicted=transition.predicted,
                 )
             )
         log = sim.incidents[-1] if sim.incidents else None
@@ -411,6 +431,8 @@ class _Replay:
         if log is not None and log.incident_id == tracked.incident_id:
             log.steps += 1
             log.moved.extend(c for c in clients if c not in log.moved)
+            if clients and log.first_move_at is None:
+                log.first_move_at = now
 
     def readmit(self, sid: str, report: HealthReport, now: float) -> None:
         """The readmitter at this sample: a wave if one is due; the final one closes."""
@@ -525,6 +547,7 @@ def simulate(
         "failover_threshold": cfg.failover_threshold,
         "connection_threshold": cfg.connection_threshold,
         "failover_samples": cfg.failover_samples,
+        "predict_horizon_s": cfg.predict_horizon_s,
     }
     if not sim.incidents:
         return Outcome(
@@ -543,6 +566,9 @@ def simulate(
         recovering_at=log.recovering_at,
         closed_at=log.closed_at,
         further_incidents=len(sim.incidents) - 1,
+        first_move_at=log.first_move_at,
+        onset_reason=log.reason,
+        onset_predicted=log.predicted,
         **thresholds,
     )
 
@@ -588,6 +614,7 @@ def _rows(rec: Outcome, sim: Outcome, start: float) -> list[tuple[str, str, str]
         both("failover threshold", lambda o: _threshold(o.failover_threshold)),
         both("connection threshold", lambda o: _threshold(o.connection_threshold)),
         both("onset detected", lambda o: _at(o.onset_at, start)),
+        both("first client moved", lambda o: _at(o.first_move_at, start)),
         both("lowest health", lambda o: _number(o.lowest_health, 3)),
         both("clients moved", lambda o: _clients(o.clients_moved)),
         both("steps", lambda o: str(o.steps)),
@@ -624,6 +651,26 @@ def _shift(what: str, rec: float | None, sim: float | None) -> str | None:
     return f"{what} {abs(delta):.1f} s {'later' if delta > 0 else 'earlier'}"
 
 
+MOVE_LAG_S = 0.25
+"""How much later than its onset a recorded first move may come and still be at the onset:
+the services' own latency from a sample to its plan, which the simulation does not have."""
+
+
+def _moves_apart(rec: Outcome, sim: Outcome) -> bool:
+    """Whether the first move is not as far from the onset in both (said only then: an
+    onset predicted on the health trend moves no one until health is below the threshold)."""
+
+    def lag(o: Outcome) -> float | None:
+        return (
+            None if o.first_move_at is None or o.onset_at is None else o.first_move_at - o.onset_at
+        )
+
+    rec_lag, sim_lag = lag(rec), lag(sim)
+    if rec_lag is None or sim_lag is None:
+        return False  # one side moves no one: the count of clients moved says so
+    return abs(rec_lag - sim_lag) > MOVE_LAG_S
+
+
 def _count(n: int, one: str, many: str) -> str:
     return f"{n} {one if n == 1 else many}"
 
@@ -638,6 +685,8 @@ def summary(rec: Outcome, sim: Outcome, settings: Sequence[str]) -> str:
         span = "" if samples == 1 else f" for {samples} samples"
         lowest = "" if sim.lowest_health is None else f" (lowest {sim.lowest_health:.3f})"
         first = f"{head} the onset is never detected: health never {held} {threshold}{span}{lowest}"
+        if sim.predict_horizon_s:
+            first += f", nor did its trend cross it within {sim.predict_horizon_s:g} s"
         moved = len(rec.clients_moved)
         return f"{first}. No client moves ({_count(moved, 'client', 'clients')} in the recording)."
     if rec.onset_at is None:
@@ -647,6 +696,8 @@ def summary(rec: Outcome, sim: Outcome, settings: Sequence[str]) -> str:
             _shift("the onset is detected", rec.onset_at, sim.onset_at)
             or "the onset is detected at the same time"
         )
+    if sim.onset_predicted:
+        first += f", on the health trend: {sim.onset_reason}"
     changes: list[str] = []
     if sim.clients_moved != rec.clients_moved:
         if len(sim.clients_moved) != len(rec.clients_moved):
@@ -670,6 +721,9 @@ def summary(rec: Outcome, sim: Outcome, settings: Sequence[str]) -> str:
             f"{_count(sim.re_overloads, 're-overload', 're-overloads')} "
             f"instead of {rec.re_overloads}"
         )
+    if _moves_apart(rec, sim):
+        shift = _shift("the first client moves", rec.first_move_at, sim.first_move_at)
+        changes.append(shift or "the first client moves at the same time")
     for what, r, s in (
         ("recovery starts", rec.recovering_at, sim.recovering_at),
         ("the incident closes", rec.closed_at, sim.closed_at),
