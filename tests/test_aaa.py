@@ -26,7 +26,7 @@ from services.aaa.packets import (
     decode,
     status_reply,
 )
-from services.aaa.pool import WorkerPool
+from services.aaa.pool import MARKS_PER_WINDOW, BusyWindow, WorkerPool
 from services.runtime import radius
 from services.runtime.bus import Bus, Keyring, Signer
 from services.runtime.config import Config, ConfigError
@@ -134,6 +134,111 @@ def test_pool_stop_releases_stalled_workers_and_cuts_service_time() -> None:
     assert pool.stop() == 1
     assert pool.join(5) == 0
     assert time.monotonic() - started < 2
+
+
+class FakeClock:
+    """A clock the test moves; the pool's worker threads read it."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_pool_busy_mean_a_burst_that_fills_every_worker_reads_as_its_share() -> None:
+    clock = FakeClock(100.0)
+    pool = WorkerPool("pool-t4", workers=8, queue_max=16, window_s=1.0, clock=clock)
+    pool.start()
+    release = threading.Event()
+
+    def hold() -> None:
+        release.wait(5)
+
+    try:
+        clock.now = 101.0
+        for _ in range(8):
+            assert pool.submit(hold)
+        wait_until(lambda: pool.stats().busy == 8)
+        assert pool.stats().busy_mean == 0.0
+        clock.now = 101.010
+        release.set()
+        wait_until(lambda: pool.stats().busy == 0)
+        clock.now = 101.5
+        stats = pool.stats()
+        assert stats.busy == 0
+        assert stats.busy_mean == pytest.approx(0.01 * 8)
+        clock.now = 102.0
+        assert pool.stats().busy_mean == pytest.approx(0.01 * 8)
+        clock.now = 102.005
+        assert pool.stats().busy_mean == pytest.approx(0.005 * 8)
+        clock.now = 102.5
+        assert pool.stats().busy_mean == pytest.approx(0.0)
+    finally:
+        release.set()
+        pool.stop()
+        assert pool.join(5) == 0
+
+
+def test_pool_busy_mean_a_stall_of_every_worker_reads_all_busy_once_the_window_passed() -> None:
+    clock = FakeClock(50.0)
+    pool = WorkerPool("pool-t5", workers=4, queue_max=4, window_s=1.0, clock=clock)
+    pool.start()
+    try:
+        pool.set_stalled(4)
+        wait_until(lambda: pool.stats().stalled == 4)
+        clock.now = 50.5
+        assert pool.stats().busy_mean == pytest.approx(2.0)
+        clock.now = 51.0
+        assert pool.stats().busy_mean == pytest.approx(4.0)
+        clock.now = 60.0
+        assert pool.stats().busy_mean == pytest.approx(4.0)
+        pool.set_stalled(0)
+        wait_until(lambda: pool.stats().busy == 0)
+        clock.now = 60.25
+        assert pool.stats().busy_mean == pytest.approx(3.0)
+        clock.now = 61.0
+        assert pool.stats().busy_mean == pytest.approx(0.0)
+    finally:
+        pool.stop()
+        assert pool.join(5) == 0
+
+
+def test_busy_window_keeps_a_bounded_memory_of_many_changes() -> None:
+    """A million changes in one window: at most MARKS_PER_WINDOW marks, a mean within bound."""
+    window = BusyWindow(1.0, 0.0)
+    for i in range(500_000):
+        start = 1.0 + i * 2e-6
+        window.add(8, start)
+        window.add(-8, start + 1e-6)
+    # every worker busy half of [1.0, 2.0]
+    assert len(window._marks) <= MARKS_PER_WINDOW + 1
+    assert window.mean(2.0) == pytest.approx(4.0, abs=8 / MARKS_PER_WINDOW)
+    with pytest.raises(ValueError):
+        BusyWindow(0.0, 0.0)
+
+
+def test_status_threads_active_is_the_windows_mean_rounded(farm: FarmFactory) -> None:
+    config, _ = farm(clients=2, workers=8)
+    (server,) = aaa.build_servers(config, only=["A"])
+    clock = FakeClock(10.0)
+    server.pool = WorkerPool("pool-t6", workers=8, queue_max=8, window_s=1.0, clock=clock)
+    server.pool.start()
+    try:
+        server.pool.set_stalled(8)
+        wait_until(lambda: server.pool.stats().busy == 8)
+        clock.now = 10.05
+        assert server.figures().threads_active == 0, "8 busy for 50 ms of a second"
+        clock.now = 10.5
+        assert server.figures().threads_active == 4
+        clock.now = 10.8125
+        assert server.figures().threads_active == 7, "6.5 rounds up"
+        clock.now = 11.0
+        figures = server.figures()
+        assert (figures.threads_active, figures.threads_max, figures.queue_len) == (8, 8, 0)
+    finally:
+        server.pool.stop()
+        assert server.pool.join(5) == 0
 
 
 # --- packets -----------------------------------------------------------------

@@ -8,8 +8,12 @@ a worker waits the service time, checks the password against
 queue drops the request, as an overloaded server does, and a retransmission
 of a request still in hand is dropped as a duplicate. Status-Server is
 answered from the loop at once, with the pool's figures as FreeRADIUS
-statistics. ``ServerControl`` events on the bus stall workers or change the
-service time, which is how the demo and tests overload a server.
+statistics. Threads-Active is the workers busy on average over the last
+second (``pool.BUSY_WINDOW_S``), not at that instant: clients that send in
+lock-step fill every worker for a few milliseconds at a time. The queue
+length is read at the instant, as a full queue drops requests at once.
+``ServerControl`` events on the bus stall workers or change the service time,
+which is how the demo and tests overload a server.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import os
 import time
 from collections import Counter
@@ -176,10 +181,15 @@ class AaaServer(asyncio.DatagramProtocol):
         )
 
     def figures(self) -> ServerFigures:
+        """The figures of a Status-Server reply.
+
+        Threads active is the pool's mean of busy workers over its window,
+        rounded half up to whole workers (the attribute is an integer).
+        """
         stats = self.pool.stats()
         pps_in, pps_out = self._packet_rates()
         return ServerFigures(
-            threads_active=stats.busy,
+            threads_active=math.floor(stats.busy_mean + 0.5),
             threads_total=stats.alive,
             threads_max=stats.workers,
             queue_len=stats.queued,
