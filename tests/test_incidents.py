@@ -265,6 +265,14 @@ def test_a_sharp_step_down_opens_as_without_prediction() -> None:
     assert opened_at(CFG, step_down) == (11, "health 0.05 below 0.20 for 2 samples")
 
 
+@pytest.mark.parametrize("level", [0.25, 0.375, 0.5, 0.55])
+def test_a_step_down_that_holds_between_the_thresholds_never_opens(level: float) -> None:
+    # As on an alternate that takes a failed-over server's clients: the line through
+    # the step falls steeply, but health stops falling after it.
+    eager = msgspec.structs.replace(PREDICT, predict_horizon_s=3600.0, predict_min_drop=0.0)
+    assert opened_at(eager, [0.97] * 10 + [level] * 30) is None
+
+
 def test_one_low_sample_then_a_rise_does_not_open() -> None:
     # The line through 0.9, 0.9, 0.9, 0.1, 0.5 falls and crosses 0.2 within 1 s,
     # but health rose since the previous sample: not falling now, not low.

@@ -13,8 +13,8 @@ Predictive onset (``predict_horizon_s`` above 0): while ``healthy``, a sample
 between the thresholds also counts as low when the health trend is about to
 cross the failover threshold (:func:`predicted_low`): the least-squares line
 through the last ``predict_samples`` (time, health) points falls by at least
-``predict_min_drop`` across them, health did not rise since the previous
-sample, and the line reaches the threshold within the horizon. A sample at or
+``predict_min_drop`` across them, health fell since the previous sample,
+and the line reaches the threshold within the horizon. A sample at or
 above the connection threshold never counts, so a server noisy around a high
 value is never predicted; relapses and recovery use the thresholds alone. The
 points are kept in the state, so a restart keeps the trend.
@@ -129,16 +129,17 @@ def predicted_low(points: Sequence[Point], cfg: EvaluatorConfig) -> Trend | None
 
     Only with prediction on, a full window of ``predict_samples`` points, the
     last health between the thresholds (below the failover threshold it is low
-    anyway; at or above the connection threshold it is healthy), not above the
-    previous one, and the fitted line falling by ``predict_min_drop`` or more
-    and reaching the failover threshold within ``predict_horizon_s``.
+    anyway; at or above the connection threshold it is healthy), below the
+    previous one (a step down that then holds stops counting at once), and the
+    fitted line falling by ``predict_min_drop`` or more and reaching the
+    failover threshold within ``predict_horizon_s``.
     """
     if cfg.predict_horizon_s <= 0 or len(points) < cfg.predict_samples:
         return None
     health = points[-1][1]
     if not cfg.failover_threshold <= health < cfg.connection_threshold:
         return None
-    if health > points[-2][1]:
+    if health >= points[-2][1]:
         return None
     trend = fit(points[-cfg.predict_samples :], cfg.failover_threshold)
     if trend is None or trend.crosses_in is None or trend.drop < cfg.predict_min_drop:

@@ -390,8 +390,8 @@ class EvaluatorConfig(Base, frozen=True, kw_only=True):
     Predictive onset (off while ``predict_horizon_s`` is 0): a sample between
     the thresholds also counts towards ``failover_samples`` when the least
     squares line through the last ``predict_samples`` healths falls by at
-    least ``predict_min_drop`` across them, health did not rise since the
-    previous sample, and the line reaches ``failover_threshold`` within
+    least ``predict_min_drop`` across them, health fell since the previous
+    sample, and the line reaches ``failover_threshold`` within
     ``predict_horizon_s`` from now (docs/incidents.md, Predictive onset).
     """
 
