@@ -21,7 +21,10 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from services.supervisor import LogSink, ServiceProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -181,3 +184,41 @@ def process(argv: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]
                 proc.kill()
                 proc.wait()
         log.close()
+
+
+READY_TIMEOUT_S = 30.0
+
+
+def start_services(
+    plan: Sequence[tuple[str, str, Sequence[str]]],
+    config_path: Path,
+    bus_url: str,
+    sink: LogSink,
+) -> list[ServiceProcess]:
+    """Each ``(name, service, extra argv)`` of ``plan`` as its own ``aaa-failover run``
+    process on the bus at ``bus_url``, started and ready; RuntimeError if one is not."""
+    from services.supervisor import ServiceProcess
+
+    processes: list[ServiceProcess] = []
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+    for name, service, extra in plan:
+        argv = [
+            sys.executable, "-m", "services.cli", "run", service,
+            "-c", str(config_path), "--bus-url", bus_url, *extra,
+        ]  # fmt: skip
+        process = ServiceProcess(name, argv, sink=sink, env=env)
+        process.start()
+        processes.append(process)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    for process in processes:
+        if not process.ready.wait(max(0.0, deadline - time.monotonic())):
+            stop_services(processes)
+            raise RuntimeError(f"{process.name} did not start (exit {process.exited})")
+    return processes
+
+
+def stop_services(processes: Sequence[ServiceProcess]) -> dict[str, int]:
+    """Stop every process (SIGTERM, then SIGKILL after 10 s); their exit statuses."""
+    for process in reversed(processes):
+        process.terminate()
+    return {p.name: p.wait(10.0) for p in reversed(processes)}

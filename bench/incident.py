@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -46,7 +45,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import arguments, percentile, table, write  # noqa: E402
+from bench.common import (  # noqa: E402
+    arguments,
+    percentile,
+    start_services,
+    stop_services,
+    table,
+    write,
+)
 from schemas.events import ClientStatus, Incident, ServerControl  # noqa: E402
 from services.demo import LogFiles  # noqa: E402
 from services.farm import farm_dict, free_udp_port, write_config  # noqa: E402
@@ -212,7 +218,7 @@ def build_config(directory: Path, bus_url: str, clients: int) -> tuple[Config, P
     return load_config(path), path
 
 
-def start_services(
+def start_control(
     config: Config, path: Path, bus_url: str, with_control: bool, sink: LogFiles
 ) -> list[ServiceProcess]:
     """The reference servers, the control services if asked, and the agent, started and ready."""
@@ -222,29 +228,7 @@ def start_services(
     if with_control:
         plan += [(name, name, []) for name in CONTROL_SERVICES]
     plan.append(("agent", "agent", []))
-    processes: list[ServiceProcess] = []
-    env = {"PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
-    for name, service, extra in plan:
-        argv = [
-            sys.executable, "-m", "services.cli", "run", service,
-            "-c", str(path), "--bus-url", bus_url, *extra,
-        ]  # fmt: skip
-        process = ServiceProcess(name, argv, sink=sink, env={**os.environ, **env})
-        process.start()
-        processes.append(process)
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    for process in processes:
-        if not process.ready.wait(max(0.0, deadline - time.monotonic())):
-            stop_services(processes)
-            raise RuntimeError(f"{process.name} did not start (exit {process.exited})")
-    return processes
-
-
-def stop_services(processes: list[ServiceProcess]) -> dict[str, int]:
-    """Stop every process (SIGTERM, then SIGKILL after 10 s); their exit statuses."""
-    for process in reversed(processes):
-        process.terminate()
-    return {p.name: p.wait(10.0) for p in reversed(processes)}
+    return start_services(plan, path, bus_url, sink)
 
 
 class Load:
@@ -347,7 +331,7 @@ async def scenario(name: str, params: dict[str, Any], workdir: Path) -> dict[str
     try:
         config, path = build_config(workdir / "farm", nats.url, params["clients"])
         processes = await asyncio.to_thread(
-            start_services, config, path, nats.url, with_control, logs
+            start_control, config, path, nats.url, with_control, logs
         )
         async with AsyncExitStack() as stack:
             bus = await Bus.connect(

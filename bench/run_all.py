@@ -17,7 +17,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common
 
-ORDER = ("detection", "fanout", "throughput", "incident", "watching", "planner", "proxy", "growth")
+ORDER = (
+    "detection",
+    "fanout",
+    "throughput",
+    "incident",
+    "freeradius_incident",
+    "watching",
+    "planner",
+    "proxy",
+    "growth",
+)
 
 
 def main() -> int:

@@ -77,6 +77,7 @@ QUIET_DROPS = frozenset({"duplicate", "shutdown"})
 
 USER_PASSWORD = 2
 CHAP_PASSWORD = 3
+STATE = 24
 PROXY_STATE = 33
 CHAP_CHALLENGE = 60
 TUNNEL_PASSWORD = 69
@@ -302,7 +303,8 @@ class ProxyCounters:
 
     ``received``: datagrams from NAS devices; ``forwarded``: requests sent
     upstream (a fail-over sends one twice); ``answered``: replies sent back;
-    ``failed_over``: requests tried again on another upstream; ``resent``:
+    ``failed_over``: requests tried again on another upstream (``moved_in_flight``
+    of them at once, when a notice moved the client off their server); ``resent``:
     replies sent again to a retransmission; ``status``: Status-Server
     answered by the proxy; ``dropped``: packets left unanswered, by reason.
     """
@@ -311,9 +313,14 @@ class ProxyCounters:
     forwarded: int = 0
     answered: int = 0
     failed_over: int = 0
+    moved_in_flight: int = 0
     resent: int = 0
     status: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
+
+
+class _Left(Exception):
+    """A request in flight was given up on because a notice moved the client off its server."""
 
 
 @dataclass
@@ -381,6 +388,24 @@ def _same(listener: _Listener) -> _Listener:
     return listener
 
 
+async def _unless(
+    sending: Coroutine[Any, Any, packet.Packet], leaving: asyncio.Event
+) -> packet.Packet:
+    """The reply ``sending`` brings, unless ``leaving`` is set first: then raise _Left."""
+    reply = asyncio.ensure_future(sending)
+    left = asyncio.ensure_future(leaving.wait())
+    try:
+        await asyncio.wait({reply, left}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        left.cancel()
+        if not reply.done():
+            reply.cancel()
+        await asyncio.gather(left, reply, return_exceptions=True)
+    if reply.cancelled():
+        raise _Left
+    return reply.result()
+
+
 class RadiusProxy:
     """One client's RADIUS proxy: NAS listeners, upstream pool, probes and counters."""
 
@@ -419,6 +444,7 @@ class RadiusProxy:
         self._recent: OrderedDict[RequestKey, tuple[float, bytes]] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self._probe_wake = asyncio.Event()
+        self._leaving: dict[str, asyncio.Event] = {}
         self._closing = False
         self._closed = False
 
@@ -435,6 +461,17 @@ class RadiusProxy:
         self.pool.prefer(endpoint)
         logger.info("%s: proxy prefers %s", self.client_id, endpoint.server)
         self._check_switch()
+
+    def leave(self, server: str) -> None:
+        """A verified notice moved the client off ``server``, an overloaded server: its
+        Access-Requests in flight (those in no EAP conversation, which only ``server`` can
+        carry on) are sent on at once to the upstream now in use instead of waiting out
+        the response window; whichever answer comes first is the NAS's."""
+        if self.pool.retry_target(server) is None:
+            return  # nowhere else to send them: they wait for their answer
+        event = self._leaving.pop(server, None)
+        if event is not None:
+            event.set()
 
     def _check_switch(self) -> None:
         now_in_use = self.pool.in_use()
@@ -673,7 +710,11 @@ class RadiusProxy:
     ) -> bytes | None:
         """The reply for the NAS, from the upstream in use or, failing it, the next alive one."""
         first = self.in_use()
-        outcome = await self._attempt(first, request, accounting)
+        try:
+            outcome = await self._attempt(first, request, accounting)
+        except _Left:
+            outcome = None
+            self.counters.moved_in_flight += 1
         if outcome is None:
             target = self.pool.retry_target(first.server)
             if target is None:
@@ -696,15 +737,25 @@ class RadiusProxy:
     async def _attempt(
         self, endpoint: Endpoint, request: packet.Packet, accounting: bool
     ) -> tuple[packet.Packet, packet.Packet] | None:
-        """Send ``request`` to ``endpoint`` once: (what was sent, its reply), or None."""
+        """Send ``request`` to ``endpoint`` once: (what was sent, its reply), or None.
+
+        Raises _Left when a notice moves the client off ``endpoint`` before the answer
+        (see :meth:`leave`).
+        """
         port = endpoint.auth_port + (ACCT_PORT_OFFSET if accounting else 0)
         sent = upstream_request(request, self.secret)
         sent_at = time.monotonic()
         self.counters.forwarded += 1
+        movable = not accounting and STATE not in OrderedDict.keys(request)
         try:
-            reply = await self._link((endpoint.ip, port)).send(
+            sending = self._link((endpoint.ip, port)).send(
                 sent, timeout_s=self.settings.response_window_s
             )
+            if movable:
+                leaving = self._leaving.setdefault(endpoint.server, asyncio.Event())
+                reply = await _unless(sending, leaving)
+            else:
+                reply = await sending
         except RadiusTimeout:
             self.tallies.timed_out(endpoint.server)
             self._after(self.pool.unanswered(endpoint.server, sent_at, time.monotonic()))

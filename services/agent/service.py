@@ -267,6 +267,8 @@ class ClientAgent:
         step = on_notice(before, notice, time.time(), self.rng)
         self.state = step.state
         self._follow_notices()
+        if step.switched and isinstance(notice, FailoverNotice) and self.proxy is not None:
+            self.proxy.leave(notice.server)
         if step.rejected is not None:
             self.reject(step.rejected, f"notice {notice.id} seq {notice.seq}")
         elif step.reack:

@@ -105,7 +105,10 @@ class Evaluator:
             self.health_gauge.labels(server.id).set(result.health)
             self._observe(state)
             if transition is not None:
-                await self._transition(state, transition, result.reason)
+                reason = result.reason
+                if transition.predicted:
+                    reason = f"{transition.reason}; {reason}"
+                await self._transition(state, transition, reason)
 
     async def on_status(self, status: ClientStatus) -> None:
         """An agent's report: how its requests to each server fared."""

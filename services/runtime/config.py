@@ -221,7 +221,7 @@ class LatencyProbe(Base, frozen=True, kw_only=True):
     secret: Secret
     users: list[ProbeUser]
     nas_identifiers: list[str] = msgspec.field(default_factory=lambda: ["aaa-failover-probe"])
-    per_interval: int = 5
+    per_interval: int = 10
     objective_s: float = 0.25
     timeout_s: float = 2.0
     tolerance: float = 0.25
@@ -369,8 +369,10 @@ class ClientConfig(Base, frozen=True, kw_only=True):
 
 
 class CollectorConfig(Base, frozen=True, kw_only=True):
-    interval_s: float = 1.0
-    status_timeout_s: float = 0.5
+    """How often each server is sampled, and how long a Status-Server probe may take."""
+
+    interval_s: float = 0.5
+    status_timeout_s: float = 0.25
 
     def __post_init__(self) -> None:
         if self.interval_s <= 0:
