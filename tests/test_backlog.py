@@ -71,7 +71,7 @@ def test_first_readings_give_no_figure_and_say_why() -> None:
 
 
 def test_a_restart_starts_afresh_and_the_cap_bounds_the_estimate() -> None:
-    tracker = BacklogTracker(0.0, baseline_s=10.0)
+    tracker = BacklogTracker(0.0, baseline_s=10.0, smooth_s=0.0)
     assert tracker.update(1.0, {REQUESTS: 100, RESPONSES: 90}, 0).outstanding is None
     assert tracker.update(2.0, {REQUESTS: 200, RESPONSES: 190}, 0).outstanding == 0
     grown = tracker.update(3.0, {REQUESTS: 300, RESPONSES: 240}, 0, cap=20)
@@ -88,3 +88,24 @@ def test_status_server_from_others_drifts_out_with_the_baseline() -> None:
         # 2 Status-Server a second from someone else: requests that never get a response
         outs.append(tracker.update(float(t), {REQUESTS: 12 * t, RESPONSES: 10 * t}, 0).outstanding)
     assert max(v for v in outs if v is not None) <= 2 * 5
+
+
+def test_a_burst_of_lock_step_clients_does_not_count_a_backlog_that_lasts_does() -> None:
+    tracker = BacklogTracker(0.0, baseline_s=10.0, smooth_s=1.0)
+    requests = responses = 0
+    seen = []
+    for tick in range(1, 31):
+        at = tick * 0.1
+        requests += 10
+        # every fifth reading catches a burst of 10 in flight; the others see none
+        responses = requests - (10 if tick % 5 == 0 else 0)
+        seen.append(tracker.update(at, {REQUESTS: requests, RESPONSES: responses}, 0).outstanding)
+    assert max(v for v in seen if v is not None) == 0
+    for tick in range(31, 51):  # then 40 stay in flight
+        requests += 10
+        seen.append(
+            tracker.update(
+                tick * 0.1, {REQUESTS: requests, RESPONSES: requests - 40}, 0
+            ).outstanding
+        )
+    assert seen[-1] == 40

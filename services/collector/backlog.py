@@ -21,7 +21,10 @@ else, slowly. Because responses are counted late, a slowdown shows here one
 
 What is in flight is held by a worker thread or waits in the queue, so the
 estimate is capped at the server's threads plus its queue when they are
-known. Little's law turns it into time: in flight / arrival rate.
+known. Clients that send in lock-step put a burst in flight at one instant
+that is gone the next: the figure reported is the lowest estimate of the
+last ``SMOOTH_S``, so that only a backlog that lasts counts. Little's law
+turns it into time: in flight / arrival rate.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ NEVER_ANSWERED = (
 """Counters of Access-Requests that are counted as requests and never as responses."""
 
 BASELINE_S = 30.0
+SMOOTH_S = 1.0
+"""The reported figure is the lowest estimate of this many seconds (a backlog that lasts)."""
 
 
 @dataclass(frozen=True)
@@ -63,18 +68,25 @@ class _Point:
 class BacklogTracker:
     """Turns one server's successive counters into its requests in flight (pure, no clock)."""
 
-    def __init__(self, cleanup_delay_s: float, baseline_s: float = BASELINE_S) -> None:
-        if cleanup_delay_s < 0 or baseline_s <= 0:
-            raise ValueError("cleanup_delay_s must not be negative, baseline_s must be positive")
+    def __init__(
+        self, cleanup_delay_s: float, baseline_s: float = BASELINE_S, smooth_s: float = SMOOTH_S
+    ) -> None:
+        if cleanup_delay_s < 0 or baseline_s <= 0 or smooth_s < 0:
+            raise ValueError(
+                "cleanup_delay_s and smooth_s must not be negative, baseline_s must be positive"
+            )
         self.cleanup_delay_s = cleanup_delay_s
         self.baseline_s = baseline_s
+        self.smooth_s = smooth_s
         self._points: deque[_Point] = deque()
         self._levels: deque[tuple[float, int]] = deque()
+        self._estimates: deque[tuple[float, int]] = deque()
 
     def reset(self) -> None:
         """Forget the history (the server restarted, or a counter went down)."""
         self._points.clear()
         self._levels.clear()
+        self._estimates.clear()
 
     def update(
         self,
@@ -113,9 +125,13 @@ class BacklogTracker:
             self._levels.popleft()
         if len(self._levels) < 2:
             return Backlog(note="outstanding: first level of the counters, no baseline yet")
-        outstanding = max(0, level - min(v for _, v in self._levels))
+        estimate = max(0, level - min(v for _, v in self._levels))
         if cap is not None:
-            outstanding = min(outstanding, cap)
+            estimate = min(estimate, cap)
+        self._estimates.append((at, estimate))
+        while self._estimates[0][0] < at - self.smooth_s:
+            self._estimates.popleft()
+        outstanding = min(v for _, v in self._estimates)
         return Backlog(outstanding, self._latency(outstanding))
 
     def _arrivals_since(self, since: float) -> int | None:
