@@ -15,9 +15,14 @@ Status-Server probes) and ``E`` those of them not yet counted as answered::
 
 and the level ``E(t) - (A(t) - A(t - cleanup_delay))`` is the requests in
 flight plus that constant. The constant is taken as the lowest level seen in
-the last ``baseline_s``, which also absorbs Status-Servers sent by anyone
-else, slowly. Because responses are counted late, a slowdown shows here one
-``cleanup_delay`` after it begins; the latency probes see it sooner.
+the last ``baseline_s``. Status-Servers sent by anyone else (a proxy's
+checks of a zombie home server, a monitoring tool) also count as requests
+that are never answered, so the constant creeps up while they come; a short
+baseline forgets them within ``baseline_s``, at the price of reading a
+backlog that lasts longer than that as a rise that has passed. The figure is
+therefore a rise of the backlog, which is what an onset is; a slowdown shows
+here one ``cleanup_delay`` after it begins, and the latency probes see it
+sooner.
 
 What is in flight is held by a worker thread or waits in the queue, so the
 estimate is capped at the server's threads plus its queue when they are
@@ -44,7 +49,7 @@ NEVER_ANSWERED = (
 )
 """Counters of Access-Requests that are counted as requests and never as responses."""
 
-BASELINE_S = 30.0
+BASELINE_S = 10.0
 SMOOTH_S = 1.0
 """The reported figure is the lowest estimate of this many seconds (a backlog that lasts)."""
 
