@@ -355,12 +355,21 @@ def test_outstanding_requests_against_the_threads_with_their_implied_latency() -
     assert result.sources["outstanding"] == "counters"
     assert result.limiting == "cpu"
     only = score(
-        sample(status_ok=True, threads_max=16, outstanding=14, outstanding_latency_s=4.0),
+        sample(
+            status_ok=True,
+            threads_max=16,
+            threads_total=15,
+            outstanding=14,
+            outstanding_latency_s=4.0,
+        ),
         msgspec.structs.replace(SERVER, services=[]),
         MIN,
     )
     assert only.limiting == "outstanding"
-    assert "outstanding 0.12 (14 in flight for 16 threads, ~4s each) limits" in only.reason
+    assert (
+        "outstanding 0.12 (14 in flight for 16 threads, pool grown to 15, ~4s each) limits"
+        in only.reason
+    )
 
 
 def test_unknown_process_parts_name_the_process_error() -> None:

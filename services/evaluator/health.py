@@ -145,11 +145,12 @@ def _request_parts(
             if sample.outstanding_latency_s is not None
             else ""
         )
+        pool = f", pool grown to {sample.threads_total}" if sample.threads_total is not None else ""
         parts.add(
             "outstanding",
             1 - sample.outstanding / threads_max,
             sample.sources.get("outstanding", "counters"),
-            f"{sample.outstanding} in flight for {threads_max} threads{implied}",
+            f"{sample.outstanding} in flight for {threads_max} threads{pool}{implied}",
         )
 
 
