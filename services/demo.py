@@ -177,7 +177,7 @@ def demo(clients: int = 20, overload_s: float = 12.0, keep: str | None = None) -
 
 async def _demo(directory: Path, clients: int, overload_s: float, *, keep: bool) -> int:
     config, path = write_farm(
-        directory, DEMO_SETTINGS, bus_url=None, clients=clients, client_rate=4.0
+        directory, DEMO_SETTINGS, bus_url=None, clients=clients, client_rate=4.0, probes=True
     )
     logs = LogFiles(directory / "logs")
     supervisor = Supervisor(config, path, sink=logs, grace_s=10.0)
