@@ -32,9 +32,9 @@ Clock = Callable[[], float]
 BUSY_WINDOW_S = 1.0
 """The span over which a pool's busy workers are averaged (``PoolStats.busy_mean``).
 
-One second, the collector's default interval: sampled every second, each
-reading covers the whole time since the one before, so no burst falls between
-readings; sampled faster, consecutive readings overlap. An overload that holds
+One second, twice the collector's default interval: each reading covers at
+least the whole time since the one before, so no burst falls between
+readings; consecutive readings overlap. An overload that holds
 every worker reads as all busy one window after it began; rounded to whole
 workers, as Status-Server reports them, a stall of 7 workers of 8 reads as 7
 once the mean reaches 6.5, 0.93 s in.
