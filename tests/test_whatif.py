@@ -24,6 +24,7 @@ from schemas.events import (
     MetricsSample,
     Move,
     ReadmitWave,
+    UpstreamReport,
 )
 from services.farm import write_farm
 from services.runtime.config import Config, ConfigError
@@ -553,3 +554,24 @@ def test_a_further_step_is_due_when_below_falling_and_the_interval_passed(
         )
         is due
     )
+
+
+def test_the_clients_part_is_replayed_from_the_recorded_statuses(config: Config) -> None:
+    # A's resources stay healthy; its clients' requests go unanswered from T0 + 3 on
+    quiet = [*[IDLE] * 10]
+    late = [
+        ClientStatus(
+            time=T0 + t,
+            client="nas-01",
+            home="A",
+            current="A",
+            upstreams=[UpstreamReport(server="A", answers=2, timeouts=8 if t >= 3 else 0)],
+        )
+        for t in range(0, 10)
+    ]
+    events = by_time([*statuses(config, T0 - 5), *samples(quiet), *late])
+    sim = simulate(config, events, "A")
+    assert sim.incident_id is not None and sim.onset_at is not None and sim.onset_at > T0 + 3
+    # without the statuses the same samples open nothing
+    alone = by_time([*statuses(config, T0 - 5), *samples(quiet)])
+    assert simulate(config, alone, "A").incident_id is None

@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from schemas.events import ClientStatus
+from services.evaluator.health import Parts
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,15 @@ class ClientsView:
             if report.answers or report.timeouts:
                 seen = self._seen.setdefault(report.server, deque())
                 seen.append(_Seen(now, status.client, report.answers, report.timeouts))
+
+    def parts(self, server: str, now: float) -> Parts | None:
+        """The ``clients`` part of ``server`` at ``now`` as extra health parts, or None."""
+        part = self.part(server, now)
+        if part is None:
+            return None
+        parts = Parts()
+        parts.add("clients", part.headroom, "agents", part.detail)
+        return parts
 
     def part(self, server: str, now: float) -> ClientsPart | None:
         """The ``clients`` part of ``server`` at ``now``, or None with too few requests."""

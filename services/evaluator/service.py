@@ -17,7 +17,7 @@ from prometheus_client import Gauge, Histogram
 
 from schemas.events import ClientStatus, Incident, MetricsSample, ReadmitWave
 from services.evaluator.clients import ClientsView
-from services.evaluator.health import Parts, score
+from services.evaluator.health import score
 from services.evaluator.incidents import ServerState, Transition, close, step
 from services.evaluator.reports import health_report
 from services.runtime.config import Config, ServerConfig, subject_tokens
@@ -95,7 +95,7 @@ class Evaluator:
             logger.warning("dropped sample of unknown server %r", sample.server)
             return
         cfg = self.rt.config.evaluator
-        result = score(sample, server, cfg, self._clients_part(server.id))
+        result = score(sample, server, cfg, self.clients.parts(server.id, time.monotonic()))
         async with self._lock:
             state, transition = step(self.states[server.id], result.health, time.time(), cfg)
             self.states[server.id] = state
@@ -113,14 +113,6 @@ class Evaluator:
     async def on_status(self, status: ClientStatus) -> None:
         """An agent's report: how its requests to each server fared."""
         self.clients.add(status, time.monotonic())
-
-    def _clients_part(self, server: str) -> Parts | None:
-        part = self.clients.part(server, time.monotonic())
-        if part is None:
-            return None
-        parts = Parts()
-        parts.add("clients", part.headroom, "agents", part.detail)
-        return parts
 
     async def on_wave(self, wave: ReadmitWave) -> None:
         if not wave.final:

@@ -4,7 +4,9 @@ Pure and deterministic: no clock, no bus, no random ids. :func:`apply_settings`
 makes the settings, :func:`recorded` reads what the live services decided
 from the recorded events, :func:`simulate` decides again from the recorded
 metrics samples with the same pure functions the services use (the
-evaluator's :func:`~services.evaluator.health.score` and
+evaluator's :func:`~services.evaluator.health.score`, with the clients part
+from the recorded ``ClientStatus`` reports folded as the evaluator folds them
+(:class:`~services.evaluator.clients.ClientsView`), and
 :func:`~services.evaluator.incidents.step`, the targeter's
 :func:`~services.targeter.steps.step_due` and
 :func:`~services.targeter.steps.next_step`, the readmitter's
@@ -41,6 +43,7 @@ from schemas.events import (
     MetricsSample,
     ReadmitWave,
 )
+from services.evaluator.clients import ClientsView
 from services.evaluator.health import score
 from services.evaluator.incidents import ServerState, Transition, close, step
 from services.evaluator.reports import health_report
@@ -311,6 +314,10 @@ class _Replay:
         self.servers = {s.id: s for s in config.servers}
         self.sims = {sid: _ServerSim(state=ServerState(server=sid)) for sid in self.servers}
         self.reports: dict[str, HealthReport] = {}
+        cfg = config.evaluator
+        self.clients = ClientsView(
+            cfg.clients_window_s, cfg.clients_tolerance, cfg.clients_min_requests
+        )
         counter = itertools.count(1)
         self.make_id: Callable[[], str] = lambda: f"{SOURCE}-{next(counter)}"
 
@@ -327,8 +334,8 @@ class _Replay:
         server = self.servers[sample.server]
         sim = self.sims[server.id]
         cfg = self.config.evaluator
-        result = score(sample, server, cfg)
         now = sample.time
+        result = score(sample, server, cfg, self.clients.parts(server.id, now))
         sim.state, transition = step(sim.state, result.health, now, cfg, self.make_id)
         report = health_report(
             sample, result, sim.state, cfg, source=SOURCE, event_id=sample.id, at=now
@@ -536,9 +543,15 @@ def simulate(
         else (samples[0].time if samples else math.inf)
     )
     replay = _Replay(config, _placement(config, events, before))
-    for sample in samples:
-        replay.tick(sample.time)
-        replay.feed(sample)
+    statuses: list[MetricsSample | ClientStatus] = [
+        e for e in events if isinstance(e, ClientStatus)
+    ]
+    for event in sorted([*samples, *statuses], key=lambda e: e.time):
+        if isinstance(event, ClientStatus):
+            replay.clients.add(event, event.time)  # the clients part, as the evaluator has it
+            continue
+        replay.tick(event.time)
+        replay.feed(event)
     replay.tick(until if until is not None else max((e.time for e in events), default=0.0))
 
     sim = replay.sims[server]
