@@ -192,11 +192,17 @@ class FailoverPlan(Event, frozen=True, kw_only=True, tag="failover.plan"):
 
 
 class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
-    """Where a client reaches a RADIUS server."""
+    """Where a client reaches a RADIUS server; accounting at ``auth_port + 1`` unless
+    ``acct_port`` says otherwise."""
 
     server: str
     ip: str
     auth_port: int
+    acct_port: int | None = None
+
+    @property
+    def accounting_port(self) -> int:
+        return self.acct_port if self.acct_port is not None else self.auth_port + 1
 
 
 class FailoverNotice(Event, frozen=True, kw_only=True, tag="notice.failover"):
@@ -242,7 +248,11 @@ class Delivery(Event, frozen=True, kw_only=True, tag="delivery"):
 
 
 class Ack(Event, frozen=True, kw_only=True, tag="ack"):
-    """A client's answer to a notice: what it did."""
+    """A client's answer to a notice: what it did.
+
+    ``draining`` counts the EAP conversations in progress on the server the
+    client left: they finish there, and the move is complete when they have.
+    """
 
     notice_id: str
     client: str
@@ -250,6 +260,7 @@ class Ack(Event, frozen=True, kw_only=True, tag="ack"):
     accepted: bool
     now_on: str = ""
     reason: str = ""
+    draining: int = 0
 
 
 class ReadmitRequest(Event, frozen=True, kw_only=True, tag="readmit.request"):
@@ -267,7 +278,8 @@ class UpstreamReport(msgspec.Struct, frozen=True, kw_only=True):
     not (each such request is ``resent`` to the next upstream when one is
     alive); the percentiles are of the answers' response times; ``changes``
     counts the server's zombie, dead and alive changes; ``state`` is where
-    it is now.
+    it is now; ``conversations`` counts the EAP conversations in progress it
+    holds (their rounds go only there).
     """
 
     server: str
@@ -279,6 +291,7 @@ class UpstreamReport(msgspec.Struct, frozen=True, kw_only=True):
     p90_s: float | None = None
     max_s: float | None = None
     changes: int = 0
+    conversations: int = 0
 
 
 class UpstreamChange(msgspec.Struct, frozen=True, kw_only=True):

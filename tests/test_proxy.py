@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -618,13 +617,13 @@ async def test_a_dead_upstream_is_left_by_itself_and_taken_back(
 async def test_freeradius_through_the_proxy_auth_accounting_and_failover(
     farm: FarmFactory, tmp_path: Path, freeradius: StartFreeRadius
 ) -> None:
-    port = _pair_of_free_ports()
-    fr = await freeradius(auth_port=port, acct_port=port + 1)
+    fr = await freeradius()  # accounting on a port of its own, not auth_port + 1
     config, _ = farm(clients=1, client_rate=0, servers=("B",))
     # the client's own secret is the upstream secret FreeRADIUS knows it by
     secret_file = config.path(config.clients[0].secret.file or "")
     secret_file.write_text(fr.client_secret + "\n")
-    servers = [msgspec.convert(fr.entry("F"), ServerConfig), *config.servers]
+    entry = fr.entry("F", acct_port=fr.acct_port)
+    servers = [msgspec.convert(entry, ServerConfig), *config.servers]
     config = with_proxy(config, tmp_path, acct=True, servers=servers, home="F", alternates=("B",))
     async with reference(config, "B"), proxying(config) as watcher:
         first = await radtest(auth_target(config))
@@ -652,21 +651,3 @@ async def test_freeradius_through_the_proxy_auth_accounting_and_failover(
         outcome = await asyncio.wait_for(load, 30)
         assert (outcome.code, outcome.accepted, outcome.lost) == (0, 800, 0), outcome.output
         assert await requests_seen(config, "B") > 0
-
-
-def _pair_of_free_ports() -> int:
-    """A port P on 127.0.0.1 with P + 1 free as well (FreeRADIUS auth and acct)."""
-    for _ in range(50):
-        port = free_udp_port("127.0.0.1")
-        if port < 65535 and free_udp_port_is(port + 1):
-            return port
-    raise AssertionError("no two free UDP ports in a row")
-
-
-def free_udp_port_is(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True

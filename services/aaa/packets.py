@@ -18,6 +18,7 @@ from services.runtime.radius import ACCESS_REJECT, dictionary
 
 USER_NAME = 1
 USER_PASSWORD = 2
+STATE = 24
 STATISTICS_TYPE = "FreeRADIUS-Statistics-Type"
 
 
@@ -80,6 +81,21 @@ def access_reply(request: packet.AuthPacket, accepted: bool) -> bytes:
     return raw
 
 
+def challenge_reply(request: packet.AuthPacket, state: bytes) -> bytes:
+    """The Access-Challenge to ``request`` carrying ``state``, signed, as bytes."""
+    reply = request.CreateReply()
+    reply.code = packet.AccessChallenge
+    reply.AddAttribute("State", state)
+    reply.add_message_authenticator()
+    raw: bytes = reply.ReplyPacket()
+    return raw
+
+
+def state_of(request: packet.AuthPacket) -> bytes | None:
+    """The request's ``State`` (raw), or None."""
+    return _single(request, STATE)
+
+
 @dataclass(frozen=True)
 class ServerFigures:
     """What a server reports of itself in a Status-Server reply."""
@@ -94,6 +110,7 @@ class ServerFigures:
     dropped: int
     pps_in: int = 0
     pps_out: int = 0
+    challenges: int = 0
 
 
 _U32 = 0xFFFFFFFF
@@ -126,7 +143,10 @@ def status_reply(request: packet.AuthPacket, figures: ServerFigures) -> bytes:
             "FreeRADIUS-Total-Access-Requests": figures.requests,
             "FreeRADIUS-Total-Access-Accepts": figures.accepts,
             "FreeRADIUS-Total-Access-Rejects": figures.rejects,
-            "FreeRADIUS-Total-Auth-Responses": figures.accepts + figures.rejects,
+            "FreeRADIUS-Total-Access-Challenges": figures.challenges,
+            "FreeRADIUS-Total-Auth-Responses": figures.accepts
+            + figures.rejects
+            + figures.challenges,
             "FreeRADIUS-Total-Auth-Dropped-Requests": figures.dropped,
             "FreeRADIUS-Total-Accounting-Requests": 0,
             "FreeRADIUS-Total-Accounting-Responses": 0,

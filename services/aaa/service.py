@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Literal, cast
 
 from pyrad import packet
 
@@ -37,11 +37,14 @@ from services.aaa.packets import (
     Dropped,
     ServerFigures,
     access_reply,
+    challenge_reply,
     check_password,
     decode,
+    state_of,
     status_reply,
 )
 from services.aaa.pool import WorkerPool
+from services.aaa.sessions import ChallengeSessions
 from services.runtime.config import Config, ConfigError, ServerConfig
 from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
 from services.runtime.radius import ACCESS_REQUEST, STATUS_SERVER
@@ -55,6 +58,7 @@ QUIET_DROPS = frozenset({"queue-full", "duplicate"})
 """Drop reasons of an overloaded server: counted, logged at debug level only."""
 
 RequestKey = tuple[tuple[str, int], int, bytes]
+Outcome = Literal["accept", "reject", "challenge", "unknown-session"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,8 @@ class ServerCounters:
     requests: int = 0
     accepts: int = 0
     rejects: int = 0
+    challenges: int = 0
+    unknown_sessions: int = 0
     status: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     control_dropped: Counter[str] = field(default_factory=Counter)
@@ -102,6 +108,9 @@ class AaaServer(asyncio.DatagramProtocol):
         self.clients = dict(clients)
         self.status_secret = status_secret
         self.users = dict(reference.users)
+        self.sessions = (
+            ChallengeSessions(reference.challenge_rounds) if reference.challenge_rounds else None
+        )
         self.pid_file = pid_file
         self.pool = WorkerPool(
             f"aaa-{server.id}",
@@ -169,7 +178,7 @@ class AaaServer(asyncio.DatagramProtocol):
     def _packet_rates(self) -> tuple[int, int]:
         """Requests in and replies out per second since the previous call."""
         now = time.monotonic()
-        replies = self.counters.accepts + self.counters.rejects
+        replies = self.counters.accepts + self.counters.rejects + self.counters.challenges
         then, requests_then, replies_then = self._last_rates
         self._last_rates = (now, self.counters.requests, replies)
         elapsed = now - then
@@ -196,6 +205,7 @@ class AaaServer(asyncio.DatagramProtocol):
             requests=self.counters.requests,
             accepts=self.counters.accepts,
             rejects=self.counters.rejects,
+            challenges=self.counters.challenges,
             dropped=sum(self.counters.dropped.values()),
             pps_in=pps_in,
             pps_out=pps_out,
@@ -285,23 +295,36 @@ class AaaServer(asyncio.DatagramProtocol):
         self._in_flight.add(key)
 
     def _work(self, request: packet.AuthPacket, addr: tuple[str, int], key: RequestKey) -> None:
-        """In a worker thread: decide, build the reply, hand it to the loop."""
-        accepted = check_password(request, self.users)
-        raw = access_reply(request, accepted)
+        """In a worker thread: decide (or challenge), build the reply, hand it to the loop."""
+        step, issued = "decide", None
+        if self.sessions is not None:
+            step, issued = self.sessions.step(state_of(request), time.monotonic())
+        outcome: Outcome
+        if step == "challenge" and issued is not None:
+            raw, outcome = challenge_reply(request, issued), "challenge"
+        elif step == "unknown":
+            raw, outcome = access_reply(request, False), "unknown-session"
+        else:
+            accepted = check_password(request, self.users)
+            raw, outcome = access_reply(request, accepted), "accept" if accepted else "reject"
         loop = self._loop
         if loop is None:
             return
         try:
-            loop.call_soon_threadsafe(self._answer, raw, addr, key, accepted)
+            loop.call_soon_threadsafe(self._answer, raw, addr, key, outcome)
         except RuntimeError:
             logger.debug("aaa %s: loop closed before a reply was sent", self.id)
 
-    def _answer(self, raw: bytes, addr: tuple[str, int], key: RequestKey, accepted: bool) -> None:
+    def _answer(self, raw: bytes, addr: tuple[str, int], key: RequestKey, outcome: Outcome) -> None:
         self._in_flight.discard(key)
-        if accepted:
+        if outcome == "accept":
             self.counters.accepts += 1
+        elif outcome == "challenge":
+            self.counters.challenges += 1
         else:
             self.counters.rejects += 1
+            if outcome == "unknown-session":
+                self.counters.unknown_sessions += 1
         self._send(raw, addr)
 
     def _send(self, raw: bytes, addr: tuple[str, int]) -> None:

@@ -17,16 +17,26 @@ to the NAS re-encoded under ``nas_secret``: Response Authenticator from the
 NAS's own request, Message-Authenticator when the upstream's reply has one
 (or the NAS's Access-Request had one).
 
-Accounting goes to the upstream's ``auth_port + 1``, as a FreeRADIUS
-``home_server`` of type ``auth+acct`` does. Status-Server sent to the proxy
-is answered by the proxy itself. A retransmission from a NAS (same source,
-id and authenticator) is not forwarded again while its request is in
-flight, and gets the same reply again for a few seconds after. Zombies are
-probed with Status-Server every ``check_interval_s``.
+Accounting goes to the upstream's ``acct_port``, by default ``auth_port + 1``
+as a FreeRADIUS ``home_server`` of type ``auth+acct`` has it. Status-Server
+sent to the proxy is answered by the proxy itself. A retransmission from a
+NAS (same source, id and authenticator) is not forwarded again while its
+request is in flight, and gets the same reply again for a few seconds after.
+Zombies are probed with Status-Server every ``check_interval_s``.
 
-Requests in flight when the upstream in use changes finish against the
-upstream they were sent to. What the proxy received, forwarded, answered,
-failed over and dropped (by reason) is counted in :class:`ProxyCounters`.
+An EAP conversation stays on the upstream that began it
+(:mod:`services.agent.affinity`): a request carrying a ``State`` that an
+upstream issued goes to that upstream, whichever one new conversations go
+to, and if it has failed (not alive, or no answer in the window) the request
+is dropped and counted rather than sent to an upstream that can only reject
+it; the supplicant starts again. Requests in flight when the upstream in use
+changes finish against the upstream they were sent to, except that a
+failover notice sends Access-Requests in no conversation on at once
+(:meth:`RadiusProxy.leave`). A request that would exceed 4,096 octets once
+re-encoded (FreeRADIUS drops those silently) is refused before it is sent,
+so it never counts against an upstream's health; so is a reply that would.
+What the proxy received, forwarded, answered, failed over and dropped (by
+reason) is counted in :class:`ProxyCounters`.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ from typing import Any, cast
 from pyrad import packet
 
 from schemas.events import Endpoint, UpstreamChange
+from services.agent.affinity import Conversations
 from services.agent.tally import Tallies
 from services.agent.upstreams import Transition, UpstreamPool
 from services.runtime.config import ProxyConfig
@@ -61,8 +72,12 @@ logger = logging.getLogger(__name__)
 
 ACCOUNTING_REQUEST = packet.AccountingRequest
 
-ACCT_PORT_OFFSET = 1
-"""An upstream takes accounting on its ``auth_port`` plus this (FreeRADIUS ``auth+acct``)."""
+MAX_PACKET_OCTETS = 4096
+"""RFC 2865's largest RADIUS packet; FreeRADIUS drops anything longer without a word."""
+
+RADIUS_HEADER_OCTETS = 20
+
+ACCESS_CHALLENGE = packet.AccessChallenge
 
 RECENT_REPLY_S = 5.0
 """How long a reply is kept to answer a NAS's retransmission (FreeRADIUS ``cleanup_delay``)."""
@@ -388,6 +403,15 @@ def _same(listener: _Listener) -> _Listener:
     return listener
 
 
+def _state_of(pkt: packet.Packet) -> bytes | None:
+    """The packet's ``State`` attribute (the first, raw), or None."""
+    values = OrderedDict.get(pkt, STATE)
+    if not values:
+        return None
+    value = values[0] if isinstance(values, list) else values
+    return bytes(value) if isinstance(value, bytes | bytearray) else None
+
+
 async def _unless(
     sending: Coroutine[Any, Any, packet.Packet], leaving: asyncio.Event
 ) -> packet.Packet:
@@ -445,6 +469,7 @@ class RadiusProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self._probe_wake = asyncio.Event()
         self._leaving: dict[str, asyncio.Event] = {}
+        self.conversations = Conversations()
         self._closing = False
         self._closed = False
 
@@ -708,31 +733,66 @@ class RadiusProxy:
     async def _forward(
         self, request: packet.Packet, accounting: bool, addr: tuple[str, int]
     ) -> bytes | None:
-        """The reply for the NAS, from the upstream in use or, failing it, the next alive one."""
+        """The reply for the NAS: from the upstream that holds the request's EAP
+        conversation, else from the upstream in use or, failing it, the next alive one."""
+        state = None if accounting else _state_of(request)
+        holder = None if state is None else self.conversations.holder(state, time.monotonic())
+        if holder is not None:
+            outcome, answered_by = await self._to_holder(holder, request), holder
+        else:
+            outcome, answered_by = await self._to_pool(request, accounting, addr)
+        sent, reply = outcome
+        if state is not None:
+            self.conversations.answered(state)
+        issued = _state_of(reply)
+        if reply.code == ACCESS_CHALLENGE and issued is not None:
+            self.conversations.issued(issued, answered_by, time.monotonic())
+        raw = nas_reply(request, sent, reply)
+        if len(raw) > MAX_PACKET_OCTETS:
+            raise Dropped("reply-too-big", f"{len(raw)} octets from {answered_by}")
+        return raw
+
+    async def _to_holder(
+        self, holder: str, request: packet.Packet
+    ) -> tuple[packet.Packet, packet.Packet]:
+        """A round of an EAP conversation, to the upstream that holds it and no other: no
+        other can go on with it, and its rejection would read as a wrong password."""
+        state = self.pool.state(holder)
+        if state != "alive":
+            raise Dropped("conversation-lost", f"{holder}, which holds it, is {state}")
+        outcome = await self._attempt(self.pool.upstream(holder).endpoint, request, False)
+        if outcome is None:
+            raise Dropped("conversation-lost", f"no answer from {holder}, which holds it")
+        return outcome
+
+    async def _to_pool(
+        self, request: packet.Packet, accounting: bool, addr: tuple[str, int]
+    ) -> tuple[tuple[packet.Packet, packet.Packet], str]:
+        """The upstream in use's reply or, failing it, the next alive one's; and whose."""
         first = self.in_use()
         try:
             outcome = await self._attempt(first, request, accounting)
         except _Left:
             outcome = None
             self.counters.moved_in_flight += 1
+        if outcome is not None:
+            return outcome, first.server
+        target = self.pool.retry_target(first.server)
+        if target is None:
+            raise Dropped("no-answer", f"from {first.server}, no other upstream alive")
+        self.counters.failed_over += 1
+        self.tallies.resent(first.server)
+        logger.debug(
+            "%s: request from %s unanswered by %s, tried on %s",
+            self.client_id,
+            addr[0],
+            first.server,
+            target.server,
+        )
+        outcome = await self._attempt(target, request, accounting)
         if outcome is None:
-            target = self.pool.retry_target(first.server)
-            if target is None:
-                raise Dropped("no-answer", f"from {first.server}, no other upstream alive")
-            self.counters.failed_over += 1
-            self.tallies.resent(first.server)
-            logger.debug(
-                "%s: request from %s unanswered by %s, tried on %s",
-                self.client_id,
-                addr[0],
-                first.server,
-                target.server,
-            )
-            outcome = await self._attempt(target, request, accounting)
-            if outcome is None:
-                raise Dropped("no-answer", f"from {first.server} nor {target.server}")
-        sent, reply = outcome
-        return nas_reply(request, sent, reply)
+            raise Dropped("no-answer", f"from {first.server} nor {target.server}")
+        return outcome, target.server
 
     async def _attempt(
         self, endpoint: Endpoint, request: packet.Packet, accounting: bool
@@ -742,8 +802,12 @@ class RadiusProxy:
         Raises _Left when a notice moves the client off ``endpoint`` before the answer
         (see :meth:`leave`).
         """
-        port = endpoint.auth_port + (ACCT_PORT_OFFSET if accounting else 0)
+        port = endpoint.accounting_port if accounting else endpoint.auth_port
         sent = upstream_request(request, self.secret)
+        size = RADIUS_HEADER_OCTETS + len(sent._PktEncodeAttributes())
+        if size > MAX_PACKET_OCTETS:
+            # refused here, before any upstream could drop it and look dead for it
+            raise Dropped("too-big", f"{size} octets for {endpoint.server}")
         sent_at = time.monotonic()
         self.counters.forwarded += 1
         movable = not accounting and STATE not in OrderedDict.keys(request)

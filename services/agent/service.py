@@ -71,10 +71,6 @@ NAME = "agent"
 STATUS_INTERVAL_S = 1.0
 
 
-def endpoint(server: ServerConfig) -> Endpoint:
-    return Endpoint(server=server.id, ip=server.ip, auth_port=server.auth_port)
-
-
 class ClientAgent:
     """One client: its notices, timers, RADIUS load and status reports."""
 
@@ -97,7 +93,7 @@ class ClientAgent:
         self.signer = Signer(client_key_id(client.id), secret)
         self.state: ClientState = new_state(
             client.id,
-            endpoint(servers[client.home]),
+            servers[client.home].endpoint,
             return_after_s=client.return_after_s,
             jitter=client.return_jitter,
         )
@@ -118,7 +114,7 @@ class ClientAgent:
                 secret=secret,
                 nas_secret=nas_secret,
                 settings=client.proxy,
-                upstreams=[endpoint(servers[s]) for s in (client.home, *client.alternates)],
+                upstreams=[servers[s].endpoint for s in (client.home, *client.alternates)],
                 on_switch=self._on_proxy_switch,
                 tallies=self.tallies,
                 on_change=self._on_proxy_change,
@@ -190,7 +186,9 @@ class ClientAgent:
         c = self.traffic.counters
         proxy = self.proxy
         states = dict(proxy.pool.states()) if proxy is not None else {}
-        upstreams, changes = self.tallies.drain(states)
+        now = time.monotonic()
+        held = {s: proxy.conversations.held_by(s, now) for s in states} if proxy else {}
+        upstreams, changes = self.tallies.drain(states, held)
         if self.metrics is not None:
             self.metrics.record(self.client.id, upstreams, changes)
         relayed = answered = lost = 0
@@ -224,7 +222,9 @@ class ClientAgent:
         )
         await self._publish(self.rt.bus.subjects.status(self.client.id), status)
 
-    async def _ack(self, notice: FailoverNotice | ReadmitNotice, answer: Answer) -> None:
+    async def _ack(
+        self, notice: FailoverNotice | ReadmitNotice, answer: Answer, draining: int = 0
+    ) -> None:
         ack = Ack(
             notice_id=notice.id,
             client=self.client.id,
@@ -232,6 +232,7 @@ class ClientAgent:
             accepted=answer.accepted,
             now_on=answer.now_on,
             reason=answer.reason,
+            draining=draining,
             source=self.rt.bus.name,
         )
         await self._publish(self.rt.bus.subjects.ack(self.client.id), ack)
@@ -264,6 +265,7 @@ class ClientAgent:
             self.reject(exc.reason, f"from {server_id!r}: {exc.detail}")
             return False
         before = self.state
+        was_on = self.current().server
         step = on_notice(before, notice, time.time(), self.rng)
         self.state = step.state
         self._follow_notices()
@@ -282,7 +284,10 @@ class ClientAgent:
                 type(notice).__name__,
             )
         if step.ack is not None:
-            await self._ack(notice, step.ack)
+            draining = 0
+            if step.switched and self.proxy is not None:
+                draining = self.proxy.conversations.held_by(was_on, time.monotonic())
+            await self._ack(notice, step.ack, draining)
         if step.switched:
             self._status_due = False
             await self.publish_status()

@@ -56,9 +56,12 @@ class Tallies:
         self._of(change.server).changes += 1
         self._changes.append(change)
 
-    def drain(self, states: Mapping[str, str]) -> tuple[list[UpstreamReport], list[UpstreamChange]]:
+    def drain(
+        self, states: Mapping[str, str], conversations: Mapping[str, int] | None = None
+    ) -> tuple[list[UpstreamReport], list[UpstreamChange]]:
         """The reports of every server seen since the last drain (and of every one in
-        ``states``), with the changes; starts afresh."""
+        ``states``, with the EAP conversations each holds), with the changes; starts afresh."""
+        held = conversations or {}
         reports = []
         for server in dict.fromkeys([*states, *self._by_server]):
             tally = self._by_server.get(server, _Tally())
@@ -67,7 +70,7 @@ class Tallies:
             reports.append(
                 UpstreamReport(
                     server=server,
-                    state=state if state in ("zombie", "dead") else "alive",  # type: ignore[arg-type]
+                    state="zombie" if state == "zombie" else "dead" if state == "dead" else "alive",
                     answers=tally.answers,
                     timeouts=tally.timeouts,
                     resent=tally.resent,
@@ -75,6 +78,7 @@ class Tallies:
                     p90_s=percentile(values, 0.9) if values else None,
                     max_s=values[-1] if values else None,
                     changes=tally.changes,
+                    conversations=held.get(server, 0),
                 )
             )
         changes, self._changes = self._changes, []

@@ -35,7 +35,6 @@ from schemas import codec
 from schemas.events import (
     Ack,
     Delivery,
-    Endpoint,
     FailoverNotice,
     FailoverPlan,
     ReadmitNotice,
@@ -72,11 +71,6 @@ SEND_CONCURRENCY = 256
 NAME = "notifier"
 
 Notice = FailoverNotice | ReadmitNotice
-
-
-def endpoint(server: ServerConfig) -> Endpoint:
-    """Where clients reach ``server``, from the config."""
-    return Endpoint(server=server.id, ip=server.ip, auth_port=server.auth_port)
 
 
 def notice_type(notice: Notice) -> str:
@@ -403,7 +397,7 @@ class Notifier:
                 if alternate is None or sid == plan.server:
                     self.drop("bad-alternate", f"plan {plan.plan_id} offers {sid!r}")
                     continue
-                alternates.append(endpoint(alternate))
+                alternates.append(alternate.endpoint)
             notice = FailoverNotice(
                 incident_id=plan.incident_id,
                 server=server.id,
@@ -423,7 +417,7 @@ class Notifier:
             return
         now = time.time()
         valid_until = now + self.config.notifier.notice_validity_s
-        home = endpoint(server)
+        home = server.endpoint
         batch: list[tuple[Notice, ClientConfig]] = []
         for granted, ids in ((True, wave.clients), (False, wave.deferred)):
             for cid in ids:

@@ -16,6 +16,7 @@ from typing import Literal, TypeVar
 
 import msgspec
 
+from schemas.events import Endpoint
 from schemas.subjects import check_token, overlaps
 
 # The services that re-derive decisions from replayed events in a sandbox; the
@@ -72,17 +73,25 @@ class BusConfig(Base, frozen=True, kw_only=True):
 
 
 class ReferenceServer(Base, frozen=True, kw_only=True):
-    """The load model of a reference server run by `aaa-failover run aaa`."""
+    """The load model of a reference server run by `aaa-failover run aaa`.
+
+    With ``challenge_rounds``, each login is that many Access-Challenge round
+    trips bound by ``State`` to this server before it is decided, as an EAP
+    conversation is (``services/aaa/sessions.py``).
+    """
 
     workers: int = 8
     service_time_ms: float = 5.0
     queue_max: int = 256
     users: dict[str, str] = msgspec.field(default_factory=lambda: {"alice": "wonderland"})
     pid_file: str | None = None
+    challenge_rounds: int = 0
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
+        if self.challenge_rounds < 0:
+            raise ValueError("challenge_rounds must not be negative")
         if self.service_time_ms < 0:
             raise ValueError("service_time_ms must not be negative")
 
@@ -256,6 +265,7 @@ class ServerConfig(Base, frozen=True, kw_only=True):
     id: str
     ip: str = "127.0.0.1"
     auth_port: int = 1812
+    acct_port: int | None = None
     status_port: int | None = None
     status_secret: Secret
     threads_max: int | None = None
@@ -274,7 +284,7 @@ class ServerConfig(Base, frozen=True, kw_only=True):
         check_token(self.id, "server id")
         if self.cleanup_delay_s is not None and self.cleanup_delay_s < 0:
             raise ValueError("cleanup_delay_s must not be negative")
-        for port in (self.auth_port, self.status_port):
+        for port in (self.auth_port, self.acct_port, self.status_port):
             if port is not None:
                 _check_port(port)
         _no_repeats([c.name for c in self.services], "service name")
@@ -282,6 +292,13 @@ class ServerConfig(Base, frozen=True, kw_only=True):
     @property
     def probe_port(self) -> int:
         return self.status_port or self.auth_port
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """Where clients reach this server (accounting at ``auth_port + 1`` unless set)."""
+        return Endpoint(
+            server=self.id, ip=self.ip, auth_port=self.auth_port, acct_port=self.acct_port
+        )
 
 
 class ProxyConfig(Base, frozen=True, kw_only=True):
