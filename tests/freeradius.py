@@ -16,6 +16,18 @@ of Access-Requests wait that long in ``authorize`` (rlm_perl, one sleeping
 thread each; Status-Server is still answered at once), ``server.slow_backend(0.0)``
 ends it. ``server.pause()`` / ``server.resume()`` SIGSTOP / SIGCONT the server.
 
+``await freeradius(eap=True)`` adds EAP as a WLAN controller's users meet it:
+PEAP with inner EAP-MSCHAPv2 and TTLS with inner PAP, both for ``alice``, the
+inner rounds run by an ``inner-tunnel`` virtual server (the modules and sections
+of FreeRADIUS 3.2.1's raddb/mods-available/eap, sites-available/default and
+inner-tunnel, cut to what these two need). Its TLS certificate is its own (an
+EC P-256 key, see :class:`CertificateAuthority`), issued at write time by one
+throwaway CA per test session, so that a supplicant trusting ``server.ca_file``
+(the same file for every server of the session) verifies whichever server it
+reaches; servers share nothing else but the client secret (no TLS session
+cache). tests/eap.py runs ``eapol_test`` conversations against such a server,
+directly or through a proxy.
+
 The ``freeradius_proxy`` fixture starts the usual practice in front of such
 servers: ``await freeradius_proxy(homes=[a, b])``, a FreeRADIUS that proxies
 every request to a fail-over ``home_server_pool`` of ``a`` then ``b``
@@ -33,6 +45,7 @@ import functools
 import io
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import time
@@ -127,7 +140,7 @@ modules {{
         filename = ${{radacctdir}}/detail
         permissions = 0600
     }}
-{backend_module}}}
+{backend_module}{eap_module}}}
 
 server default {{
     listen {{
@@ -141,20 +154,20 @@ server default {{
         port = {acct_port}
     }}
     authorize {{
-{backend_authorize}        files
+{backend_authorize}{eap_authorize}        files
         pap
     }}
     authenticate {{
         Auth-Type PAP {{
             pap
         }}
-    }}
+{eap_authenticate}    }}
     accounting {{
         detail
         ok
     }}
-}}
-
+{eap_post_auth}}}
+{inner_tunnel}
 server status {{
     listen {{
         type = status
@@ -189,6 +202,197 @@ BACKEND_MODULE = """\
 """
 
 BACKEND_AUTHORIZE = "        backend\n"
+
+# EAP (FreeRadius(eap=True)), after FreeRADIUS 3.2.1's raddb/mods-available/eap,
+# sites-available/default and sites-available/inner-tunnel, kept to PEAP with inner
+# EAP-MSCHAPv2 and TTLS with inner PAP. What matters for conversations:
+# - each round trip is one Access-Request; ``eap`` sets Auth-Type eap in ``authorize``
+#   (``ok = return`` skips the rest), and in ``authenticate`` finds the session by the
+#   request's State and EAP id (rlm_eap mem.c; a new source address only logs a warning
+#   about a proxy fail-over). The session lives in rlm_eap's own list for
+#   ``timer_expire`` seconds after its last round (60 s, as upstream), at most
+#   ``max_sessions`` of them (${max_requests}, 65536 here, as upstream ties them); a
+#   State this server did not issue (or has forgotten) gets an Access-Reject: "No EAP
+#   session matching state".
+# - ``cleanup_delay`` (2 s) only keeps a finished request to answer a retransmission
+#   of that same packet (same source, id and authenticator); each round is a new
+#   packet with a new id and authenticator, so it does not touch the conversation.
+# - no TLS session cache (``cache { enable = no }``): resumption is another
+#   conversation's business, and two servers share nothing but the client secret.
+# - the inner ``mschap``/``pap`` run in ``inner-tunnel``; the outer reply carries the
+#   MS-MPPE-Send-Key / -Recv-Key of the TLS tunnel (``use_tunneled_reply = no``
+#   keeps inner attributes out of it).
+# - ``default_eap_type = peap``: a TTLS supplicant answers the PEAP offer with a Nak
+#   naming TTLS, one round trip more.
+EAP_MODULE = """\
+    mschap {{
+    }}
+    eap {{
+        default_eap_type = peap
+        timer_expire = 60
+        ignore_unknown_eap_types = no
+        cisco_accounting_username_bug = no
+        max_sessions = ${{max_requests}}
+        tls-config tls-common {{
+            private_key_file = {certs}/server.key
+            certificate_file = {certs}/server.pem
+            ca_file = {certs}/ca.pem
+            cipher_list = "DEFAULT"
+            cipher_server_preference = no
+            tls_min_version = "1.2"
+            tls_max_version = "1.2"
+            ecdh_curve = ""
+            cache {{
+                enable = no
+            }}
+        }}
+        peap {{
+            tls = tls-common
+            default_eap_type = mschapv2
+            copy_request_to_tunnel = no
+            use_tunneled_reply = no
+            virtual_server = "inner-tunnel"
+        }}
+        ttls {{
+            tls = tls-common
+            default_eap_type = mschapv2
+            copy_request_to_tunnel = no
+            use_tunneled_reply = no
+            virtual_server = "inner-tunnel"
+        }}
+        mschapv2 {{
+        }}
+    }}
+"""
+
+EAP_AUTHORIZE = """\
+        eap {
+            ok = return
+        }
+"""
+
+EAP_AUTHENTICATE = """\
+        eap
+"""
+
+# an Access-Reject of a conversation carries an EAP-Failure (rlm_eap's post-auth)
+EAP_POST_AUTH = """\
+    post-auth {
+        Post-Auth-Type REJECT {
+            eap
+        }
+    }
+"""
+
+INNER_TUNNEL = """
+# the inner rounds of PEAP and TTLS: no listener, only the eap module calls it
+server inner-tunnel {
+    authorize {
+        mschap
+        eap {
+            ok = return
+        }
+        files
+        pap
+    }
+    authenticate {
+        Auth-Type PAP {
+            pap
+        }
+        Auth-Type MS-CHAP {
+            mschap
+        }
+        eap
+    }
+}
+"""
+
+# The certificates (FreeRadius(eap=True)): EC P-256 keys, so that a CA and a server
+# certificate take some 45 ms of openssl (an RSA 2048 key alone takes 0.2 s or more);
+# FreeRADIUS and eapol_test (OpenSSL 3) take them with ECDHE-ECDSA in TLS 1.2. The
+# server certificate carries extendedKeyUsage serverAuth, as raddb/certs/xpextensions
+# asks for (Windows supplicants refuse a server certificate without it).
+CERT_DAYS = 7
+SERVER_EXTENSIONS = """\
+basicConstraints = CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:{name}
+"""
+
+
+def _openssl(*args: str) -> None:
+    program = needs.program("openssl", "Debian: apt-get install openssl")
+    done = subprocess.run([program, *args], capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise RuntimeError(f"openssl {args[0]} failed ({done.returncode}): {done.stderr}")
+
+
+@dataclass(frozen=True)
+class CertificateAuthority:
+    """A throwaway CA in ``directory`` (``ca.pem``, ``ca.key``) that issues server certificates.
+
+    ``CertificateAuthority.create(dir)`` makes one (one ``openssl req``);
+    ``ca.issue(dir, name)`` writes ``dir/server.key`` and ``dir/server.pem`` for
+    ``name`` (its CN and DNS subjectAltName) and a copy of ``ca.pem`` beside them.
+    ``session_ca(tmp_path_factory)`` is the one CA of a test session.
+    """
+
+    directory: Path
+
+    @property
+    def cert(self) -> Path:
+        return self.directory / "ca.pem"
+
+    @property
+    def key(self) -> Path:
+        return self.directory / "ca.key"
+
+    @classmethod
+    def create(cls, directory: Path) -> CertificateAuthority:
+        directory.mkdir(parents=True, exist_ok=True)
+        ca = cls(directory)
+        _openssl(
+            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", str(ca.key), "-out", str(ca.cert), "-days", str(CERT_DAYS),
+            "-subj", "/O=aaa-failover tests/CN=throwaway test CA",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        )  # fmt: skip
+        ca.key.chmod(0o600)
+        return ca
+
+    def issue(self, directory: Path, name: str) -> tuple[Path, Path]:
+        """A new key and certificate for ``name`` in ``directory``: (server.pem, server.key)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        key, csr, cert = (directory / n for n in ("server.key", "server.csr", "server.pem"))
+        extensions = directory / "server.ext"
+        extensions.write_text(SERVER_EXTENSIONS.format(name=name))
+        _openssl(
+            "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}",
+        )  # fmt: skip
+        _openssl(
+            "x509", "-req", "-in", str(csr), "-CA", str(self.cert), "-CAkey", str(self.key),
+            "-set_serial", str(secrets.randbits(63)), "-days", str(CERT_DAYS),
+            "-extfile", str(extensions), "-out", str(cert),
+        )  # fmt: skip
+        key.chmod(0o600)
+        csr.unlink()
+        shutil.copyfile(self.cert, directory / "ca.pem")
+        return cert, key
+
+
+_SESSION_CAS: dict[Path, CertificateAuthority] = {}
+
+
+def session_ca(factory: pytest.TempPathFactory) -> CertificateAuthority:
+    """The test session's one CA, made the first time it is asked for."""
+    base = factory.getbasetemp()
+    if base not in _SESSION_CAS:
+        _SESSION_CAS[base] = CertificateAuthority.create(factory.mktemp("eap-ca"))
+    return _SESSION_CAS[base]
+
 
 BACKEND_SCRIPT = r"""# backend.pl written by tests/freeradius.py: delays a share of Access-Requests
 use strict;
@@ -244,6 +448,8 @@ class FreeRadius:
     client_secret: str = field(default_factory=lambda: secrets.token_hex(12))
     status_secret: str = field(default_factory=lambda: secrets.token_hex(12))
     backend: bool = False
+    eap: bool = False
+    eap_ca: CertificateAuthority | None = None
     process: subprocess.Popen[bytes] | None = None
     paused: bool = field(default=False, init=False)
 
@@ -277,6 +483,16 @@ class FreeRadius:
     def auth_address(self) -> tuple[str, int]:
         return (IP, self.auth_port)
 
+    @property
+    def certs_dir(self) -> Path:
+        """Where an EAP server's certificate and key are (``server.pem``, ``server.key``)."""
+        return self.directory / "certs"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA certificate an EAP supplicant trusts to verify this server (eap=True)."""
+        return self.certs_dir / "ca.pem"
+
     def write(self) -> None:
         """Write the raddb: radiusd.conf, an empty dictionary, the users file, the secret."""
         for sub in ("log", "run", "radacct"):
@@ -294,10 +510,19 @@ class FreeRadius:
                 start_servers=self.start_servers,
                 backend_module=BACKEND_MODULE if self.backend else "",
                 backend_authorize=BACKEND_AUTHORIZE if self.backend else "",
+                eap_module=EAP_MODULE.format(certs=self.certs_dir) if self.eap else "",
+                eap_authorize=EAP_AUTHORIZE if self.eap else "",
+                eap_authenticate=EAP_AUTHENTICATE if self.eap else "",
+                eap_post_auth=EAP_POST_AUTH if self.eap else "",
+                inner_tunnel=INNER_TUNNEL if self.eap else "",
             )
         )
         (self.directory / "dictionary").write_text("")
         (self.directory / "users").write_text(f'{USER} Cleartext-Password := "{PASSWORD}"\n')
+        if self.eap:
+            if self.eap_ca is None:  # outside the fixture: a CA of its own
+                self.eap_ca = CertificateAuthority.create(self.directory / "ca")
+            self.eap_ca.issue(self.certs_dir, f"radius-{self.auth_port}.test")
         self.status_secret_file.write_text(self.status_secret + "\n")
         self.status_secret_file.chmod(0o600)
         if self.backend:
@@ -665,6 +890,8 @@ class FreeRadiusProxy(FreeRadius):
             raise ValueError("a proxy needs at least one home server")
         if self.backend:
             raise ValueError("a proxy has no backend of its own")
+        if self.eap:
+            raise ValueError("a proxy passes EAP on to its home servers: it has no eap of its own")
         bounds = {
             "response_timeouts": (self.response_timeouts, 1, 1000),
             "zombie_period_s": (self.zombie_period_s, max(1, int(self.response_window_s)), 120),
@@ -788,11 +1015,14 @@ StartFreeRadius = Callable[..., Awaitable[FreeRadius]]
 
 @pytest.fixture
 def freeradius(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartFreeRadius]:
-    """Start FreeRADIUS servers: ``await freeradius(max_servers=16, start_servers=4)``."""
+    """Start FreeRADIUS servers: ``await freeradius(max_servers=16, start_servers=4)``;
+    ``eap=True`` gives each its own certificate from the session's CA (``session_ca``)."""
     started: list[FreeRadius] = []
 
     async def start(**kwargs: Any) -> FreeRadius:
         require("freeradius")
+        if kwargs.get("eap") and kwargs.get("eap_ca") is None:
+            kwargs["eap_ca"] = session_ca(tmp_path_factory)
         server = FreeRadius(tmp_path_factory.mktemp("raddb"), **kwargs)
         server.write()
         started.append(server)
