@@ -82,3 +82,22 @@ async def until_counted(config: Config, server: str) -> dict[str, Any]:
             if int(values["FreeRADIUS-Total-Access-Accepts"]) >= PARALLEL:
                 return values
             await asyncio.sleep(0.2)
+
+
+async def test_a_slow_holder_keeps_its_conversations(
+    farm: FarmFactory, tmp_path: Path, freeradius: StartFreeRadius
+) -> None:
+    first = await freeradius(eap=True, backend=True)
+    second = await freeradius(eap=True, backend=True, client_secret=first.client_secret)
+    config = two_homes(farm, tmp_path, first, second)
+    proxy = config.clients[0].proxy
+    assert proxy is not None
+    async with proxying(config):
+        running = await batch(config, first, tmp_path, 0)
+        for conversation in running:
+            await conversation.until_round(2)
+        # every further round now takes longer than the proxy's response window
+        first.slow_backend(1.0, 2 * proxy.response_window_s)
+        results = [await r.result() for r in running]
+    failed = [r.tail() for r in results if not (r.success and r.keys_match)]
+    assert not failed, failed[0]

@@ -27,10 +27,11 @@ Zombies are probed with Status-Server every ``check_interval_s``.
 An EAP conversation stays on the upstream that began it
 (:mod:`services.agent.affinity`): a request carrying a ``State`` that an
 upstream issued goes to that upstream, whichever one new conversations go
-to, and if it has failed (not alive, or no answer in the window) the request
-is dropped and counted rather than sent to an upstream that can only reject
-it; the supplicant starts again. Requests in flight when the upstream in use
-changes finish against the upstream they were sent to, except that a
+to, waiting for it up to ``conversation_wait_s``; if it has failed (dead,
+or no answer in that time) the request is dropped and counted rather than
+sent to an upstream that can only reject it; the supplicant starts again.
+Requests in flight when the upstream in use changes finish against the
+upstream they were sent to, except that a
 failover notice sends Access-Requests in no conversation on at once
 (:meth:`RadiusProxy.leave`). A request that would exceed 4,096 octets once
 re-encoded (FreeRADIUS drops those silently) is refused before it is sent,
@@ -756,11 +757,15 @@ class RadiusProxy:
         self, holder: str, request: packet.Packet
     ) -> tuple[packet.Packet, packet.Packet]:
         """A round of an EAP conversation, to the upstream that holds it and no other: no
-        other can go on with it, and its rejection would read as a wrong password."""
-        state = self.pool.state(holder)
-        if state != "alive":
-            raise Dropped("conversation-lost", f"{holder}, which holds it, is {state}")
-        outcome = await self._attempt(self.pool.upstream(holder).endpoint, request, False)
+        other can go on with it, and its rejection would read as a wrong password. It
+        waits for that upstream up to ``conversation_wait_s``, longer than the response
+        window: a slow answer still carries the conversation on, while the NAS's
+        retransmissions meanwhile are duplicates the proxy does not forward."""
+        if self.pool.state(holder) == "dead":  # a zombie may still answer: only it can
+            raise Dropped("conversation-lost", f"{holder}, which holds it, is dead")
+        endpoint = self.pool.upstream(holder).endpoint
+        wait_s = self.settings.conversation_wait_s
+        outcome = await self._attempt(endpoint, request, False, wait_s)
         if outcome is None:
             raise Dropped("conversation-lost", f"no answer from {holder}, which holds it")
         return outcome
@@ -795,9 +800,14 @@ class RadiusProxy:
         return outcome, target.server
 
     async def _attempt(
-        self, endpoint: Endpoint, request: packet.Packet, accounting: bool
+        self,
+        endpoint: Endpoint,
+        request: packet.Packet,
+        accounting: bool,
+        wait_s: float | None = None,
     ) -> tuple[packet.Packet, packet.Packet] | None:
-        """Send ``request`` to ``endpoint`` once: (what was sent, its reply), or None.
+        """Send ``request`` to ``endpoint`` once: (what was sent, its reply), or None
+        after ``wait_s`` (the response window unless given).
 
         Raises _Left when a notice moves the client off ``endpoint`` before the answer
         (see :meth:`leave`).
@@ -813,7 +823,7 @@ class RadiusProxy:
         movable = not accounting and STATE not in OrderedDict.keys(request)
         try:
             sending = self._link((endpoint.ip, port)).send(
-                sent, timeout_s=self.settings.response_window_s
+                sent, timeout_s=wait_s or self.settings.response_window_s
             )
             if movable:
                 leaving = self._leaving.setdefault(endpoint.server, asyncio.Event())

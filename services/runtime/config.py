@@ -310,6 +310,8 @@ class ProxyConfig(Base, frozen=True, kw_only=True):
     server pool, an upstream that leaves a request unanswered for
     ``response_window_s`` is a zombie: it is probed with Status-Server every
     ``check_interval_s`` and taken back after ``answers_to_alive`` answers.
+    A round of an EAP conversation waits for the upstream that holds it up to
+    ``conversation_wait_s``, as no other upstream can answer it.
     """
 
     ip: str = "127.0.0.1"
@@ -320,8 +322,11 @@ class ProxyConfig(Base, frozen=True, kw_only=True):
     check_interval_s: float = 1.0
     check_timeout_s: float = 0.5
     answers_to_alive: int = 3
+    conversation_wait_s: float = 10.0
 
     def __post_init__(self) -> None:
+        if self.conversation_wait_s < self.response_window_s:
+            raise ValueError("conversation_wait_s must be at least response_window_s")
         for port in (self.auth_port, self.acct_port):
             if port is not None:
                 _check_port(port)
