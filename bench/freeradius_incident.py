@@ -51,7 +51,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import arguments, start_services, stop_services, table, write  # noqa: E402
+from bench.common import (  # noqa: E402
+    arguments,
+    goal_line,
+    start_services,
+    stop_services,
+    table,
+    write,
+)
 from bench.nas import Nas, Request, Target  # noqa: E402
 from schemas.events import ClientStatus, Incident  # noqa: E402
 from services.demo import LogFiles  # noqa: E402
@@ -379,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
             "nas_retries": NAS_RETRIES,
             "max_servers": MAX_SERVERS,
             "paid_window_s": PAID_S,
-            "scenarios": {k: v for k, v in SCENARIOS.items()},
+            "scenarios": dict(SCENARIOS),
         },
         "samples": runs,
         "summary": runs,
@@ -387,8 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     path = write(args.out, NAME, results)
     for goal in results_goals:
-        state = "met" if goal["met"] else "NOT met"
-        print(f"goal {goal['name']} ({goal['target']}): {state} ({goal['value']:.3g})")
+        print(goal_line(goal))
     print(f"wrote {path}")
     return 0
 

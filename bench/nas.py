@@ -47,7 +47,7 @@ if str(ROOT) not in sys.path:
 from pyrad import packet  # noqa: E402
 
 from bench.common import percentile  # noqa: E402
-from services.runtime.radius import ACCESS_ACCEPT, access_request  # noqa: E402
+from services.runtime.radius import ACCESS_ACCEPT, access_request, verified_reply  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -338,14 +338,8 @@ class Nas:
         if flight is None or addr != flight.record.target:
             self.stray_replies += 1
             return
-        request = flight.packet
-        try:
-            reply = request.CreateReply(packet=data)
-            valid = request.VerifyReply(reply, data)
-        except Exception as exc:
-            logger.debug("undecodable reply from %s: %s", addr, exc)
-            valid = False
-        if not valid:
+        reply = verified_reply(flight.packet, data, addr)
+        if reply is None:
             # e.g. a late reply to an earlier request that had this id
             self.stray_replies += 1
             return

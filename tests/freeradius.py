@@ -81,8 +81,7 @@ def require(program: str) -> str:
     return needs.program(program, "Debian: apt-get install freeradius freeradius-utils")
 
 
-RADIUSD_CONF = """\
-# radiusd.conf written by tests/freeradius.py
+_PATHS = """\
 prefix = /usr
 exec_prefix = /usr
 sysconfdir = /etc
@@ -98,11 +97,10 @@ run_dir = {dir}/run
 db_dir = {dir}
 libdir = /usr/lib/freeradius
 pidfile = ${{run_dir}}/freeradius.pid
-# room for radclient's bursts; a finished request is kept (and only then counted
-# in FreeRADIUS-Total-Auth-Responses) for cleanup_delay seconds
-max_requests = 65536
-cleanup_delay = 2
+"""
+"""Where a test server keeps everything: its own raddb directory."""
 
+_LOG_SECURITY_POOL = """\
 log {{
     destination = files
     file = ${{logdir}}/radius.log
@@ -122,6 +120,44 @@ thread pool {{
     max_requests_per_server = 0
 }}
 
+"""
+"""Logging to a file, Status-Server on, the thread pool (its max_servers read by the collector)."""
+
+_STATUS_SERVER = """\
+server status {{
+    listen {{
+        type = status
+        ipaddr = {ip}
+        port = {status_port}
+    }}
+    client admin {{
+        ipaddr = {ip}
+        secret = "{status_secret}"
+    }}
+    authorize {{
+        ok
+        Autz-Type Status-Server {{
+            ok
+        }}
+    }}
+}}
+"""
+"""The status virtual server the collector and the tests read statistics from."""
+
+RADIUSD_CONF = (
+    """\
+# radiusd.conf written by tests/freeradius.py
+"""
+    + _PATHS
+    + """\
+# room for radclient's bursts; a finished request is kept (and only then counted
+# in FreeRADIUS-Total-Auth-Responses) for cleanup_delay seconds
+max_requests = 65536
+cleanup_delay = 2
+
+"""
+    + _LOG_SECURITY_POOL
+    + """\
 client loopback {{
     ipaddr = 127.0.0.0/8
     secret = "{client_secret}"
@@ -168,24 +204,9 @@ server default {{
     }}
 {eap_post_auth}}}
 {inner_tunnel}
-server status {{
-    listen {{
-        type = status
-        ipaddr = {ip}
-        port = {status_port}
-    }}
-    client admin {{
-        ipaddr = {ip}
-        secret = "{status_secret}"
-    }}
-    authorize {{
-        ok
-        Autz-Type Status-Server {{
-            ok
-        }}
-    }}
-}}
 """
+    + _STATUS_SERVER
+)
 
 # The slow backend (FreeRadius(backend=True)): rlm_perl runs this script first in
 # ``authorize``. FreeRADIUS (built with perl ithreads, as Debian's is) clones the
@@ -649,47 +670,20 @@ class FreeRadius:
         ]
 
 
-PROXY_CONF = """\
+PROXY_CONF = (
+    """\
 # radiusd.conf of a FreeRADIUS proxy, written by tests/freeradius.py
-prefix = /usr
-exec_prefix = /usr
-sysconfdir = /etc
-localstatedir = /var
-sbindir = ${{exec_prefix}}/sbin
-logdir = {dir}/log
-raddbdir = {dir}
-radacctdir = {dir}/radacct
-name = freeradius
-confdir = ${{raddbdir}}
-modconfdir = ${{confdir}}/mods-config
-run_dir = {dir}/run
-db_dir = {dir}
-libdir = /usr/lib/freeradius
-pidfile = ${{run_dir}}/freeradius.pid
+"""
+    + _PATHS
+    + """\
 max_requests = 65536
 # a request is counted in the statistics once it is cleaned up, this long after its reply
 cleanup_delay = {cleanup_delay}
 proxy_requests = yes
 
-log {{
-    destination = files
-    file = ${{logdir}}/radius.log
-    auth = no
-}}
-
-security {{
-    status_server = yes
-    allow_core_dumps = no
-}}
-
-thread pool {{
-    start_servers = {start_servers}
-    max_servers = {max_servers}
-    min_spare_servers = 1
-    max_spare_servers = {max_servers}
-    max_requests_per_server = 0
-}}
-
+"""
+    + _LOG_SECURITY_POOL
+    + """\
 # the NAS devices
 client nas {{
     ipaddr = 127.0.0.0/8
@@ -747,24 +741,9 @@ server default {{
     }}
 }}
 
-server status {{
-    listen {{
-        type = status
-        ipaddr = {ip}
-        port = {status_port}
-    }}
-    client admin {{
-        ipaddr = {ip}
-        secret = "{status_secret}"
-    }}
-    authorize {{
-        ok
-        Autz-Type Status-Server {{
-            ok
-        }}
-    }}
-}}
 """
+    + _STATUS_SERVER
+)
 
 HOME_SERVER = """
 home_server {name} {{

@@ -58,3 +58,12 @@ def test_too_few_requests_or_none_give_no_part() -> None:
     view.add(status("nas-1", "A", 3, 3), now=1.0)
     assert view.part("A", 1.5) is None
     assert view.part("B", 1.5) is None
+
+
+def test_reports_on_servers_it_does_not_score_are_left_out() -> None:
+    view = ClientsView(window_s=3.0, tolerance=0.25, min_requests=10, servers={"A"})
+    view.add(status("nas-1", "X", 0, 90), now=1.0)
+    assert view.part("X", 1.5) is None
+    view.add(status("nas-1", "A", 0, 90), now=1.0)
+    part = view.part("A", 1.5)
+    assert part is not None and part.headroom == 0.0

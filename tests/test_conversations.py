@@ -11,6 +11,7 @@ move the client from A to B and back.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ def with_challenges(config: Config) -> Config:
     return msgspec.structs.replace(config, servers=servers)
 
 
-async def login(client: RadiusClient) -> str:
+async def login(client: RadiusClient, on_challenge: Callable[[], None] = lambda: None) -> str:
     """One login through every round: "accept", "reject" or "lost"."""
     state: bytes | None = None
     for _ in range(ROUNDS + 2):
@@ -62,27 +63,59 @@ async def login(client: RadiusClient) -> str:
             return "lost"
         if reply.code == CHALLENGE:
             state = reply["State"][0]
-            await asyncio.sleep(PAUSE_S)
+            on_challenge()
+            await asyncio.sleep(PAUSE_S)  # the device working out its next answer
             continue
         return "accept" if reply.code == ACCESS_ACCEPT else "reject"
     return "too-many-rounds"
 
 
-async def logins(target: str, stop: asyncio.Event) -> list[str]:
-    """``PARALLEL`` logins at a time, one after another, until ``stop``."""
-    ip, port = target.split(":")
-    outcomes: list[str] = []
+class Logins:
+    """``PARALLEL`` logins at a time, one after another, until ``stop`` is set."""
 
-    async def lane() -> None:
-        client = await RadiusClient.open((ip, int(port)), NAS)
-        try:
-            while not stop.is_set():
-                outcomes.append(await login(client))
-        finally:
-            client.close()
+    def __init__(self, target: str) -> None:
+        ip, port = target.split(":")
+        self.address = (ip, int(port))
+        self.outcomes: list[str] = []
+        self.challenges = 0
+        self.stop = asyncio.Event()
+        self._changed = asyncio.Event()
 
-    await asyncio.gather(*(lane() for _ in range(PARALLEL)))
-    return outcomes
+    async def run(self) -> list[str]:
+        async def lane() -> None:
+            client = await RadiusClient.open(self.address, NAS)
+            try:
+                while not self.stop.is_set():
+                    self.outcomes.append(await login(client, self._challenged))
+                    self._changed.set()
+            finally:
+                client.close()
+
+        await asyncio.gather(*(lane() for _ in range(PARALLEL)))
+        return self.outcomes
+
+    def _challenged(self) -> None:
+        self.challenges += 1
+        self._changed.set()
+
+    async def more(self, count: int, outcome: str | None = None) -> None:
+        """Wait until ``count`` more logins have ended (with ``outcome``, if given)."""
+
+        def done() -> int:
+            return sum(1 for o in self.outcomes if outcome is None or o == outcome)
+
+        await self._until(done, done() + count)
+
+    async def midway(self, count: int) -> None:
+        """Wait until ``count`` more challenges have come: that many logins are midway,
+        each holding a State its server issued."""
+        await self._until(lambda: self.challenges, self.challenges + count)
+
+    async def _until(self, value: Callable[[], int], target: int) -> None:
+        async with asyncio.timeout(10):
+            while value() < target:
+                self._changed.clear()
+                await self._changed.wait()
 
 
 async def rejects(config: Config, server: str) -> int:
@@ -101,16 +134,18 @@ async def test_moves_there_and_back_fail_no_conversation(farm: FarmFactory, tmp_
         await watcher.bus.subscribe(
             watcher.bus.subjects.ack("*"), on_ack, types=(Ack,), accept_clients=True
         )
-        stop = asyncio.Event()
-        load = asyncio.create_task(logins(auth_target(config), stop))
-        await asyncio.sleep(0.5)  # conversations in progress on A
+        logins = Logins(auth_target(config))
+        load = asyncio.create_task(logins.run())
+        await logins.more(PARALLEL)
+        await logins.midway(PARALLEL)  # logins midway on A
         await watcher.failover("A", to="B")
         await watcher.on("B")
-        await asyncio.sleep(0.5)  # and on B
+        await logins.more(PARALLEL)
+        await logins.midway(PARALLEL)  # and on B
         await watcher.failover("B", to="A")
         await watcher.on("A")
-        await asyncio.sleep(0.5)
-        stop.set()
+        await logins.more(PARALLEL)
+        logins.stop.set()
         outcomes = await asyncio.wait_for(load, 10)
         assert len(outcomes) > 2 * PARALLEL
         assert set(outcomes) == {"accept"}, {o: outcomes.count(o) for o in set(outcomes)}
@@ -156,15 +191,15 @@ async def test_a_stopped_server_fails_only_its_conversations_and_no_state_goes_e
 ) -> None:
     config, _ = farm(clients=1, client_rate=0)
     config = with_challenges(with_proxy(config, tmp_path, alternates=("B",)))
-    outcomes: list[str] = []
     async with reference(config, "B"), proxying(config):
-        stop = asyncio.Event()
+        logins = Logins(auth_target(config))
         async with reference(config, "A"):
-            load = asyncio.create_task(logins(auth_target(config), stop))
-            await asyncio.sleep(0.5)
+            load = asyncio.create_task(logins.run())
+            await logins.more(PARALLEL)
+            await logins.midway(PARALLEL)  # logins midway on A
         # A is gone, with the sessions it held; new logins go to B
-        await asyncio.sleep(1.5)
-        stop.set()
+        await logins.more(2 * PARALLEL, "accept")
+        logins.stop.set()
         outcomes = await asyncio.wait_for(load, 10)
         assert await rejects(config, "B") == 0  # no request bound to A was sent to B
     counts: dict[str, Any] = {o: outcomes.count(o) for o in set(outcomes)}

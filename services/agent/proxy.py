@@ -77,6 +77,7 @@ MAX_PACKET_OCTETS = 4096
 """RFC 2865's largest RADIUS packet; FreeRADIUS drops anything longer without a word."""
 
 RADIUS_HEADER_OCTETS = 20
+MESSAGE_AUTHENTICATOR_OCTETS = 18
 
 ACCESS_CHALLENGE = packet.AccessChallenge
 
@@ -814,10 +815,13 @@ class RadiusProxy:
         """
         port = endpoint.accounting_port if accounting else endpoint.auth_port
         sent = upstream_request(request, self.secret)
-        size = RADIUS_HEADER_OCTETS + len(sent._PktEncodeAttributes())
-        if size > MAX_PACKET_OCTETS:
-            # refused here, before any upstream could drop it and look dead for it
-            raise Dropped("too-big", f"{size} octets for {endpoint.server}")
+        received = len(request.raw_packet or b"")
+        if received > MAX_PACKET_OCTETS - MESSAGE_AUTHENTICATOR_OCTETS:
+            # re-encoding adds at most a Message-Authenticator: measure only near the limit
+            size = RADIUS_HEADER_OCTETS + len(sent._PktEncodeAttributes())
+            if size > MAX_PACKET_OCTETS:
+                # refused here, before any upstream could drop it and look dead for it
+                raise Dropped("too-big", f"{size} octets for {endpoint.server}")
         sent_at = time.monotonic()
         self.counters.forwarded += 1
         movable = not accounting and STATE not in OrderedDict.keys(request)

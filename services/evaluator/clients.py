@@ -11,6 +11,7 @@ requests decided in the window there is no part (too few to tell).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from schemas.events import ClientStatus
@@ -36,18 +37,33 @@ class ClientsPart:
 class ClientsView:
     """The agents' recent reports, folded per server."""
 
-    def __init__(self, window_s: float, tolerance: float, min_requests: int) -> None:
+    def __init__(
+        self,
+        window_s: float,
+        tolerance: float,
+        min_requests: int,
+        servers: Collection[str] | None = None,
+    ) -> None:
         self.window_s = window_s
         self.tolerance = tolerance
         self.min_requests = min_requests
+        self.servers = None if servers is None else frozenset(servers)
         self._seen: dict[str, deque[_Seen]] = {}
 
     def add(self, status: ClientStatus, now: float) -> None:
-        """Take in one agent's report, received at ``now``."""
+        """Take in one agent's report, received at ``now`` (reports on servers the view
+        does not score are left out)."""
         for report in status.upstreams:
+            if self.servers is not None and report.server not in self.servers:
+                continue
             if report.answers or report.timeouts:
                 seen = self._seen.setdefault(report.server, deque())
                 seen.append(_Seen(now, status.client, report.answers, report.timeouts))
+                self._forget(seen, now)
+
+    def _forget(self, seen: deque[_Seen], now: float) -> None:
+        while seen and seen[0].at <= now - self.window_s:
+            seen.popleft()
 
     def parts(self, server: str, now: float) -> Parts | None:
         """The ``clients`` part of ``server`` at ``now`` as extra health parts, or None."""
@@ -63,8 +79,7 @@ class ClientsView:
         seen = self._seen.get(server)
         if not seen:
             return None
-        while seen and seen[0].at <= now - self.window_s:
-            seen.popleft()
+        self._forget(seen, now)
         answers = sum(s.answers for s in seen)
         timeouts = sum(s.timeouts for s in seen)
         decided = answers + timeouts

@@ -45,7 +45,7 @@ class Evaluator:
         self.states: dict[str, ServerState] = {sid: ServerState(server=sid) for sid in servers}
         cfg = rt.config.evaluator
         self.clients = ClientsView(
-            cfg.clients_window_s, cfg.clients_tolerance, cfg.clients_min_requests
+            cfg.clients_window_s, cfg.clients_tolerance, cfg.clients_min_requests, servers
         )
         self._lock = asyncio.Lock()
         registry = rt.metrics.registry

@@ -40,6 +40,18 @@ def dictionary() -> Dictionary:
     return Dictionary(str(DICTIONARY_PATH))
 
 
+def verified_reply(request: packet.Packet, data: bytes, addr: Any = None) -> packet.Packet | None:
+    """``data`` decoded as the reply to ``request``, or None if it does not verify
+    (Response Authenticator, Message-Authenticator) or does not decode."""
+    try:
+        reply = request.CreateReply(packet=data)
+        if request.VerifyReply(reply, data):
+            return reply
+    except Exception as exc:
+        logger.debug("undecodable reply from %s: %s", addr, exc)
+    return None
+
+
 class RadiusTimeout(Exception):
     """No valid reply came within the timeout and retransmissions."""
 
@@ -169,13 +181,8 @@ class RadiusClient:
             self.stray_replies += 1
             return
         request, future = entry
-        try:
-            reply = request.CreateReply(packet=data)
-            valid = request.VerifyReply(reply, data)
-        except Exception as exc:
-            logger.debug("undecodable reply from %s: %s", addr, exc)
-            valid = False
-        if not valid:
+        reply = verified_reply(request, data, addr)
+        if reply is None:
             self.stray_replies += 1
             return
         if not future.done():

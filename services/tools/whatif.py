@@ -316,7 +316,7 @@ class _Replay:
         self.reports: dict[str, HealthReport] = {}
         cfg = config.evaluator
         self.clients = ClientsView(
-            cfg.clients_window_s, cfg.clients_tolerance, cfg.clients_min_requests
+            cfg.clients_window_s, cfg.clients_tolerance, cfg.clients_min_requests, self.servers
         )
         counter = itertools.count(1)
         self.make_id: Callable[[], str] = lambda: f"{SOURCE}-{next(counter)}"

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.notifier.transports.wire import COA_ACK, COA_NAK, ErrorCause, error_cause
+from services.runtime.radius import verified_reply
 
 logger = logging.getLogger(__name__)
 
@@ -199,13 +200,8 @@ class CoaClient:
         if exchange is None:
             self.counters.dropped["unmatched"] += 1
             return
-        try:
-            answer = exchange.request.CreateReply(packet=data)
-            valid = bool(exchange.request.VerifyReply(answer, data))
-        except Exception as exc:
-            logger.debug("undecodable CoA answer from %s: %s", addr, exc)
-            valid = False
-        if not valid:
+        answer = verified_reply(exchange.request, data, addr)
+        if answer is None:
             exchange.unverified += 1
             self.counters.dropped["unverified"] += 1
             logger.debug("CoA answer from %s:%d does not verify", *addr)
