@@ -17,8 +17,7 @@ import msgspec
 import pytest
 from pyrad import packet
 
-from schemas.events import ClientStatus, Endpoint, FailoverNotice, UpstreamReport
-from schemas.signing import AUTH_HEADER, SERVER_HEADER, client_authenticator
+from schemas.events import Ack, ClientStatus, FailoverNotice, ReadmitNotice, UpstreamReport
 from services.aaa import service as aaa
 from services.agent import service as agent
 from services.agent.proxy import (
@@ -38,6 +37,7 @@ from services.runtime.radius import dictionary
 from tests.conftest import FarmFactory
 from tests.freeradius import StartFreeRadius, require
 from tests.helpers import next_matching, operator_bus, running, status, wait_ready
+from tests.notices import Notices
 
 NAS = b"nas-to-proxy-secret"
 UP = b"proxy-to-server-secret"
@@ -365,21 +365,29 @@ async def until_seen(config: Config, server: str, count: int, timeout_s: float =
 
 
 class Watcher:
-    """The operator's view: ClientStatus of nas-01, and notices sent as the notifier does."""
+    """The operator's view of nas-01: its statuses and acks; notices sent as the notifier does."""
 
     def __init__(self, config: Config, bus: Bus) -> None:
         self.config = config
         self.bus = bus
+        self.notices = Notices(config, bus, incident_id="inc-proxy")
         self.statuses: asyncio.Queue[ClientStatus] = asyncio.Queue()
-        self.seq = int(time.time() * 1_000_000)
+        self.acks: asyncio.Queue[Ack] = asyncio.Queue()
 
     async def listen(self) -> None:
         async def on_status(event: ClientStatus) -> None:
             if event.client == "nas-01":
                 await self.statuses.put(event)
 
+        async def on_ack(event: Ack) -> None:
+            if event.client == "nas-01":
+                await self.acks.put(event)
+
         await self.bus.subscribe(
             self.bus.subjects.status("*"), on_status, types=(ClientStatus,), accept_clients=True
+        )
+        await self.bus.subscribe(
+            self.bus.subjects.ack("*"), on_ack, types=(Ack,), accept_clients=True
         )
 
     async def on(self, server: str, timeout_s: float = 10) -> ClientStatus:
@@ -387,28 +395,15 @@ class Watcher:
 
     async def failover(self, server: str, to: str) -> FailoverNotice:
         """Publish a FailoverNotice moving nas-01 off ``server`` to ``to``."""
-        client = self.config.client("nas-01")
-        target = self.config.server(to)
-        self.seq += 1
-        notice = FailoverNotice(
-            incident_id="inc-proxy",
-            server=server,
-            client=client.id,
-            alternates=[Endpoint(server=to, ip=target.ip, auth_port=target.auth_port)],
-            seq=self.seq,
-            valid_until=time.time() + 60,
-        )
-        secret = self.config.read_secret(client.secret)
-        server_ip = self.config.server(server).ip
+        return await self.notices.failover("nas-01", server, to)
 
-        def authenticate(payload: bytes) -> dict[str, str]:
-            auth = client_authenticator(secret, server_ip, client.ip, payload)
-            return {AUTH_HEADER: auth, SERVER_HEADER: server}
+    async def readmit(self, home: str) -> ReadmitNotice:
+        """Publish a ReadmitNotice letting nas-01 return to ``home``."""
+        return await self.notices.readmit("nas-01", home)
 
-        await self.bus.publish(
-            self.bus.subjects.notice(client.id), notice, authenticate=authenticate
-        )
-        return notice
+    async def acked(self, notice: FailoverNotice | ReadmitNotice, timeout_s: float = 10) -> Ack:
+        """nas-01's ack of ``notice``."""
+        return await next_matching(self.acks, lambda a: a.notice_id == notice.id, timeout_s)
 
 
 @asynccontextmanager

@@ -157,6 +157,20 @@ def test_a_missed_probe_makes_a_zombie_dead_and_restarts_the_count() -> None:
     assert p.probed("A", True, 107.1) == Transition("A", "dead", "alive", "2 probes answered")
 
 
+def test_a_dead_upstream_is_gone_only_once_silent_for_a_window() -> None:
+    p = pool()
+    zombie(p, "A", at=100.0)
+    assert not p.gone("A", 102.5)  # a zombie may still answer
+    p.probes_due(103.0)
+    p.probed("A", False, 103.5)
+    assert p.state("A") == "dead" and p.gone("A", 103.5)
+    # a dead one that answers requests (its Status-Server waits behind them) is not gone
+    p.answered("A", 104.0)
+    assert not p.gone("A", 104.0 + WINDOW)
+    assert p.gone("A", 104.1 + WINDOW)
+    assert not p.gone("B", 200.0) and not p.gone("unknown", 200.0)
+
+
 def test_answers_to_requests_do_not_revive_a_zombie() -> None:
     p = pool(answers_to_alive=1)
     zombie(p, "A")

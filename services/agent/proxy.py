@@ -762,8 +762,8 @@ class RadiusProxy:
         waits for that upstream up to ``conversation_wait_s``, longer than the response
         window: a slow answer still carries the conversation on, while the NAS's
         retransmissions meanwhile are duplicates the proxy does not forward."""
-        if self.pool.state(holder) == "dead":  # a zombie may still answer: only it can
-            raise Dropped("conversation-lost", f"{holder}, which holds it, is dead")
+        if self.pool.gone(holder, time.monotonic()):  # a zombie may still answer: only it can
+            raise Dropped("conversation-lost", f"{holder}, which holds it, is dead and silent")
         endpoint = self.pool.upstream(holder).endpoint
         wait_s = self.settings.conversation_wait_s
         outcome = await self._attempt(endpoint, request, False, wait_s)
@@ -825,13 +825,14 @@ class RadiusProxy:
         sent_at = time.monotonic()
         self.counters.forwarded += 1
         movable = not accounting and STATE not in OrderedDict.keys(request)
+        window_s = self.settings.response_window_s
         try:
-            sending = self._link((endpoint.ip, port)).send(
-                sent, timeout_s=wait_s or self.settings.response_window_s
-            )
+            sending = self._link((endpoint.ip, port)).send(sent, timeout_s=wait_s or window_s)
             if movable:
                 leaving = self._leaving.setdefault(endpoint.server, asyncio.Event())
                 reply = await _unless(sending, leaving)
+            elif wait_s is not None and wait_s > window_s:
+                reply = await self._judged_at_window(endpoint.server, sending, sent_at)
             else:
                 reply = await sending
         except RadiusTimeout:
@@ -845,3 +846,18 @@ class RadiusProxy:
         self.tallies.answered(endpoint.server, now - sent_at)
         self.pool.answered(endpoint.server, now)
         return sent, reply
+
+    async def _judged_at_window(
+        self, server: str, sending: Coroutine[Any, Any, packet.Packet], sent_at: float
+    ) -> packet.Packet:
+        """Wait for a reply longer than the response window, but judge ``server`` at the
+        window all the same: one that has fallen silent turns zombie then, and new
+        conversations go elsewhere, while this request still waits for its answer."""
+        task = asyncio.ensure_future(sending)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=self.settings.response_window_s)
+            if not done:
+                self._after(self.pool.unanswered(server, sent_at, time.monotonic()))
+            return await task
+        finally:
+            task.cancel()

@@ -148,6 +148,19 @@ class UpstreamPool:
             upstream.endpoint = endpoint
         self.preferred = endpoint.server
 
+    def gone(self, server: str, now: float) -> bool:
+        """``server`` is dead and nothing has come from it within the response window.
+
+        A dead upstream that still answers (a full thread pool that lets Status-
+        Server wait, but answers the requests it has) can carry on the EAP
+        conversations it holds; a gone one cannot.
+        """
+        upstream = self._upstreams.get(server)
+        if upstream is None or upstream.state != "dead":
+            return False
+        last = upstream.last_answer
+        return last is None or now - last > self.response_window_s
+
     # --- requests ------------------------------------------------------
 
     def answered(self, server: str, now: float) -> None:
