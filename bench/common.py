@@ -14,6 +14,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -94,6 +95,32 @@ def write(out: Path, name: str, results: Mapping[str, Any]) -> Path:
     path = out / f"{name}.json"
     path.write_text(json.dumps({"benchmark": name, "machine": machine(), **results}, indent=2))
     return path
+
+
+def lacking(name: str, programs: Mapping[str, str]) -> bool:
+    """Whether a program the benchmark needs is not installed (program -> its Debian
+    package); if so, say that the benchmark is skipped."""
+    for program, package in programs.items():
+        if shutil.which(program) is None:
+            print(f"{name}: skipped, {program} is not installed (apt-get install {package})")
+            return True
+    return False
+
+
+def report(
+    out: Path,
+    name: str,
+    parameters: Mapping[str, Any],
+    runs: Mapping[str, Any],
+    goals: Sequence[Mapping[str, Any]],
+) -> None:
+    """Write a benchmark's runs (its samples and summary) and goals, print the goals."""
+    path = write(
+        out, name, {"parameters": parameters, "samples": runs, "summary": runs, "goals": goals}
+    )
+    for goal in goals:
+        print(goal_line(goal))
+    print(f"wrote {path}")
 
 
 def goal_line(goal: Mapping[str, Any], value: str | None = None) -> str:

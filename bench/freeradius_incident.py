@@ -53,11 +53,11 @@ if str(ROOT) not in sys.path:
 
 from bench.common import (  # noqa: E402
     arguments,
-    goal_line,
+    lacking,
+    report,
     start_services,
     stop_services,
     table,
-    write,
 )
 from bench.nas import Nas, Request, Target  # noqa: E402
 from schemas.events import ClientStatus, Incident  # noqa: E402
@@ -68,7 +68,14 @@ from services.runtime.config import ProxyConfig, Secret, load_config  # noqa: E4
 from services.runtime.natsserver import EmbeddedNats  # noqa: E402
 from services.runtime.radius import RadiusTimeout  # noqa: E402
 from services.supervisor import ServiceProcess  # noqa: E402
-from tests.freeradius import IP, PASSWORD, USER, FreeRadius, FreeRadiusProxy  # noqa: E402
+from tests.freeradius import (  # noqa: E402
+    IP,
+    PASSWORD,
+    USER,
+    CertificateAuthority,
+    FreeRadius,
+    FreeRadiusProxy,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -107,9 +114,11 @@ class Seen:
             self.where.append((when, server))
 
 
-async def start_homes(workdir: Path) -> tuple[FreeRadius, FreeRadius]:
-    """H1 and H2 with the slow backend, a large pool and one client secret, started."""
+async def start_homes(workdir: Path, *, eap: bool = False) -> tuple[FreeRadius, FreeRadius]:
+    """H1 and H2 with the slow backend, a large pool and one client secret, started;
+    with ``eap``, PEAP and TTLS too, their certificates from one CA (``workdir/ca``)."""
     shared = secrets.token_hex(12)
+    ca = CertificateAuthority.create(workdir / "ca") if eap else None
     homes = []
     for name in ("h1", "h2"):
         home = FreeRadius(
@@ -118,6 +127,8 @@ async def start_homes(workdir: Path) -> tuple[FreeRadius, FreeRadius]:
             max_servers=MAX_SERVERS,
             start_servers=START_SERVERS,
             client_secret=shared,
+            eap=eap,
+            eap_ca=ca,
         )
         home.write()
         home.start()
@@ -354,8 +365,7 @@ ROWS = (
 def main(argv: list[str] | None = None) -> int:
     """Run every set-up through every scenario; write the results, print the tables."""
     args = arguments((__doc__ or "").splitlines()[0], argv)
-    if shutil.which("freeradius") is None:
-        print(f"{NAME}: skipped, freeradius is not installed (apt-get install freeradius)")
+    if lacking(NAME, {"freeradius": "freeradius"}):
         return 0
     params = dict(QUICK if args.quick else FULL)
     print(
@@ -376,26 +386,17 @@ def main(argv: list[str] | None = None) -> int:
             (label, *(_fmt(runs[scenario_name][s][key]) for s in SETUPS)) for label, key in ROWS
         ]
         print(table(f"\n{scenario_name}", ("", *SETUPS), rows), flush=True)
-    results_goals = goals(runs)
-    results = {
-        "parameters": {
-            **params,
-            "quick": args.quick,
-            "rate": RATE,
-            "nas_timeout_s": NAS_TIMEOUT_S,
-            "nas_retries": NAS_RETRIES,
-            "max_servers": MAX_SERVERS,
-            "paid_window_s": PAID_S,
-            "scenarios": dict(SCENARIOS),
-        },
-        "samples": runs,
-        "summary": runs,
-        "goals": results_goals,
+    parameters = {
+        **params,
+        "quick": args.quick,
+        "rate": RATE,
+        "nas_timeout_s": NAS_TIMEOUT_S,
+        "nas_retries": NAS_RETRIES,
+        "max_servers": MAX_SERVERS,
+        "paid_window_s": PAID_S,
+        "scenarios": dict(SCENARIOS),
     }
-    path = write(args.out, NAME, results)
-    for goal in results_goals:
-        print(goal_line(goal))
-    print(f"wrote {path}")
+    report(args.out, NAME, parameters, runs, goals(runs))
     return 0
 
 

@@ -23,6 +23,7 @@ ORDER = (
     "throughput",
     "incident",
     "freeradius_incident",
+    "eap",
     "watching",
     "planner",
     "proxy",
