@@ -224,15 +224,13 @@ def start_services(
 ) -> list[ServiceProcess]:
     """Each ``(name, service, extra argv)`` of ``plan`` as its own ``aaa-failover run``
     process on the bus at ``bus_url``, started and ready; RuntimeError if one is not."""
+    from services.launch.registry import run_argv
     from services.supervisor import ServiceProcess
 
     processes: list[ServiceProcess] = []
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
     for name, service, extra in plan:
-        argv = [
-            sys.executable, "-m", "services.cli", "run", service,
-            "-c", str(config_path), "--bus-url", bus_url, *extra,
-        ]  # fmt: skip
+        argv = run_argv(service, config_path, bus_url=bus_url, args=extra)
         process = ServiceProcess(name, argv, sink=sink, env=env)
         process.start()
         processes.append(process)

@@ -45,8 +45,10 @@ from bench import common
 from schemas.codec import decode
 from schemas.events import Ack, Incident, MetricsSample, ReadmitWave
 from services.farm import farm_dict, write_config
+from services.launch import registry
 from services.runtime.bus import Bus, Keyring
 from services.runtime.config import Config, load_config
+from services.runtime.lifecycle import says_started
 from services.runtime.natsserver import EmbeddedNats
 
 NAME = "detection"
@@ -55,7 +57,9 @@ FULL = {"incidents": 500, "warmup": 10}
 QUICK = {"incidents": 30, "warmup": 3}
 PREFIX = "bdet"
 CLIENT = "nas-01"
-SERVICES = ("evaluator", "targeter", "notifier", "agent")
+SERVICES = (*(name for name in registry.SANDBOX if name != "readmitter"), "agent")
+"""The deciding services and the agent; this process stands in for the readmitter (it
+publishes the final ReadmitWave itself) and for the collectors (it publishes samples)."""
 HOPS = ("incident", "plan", "notice", "ack")
 RELAYS = len(HOPS)
 GOAL_RATIO = 1.5
@@ -140,7 +144,7 @@ def read(log: Path) -> str:
 async def wait_started(name: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     """Wait until the service's log says it has started; fail if it exits or takes too long."""
     deadline = time.monotonic() + START_TIMEOUT_S
-    while f"{name} started" not in read(log):
+    while not any(says_started(line) for line in read(log).splitlines()):
         if proc.poll() is not None:
             raise RuntimeError(f"{name} exited ({proc.returncode}): {read(log)[-2000:]}")
         if time.monotonic() > deadline:
@@ -326,9 +330,9 @@ async def measure(params: dict[str, int], workdir: Path) -> dict[str, Any]:
     with EmbeddedNats(workdir / "nats") as nats, ExitStack() as procs:
         config, path = build_config(workdir / "farm", nats.url)
         started = []
-        for name in SERVICES:
+        for name, service, args in registry.plan(config, SERVICES):
             log = workdir / f"{name}.log"
-            argv = [sys.executable, "-m", "services.cli", "run", name, "-c", str(path)]
+            argv = registry.run_argv(service, path, args=args)
             started.append((name, start(procs, argv, log), log))
         for name, proc, log in started:
             await wait_started(name, proc, log)

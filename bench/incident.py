@@ -56,16 +56,12 @@ from bench.common import (  # noqa: E402
 from schemas.events import ClientStatus, Incident, ServerControl  # noqa: E402
 from services.demo import LogFiles  # noqa: E402
 from services.farm import farm_dict, free_udp_port, write_config  # noqa: E402
+from services.launch import registry  # noqa: E402
+from services.radius.client import RadiusClient, RadiusTimeout, query_status  # noqa: E402
+from services.radius.packet import ACCESS_ACCEPT, access_request  # noqa: E402
 from services.runtime.bus import Bus, Keyring  # noqa: E402
 from services.runtime.config import Config, ProxyConfig, Secret, load_config  # noqa: E402
 from services.runtime.natsserver import EmbeddedNats  # noqa: E402
-from services.runtime.radius import (  # noqa: E402
-    ACCESS_ACCEPT,
-    RadiusClient,
-    RadiusTimeout,
-    access_request,
-    query_status,
-)
 from services.supervisor import ServiceProcess  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -92,7 +88,6 @@ READY_TIMEOUT_S = 30.0
 FULL = {"clients": 100, "rate": 2.0, "warmup_s": 5.0, "overload_s": 25.0, "settle_max_s": 40.0}
 QUICK = {"clients": 21, "rate": 2.0, "warmup_s": 1.5, "overload_s": 4.0, "settle_max_s": 10.0}
 
-CONTROL_SERVICES = ("evaluator", "targeter", "notifier", "readmitter", "collector")
 SCENARIOS = ("client-side", "aaa-failover")
 
 SETTINGS: dict[str, Any] = {
@@ -222,13 +217,8 @@ def start_control(
     config: Config, path: Path, bus_url: str, with_control: bool, sink: LogFiles
 ) -> list[ServiceProcess]:
     """The reference servers, the control services if asked, and the agent, started and ready."""
-    plan: list[tuple[str, str, list[str]]] = [
-        (f"aaa-{s.id}", "aaa", ["--only", s.id]) for s in config.servers
-    ]
-    if with_control:
-        plan += [(name, name, []) for name in CONTROL_SERVICES]
-    plan.append(("agent", "agent", []))
-    return start_services(plan, path, bus_url, sink)
+    names = None if with_control else ("aaa", "agent")
+    return start_services(registry.plan(config, names), path, bus_url, sink)
 
 
 class Load:

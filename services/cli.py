@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from services.launch import registry
 from services.runtime import busfile
-from services.runtime.config import SANDBOX_SERVICES, Config, ConfigError, load_config
+from services.runtime.config import Config, ConfigError, load_config
 from services.runtime.logs import configure_logging
 from services.tools.errors import ToolError
 from services.tools.recording import RecordingError, WindowSpec, load, parse_time
@@ -23,8 +23,6 @@ BUS_URL_HELP = (
     "NATS URL, overriding bus.url of the config; without either, the bus of an "
     "`aaa-failover up` running the config (its bus file, CONFIG.bus)"
 )
-
-SERVICES = ("aaa", "collector", "evaluator", "targeter", "notifier", "readmitter", "agent")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run one service")
-    run.add_argument("service", choices=SERVICES)
+    run.add_argument("service", choices=registry.NAMES)
     run.add_argument("-c", "--config", required=True, help="the TOML config file")
     run.add_argument("--bus-url", help=BUS_URL_HELP)
     run.add_argument(
@@ -249,17 +247,17 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.sandbox and args.service not in SANDBOX_SERVICES:
+    service = registry.service(args.service)
+    if args.sandbox and not service.sandbox:
         raise ConfigError(
-            f"only {', '.join(SANDBOX_SERVICES)} run in a sandbox, not {args.service}"
+            f"only {', '.join(registry.SANDBOX)} run in a sandbox, not {args.service}"
         )
     config = _config(args)
     if args.metrics_port is not None:
         if not 0 <= args.metrics_port <= 65535:
             raise ConfigError("--metrics-port must be in [0, 65535]")
         config = config.with_metrics_port(args.service, args.metrics_port)
-    module = importlib.import_module(f"services.{args.service}.service")
-    asyncio.run(module.run(config, bus_url=_bus_url(args, config), only=args.only))
+    asyncio.run(service.entry()(config, bus_url=_bus_url(args, config), only=args.only))
     return 0
 
 

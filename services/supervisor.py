@@ -25,17 +25,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from services.launch import registry
 from services.runtime import busfile
-from services.runtime.config import SANDBOX_SERVICES, Config, ConfigError
-from services.runtime.lifecycle import ShutdownSignals
+from services.runtime.config import Config, ConfigError
+from services.runtime.lifecycle import ShutdownSignals, says_started
 from services.runtime.natsserver import EmbeddedNats
 
 logger = logging.getLogger(__name__)
 
 LogSink = Callable[[str, str], None]
-
-# The lifecycle logs "<service> started" under this logger once set up.
-READY_LOGGER = "services.runtime.lifecycle"
 
 
 class ServiceProcess:
@@ -72,7 +70,7 @@ class ServiceProcess:
     def _read(self, stream: IO[str] | None) -> None:
         assert stream is not None
         for line in stream:
-            if READY_LOGGER in line and " started" in line:
+            if says_started(line):
                 self.ready.set()
             if self.sink is not None:
                 self.sink(self.name, line.rstrip("\n"))
@@ -98,24 +96,6 @@ class ServiceProcess:
         if self._reader is not None:
             self._reader.join(timeout=2)
         return status
-
-
-def service_plan(config: Config) -> list[tuple[str, str, list[str]]]:
-    """(process name, service, extra args) of every process a config needs, in start order.
-
-    A replay sandbox runs the decision services alone, each told the sandbox's prefix.
-    """
-    if config.bus.sandbox:
-        sandbox = ["--sandbox", config.bus.prefix]
-        return [(name, name, sandbox) for name in SANDBOX_SERVICES]
-    plan: list[tuple[str, str, list[str]]] = [
-        (f"aaa-{s.id}", "aaa", ["--only", s.id]) for s in config.servers if s.reference
-    ]
-    plan += [(name, name, []) for name in ("evaluator", "targeter", "notifier", "readmitter")]
-    plan.append(("collector", "collector", []))
-    if config.clients:
-        plan.append(("agent", "agent", []))
-    return plan
 
 
 class Supervisor:
@@ -148,11 +128,8 @@ class Supervisor:
             self.bus_file = busfile.write(self.config_path, self.bus_url)
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        for name, service, extra in service_plan(self.config):
-            argv = [
-                sys.executable, "-m", "services.cli", "run", service,
-                "-c", str(self.config_path), "--bus-url", self.bus_url, *extra,
-            ]  # fmt: skip
+        for name, service, args in registry.plan(self.config):
+            argv = registry.run_argv(service, self.config_path, bus_url=self.bus_url, args=args)
             process = ServiceProcess(name, argv, sink=self.sink, env=env)
             process.start()
             self.processes.append(process)

@@ -3,74 +3,44 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
 from schemas.events import ClientStatus
-from services.runtime import radius
+from services.launch.registry import Entry
+from services.radius import packet as radius
+from services.radius.client import RadiusClient
+from services.radius.packet import reply_values, status_request
 from services.runtime.bus import Bus, Keyring
 from services.runtime.config import Config
-from services.runtime.lifecycle import ShutdownTrigger
-from services.runtime.radius import RadiusClient, reply_values, status_request
-
-
-class ServiceRun(Protocol):
-    def __call__(
-        self,
-        config: Config,
-        *,
-        shutdown_trigger: ShutdownTrigger | None = ...,
-        bus_url: str | None = ...,
-        only: list[str] | None = ...,
-    ) -> Awaitable[None]: ...
-
-
-class _Started(logging.Handler):
-    """Sets an event when the lifecycle logs that a service has started."""
-
-    def __init__(self, event: asyncio.Event, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(logging.INFO)
-        self.event = event
-        self.loop = loop
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage().endswith(" started"):
-            self.loop.call_soon_threadsafe(self.event.set)
+from services.runtime.lifecycle import ShutdownTrigger, signalling_started
 
 
 @asynccontextmanager
 async def running(
-    run: ServiceRun, config: Config, only: list[str] | None = None
+    run: Entry, config: Config, only: list[str] | None = None
 ) -> AsyncIterator[asyncio.Task[None]]:
     """Run a service in-process from when it has started until the block ends."""
     stop = asyncio.Event()
     started = asyncio.Event()
-    lifecycle = logging.getLogger("services.runtime.lifecycle")
-    handler = _Started(started, asyncio.get_running_loop())
-    level = lifecycle.level
-    lifecycle.addHandler(handler)
-    lifecycle.setLevel(logging.INFO)
     task: asyncio.Task[None] = asyncio.create_task(
-        _call(run, config, stop.wait, only), name="service under test"
+        _call(run, config, stop.wait, only),
+        name="service under test",
+        context=signalling_started(started),
     )
-    try:
-        waiter = asyncio.ensure_future(started.wait())
-        await asyncio.wait({waiter, task}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        if task.done():
-            task.result()  # raises what stopped it
-            raise AssertionError("the service stopped before it started")
-        assert started.is_set(), "the service did not start within 20 s"
-    finally:
-        lifecycle.removeHandler(handler)
-        lifecycle.setLevel(level)
+    waiter = asyncio.ensure_future(started.wait())
+    await asyncio.wait({waiter, task}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if task.done():
+        task.result()  # raises what stopped it
+        raise AssertionError("the service stopped before it started")
+    assert started.is_set(), "the service did not start within 20 s"
     try:
         yield task
     finally:
@@ -79,7 +49,7 @@ async def running(
 
 
 async def _call(
-    run: ServiceRun, config: Config, trigger: ShutdownTrigger, only: list[str] | None
+    run: Entry, config: Config, trigger: ShutdownTrigger, only: list[str] | None
 ) -> None:
     await run(config, shutdown_trigger=trigger, only=only)
 

@@ -8,13 +8,13 @@ import sys
 
 import pytest
 
-from services.cli import SERVICES
-from services.supervisor import READY_LOGGER
+from services.launch.registry import NAMES
+from services.runtime.lifecycle import says_started
 from tests.conftest import FarmFactory
 from tests.helpers import watch_stderr
 
 
-@pytest.mark.parametrize("service", SERVICES)
+@pytest.mark.parametrize("service", NAMES)
 def test_service_starts_and_stops_on_sigterm(farm: FarmFactory, service: str) -> None:
     _, path = farm(clients=2)
     argv = [sys.executable, "-m", f"services.{service}", "-c", str(path)]
@@ -22,7 +22,7 @@ def test_service_starts_and_stops_on_sigterm(farm: FarmFactory, service: str) ->
         argv += ["--only", "A"]
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
     try:
-        lines, started, _ = watch_stderr(proc, lambda x: READY_LOGGER in x and " started" in x)
+        lines, started, _ = watch_stderr(proc, says_started)
         started.wait(20)
         assert any(" started" in line for line in lines), "".join(lines)
         proc.send_signal(signal.SIGTERM)

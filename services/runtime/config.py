@@ -19,10 +19,6 @@ import msgspec
 from schemas.events import Endpoint
 from schemas.subjects import check_token, overlaps
 
-# The services that re-derive decisions from replayed events in a sandbox; the
-# others touch real servers and clients.
-SANDBOX_SERVICES = ("evaluator", "targeter", "notifier", "readmitter")
-
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the field."""

@@ -3,11 +3,17 @@
 Shutdown has one order: stop taking new work (drain subscriptions), let the
 background loops finish under a grace timeout (then cancel them), and close
 the connection. Resources live in an AsyncExitStack, loops in a TaskGroup.
+
+Readiness is a signal, as uvicorn's ``Server.started``: a task run in the
+context of :func:`signalling_started` sets the given event once its service
+has started, every subscription in place. A parent that has only a service
+process's output reads the line logged at that moment (:func:`says_started`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
@@ -21,6 +27,24 @@ from services.runtime.metrics import ServiceMetrics
 logger = logging.getLogger(__name__)
 
 ShutdownTrigger = Callable[[], Awaitable[Any]]
+
+_started: contextvars.ContextVar[asyncio.Event | None] = contextvars.ContextVar(
+    "started", default=None
+)
+
+
+def signalling_started(event: asyncio.Event) -> contextvars.Context:
+    """A copy of the current context in which :func:`run_service` sets ``event`` once the
+    service has started: ``asyncio.create_task(run(...), context=signalling_started(e))``."""
+    context = contextvars.copy_context()
+    context.run(_started.set, event)
+    return context
+
+
+def says_started(line: str) -> bool:
+    """Whether ``line``, of a service process's log, is the one :func:`run_service` writes
+    once the service has started."""
+    return __name__ in line and " started" in line
 
 
 class ShutdownSignals:
@@ -156,6 +180,9 @@ async def run_service(
             # from here on, nothing published to this service is missed.
             await bus.nc.flush()
             logger.info("%s started", name)
+            started = _started.get()
+            if started is not None:
+                started.set()
             await wait_for_shutdown(shutdown_trigger)
             logger.info("%s stopping", name)
             await bus.stop_receiving()
