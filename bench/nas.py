@@ -6,7 +6,7 @@ request goes to one target (ip, port, secret), chosen when it is first sent;
 it is retransmitted ``retries`` times, ``timeout_s`` apart, with the same id
 and Request Authenticator, as a real NAS does, and counts as lost when the
 last try has gone unanswered for ``timeout_s``. Packets are built by
-``services.runtime.radius.access_request`` (PAP password,
+``services.radius.packet.access_request`` (PAP password,
 Message-Authenticator) and replies verified by pyrad (Response Authenticator,
 Message-Authenticator), so a reply to a retransmitted request is matched to
 it whichever of its copies it answers, and a reply that belongs to no request
@@ -47,7 +47,7 @@ if str(ROOT) not in sys.path:
 from pyrad import packet  # noqa: E402
 
 from bench.common import percentile  # noqa: E402
-from services.runtime.radius import ACCESS_ACCEPT, access_request, verified_reply  # noqa: E402
+from services.radius.packet import ACCESS_ACCEPT, access_request, verified_reply  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -39,15 +39,10 @@ if str(ROOT) not in sys.path:
 
 from bench import common  # noqa: E402
 from services.farm import farm_dict, free_udp_port, write_config  # noqa: E402
+from services.radius.client import RadiusClient, RadiusTimeout, query_status  # noqa: E402
+from services.radius.packet import ACCESS_ACCEPT, access_request  # noqa: E402
 from services.runtime.config import Config, load_config  # noqa: E402
 from services.runtime.natsserver import EmbeddedNats  # noqa: E402
-from services.runtime.radius import (  # noqa: E402
-    ACCESS_ACCEPT,
-    RadiusClient,
-    RadiusTimeout,
-    access_request,
-    query_status,
-)
 
 logger = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ from typing import Literal
 
 import msgspec
 
+from schemas.errors import AaaFailoverError
 from schemas.events import AnyEvent, Event
 
 CodecName = Literal["json", "msgpack"]
@@ -24,8 +25,13 @@ _msgpack_encoder = msgspec.msgpack.Encoder()
 _msgpack_decoder: msgspec.msgpack.Decoder[AnyEvent] = msgspec.msgpack.Decoder(AnyEvent)
 
 
-class DecodeError(ValueError):
-    """The payload is not a valid event in the encoding it claims."""
+class DecodeError(AaaFailoverError, ValueError):
+    """The payload is not a valid event in the encoding it claims.
+
+    Not a :class:`schemas.errors.Rejected` itself: each receiver rejects it
+    under its own reason (``undecodable`` on the bus and at the agent), with
+    this message as the detail.
+    """
 
 
 def content_type(codec: CodecName) -> str:

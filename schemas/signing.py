@@ -8,6 +8,9 @@ repeated event ids (:class:`ReplayGuard`).
 Notices to a client carry, in ``Aaa-Auth``, an authenticator under that
 client's own shared secret over the server's IP, the client's IP and the
 notice bytes (:func:`client_authenticator`), so clients never hold a bus key.
+
+A check that fails raises :class:`schemas.errors.Rejected`, importable from
+here too.
 """
 
 from __future__ import annotations
@@ -17,21 +20,14 @@ import hmac
 from collections import OrderedDict
 from collections.abc import Mapping
 
+from schemas.errors import Rejected as Rejected  # re-exported: the checks below raise it
+
 KEY_HEADER = "Aaa-Key"
 SIG_HEADER = "Aaa-Sig"
 AUTH_HEADER = "Aaa-Auth"
 SERVER_HEADER = "Aaa-Server"
 
 CLIENT_KEY_PREFIX = "client:"
-
-
-class Rejected(Exception):
-    """An event failed a check; ``reason`` is a short counter label."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 def signature(key: bytes, payload: bytes) -> str:

@@ -59,14 +59,8 @@ from pyrad import packet
 from pyrad.dictionary import Dictionary
 
 from services.farm import free_udp_port
-from services.runtime.radius import (
-    DICTIONARY_PATH,
-    STATUS_SERVER,
-    RadiusClient,
-    RadiusTimeout,
-    query_status,
-    reply_values,
-)
+from services.radius.client import RadiusClient, RadiusTimeout, query_status
+from services.radius.packet import DICTIONARY_PATH, STATUS_SERVER, reply_values
 from tests import needs
 
 IP = "127.0.0.1"

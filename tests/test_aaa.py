@@ -19,7 +19,6 @@ from pyrad import packet
 from schemas.events import ServerControl
 from services.aaa import service as aaa
 from services.aaa.packets import (
-    Dropped,
     ServerFigures,
     access_reply,
     check_password,
@@ -27,16 +26,11 @@ from services.aaa.packets import (
     status_reply,
 )
 from services.aaa.pool import MARKS_PER_WINDOW, BusyWindow, WorkerPool
-from services.runtime import radius
+from services.radius import packet as radius
+from services.radius.client import RadiusClient, RadiusTimeout
+from services.radius.packet import Dropped, access_request, reply_values, status_request
 from services.runtime.bus import Bus, Keyring, Signer
 from services.runtime.config import Config, ConfigError
-from services.runtime.radius import (
-    RadiusClient,
-    RadiusTimeout,
-    access_request,
-    reply_values,
-    status_request,
-)
 from tests.conftest import FarmFactory
 from tests.helpers import operator_bus, running, status, wait_ready, wait_status
 

@@ -33,9 +33,9 @@ from services.agent.client import (
     on_time,
 )
 from services.agent.service import run
+from services.radius.packet import dictionary
 from services.runtime.bus import Bus
 from services.runtime.config import Config
-from services.runtime.radius import dictionary
 from tests.conftest import FarmFactory
 from tests.helpers import operator_bus, running
 

@@ -18,7 +18,7 @@ from schemas.signing import Rejected
 from services.agent.coa import CoaListener
 from services.agent.receive import NoticeCallback, verify_notice
 from services.notifier.transports.coa import CoaClient
-from services.notifier.transports.wire import (
+from services.radius.notice import (
     ALTERNATE,
     COA_ACK,
     COA_NAK,
@@ -39,8 +39,8 @@ from services.notifier.transports.wire import (
     rfc5080_rand,
     split_octets,
 )
+from services.radius.packet import dictionary
 from services.runtime.config import Config
-from services.runtime.radius import dictionary
 from tests.conftest import FarmFactory
 from tests.test_notifier import Harness, harness, notifier, transport_farm
 

@@ -20,14 +20,9 @@ import pytest
 from pyrad import packet
 
 from schemas.events import ClientStatus
+from services.radius.client import RadiusClient, RadiusTimeout
+from services.radius.packet import ACCESS_ACCEPT, access_request, dictionary
 from services.runtime.config import Config
-from services.runtime.radius import (
-    ACCESS_ACCEPT,
-    RadiusClient,
-    RadiusTimeout,
-    access_request,
-    dictionary,
-)
 from tests.conftest import FarmFactory
 from tests.helpers import status
 from tests.test_proxy import NAS, auth_target, proxying, reference, with_proxy

@@ -12,13 +12,8 @@ import time
 from typing import Any
 
 from bench.nas import Nas, Request, Target, summarize
-from services.runtime.radius import (
-    RadiusClient,
-    RadiusTimeout,
-    access_request,
-    query_status,
-    status_request,
-)
+from services.radius.client import RadiusClient, RadiusTimeout, query_status
+from services.radius.packet import access_request, status_request
 from tests.freeradius import (
     IP,
     PASSWORD,

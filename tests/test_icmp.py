@@ -22,16 +22,8 @@ from services.agent.icmp import IcmpListener, IcmpUnavailable
 from services.agent.receive import verify_notice
 from services.notifier.transports import icmp as notifier_icmp
 from services.notifier.transports.icmp import IcmpSender
-from services.notifier.transports.wire import (
-    MAGIC,
-    NoticeMessage,
-    WireError,
-    checksum,
-    echo_request,
-    frame,
-    parse_echo_request,
-    unframe,
-)
+from services.radius.icmp import checksum, echo_request, parse_echo_request
+from services.radius.notice import MAGIC, NoticeMessage, WireError, frame, unframe
 from services.runtime.config import ClientConfig, Config, Secret, ServerConfig
 from tests.conftest import FarmFactory
 from tests.test_notifier import harness, notifier, transport_farm

@@ -14,7 +14,7 @@ import pytest
 from pyrad import packet
 
 from bench.nas import Nas, Request, Target, summarize
-from services.runtime.radius import ACCESS_ACCEPT, ACCESS_REJECT, dictionary
+from services.radius.packet import ACCESS_ACCEPT, ACCESS_REJECT, dictionary
 from tests.freeradius import IP, StartFreeRadius
 
 SECRET = b"nas-test-secret"

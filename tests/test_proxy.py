@@ -20,8 +20,9 @@ from pyrad import packet
 from schemas.events import Ack, ClientStatus, FailoverNotice, ReadmitNotice, UpstreamReport
 from services.aaa import service as aaa
 from services.agent import service as agent
-from services.agent.proxy import (
-    Dropped,
+from services.farm import free_udp_port
+from services.radius.packet import Dropped, dictionary
+from services.radius.reencode import (
     decode_request,
     hide_password,
     nas_reply,
@@ -30,10 +31,8 @@ from services.agent.proxy import (
     status_answer,
     upstream_request,
 )
-from services.farm import free_udp_port
 from services.runtime.bus import Bus
 from services.runtime.config import Config, ProxyConfig, Secret, ServerConfig
-from services.runtime.radius import dictionary
 from tests.conftest import FarmFactory
 from tests.freeradius import StartFreeRadius, require
 from tests.helpers import next_matching, operator_bus, running, status, wait_ready

@@ -30,9 +30,10 @@ from services.collector import service as collector
 from services.evaluator import service as evaluator
 from services.farm import free_udp_port
 from services.notifier import service as notifier
+from services.radius.client import RadiusClient, RadiusTimeout
+from services.radius.packet import access_request
 from services.readmitter import service as readmitter
 from services.runtime.config import Config, ProxyConfig, Secret
-from services.runtime.radius import RadiusClient, RadiusTimeout, access_request
 from services.targeter import service as targeter
 from tests.conftest import FarmFactory
 from tests.helpers import Recorder, operator_bus, running

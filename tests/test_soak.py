@@ -38,9 +38,10 @@ from schemas.events import Incident, MetricsSample, ServerControl
 from services.aaa import service as aaa
 from services.collector import service as collector
 from services.evaluator import service as evaluator
+from services.radius.client import RadiusClient, RadiusTimeout
+from services.radius.packet import access_request
 from services.runtime.bus import Bus
 from services.runtime.config import Config
-from services.runtime.radius import RadiusClient, RadiusTimeout, access_request
 from tests.conftest import FarmFactory
 from tests.helpers import Recorder, operator_bus, running
 

@@ -19,8 +19,8 @@ import pytest
 from schemas.events import Ack, ClientStatus, Delivery, FailoverPlan, Move
 from services.agent import service as agent
 from services.notifier import service as notifier
-from services.notifier.transports.wire import COA_NAK, NoticeMessage, coa_request
-from services.runtime import radius
+from services.radius import packet as radius
+from services.radius.notice import COA_NAK, NoticeMessage, coa_request
 from services.runtime.config import ClientConfig
 from tests.conftest import FarmFactory
 from tests.helpers import next_matching, operator_bus, running

@@ -3,7 +3,8 @@
 Plain functions over bytes and pyrad packets, with no sockets: a request is
 decoded under the secret its sender should hold and must carry a valid
 Message-Authenticator (RFC 2869; required, as against BlastRADIUS), else it
-is dropped with a reason. Passwords are PAP (RFC 2865 section 5.2).
+is dropped with a reason (:class:`services.radius.packet.Dropped`).
+Passwords are PAP (RFC 2865 section 5.2).
 """
 
 from __future__ import annotations
@@ -14,20 +15,12 @@ from dataclasses import dataclass
 
 from pyrad import packet
 
-from services.runtime.radius import ACCESS_REJECT, dictionary
+from services.radius.packet import ACCESS_REJECT, Dropped, dictionary
 
 USER_NAME = 1
 USER_PASSWORD = 2
 STATE = 24
 STATISTICS_TYPE = "FreeRADIUS-Statistics-Type"
-
-
-class Dropped(Exception):
-    """A packet is not answered; ``reason`` is a short counter label."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
 
 
 def decode(data: bytes, secret: bytes) -> packet.AuthPacket:

@@ -28,13 +28,12 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, cast
+from typing import Literal
 
 from pyrad import packet
 
 from schemas.events import ServerControl
 from services.aaa.packets import (
-    Dropped,
     ServerFigures,
     access_reply,
     challenge_reply,
@@ -45,9 +44,10 @@ from services.aaa.packets import (
 )
 from services.aaa.pool import WorkerPool
 from services.aaa.sessions import ChallengeSessions
+from services.radius.endpoint import UdpEndpoint
+from services.radius.packet import ACCESS_REQUEST, STATUS_SERVER, Dropped
 from services.runtime.config import Config, ConfigError, ServerConfig
 from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
-from services.runtime.radius import ACCESS_REQUEST, STATUS_SERVER
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class ServerCounters:
     control_dropped: Counter[str] = field(default_factory=Counter)
 
 
-class AaaServer(asyncio.DatagramProtocol):
+class AaaServer:
     """One reference RADIUS server: a UDP endpoint in front of a worker pool."""
 
     def __init__(
@@ -121,7 +121,7 @@ class AaaServer(asyncio.DatagramProtocol):
         self.counters = ServerCounters()
         self._last_rates = (time.monotonic(), 0, 0)
         self._in_flight: set[RequestKey] = set()
-        self._transport: asyncio.DatagramTransport | None = None
+        self._endpoint = UdpEndpoint(self.datagram_received, name=f"aaa {self.id}")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
@@ -131,7 +131,7 @@ class AaaServer(asyncio.DatagramProtocol):
         """Start the workers, bind the UDP endpoint and write the pid file."""
         self._loop = asyncio.get_running_loop()
         self.pool.start()
-        await self._loop.create_datagram_endpoint(lambda: self, local_addr=self.address)
+        await self._endpoint.open(local_addr=self.address)
         if self.pid_file is not None:
             self.pid_file.parent.mkdir(parents=True, exist_ok=True)
             self.pid_file.write_text(f"{os.getpid()}\n")
@@ -147,8 +147,7 @@ class AaaServer(asyncio.DatagramProtocol):
         if self._closed:
             return
         self._closed = True
-        if self._transport is not None:
-            self._transport.close()
+        self._endpoint.close()
         dropped = self.pool.stop()
         if dropped:
             self.counters.dropped["shutdown"] += dropped
@@ -237,12 +236,6 @@ class AaaServer(asyncio.DatagramProtocol):
 
     # --- datagrams ------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.DatagramTransport, transport)
-
-    def error_received(self, exc: Exception) -> None:
-        logger.debug("aaa %s socket error: %s", self.id, exc)
-
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
             self._handle(data, addr)
@@ -328,9 +321,7 @@ class AaaServer(asyncio.DatagramProtocol):
         self._send(raw, addr)
 
     def _send(self, raw: bytes, addr: tuple[str, int]) -> None:
-        transport = self._transport
-        if transport is not None and not transport.is_closing():
-            transport.sendto(raw, addr)
+        self._endpoint.sendto(raw, addr)
 
 
 def known_clients(config: Config) -> dict[str, KnownClient]:

@@ -38,7 +38,8 @@ from pyrad import packet
 from pyrad.dictionary import Dictionary
 
 from services.agent.receive import NoticeCallback
-from services.notifier.transports.wire import (
+from services.radius.endpoint import UdpEndpoint
+from services.radius.notice import (
     COA_NAK,
     COA_REQUEST,
     EVENT_TIMESTAMP,
@@ -46,23 +47,12 @@ from services.notifier.transports.wire import (
     WireError,
     read_coa_notice,
 )
-from services.runtime.radius import dictionary as project_dictionary
+from services.radius.packet import dictionary as project_dictionary
 
 logger = logging.getLogger(__name__)
 
 Address = tuple[str, int]
 _Key = tuple[Address, int, bytes]
-
-
-class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, listener: CoaListener) -> None:
-        self.listener = listener
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.listener._received(data, (str(addr[0]), int(addr[1])))
-
-    def error_received(self, exc: Exception) -> None:
-        logger.debug("CoA listener socket error: %s", exc)
 
 
 class CoaListener:
@@ -101,34 +91,30 @@ class CoaListener:
         self.counters: Counter[str] = Counter()
         self._queue: asyncio.Queue[tuple[bytes, Address, _Key]] = asyncio.Queue(queue_size)
         self._recent: OrderedDict[_Key, tuple[float, bytes | None]] = OrderedDict()
-        self._transport: asyncio.DatagramTransport | None = None
+        self._endpoint: UdpEndpoint | None = None
         self._worker: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> Address:
         """The address it listens on (the real port once started, if ``port`` was 0)."""
-        if self._transport is None:
-            return (self.ip, self.port)
-        host, port = self._transport.get_extra_info("sockname")[:2]
-        return (str(host), int(port))
+        bound = None if self._endpoint is None else self._endpoint.address
+        return (self.ip, self.port) if bound is None else bound
 
     async def start(self) -> None:
         """Bind the UDP socket and start answering; OSError if the address is taken."""
-        if self._transport is not None:
+        if self._endpoint is not None:
             return
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Protocol(self), local_addr=(self.ip, self.port)
-        )
-        self._transport = transport
+        endpoint = UdpEndpoint(self._received, name="CoA listener")
+        await endpoint.open(local_addr=(self.ip, self.port))
+        self._endpoint = endpoint
         self._worker = asyncio.create_task(self._work(), name=f"coa-listener:{self.ip}")
         logger.info("listening for CoA notices on %s:%d", *self.address)
 
     async def close(self) -> None:
         """Stop answering and close the socket."""
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+        if self._endpoint is not None:
+            self._endpoint.close()
+            self._endpoint = None
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -159,8 +145,8 @@ class CoaListener:
         if seen is not None:
             self.counters["duplicate"] += 1
             answer = seen[1]
-            if answer is not None and self._transport is not None:
-                self._transport.sendto(answer, addr)
+            if answer is not None and self._endpoint is not None:
+                self._endpoint.sendto(answer, addr)
             return
         try:
             self._queue.put_nowait((data, addr, key))
@@ -187,8 +173,8 @@ class CoaListener:
                 continue
             if key in self._recent:
                 self._recent[key] = (self._recent[key][0], answer)
-            if self._transport is not None:
-                self._transport.sendto(answer, addr)
+            if self._endpoint is not None:
+                self._endpoint.sendto(answer, addr)
 
     # --- answering ------------------------------------------------------
 

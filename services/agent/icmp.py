@@ -2,7 +2,7 @@
 
 :class:`IcmpListener` reads a raw ICMP socket bound to the client's IP and
 picks out the Echo Requests addressed to that IP whose data is a notice frame
-(``AAAF`` magic, see :mod:`services.notifier.transports.wire`). Each
+(``AAAF`` magic, see :mod:`services.radius.notice`). Each
 well-formed frame is handed to ``on_notice(server_id, payload,
 authenticator, content_type)``, one at a time in arrival order; the callback
 verifies it (:func:`services.agent.receive.verify_notice`) and the agent
@@ -21,31 +21,22 @@ import socket
 from collections import Counter
 
 from services.agent.receive import NoticeCallback
-from services.notifier.transports.wire import (
+from services.radius.icmp import (
     ICMP_ECHO_REQUEST,
     ICMP_FILTER,
     SOL_RAW,
     IcmpUnavailable,
-    NoticeMessage,
-    WireError,
     icmp_filter,
-    is_frame,
+    open_raw_icmp,
     parse_echo_request,
-    unframe,
 )
+from services.radius.notice import NoticeMessage, WireError, is_frame, unframe
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["IcmpListener", "IcmpUnavailable"]
 
 MAX_DATAGRAM = 65_535
-
-
-def open_raw_icmp() -> socket.socket:
-    """A non-blocking raw IPv4 ICMP socket; OSError (PermissionError) if not allowed."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-    sock.setblocking(False)
-    return sock
 
 
 class IcmpListener:

@@ -8,14 +8,15 @@ upstream in use under the client's own secret: User-Password (and any
 salt-encrypted attribute) is decrypted with the NAS secret and encrypted
 again for the upstream, the packet gets a new Request Authenticator and a
 Message-Authenticator, and every other attribute, Proxy-State included, is
-kept. It goes out from a socket bound to the client's IP, one set of sockets
-per upstream, and waits ``response_window_s`` with no retransmission. With no
-answer the upstream may turn zombie (:mod:`services.agent.upstreams`) and
-the same request is tried once more on the next alive upstream, as
-FreeRADIUS fails a request over to another home server. The reply goes back
-to the NAS re-encoded under ``nas_secret``: Response Authenticator from the
-NAS's own request, Message-Authenticator when the upstream's reply has one
-(or the NAS's Access-Request had one).
+kept (:mod:`services.radius.reencode`). It goes out from a socket bound to
+the client's IP, one set of sockets per upstream, and waits
+``response_window_s`` with no retransmission. With no answer the upstream
+may turn zombie (:mod:`services.agent.upstreams`) and the same request is
+tried once more on the next alive upstream, as FreeRADIUS fails a request
+over to another home server. The reply goes back to the NAS re-encoded under
+``nas_secret``: Response Authenticator from the NAS's own request,
+Message-Authenticator when the upstream's reply has one (or the NAS's
+Access-Request had one).
 
 Accounting goes to the upstream's ``acct_port``, by default ``auth_port + 1``
 as a FreeRADIUS ``home_server`` of type ``auth+acct`` has it. Status-Server
@@ -44,42 +45,36 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import logging
-import secrets
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from pyrad import packet
 
+from schemas.errors import AaaFailoverError
 from schemas.events import Endpoint, UpstreamChange
 from services.agent.affinity import Conversations
 from services.agent.tally import Tallies
 from services.agent.upstreams import Transition, UpstreamPool
-from services.runtime.config import ProxyConfig
-from services.runtime.radius import (
-    ACCESS_REQUEST,
-    STATUS_SERVER,
-    RadiusClient,
-    RadiusTimeout,
-    dictionary,
-    status_request,
+from services.radius.client import RadiusClient, RadiusTimeout
+from services.radius.endpoint import UdpEndpoint
+from services.radius.packet import ACCESS_CHALLENGE, STATUS_SERVER, Dropped, status_request
+from services.radius.reencode import (
+    MAX_PACKET_OCTETS,
+    MESSAGE_AUTHENTICATOR_OCTETS,
+    RADIUS_HEADER_OCTETS,
+    STATE,
+    decode_request,
+    nas_reply,
+    status_answer,
+    upstream_request,
 )
+from services.runtime.config import ProxyConfig
 
 logger = logging.getLogger(__name__)
-
-ACCOUNTING_REQUEST = packet.AccountingRequest
-
-MAX_PACKET_OCTETS = 4096
-"""RFC 2865's largest RADIUS packet; FreeRADIUS drops anything longer without a word."""
-
-RADIUS_HEADER_OCTETS = 20
-MESSAGE_AUTHENTICATOR_OCTETS = 18
-
-ACCESS_CHALLENGE = packet.AccessChallenge
 
 RECENT_REPLY_S = 5.0
 """How long a reply is kept to answer a NAS's retransmission (FreeRADIUS ``cleanup_delay``)."""
@@ -92,223 +87,7 @@ MAX_IN_FLIGHT = 255
 
 QUIET_DROPS = frozenset({"duplicate", "shutdown"})
 
-USER_PASSWORD = 2
-CHAP_PASSWORD = 3
-STATE = 24
-PROXY_STATE = 33
-CHAP_CHALLENGE = 60
-TUNNEL_PASSWORD = 69
-MESSAGE_AUTHENTICATOR = 80
-MICROSOFT = 311
-
-SALTED: dict[int | tuple[int, int], bool] = {
-    TUNNEL_PASSWORD: True,  # RFC 2868 section 3.5, after a tag octet
-    (MICROSOFT, 16): False,  # MS-MPPE-Send-Key, RFC 2548 section 2.4.2
-    (MICROSOFT, 17): False,  # MS-MPPE-Recv-Key, RFC 2548 section 2.4.3
-}
-"""Attributes encrypted with a salt, by raw key, and whether a tag octet comes first."""
-
-ZERO_VECTOR = bytes(16)
-
 RequestKey = tuple[bool, tuple[str, int], int, bytes]
-
-
-class Dropped(Exception):
-    """A packet is not relayed; ``reason`` is a short counter label."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-
-
-# --- packets (pure) -------------------------------------------------------------
-
-
-def _xor(a: bytes, b: bytes) -> bytes:
-    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(len(a), "big")
-
-
-def hide_password(padded: bytes, secret: bytes, vector: bytes) -> bytes:
-    """User-Password hiding (RFC 2865 section 5.2) of ``padded`` (a multiple of 16 octets)."""
-    if not padded or len(padded) % 16:
-        raise ValueError("a hidden password is a multiple of 16 octets")
-    out = []
-    last = vector
-    for i in range(0, len(padded), 16):
-        last = _xor(padded[i : i + 16], hashlib.md5(secret + last).digest())
-        out.append(last)
-    return b"".join(out)
-
-
-def reveal_password(hidden: bytes, secret: bytes, vector: bytes) -> bytes:
-    """The padded plaintext of a hidden User-Password; raise Dropped if its length is wrong."""
-    if not hidden or len(hidden) % 16 or len(hidden) > 128:
-        raise Dropped("malformed", f"User-Password of {len(hidden)} octets")
-    out = []
-    last = vector
-    for i in range(0, len(hidden), 16):
-        block = hidden[i : i + 16]
-        out.append(_xor(block, hashlib.md5(secret + last).digest()))
-        last = block
-    return b"".join(out)
-
-
-def resalt(
-    value: bytes,
-    tagged: bool,
-    *,
-    from_secret: bytes,
-    from_vector: bytes,
-    to_secret: bytes,
-    to_vector: bytes,
-) -> bytes:
-    """A salt-encrypted value (RFC 2868 section 3.5) decrypted under one secret and
-    vector and encrypted again, with the same salt, under another."""
-    tag, body = (value[:1], value[1:]) if tagged else (b"", value)
-    if len(body) < 18 or (len(body) - 2) % 16:
-        raise Dropped("malformed", f"salt-encrypted value of {len(body)} octets")
-    salt, cipher = body[:2], body[2:]
-    out = []
-    last_in, last_out = from_vector + salt, to_vector + salt
-    for i in range(0, len(cipher), 16):
-        block = cipher[i : i + 16]
-        plain = _xor(block, hashlib.md5(from_secret + last_in).digest())
-        encrypted = _xor(plain, hashlib.md5(to_secret + last_out).digest())
-        out.append(encrypted)
-        last_in, last_out = block, encrypted
-    return tag + salt + b"".join(out)
-
-
-def _raw_items(pkt: packet.Packet) -> list[tuple[Any, Any]]:
-    # pyrad keys a packet by raw attribute code (or (vendor, code)); OrderedDict's own
-    # items() gives those keys with their raw values, in order.
-    return list(OrderedDict.items(pkt))
-
-
-def _set_raw(pkt: packet.Packet, key: Any, values: Any) -> None:
-    OrderedDict.__setitem__(pkt, key, list(values) if isinstance(values, list) else values)
-
-
-def decode_request(data: bytes, secret: bytes, *, accounting: bool) -> packet.Packet:
-    """A NAS's request, verified under ``secret``; raise Dropped.
-
-    The auth port takes Access-Request and Status-Server, the accounting port
-    Accounting-Request and Status-Server. A Message-Authenticator is checked
-    when present (and required on Status-Server), the Request Authenticator of
-    an Accounting-Request always.
-    """
-    if len(data) < 20:
-        raise Dropped("malformed", f"{len(data)} octets")
-    code = data[0]
-    allowed = (ACCOUNTING_REQUEST if accounting else ACCESS_REQUEST, STATUS_SERVER)
-    if code not in allowed:
-        raise Dropped("unsupported-code", str(code))
-    kind = packet.AcctPacket if accounting else packet.AuthPacket
-    try:
-        request: packet.Packet = kind(packet=data, secret=secret, dict=dictionary())
-        if code == ACCOUNTING_REQUEST and not request.VerifyAcctRequest():
-            raise Dropped("bad-authenticator")
-        if request.message_authenticator:
-            if not request.verify_message_authenticator():
-                raise Dropped("bad-message-authenticator")
-        elif code == STATUS_SERVER:
-            raise Dropped("no-message-authenticator")
-    except Dropped:
-        raise
-    except Exception as exc:
-        raise Dropped("malformed", str(exc)) from None
-    return request
-
-
-def upstream_request(request: packet.Packet, secret: bytes) -> packet.Packet:
-    """``request`` (from a NAS, decoded under its secret) re-encoded for an upstream.
-
-    The copy has a new Request Authenticator, the User-Password and salted
-    attributes encrypted again under ``secret``, a Message-Authenticator (on an
-    Accounting-Request only when the NAS sent one), and every other attribute
-    as it came, Proxy-State included. A CHAP-Password without CHAP-Challenge
-    gets the NAS's Request Authenticator as CHAP-Challenge, since that was the
-    challenge. The id is set when it is sent.
-    """
-    access = request.code == ACCESS_REQUEST
-    out: packet.Packet
-    if access:
-        out = packet.AuthPacket(
-            code=ACCESS_REQUEST,
-            secret=secret,
-            dict=dictionary(),
-            authenticator=secrets.token_bytes(16),
-        )
-        from_vector, to_vector = request.authenticator, out.authenticator
-    else:
-        out = packet.AcctPacket(code=ACCOUNTING_REQUEST, secret=secret, dict=dictionary())
-        from_vector = to_vector = ZERO_VECTOR
-    for key, values in _raw_items(request):
-        if key == MESSAGE_AUTHENTICATOR:
-            continue
-        if key == USER_PASSWORD and access:
-            values = [
-                hide_password(reveal_password(v, request.secret, from_vector), secret, to_vector)
-                for v in values
-            ]
-        elif key in SALTED:
-            values = [
-                resalt(
-                    v,
-                    SALTED[key],
-                    from_secret=request.secret,
-                    from_vector=from_vector,
-                    to_secret=secret,
-                    to_vector=to_vector,
-                )
-                for v in values
-            ]
-        _set_raw(out, key, values)
-    raw_keys = {key for key, _ in _raw_items(request)}
-    if access and CHAP_PASSWORD in raw_keys and CHAP_CHALLENGE not in raw_keys:
-        _set_raw(out, CHAP_CHALLENGE, [request.authenticator])
-    if access or request.message_authenticator:
-        out.add_message_authenticator()
-    return out
-
-
-def nas_reply(request: packet.Packet, sent: packet.Packet, reply: packet.Packet) -> bytes:
-    """The upstream's ``reply`` to ``sent``, re-encoded as the answer to the NAS's ``request``.
-
-    Code and attributes are the upstream's (salted ones encrypted again under
-    the NAS secret); the Response Authenticator is computed from the NAS's own
-    Request Authenticator; a Message-Authenticator is added when the reply has
-    one, or when the NAS's Access-Request had one.
-    """
-    access = request.code == ACCESS_REQUEST
-    sign = bool(reply.message_authenticator) or (access and bool(request.message_authenticator))
-    out: packet.Packet = request.CreateReply(message_authenticator=sign)
-    out.code = reply.code
-    for key, values in _raw_items(reply):
-        if key == MESSAGE_AUTHENTICATOR:
-            continue
-        if key in SALTED:
-            values = [
-                resalt(
-                    v,
-                    SALTED[key],
-                    from_secret=sent.secret,
-                    from_vector=sent.authenticator,
-                    to_secret=request.secret,
-                    to_vector=request.authenticator,
-                )
-                for v in values
-            ]
-        _set_raw(out, key, values)
-    raw: bytes = out.ReplyPacket()
-    return raw
-
-
-def status_answer(request: packet.Packet) -> bytes:
-    """The proxy's own answer to a verified Status-Server (RFC 5997)."""
-    reply = request.CreateReply()
-    raw: bytes = reply.ReplyPacket()
-    return raw
 
 
 # --- the proxy ------------------------------------------------------------------
@@ -336,7 +115,7 @@ class ProxyCounters:
     dropped: Counter[str] = field(default_factory=Counter)
 
 
-class _Left(Exception):
+class _Left(AaaFailoverError):
     """A request in flight was given up on because a notice moved the client off its server."""
 
 
@@ -374,35 +153,21 @@ class _Link:
         self._slots.clear()
 
 
-class _Listener(asyncio.DatagramProtocol):
+class _Listener:
     """The proxy's UDP endpoint for NAS devices: the auth port or the accounting port."""
 
     def __init__(self, proxy: RadiusProxy, accounting: bool) -> None:
-        self.proxy = proxy
         self.accounting = accounting
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.proxy._on_datagram(self, data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        logger.debug("proxy socket error: %s", exc)
+        self.endpoint = UdpEndpoint(
+            functools.partial(proxy._on_datagram, self),
+            name="proxy acct" if accounting else "proxy auth",
+        )
 
     def send(self, raw: bytes, addr: tuple[str, int]) -> None:
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            transport.sendto(raw, addr)
+        self.endpoint.sendto(raw, addr)
 
     def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-def _same(listener: _Listener) -> _Listener:
-    return listener
+        self.endpoint.close()
 
 
 def _state_of(pkt: packet.Packet) -> bytes | None:
@@ -546,7 +311,6 @@ class RadiusProxy:
 
     async def start(self) -> None:
         """Bind the NAS listeners (auth port, and accounting port when set); raise OSError."""
-        loop = asyncio.get_running_loop()
         ports = [(self.settings.auth_port, False)]
         if self.settings.acct_port is not None:
             ports.append((self.settings.acct_port, True))
@@ -554,9 +318,7 @@ class RadiusProxy:
             for port, accounting in ports:
                 listener = _Listener(self, accounting)
                 self._listeners.append(listener)
-                await loop.create_datagram_endpoint(
-                    functools.partial(_same, listener), local_addr=(self.settings.ip, port)
-                )
+                await listener.endpoint.open(local_addr=(self.settings.ip, port))
         except OSError:
             for listener in self._listeners:
                 listener.close()

@@ -15,12 +15,8 @@ from dataclasses import dataclass
 
 from schemas.events import Endpoint
 from services.agent.tally import Tallies
-from services.runtime.radius import (
-    ACCESS_ACCEPT,
-    RadiusClient,
-    RadiusTimeout,
-    access_request,
-)
+from services.radius.client import RadiusClient, RadiusTimeout
+from services.radius.packet import ACCESS_ACCEPT, access_request
 
 logger = logging.getLogger(__name__)
 

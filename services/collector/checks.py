@@ -26,7 +26,9 @@ import psutil
 
 from schemas.events import ServiceCheck
 from services.collector.process import NotFound, find_process
-from services.runtime import radius
+from services.radius import packet as radius
+from services.radius.client import RadiusClient, RadiusTimeout
+from services.radius.packet import status_request
 from services.runtime.config import (
     CommandCheck,
     Config,
@@ -38,7 +40,6 @@ from services.runtime.config import (
     UnixCheck,
     WritableCheck,
 )
-from services.runtime.radius import RadiusClient, RadiusTimeout, status_request
 
 logger = logging.getLogger(__name__)
 

@@ -24,9 +24,10 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 
+from services.radius.client import RadiusClient, RadiusTimeout
+from services.radius.packet import ACCESS_ACCEPT, access_request
 from services.runtime.config import LatencyProbe
 from services.runtime.quantiles import percentile
-from services.runtime.radius import ACCESS_ACCEPT, RadiusClient, RadiusTimeout, access_request
 
 logger = logging.getLogger(__name__)
 

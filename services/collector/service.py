@@ -31,10 +31,10 @@ from services.collector.sample import (
     status_reading,
     threads_limit,
 )
-from services.runtime import radius
+from services.radius import client as radius
+from services.radius.client import query_status
 from services.runtime.config import Config, ServerConfig
 from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
-from services.runtime.radius import query_status
 from services.runtime.state import StateStore
 
 logger = logging.getLogger(__name__)

@@ -44,8 +44,8 @@ from schemas.signing import AUTH_HEADER, SERVER_HEADER, client_authenticator
 from services.notifier.deliveries import DeliveryTracker, Failed, Pending, Sequencer
 from services.notifier.transports.coa import CoaClient
 from services.notifier.transports.icmp import IcmpSender
-from services.notifier.transports.wire import (
-    IcmpUnavailable,
+from services.radius.icmp import IcmpUnavailable
+from services.radius.notice import (
     NoticeMessage,
     WireError,
     backoff,
@@ -53,6 +53,7 @@ from services.notifier.transports.wire import (
     frame,
     rfc5080_rand,
 )
+from services.radius.packet import dictionary
 from services.runtime.config import (
     ClientConfig,
     Config,
@@ -61,7 +62,6 @@ from services.runtime.config import (
     ServerConfig,
 )
 from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
-from services.runtime.radius import dictionary
 from services.runtime.state import StateStore
 
 logger = logging.getLogger(__name__)

@@ -19,8 +19,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.notifier.transports.wire import COA_ACK, COA_NAK, ErrorCause, error_cause
-from services.runtime.radius import verified_reply
+from services.radius.endpoint import UdpEndpoint
+from services.radius.notice import COA_ACK, COA_NAK, ErrorCause, error_cause
+from services.radius.packet import verified_reply
 
 logger = logging.getLogger(__name__)
 
@@ -65,17 +66,6 @@ class CoaCounters:
     dropped: Counter[str] = field(default_factory=Counter)
 
 
-class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, client: CoaClient) -> None:
-        self.client = client
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.client._on_answer(data, (str(addr[0]), int(addr[1])))
-
-    def error_received(self, exc: Exception) -> None:
-        logger.debug("CoA socket error: %s", exc)
-
-
 def describe_cause(cause: int | None) -> str:
     """An Error-Cause in words, e.g. ``407 (Invalid-Attribute-Value)``."""
     if cause is None:
@@ -90,26 +80,24 @@ class CoaClient:
     """CoA exchanges with any number of clients from one UDP socket."""
 
     def __init__(self) -> None:
-        self._transport: asyncio.DatagramTransport | None = None
+        self._endpoint: UdpEndpoint | None = None
         self._exchanges: dict[tuple[Address, int], _Exchange] = {}
         self._next_id: dict[Address, int] = {}
         self.counters = CoaCounters()
 
     async def open(self, bind_ip: str | None = None) -> None:
         """Open the socket (on ``bind_ip`` if given, any port)."""
-        if self._transport is not None:
+        if self._endpoint is not None:
             return
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Protocol(self), local_addr=(bind_ip or "0.0.0.0", 0)
-        )
-        self._transport = transport
+        endpoint = UdpEndpoint(self._on_answer, name="CoA")
+        await endpoint.open(local_addr=(bind_ip or "0.0.0.0", 0))
+        self._endpoint = endpoint
 
     def close(self) -> None:
         """Close the socket; exchanges in flight end as unanswered."""
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+        if self._endpoint is not None:
+            self._endpoint.close()
+            self._endpoint = None
         for exchange in self._exchanges.values():
             if not exchange.answer.done():
                 exchange.answer.cancel()
@@ -136,9 +124,9 @@ class CoaClient:
         One transmission per wait; ``on_retransmit(n)`` is awaited before the
         n-th transmission (n >= 2).
         """
-        if self._transport is None:
+        if self._endpoint is None:
             await self.open()
-        assert self._transport is not None
+        assert self._endpoint is not None
         if not waits:
             raise ValueError("an exchange needs at least one wait")
         request.id = self._allocate_id(dest)
@@ -153,9 +141,9 @@ class CoaClient:
                     if on_retransmit is not None:
                         await on_retransmit(sent + 1)
                     self.counters.retransmitted += 1
-                if self._transport is None:
+                if self._endpoint is None:
                     break
-                self._transport.sendto(raw, dest)
+                self._endpoint.sendto(raw, dest)
                 self.counters.sent += 1
                 sent += 1
                 try:

@@ -14,22 +14,16 @@ import logging
 import os
 import socket
 
-from services.notifier.transports.wire import (
+from services.radius.icmp import (
     ICMP_FILTER,
     SOL_RAW,
     IcmpUnavailable,
     echo_request,
     icmp_filter,
+    open_raw_icmp,
 )
 
 logger = logging.getLogger(__name__)
-
-
-def open_raw_icmp() -> socket.socket:
-    """A non-blocking raw IPv4 ICMP socket; OSError (PermissionError) if not allowed."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-    sock.setblocking(False)
-    return sock
 
 
 class IcmpSender:

@@ -1,8 +1,9 @@
 """How a notice travels outside the bus: RADIUS CoA attributes and ICMP Echo framing (no I/O).
 
-Both ends use this module: the notifier's transports build what they send
-with it, the agent's listeners (:mod:`services.agent.coa`,
-:mod:`services.agent.icmp`) read what they receive with it. Whatever the
+Both ends use this module, the contract between them: the notifier's
+transports build what they send with it, the agent's listeners
+(:mod:`services.agent.coa`, :mod:`services.agent.icmp`) read what they
+receive with it. Whatever the
 transport, a notice is a :class:`NoticeMessage`: the exact encoded notice,
 the authenticator that covers it under the client's shared secret, the id
 of the server it concerns and its content type.
@@ -13,14 +14,16 @@ RADIUS dictionary); a notice longer than one attribute is split over several
 ``AAA-Failover-Notice`` attributes in order. Retransmissions back off as in
 RFC 5080 section 2.2.1 (:func:`backoff`).
 
-ICMP: an Echo Request whose data is a frame: ``AAAF``, a version octet, a
-content-type octet, then the server id and the authenticator (each one
-length octet and ASCII) and the notice (two length octets, big-endian).
+ICMP: an Echo Request (:mod:`services.radius.icmp`) whose data is a frame:
+``AAAF``, a version octet, a content-type octet, then the server id and the
+authenticator (each one length octet and ASCII) and the notice (two length
+octets, big-endian).
+
+What is not a well-formed notice raises :class:`WireError`.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import random
 import struct
@@ -33,17 +36,15 @@ from pyrad import packet
 from pyrad.dictionary import Dictionary
 
 from schemas import codec
+from schemas.errors import Rejected
 from schemas.events import FailoverNotice, ReadmitNotice
 
 logger = logging.getLogger(__name__)
 
 
-class WireError(ValueError):
-    """What was received is not a well-formed notice; ``reason`` is a short counter label."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
+class WireError(Rejected):
+    """What was received is not a well-formed notice, or a notice does not fit its
+    carrier; ``reason`` is a short counter label."""
 
 
 @dataclass(frozen=True)
@@ -162,8 +163,6 @@ def read_coa_notice(pkt: Any) -> NoticeMessage:
         server = _first_text(pkt, SERVER)
         authenticator = _first_text(pkt, AUTHENTICATOR)
         content_type = _first_text(pkt, CONTENT_TYPE) or codec.JSON_TYPE
-    except WireError:
-        raise
     except (KeyError, ValueError, TypeError, struct.error) as exc:
         raise WireError("bad-attribute", str(exc)) from None
     missing = [
@@ -228,8 +227,6 @@ def rfc5080_rand(rng: random.Random | None = None) -> Callable[[], float]:
 
 MAGIC = b"AAAF"
 FRAME_VERSION = 1
-ICMP_ECHO_REQUEST = 8
-ICMP_ECHO_REPLY = 0
 MAX_FRAME = 65_000
 
 _CODECS = {codec.JSON_TYPE: 0, codec.MSGPACK_TYPE: 1}
@@ -298,74 +295,3 @@ def unframe(data: bytes) -> NoticeMessage:
         )
     except UnicodeDecodeError:
         raise WireError("malformed", "server id or authenticator is not text") from None
-
-
-def checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071) of ``data``."""
-    if len(data) % 2:
-        data += b"\x00"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def echo_request(ident: int, seq: int, data: bytes) -> bytes:
-    """An ICMP Echo Request message (RFC 792) carrying ``data``."""
-    header = struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, 0, ident & 0xFFFF, seq & 0xFFFF)
-    total = checksum(header + data)
-    return struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, total, ident & 0xFFFF, seq & 0xFFFF) + data
-
-
-@dataclass(frozen=True)
-class Echo:
-    """An Echo Request read off a raw IPv4 socket."""
-
-    source: str
-    destination: str
-    ident: int
-    seq: int
-    data: bytes
-
-
-def parse_echo_request(datagram: bytes) -> Echo | None:
-    """The Echo Request in an IPv4 datagram, or None for any other ICMP message.
-
-    Raises WireError (``malformed``, ``bad-checksum``) for a broken one.
-    """
-    if len(datagram) < 20 or datagram[0] >> 4 != 4:
-        raise WireError("malformed", "not an IPv4 datagram")
-    header_len = (datagram[0] & 0x0F) * 4
-    if header_len < 20 or len(datagram) < header_len + 8:
-        raise WireError("malformed", "truncated")
-    if datagram[9] != 1:
-        return None
-    icmp = datagram[header_len:]
-    kind, code, _, ident, seq = struct.unpack_from("!BBHHH", icmp)
-    if kind != ICMP_ECHO_REQUEST or code != 0:
-        return None
-    if checksum(icmp) != 0:
-        raise WireError("bad-checksum")
-    return Echo(
-        source=str(ipaddress.IPv4Address(datagram[12:16])),
-        destination=str(ipaddress.IPv4Address(datagram[16:20])),
-        ident=ident,
-        seq=seq,
-        data=icmp[8:],
-    )
-
-
-class IcmpUnavailable(Exception):
-    """A raw ICMP socket cannot be opened here (it needs root or CAP_NET_RAW)."""
-
-
-ICMP_FILTER = 1
-SOL_RAW = 255
-
-
-def icmp_filter(*allowed_types: int) -> bytes:
-    """The Linux ICMP_FILTER option value that lets only ``allowed_types`` through."""
-    mask = 0xFFFFFFFF
-    for kind in allowed_types:
-        mask &= ~(1 << kind)
-    return struct.pack("=I", mask)
