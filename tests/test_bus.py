@@ -16,8 +16,8 @@ from services.runtime.bus import Bus, Keyring, Signer
 from tests.conftest import FarmFactory
 
 
-def _sample(server: str = "A", **kwargs: object) -> MetricsSample:
-    return MetricsSample(server=server, seq=1, status_ok=True, **kwargs)  # type: ignore[arg-type]
+def _sample(server: str = "A", seq: int = 1, **kwargs: object) -> MetricsSample:
+    return MetricsSample(server=server, seq=seq, status_ok=True, **kwargs)  # type: ignore[arg-type]
 
 
 async def _bus(config, stack: AsyncExitStack, name: str = "t") -> Bus:  # type: ignore[no-untyped-def]
@@ -148,3 +148,32 @@ async def test_missing_header_is_unsigned(farm: FarmFactory, header: str) -> Non
         with pytest.raises(Rejected) as info:
             bus.check(Msg())  # type: ignore[arg-type]
         assert info.value.reason == "unsigned"
+
+
+async def test_guards_and_handlers_drop_through_the_one_path(farm: FarmFactory) -> None:
+    from schemas.errors import Rejected
+    from services.runtime.middleware import known_server
+
+    config, _ = farm()
+    async with AsyncExitStack() as stack:
+        bus = await _bus(config, stack)
+        got: asyncio.Queue[MetricsSample] = asyncio.Queue()
+
+        async def handler(event: MetricsSample) -> None:
+            if event.seq == 7:
+                raise Rejected("out-of-order", "seq 7")
+            await got.put(event)
+
+        subject = bus.subjects.metrics("*")
+        await bus.subscribe(
+            subject, handler, types=(MetricsSample,), middleware=[known_server({"A"})]
+        )
+        await bus.publish(bus.subjects.metrics("Z"), _sample("Z"))
+        await bus.publish(bus.subjects.metrics("A"), _sample(seq=7))
+        last = _sample(queue_len=1)
+        await bus.publish(bus.subjects.metrics("A"), last)
+        assert (await asyncio.wait_for(got.get(), 5)) == last
+        assert dict(bus.counters.dropped) == {"unknown-server": 1, "out-of-order": 1}
+        assert bus.counters.accepted == 3 and bus.counters.handler_errors == 0
+        assert bus.counters.handled == {"MetricsSample": 1}
+        assert bus.stats()["handled"] == {"MetricsSample": 1}

@@ -1,9 +1,13 @@
 """The NATS bus as every service sees it: signed publish, verified subscribe.
 
 A :class:`Bus` holds one connection (reconnecting forever), the keys to sign
-and verify with, and the counters of what it dropped. Handlers receive only
-events that passed every check; a bad event is dropped and counted by reason
-and never raises into the loop, and neither does a handler that fails.
+and verify with, and the counters of what it dropped. A subscription is a
+chain: verify (signature, decoding, replay window, type), then the
+subscription's middleware (guards, see :mod:`services.runtime.middleware`),
+then the handler, timed. Whatever is dropped on the way, by the bus, a guard
+or the handler raising :class:`~schemas.signing.Rejected`, goes through one
+path, :meth:`Bus.drop`: counted by reason (and so on /metrics) and logged
+once. Nothing raises into the loop, and neither does a handler that fails.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -38,6 +42,7 @@ from schemas.signing import (
 )
 from schemas.subjects import Subjects
 from services.runtime.config import BusConfig, Config, ConfigError
+from services.runtime.middleware import Middleware, chain, timed
 
 logger = logging.getLogger(__name__)
 
@@ -94,16 +99,27 @@ class Keyring:
 
 @dataclass
 class DropCounters:
-    """What a bus received, accepted and dropped (by reason)."""
+    """What a bus received, accepted and dropped (by reason), and how long handlers took.
+
+    ``handled`` counts the events each handler finished, by event kind, and
+    ``handling_s`` the seconds they took in all (see :func:`timed`).
+    """
 
     published: int = 0
     received: int = 0
     accepted: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     handler_errors: int = 0
+    handled: Counter[str] = field(default_factory=Counter)
+    handling_s: dict[str, float] = field(default_factory=dict)
 
     def drop(self, reason: str) -> None:
         self.dropped[reason] += 1
+
+    def handled_in(self, kind: str, seconds: float) -> None:
+        """One event of ``kind`` handled in ``seconds``."""
+        self.handled[kind] += 1
+        self.handling_s[kind] = self.handling_s.get(kind, 0.0) + seconds
 
 
 def verify_event(
@@ -300,6 +316,15 @@ class Bus:
         self.guard.check(event.id, event.time, time.time())
         return event
 
+    def drop(self, reason: str, detail: str = "", *, subject: str = "", key: str = "") -> None:
+        """The one drop path: count ``reason`` (shown on /metrics) and log the drop once."""
+        self.counters.drop(reason)
+        where = f" on {subject}" if subject else ""
+        signed = f" (key {key})" if key else ""
+        logger.warning(
+            "dropped event%s: %s%s", where, f"{reason}: {detail}" if detail else reason, signed
+        )
+
     async def subscribe(
         self,
         subject: str,
@@ -308,32 +333,33 @@ class Bus:
         types: tuple[type[E], ...],
         queue: str = "",
         accept_clients: bool = False,
+        middleware: Sequence[Middleware] = (),
     ) -> Subscription:
         """Deliver to ``handler`` each verified event of ``types`` on ``subject``.
 
-        Everything else is dropped and counted; ``accept_clients`` lets events
-        signed by a client's own secret through (acks, readmit requests).
+        Each accepted event goes through ``middleware`` (the first outermost)
+        to the handler, which is timed. Everything dropped (by the checks, a
+        guard or the handler raising Rejected) goes through :meth:`drop`;
+        ``accept_clients`` lets events signed by a client's own secret through
+        (acks, readmit requests).
         """
+        call = chain([*middleware, timed(self.counters.handled_in)], handler)
 
         async def on_message(msg: Msg) -> None:
             self.counters.received += 1
+            key = (msg.headers or {}).get(KEY_HEADER, "-")
             try:
                 event = self.check(msg, accept_clients)
+                if not isinstance(event, types):
+                    raise Rejected("unexpected-type", type(event).__name__)
             except Rejected as rejected:
-                self.counters.drop(rejected.reason)
-                logger.warning(
-                    "dropped event on %s: %s (key %s)",
-                    msg.subject,
-                    rejected,
-                    (msg.headers or {}).get(KEY_HEADER, "-"),
-                )
-                return
-            if not isinstance(event, types):
-                self.counters.drop("unexpected-type")
+                self.drop(rejected.reason, rejected.detail, subject=msg.subject, key=key)
                 return
             self.counters.accepted += 1
             try:
-                await handler(event)
+                await call(event)
+            except Rejected as rejected:
+                self.drop(rejected.reason, rejected.detail, subject=msg.subject, key=key)
             except Exception:
                 self.counters.handler_errors += 1
                 logger.exception("handler for %s failed on %s", subject, type(event).__name__)
@@ -367,4 +393,5 @@ class Bus:
             "accepted": c.accepted,
             "dropped": dict(c.dropped),
             "handler_errors": c.handler_errors,
+            "handled": dict(c.handled),
         }
