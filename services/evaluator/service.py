@@ -1,5 +1,9 @@
 """The evaluator service: scores every metrics sample and tracks overload incidents.
 
+The decisions are :class:`~services.evaluator.core.EvaluatorCore`'s; this
+module wires it to the bus (samples and waves of servers it does not know
+are dropped by guards) and to KV.
+
 Each MetricsSample becomes a HealthReport on ``health.<server>``; each change
 of a server's incident becomes an Incident on ``incident.<server>``. A final
 ReadmitWave of a recovering incident closes it. Every server's machine state
@@ -12,17 +16,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
+from dataclasses import replace
 
 from prometheus_client import Gauge, Histogram
 
-from schemas.events import ClientStatus, Incident, MetricsSample, ReadmitWave
-from services.evaluator.clients import ClientsView
-from services.evaluator.health import score
-from services.evaluator.incidents import ServerState, Transition, close, step
-from services.evaluator.reports import health_report
+from schemas.events import ClientStatus, HealthReport, Incident, MetricsSample, ReadmitWave
+from services.evaluator.core import EvaluatorCore
+from services.evaluator.incidents import ServerState
 from services.runtime.config import Config, ServerConfig, subject_tokens
 from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
 from services.runtime.metrics import LATENCY_BUCKETS
+from services.runtime.middleware import known_server, taking
 from services.runtime.state import StateStore
 
 logger = logging.getLogger(__name__)
@@ -34,7 +39,7 @@ PHASE_VALUES = {"healthy": 0, "overloaded": 1, "recovering": 2}
 
 
 class Evaluator:
-    """The evaluator's state and handlers, bound to one runtime."""
+    """The evaluator's state and handlers, bound to one runtime; decisions are the core's."""
 
     def __init__(
         self, rt: Runtime, store: StateStore[ServerState], servers: dict[str, ServerConfig]
@@ -42,11 +47,8 @@ class Evaluator:
         self.rt = rt
         self.store = store
         self.servers = servers
-        self.states: dict[str, ServerState] = {sid: ServerState(server=sid) for sid in servers}
-        cfg = rt.config.evaluator
-        self.clients = ClientsView(
-            cfg.clients_window_s, cfg.clients_tolerance, cfg.clients_min_requests, servers
-        )
+        self.core = EvaluatorCore(rt.config.evaluator, servers, source=NAME)
+        self.state = self.core.initial()
         self._lock = asyncio.Lock()
         registry = rt.metrics.registry
         self.health_gauge = Gauge(
@@ -67,14 +69,20 @@ class Evaluator:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        for state in self.states.values():
+        for state in self.state.servers.values():
             self._observe(state)
+
+    @property
+    def states(self) -> Mapping[str, ServerState]:
+        """Each server's machine state."""
+        return self.state.servers
 
     def _observe(self, state: ServerState) -> None:
         self.state_gauge.labels(state.server).set(PHASE_VALUES[state.phase])
 
     async def load(self) -> None:
         """Read each server's machine state from KV; a bad value is logged and ignored."""
+        machines = dict(self.state.servers)
         for sid in self.servers:
             state = await self.store.get(sid)
             if state is None:
@@ -82,50 +90,36 @@ class Evaluator:
             if state.server != sid:
                 self.store.bad(sid, f"it names {state.server}")
                 continue
-            self.states[sid] = state
+            machines[sid] = state
             self._observe(state)
             if state.incident_id is not None:
                 logger.info("%s resumes incident %s (%s)", sid, state.incident_id, state.phase)
+        self.state = replace(self.state, servers=machines)
 
     async def on_sample(self, sample: MetricsSample) -> None:
         received = time.perf_counter()
-        server = self.servers.get(sample.server)
-        if server is None:
-            self.rt.bus.counters.drop("unknown-server")
-            logger.warning("dropped sample of unknown server %r", sample.server)
-            return
-        cfg = self.rt.config.evaluator
-        result = score(sample, server, cfg, self.clients.parts(server.id, time.monotonic()))
         async with self._lock:
-            state, transition = step(self.states[server.id], result.health, time.time(), cfg)
-            self.states[server.id] = state
-            report = health_report(sample, result, state, cfg, source=NAME)
-            await self.rt.bus.publish(self.rt.bus.subjects.health(server.id), report)
+            self.state, events = self.core.handle(self.state, sample, time.time())
+            report, *incidents = events
+            assert isinstance(report, HealthReport)
+            await self.rt.bus.publish(self.rt.bus.subjects.health(sample.server), report)
             self.decision_latency.observe(time.perf_counter() - received)
-            self.health_gauge.labels(server.id).set(result.health)
-            self._observe(state)
-            if transition is not None:
-                reason = result.reason
-                if transition.predicted:
-                    reason = f"{transition.reason}; {reason}"
-                await self._transition(state, transition, reason)
+            self.health_gauge.labels(sample.server).set(report.health)
+            self._observe(self.states[sample.server])
+            for incident in incidents:
+                assert isinstance(incident, Incident)
+                await self._announce(incident)
 
     async def on_status(self, status: ClientStatus) -> None:
         """An agent's report: how its requests to each server fared."""
-        self.clients.add(status, time.monotonic())
+        self.state, _ = self.core.handle(self.state, status, time.time())
 
     async def on_wave(self, wave: ReadmitWave) -> None:
-        if not wave.final:
-            return
-        if wave.server not in self.servers:
-            self.rt.bus.counters.drop("unknown-server")
-            logger.warning("dropped readmit wave of unknown server %r", wave.server)
-            return
+        """A final wave (the only ones let through) closes its recovering incident."""
         async with self._lock:
             current = self.states[wave.server]
-            health = wave.health if wave.health is not None else (current.health or 0.0)
-            state, transition = close(current, wave.incident_id, health, time.time())
-            if transition is None:
+            self.state, events = self.core.handle(self.state, wave, time.time())
+            if not events:
                 logger.info(
                     "final wave of %s for %s ignored: state %s, incident %s",
                     wave.server,
@@ -134,33 +128,24 @@ class Evaluator:
                     current.incident_id,
                 )
                 return
-            self.states[wave.server] = state
-            self._observe(state)
-            await self._transition(state, transition, f"readmission finished: {wave.reason}")
+            self._observe(self.states[wave.server])
+            for incident in events:
+                assert isinstance(incident, Incident)
+                await self._announce(incident)
 
-    async def _transition(self, state: ServerState, transition: Transition, reason: str) -> None:
-        """Persist ``state``, then announce ``transition``."""
-        await self.store.put(state.server, state)
-        incident = Incident(
-            source=NAME,
-            incident_id=transition.incident_id,
-            server=state.server,
-            state=transition.state,
-            health=transition.health,
-            reason=reason,
-            opened_at=transition.opened_at,
-            relapses=transition.relapses,
-        )
+    async def _announce(self, incident: Incident) -> None:
+        """Persist the server's machine state, then publish ``incident``."""
+        await self.store.put(incident.server, self.states[incident.server])
         logger.info(
             "incident %s of %s %s (health %.3f, relapses %d): %s",
-            transition.incident_id,
-            state.server,
-            transition.state,
-            transition.health,
-            transition.relapses,
-            reason,
+            incident.incident_id,
+            incident.server,
+            incident.state,
+            incident.health,
+            incident.relapses,
+            incident.reason,
         )
-        await self.rt.bus.publish(self.rt.bus.subjects.incident(state.server), incident)
+        await self.rt.bus.publish(self.rt.bus.subjects.incident(incident.server), incident)
 
 
 async def run(
@@ -181,12 +166,21 @@ async def run(
         evaluator = Evaluator(rt, await StateStore.open(rt.bus, NAME, ServerState), servers)
         await evaluator.load()
         subjects = rt.bus.subjects
+        known = known_server(servers)
         for token in subject_tokens(only):
             await rt.bus.subscribe(
-                subjects.metrics(token), evaluator.on_sample, types=(MetricsSample,), queue=NAME
+                subjects.metrics(token),
+                evaluator.on_sample,
+                types=(MetricsSample,),
+                queue=NAME,
+                middleware=[known],
             )
             await rt.bus.subscribe(
-                subjects.readmit(token), evaluator.on_wave, types=(ReadmitWave,), queue=NAME
+                subjects.readmit(token),
+                evaluator.on_wave,
+                types=(ReadmitWave,),
+                queue=NAME,
+                middleware=[taking(lambda wave: wave.final), known],
             )
         # every replica hears every client: any of them may score any server's sample
         await rt.bus.subscribe(
