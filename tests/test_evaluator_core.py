@@ -10,6 +10,7 @@ import pytest
 
 from schemas.events import (
     ClientStatus,
+    Event,
     HealthReport,
     Incident,
     MetricsSample,
