@@ -11,7 +11,7 @@ announcements are verified.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Literal
 
 import msgspec
@@ -81,7 +81,7 @@ def merge(config: Config, stored: Mapping[str, ClientRecord]) -> dict[str, Clien
 
 
 def apply_status(
-    record: ClientRecord, status: ClientStatus, servers: set[str]
+    record: ClientRecord, status: ClientStatus, servers: Collection[str]
 ) -> ClientRecord | None:
     """The record after an agent's announcement; None if it changes nothing worth storing.
 

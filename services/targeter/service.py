@@ -11,24 +11,29 @@ keeps falling, every ``targeter.step_interval_s`` a further step sheds more
 of the clients still on the server. Plans never send clients to a server that
 is itself in an incident, nor to one without room for them. Run one targeter
 per farm: it needs every server's health to pick alternates.
+
+The decisions are :class:`~services.targeter.core.TargeterCore`'s; this
+module wires it to the bus (events of servers or clients it does not know are
+dropped by guards) and to KV.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
-import msgspec
 from prometheus_client import Counter, Histogram
 
-from schemas.events import Ack, ClientStatus, HealthReport, Incident
+from schemas.events import Ack, ClientStatus, FailoverPlan, HealthReport, Incident
 from services.runtime.config import Config
 from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
 from services.runtime.metrics import LATENCY_BUCKETS
+from services.runtime.middleware import known_client, known_server
 from services.runtime.state import StateStore
-from services.targeter.planning import split_plan
-from services.targeter.registry import ClientRecord, apply_status, merge, moved
-from services.targeter.steps import Tracked, next_step, step_due
+from services.targeter.core import TargeterCore, TargeterState
+from services.targeter.registry import ClientRecord
+from services.targeter.steps import Tracked
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +41,7 @@ NAME = "targeter"
 
 
 class Targeter:
-    """The targeter's handlers, its registry and its view of the farm."""
+    """The targeter's wiring: its core's state, its KV stores and its metrics."""
 
     def __init__(
         self, rt: Runtime, incidents: StateStore[Tracked], registry: StateStore[ClientRecord]
@@ -45,10 +50,8 @@ class Targeter:
         self.config = rt.config
         self.incidents = incidents
         self.registry_store = registry
-        self.servers = {s.id for s in rt.config.servers}
-        self.tracked: dict[str, Tracked] = {}
-        self.registry: dict[str, ClientRecord] = {}
-        self.reports: dict[str, HealthReport] = {}
+        self.core = TargeterCore(rt.config, source=NAME)
+        self.state = TargeterState()
         prometheus = rt.metrics.registry
         self.moved_total = Counter(
             "aaa_failover_clients_moved",
@@ -65,117 +68,64 @@ class Targeter:
 
     async def load(self) -> None:
         """Read the incidents and the registry from KV; bring the registry up to the config."""
-        self.tracked = {
-            sid: tracked
-            for sid, tracked in (await self.incidents.load_all()).items()
-            if sid in self.servers
-        }
+        servers = self.core.servers
         stored = await self.registry_store.load_all()
-        self.registry = merge(self.config, stored)
-        for client_id, record in self.registry.items():
+        self.state = replace(
+            self.core.initial(stored),
+            tracked={
+                sid: tracked
+                for sid, tracked in (await self.incidents.load_all()).items()
+                if sid in servers
+            },
+        )
+        for client_id, record in self.state.registry.items():
             if stored.get(client_id) != record:
                 await self.registry_store.put(client_id, record)
-        for client_id in set(stored) - set(self.registry):
+        for client_id in set(stored) - set(self.state.registry):
             await self.registry_store.delete(client_id)
         logger.info(
             "registry: %d clients; servers in incident: %s",
-            len(self.registry),
-            sorted(self.in_incident()) or "none",
+            len(self.state.registry),
+            sorted(self.state.in_incident()) or "none",
         )
-
-    def in_incident(self) -> set[str]:
-        """Servers with an incident that is opened or recovering."""
-        return {sid for sid, t in self.tracked.items() if t.state != "closed"}
-
-    def _drop(self, reason: str, detail: str) -> None:
-        self.rt.bus.counters.drop(reason)
-        logger.warning("dropped %s", detail)
 
     # --- registry ---------------------------------------------------------
 
-    async def _record(self, record: ClientRecord) -> None:
-        self.registry[record.id] = record
-        await self.registry_store.put(record.id, record)
-
-    async def on_status(self, status: ClientStatus) -> None:
-        record = self.registry.get(status.client)
-        if record is None:
-            self._drop("unknown-client", f"status of unknown client {status.client!r}")
-            return
-        changed = apply_status(record, status, self.servers)
-        if changed is not None:
-            await self._record(changed)
-
-    async def on_ack(self, ack: Ack) -> None:
-        record = self.registry.get(ack.client)
-        if record is None:
-            self._drop("unknown-client", f"ack of unknown client {ack.client!r}")
-            return
-        if ack.accepted and ack.now_on in self.servers and ack.now_on != record.current:
-            await self._record(moved(record, ack.now_on, ack.time))
+    async def on_client(self, event: ClientStatus | Ack) -> None:
+        """A client's status or ack: where it is now (stored when its record changed)."""
+        before = self.state.registry[event.client]
+        self.state, _ = self.core.handle(self.state, event, time.time())
+        record = self.state.registry[event.client]
+        if record is not before:
+            await self.registry_store.put(record.id, record)
 
     # --- incidents and steps ------------------------------------------------
 
     async def on_incident(self, incident: Incident) -> None:
-        if incident.server not in self.servers:
-            self._drop("unknown-server", f"incident of unknown server {incident.server!r}")
-            return
-        previous = self.tracked.get(incident.server)
-        if previous is not None and incident.time < previous.time:
-            self._drop("out-of-order", f"incident {incident.incident_id}: older than stored")
-            return
-        tracked = Tracked(
-            incident_id=incident.incident_id, state=incident.state, time=incident.time
-        )
-        if previous is not None and previous.incident_id == incident.incident_id:
-            tracked = msgspec.structs.replace(tracked, step=previous.step)
-        self.tracked[incident.server] = tracked
-        if incident.state == "opened":
-            await self._plan(incident.server, tracked, fallback_health=incident.health)
-        else:
-            await self.incidents.put(incident.server, tracked)
+        started = time.perf_counter()
+        self.state, parts = self.core.handle(self.state, incident, time.time())
+        if parts or incident.state != "opened":
+            await self.incidents.put(incident.server, self.state.tracked[incident.server])
+        await self._publish(incident.server, parts, started)
 
     async def on_health(self, report: HealthReport) -> None:
-        if report.server not in self.servers:
-            self._drop("unknown-server", f"health of unknown server {report.server!r}")
-            return
-        self.reports[report.server] = report
-        tracked = self.tracked.get(report.server)
-        if tracked is None or tracked.state != "opened":
-            return
-        if step_due(
-            health=report.health,
-            failover_threshold=report.failover_threshold,
-            last_plan_health=tracked.last_plan_health,
-            last_plan_at=tracked.last_plan_at,
-            now=time.time(),
-            step_interval_s=self.config.targeter.step_interval_s,
-        ):
-            await self._plan(report.server, tracked, fallback_health=report.health)
-
-    async def _plan(self, server: str, tracked: Tracked, *, fallback_health: float) -> None:
         started = time.perf_counter()
-        step = next_step(
-            server,
-            tracked,
-            config=self.config,
-            reports=self.reports,
-            registry=self.registry,
-            in_incident=self.in_incident(),
-            fallback_health=fallback_health,
-            now=time.time(),
-            source=NAME,
-        )
-        if step is None:
-            return  # every client of the server has been planned away already
-        plan, tracked = step
-        self.tracked[server] = tracked
-        await self.incidents.put(server, tracked)
+        self.state, parts = self.core.handle(self.state, report, time.time())
+        if parts:
+            await self.incidents.put(report.server, self.state.tracked[report.server])
+        await self._publish(report.server, parts, started)
+
+    async def _publish(self, server: str, parts: list[FailoverPlan], started: float) -> None:
+        """Publish the parts of a step's plan (none: no step was taken)."""
+        if not parts:
+            return
+        plan = parts[0]
         logger.info("plan %s of %s: %s", plan.plan_id, server, plan.reason)
-        for part in split_plan(plan):
+        for part in parts:
             await self.rt.bus.publish(self.rt.bus.subjects.plan(server), part)
-        if plan.moves:
-            self.moved_total.labels(server).inc(len(plan.moves))
+        moves = sum(len(part.moves) for part in parts)
+        if moves:
+            self.moved_total.labels(server).inc(moves)
         self.plan_latency.observe(time.perf_counter() - started)
 
 
@@ -196,13 +146,27 @@ async def run(
         )
         await targeter.load()
         subjects = rt.bus.subjects
-        await rt.bus.subscribe(subjects.incident("*"), targeter.on_incident, types=(Incident,))
-        await rt.bus.subscribe(subjects.health("*"), targeter.on_health, types=(HealthReport,))
+        server = [known_server(targeter.core.servers)]
+        client = [known_client({c.id for c in config.clients})]
         await rt.bus.subscribe(
-            subjects.status("*"), targeter.on_status, types=(ClientStatus,), accept_clients=True
+            subjects.incident("*"), targeter.on_incident, types=(Incident,), middleware=server
         )
         await rt.bus.subscribe(
-            subjects.ack("*"), targeter.on_ack, types=(Ack,), accept_clients=True
+            subjects.health("*"), targeter.on_health, types=(HealthReport,), middleware=server
+        )
+        await rt.bus.subscribe(
+            subjects.status("*"),
+            targeter.on_client,
+            types=(ClientStatus,),
+            accept_clients=True,
+            middleware=client,
+        )
+        await rt.bus.subscribe(
+            subjects.ack("*"),
+            targeter.on_client,
+            types=(Ack,),
+            accept_clients=True,
+            middleware=client,
         )
 
     await run_service(NAME, config, setup, shutdown_trigger=shutdown_trigger, bus_url=bus_url)

@@ -1,0 +1,141 @@
+"""The targeter's decisions as one pure function: ``(state, event, now) -> (state, events)``.
+
+:meth:`TargeterCore.handle` takes what the targeter hears (an ``Incident``, a
+``HealthReport``, a client's ``ClientStatus`` or ``Ack``) and returns the new
+:class:`TargeterState` and the ``FailoverPlan`` parts to publish. An incident
+older than the one tracked is dropped by raising ``Rejected``. No I/O and no
+clock: the service wires it to the bus and KV, and ``what-if`` runs the same
+core over a recording. Events of servers or clients it does not know never
+reach it (the service's guards drop them).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+
+import msgspec
+
+from schemas.errors import Rejected
+from schemas.events import Ack, ClientStatus, Event, FailoverPlan, HealthReport, Incident
+from services.runtime.config import Config
+from services.targeter.planning import split_plan
+from services.targeter.registry import ClientRecord, apply_status, merge, moved
+from services.targeter.steps import Tracked, next_step, step_due
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TargeterState:
+    """Per server the incident tracked and its steps; the client registry; the latest health."""
+
+    tracked: Mapping[str, Tracked] = field(default_factory=dict)
+    registry: Mapping[str, ClientRecord] = field(default_factory=dict)
+    reports: Mapping[str, HealthReport] = field(default_factory=dict)
+
+    def in_incident(self) -> set[str]:
+        """Servers with an incident that is opened or recovering."""
+        return {sid for sid, t in self.tracked.items() if t.state != "closed"}
+
+
+@dataclass(frozen=True)
+class TargeterCore:
+    """What the targeter decides with: the farm's config; ``source`` is written on plans."""
+
+    config: Config
+    source: str
+
+    @cached_property
+    def servers(self) -> frozenset[str]:
+        """The servers of the config."""
+        return frozenset(s.id for s in self.config.servers)
+
+    def initial(self, stored: Mapping[str, ClientRecord] | None = None) -> TargeterState:
+        """No incident; the registry of the config's clients, live fields from ``stored``."""
+        return TargeterState(registry=merge(self.config, stored or {}))
+
+    def handle(
+        self, state: TargeterState, event: Event, now: float
+    ) -> tuple[TargeterState, list[FailoverPlan]]:
+        """The state after ``event`` at ``now``, and the plan parts to publish for it."""
+        if isinstance(event, Incident):
+            return self.on_incident(state, event, now)
+        if isinstance(event, HealthReport):
+            return self.on_health(state, event, now)
+        if isinstance(event, ClientStatus):
+            record = state.registry[event.client]
+            return self._record(state, apply_status(record, event, self.servers)), []
+        if isinstance(event, Ack):
+            record = state.registry[event.client]
+            if event.accepted and event.now_on in self.servers and event.now_on != record.current:
+                return self._record(state, moved(record, event.now_on, event.time)), []
+        return state, []
+
+    def on_incident(
+        self, state: TargeterState, incident: Incident, now: float
+    ) -> tuple[TargeterState, list[FailoverPlan]]:
+        """Track ``incident``; an opening gets the first (or, on a relapse, the next) step."""
+        previous = state.tracked.get(incident.server)
+        if previous is not None and incident.time < previous.time:
+            raise Rejected("out-of-order", f"incident {incident.incident_id}: older than stored")
+        tracked = Tracked(
+            incident_id=incident.incident_id, state=incident.state, time=incident.time
+        )
+        if previous is not None and previous.incident_id == incident.incident_id:
+            tracked = msgspec.structs.replace(tracked, step=previous.step)
+        state = replace(state, tracked={**state.tracked, incident.server: tracked})
+        if incident.state != "opened":
+            return state, []
+        return self._plan(state, incident.server, tracked, incident.health, now)
+
+    def on_health(
+        self, state: TargeterState, report: HealthReport, now: float
+    ) -> tuple[TargeterState, list[FailoverPlan]]:
+        """Keep the latest health; a further step when it is due."""
+        state = replace(state, reports={**state.reports, report.server: report})
+        tracked = state.tracked.get(report.server)
+        if tracked is None or tracked.state != "opened":
+            return state, []
+        if not step_due(
+            health=report.health,
+            failover_threshold=report.failover_threshold,
+            last_plan_health=tracked.last_plan_health,
+            last_plan_at=tracked.last_plan_at,
+            now=now,
+            step_interval_s=self.config.targeter.step_interval_s,
+        ):
+            return state, []
+        return self._plan(state, report.server, tracked, report.health, now)
+
+    def _plan(
+        self,
+        state: TargeterState,
+        server: str,
+        tracked: Tracked,
+        fallback_health: float,
+        now: float,
+    ) -> tuple[TargeterState, list[FailoverPlan]]:
+        step = next_step(
+            server,
+            tracked,
+            config=self.config,
+            reports=state.reports,
+            registry=state.registry,
+            in_incident=state.in_incident(),
+            fallback_health=fallback_health,
+            now=now,
+            source=self.source,
+        )
+        if step is None:
+            return state, []  # every client of the server has been planned away already
+        plan, after = step
+        state = replace(state, tracked={**state.tracked, server: after})
+        return state, split_plan(plan)
+
+    def _record(self, state: TargeterState, record: ClientRecord | None) -> TargeterState:
+        if record is None:
+            return state
+        return replace(state, registry={**state.registry, record.id: record})

@@ -1,0 +1,96 @@
+"""The targeter's pure core: an opened incident gets a plan, falling health a further step,
+an older incident is rejected, statuses and acks say where each client is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from schemas.errors import Rejected
+from schemas.events import Ack, ClientStatus, HealthReport, Incident
+from services.farm import write_farm
+from services.runtime.config import Config
+from services.targeter.core import TargeterCore, TargeterState
+
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    cfg, _ = write_farm(tmp_path / "farm", bus_url=None, clients=6)
+    return cfg
+
+
+def health(server: str, value: float, at: float) -> HealthReport:
+    return HealthReport(
+        time=at,
+        server=server,
+        sample_id="s",
+        health=value,
+        failover_threshold=0.2,
+        connection_threshold=0.6,
+    )
+
+
+def incident(state: str, at: float, incident_id: str = "inc-1") -> Incident:
+    return Incident(
+        time=at,
+        incident_id=incident_id,
+        server="A",
+        state=state,  # type: ignore[arg-type]
+        health=0.05,
+        opened_at=T0,
+    )
+
+
+def farm_state(core: TargeterCore) -> TargeterState:
+    state = core.initial()
+    for server, value in (("B", 0.9), ("C", 0.9), ("A", 0.05)):
+        state, parts = core.handle(state, health(server, value, T0), T0)
+        assert parts == []
+    return state
+
+
+def test_an_opened_incident_plans_the_servers_clients_away(config: Config) -> None:
+    core = TargeterCore(config, source="test")
+    state, [plan] = core.handle(farm_state(core), incident("opened", T0), T0)
+    assert plan.server == "A" and plan.step == 1 and plan.source == "test"
+    moved = sorted(m.client for m in plan.moves)
+    assert moved and set(moved) <= {"nas-01", "nas-04"}  # A's clients, up to max_share
+    assert all(m.alternates[0] in {"B", "C"} for m in plan.moves)
+    tracked = state.tracked["A"]
+    assert tracked.planned == tuple(moved) and tracked.last_plan_at == T0
+    assert state.in_incident() == {"A"}
+
+    # recovering tracks it and plans nothing; an older event is rejected
+    recovering, parts = core.handle(state, incident("recovering", T0 + 5), T0 + 5)
+    assert parts == [] and recovering.tracked["A"].state == "recovering"
+    assert recovering.tracked["A"].step == 1
+    with pytest.raises(Rejected) as info:
+        core.handle(recovering, incident("opened", T0 + 1), T0 + 6)
+    assert info.value.reason == "out-of-order"
+
+
+def test_a_further_step_only_when_due(config: Config) -> None:
+    assert config.targeter.step_interval_s == 5.0
+    core = TargeterCore(config, source="t")
+    state, _ = core.handle(farm_state(core), incident("opened", T0), T0)
+    early, parts = core.handle(state, health("A", 0.01, T0 + 1), T0 + 1)
+    assert parts == [] and early.reports["A"].health == 0.01
+    _, parts = core.handle(early, health("A", 0.01, T0 + 6), T0 + 6)
+    assert [p.step for p in parts] == [2]
+
+
+def test_statuses_and_acks_say_where_each_client_is(config: Config) -> None:
+    core = TargeterCore(config, source="t")
+    state = core.initial()
+    assert state.registry["nas-01"].current == "A"
+    status = ClientStatus(time=T0, client="nas-01", home="A", current="B")
+    moved, parts = core.handle(state, status, T0)
+    assert parts == [] and moved.registry["nas-01"].current == "B"
+    ack = Ack(time=T0 + 1, notice_id="n", client="nas-01", server="B", accepted=True, now_on="A")
+    back, _ = core.handle(moved, ack, T0 + 1)
+    assert back.registry["nas-01"].current == "A"
+    refused = Ack(time=T0 + 2, notice_id="n", client="nas-01", server="A", accepted=False)
+    assert core.handle(back, refused, T0 + 2)[0] is back
