@@ -18,9 +18,41 @@ from tests import needs
 pytest_plugins = ["tests.freeradius", "tests.recorded"]
 
 
+# Markers (pyproject.toml) that a test's fixtures tell; each fixture also counts through the
+# fixtures that use it (``farm`` runs on ``nats_server``).
+FIXTURE_MARKERS = {
+    "nats_server": ("nats",),
+    "recorded_demo": ("nats", "slow"),
+    "freeradius": ("freeradius",),
+    "freeradius_proxy": ("freeradius",),
+}
+SLOW_TIMEOUT_S = 90
+"""A test that allows itself this long (``@pytest.mark.timeout``) is slow."""
+
+
+def _kinds(item: pytest.Item) -> set[str]:
+    """The markers of ``item`` known from its fixtures, its module and its other marks."""
+    kinds = {m for f in getattr(item, "fixturenames", ()) for m in FIXTURE_MARKERS.get(f, ())}
+    module = item.path.stem
+    if module.startswith("test_bench_"):
+        kinds.add("bench")
+    if module == "test_soak":
+        kinds.add("slow")
+    if item.get_closest_marker("raw_sockets") is not None:
+        kinds.add("root")
+    timeout = item.get_closest_marker("timeout")
+    if timeout is not None and timeout.args and timeout.args[0] >= SLOW_TIMEOUT_S:
+        kinds.add("slow")
+    return kinds
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Where raw sockets are refused, outside CI, the tests marked ``raw_sockets`` are skipped
-    at their own line; under CI they fail in their setup (below)."""
+    """Mark each test by what it needs (:func:`_kinds`), so that ``-m "not freeradius"`` and
+    the like select. Where raw sockets are refused, outside CI, the tests marked
+    ``raw_sockets`` are skipped at their own line; under CI they fail in their setup (below)."""
+    for item in items:
+        for kind in sorted(_kinds(item) - {m.name for m in item.iter_markers()}):
+            item.add_marker(kind)
     marked = [item for item in items if item.get_closest_marker("raw_sockets") is not None]
     reason = needs.raw_sockets_refused() if marked and not needs.under_ci() else None
     if reason is not None:

@@ -69,6 +69,8 @@ def test_goals_want_no_failure_by_a_move_and_fewer_than_the_pool() -> None:
     assert [g["met"] for g in eap.goals(slow, {"failed": 1, "moves": 9}, worse)] == [False] * 4
 
 
+@pytest.mark.freeradius
+@pytest.mark.nats
 @pytest.mark.timeout(120)
 async def test_moves_by_notice_and_readmission_fail_no_conversation_in_a_short_run(
     tmp_path: Path,

@@ -61,6 +61,8 @@ def test_goals_compare_the_whole_loop_with_the_agent_alone() -> None:
     ]
 
 
+@pytest.mark.freeradius
+@pytest.mark.nats
 @pytest.mark.timeout(120)
 async def test_the_whole_loop_on_freeradius_opens_and_moves_before_a_window_is_paid(
     tmp_path: Path,

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench" / "incident.py"
 
 
+@pytest.mark.nats
 @pytest.mark.timeout(120)
 def test_quick_mode_writes_the_results_json(tmp_path: Path) -> None:
     done = subprocess.run(

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "proxy.py"
 
 
@@ -20,6 +22,7 @@ def load_bench() -> ModuleType:
     return module
 
 
+@pytest.mark.nats
 def test_quick_mode_writes_the_results_json(tmp_path: Path) -> None:
     bench = load_bench()
     assert bench.main(["--quick", "--out", str(tmp_path)]) == 0

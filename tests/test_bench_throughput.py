@@ -12,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.nats
 @pytest.mark.timeout(90)
 def test_throughput_quick_writes_its_results(tmp_path: Path) -> None:
     done = subprocess.run(

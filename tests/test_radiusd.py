@@ -93,6 +93,7 @@ def test_bad_values_and_unbalanced_braces_are_refused() -> None:
         max_servers("}\nthread pool {\n max_servers = 5\n}\n")
 
 
+@pytest.mark.freeradius
 def test_the_installed_radiusd_conf() -> None:
     needs.readable(DEBIAN_RADIUSD_CONF, "Debian: apt-get install freeradius")
     assert max_servers(DEBIAN_RADIUSD_CONF.read_text()) == 32

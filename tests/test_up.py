@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
+import pytest
 
 from services.farm import write_farm
 from services.runtime import busfile
@@ -47,6 +48,7 @@ def running_up(*args: str) -> Iterator[str]:
         proc.stderr.close()
 
 
+@pytest.mark.nats
 def test_up_runs_every_service_on_an_embedded_bus_and_stops_cleanly(tmp_path: Path) -> None:
     _, path = write_farm(tmp_path / "farm", bus_url=None, clients=2)
     with running_up("-c", str(path)) as names:
@@ -79,6 +81,7 @@ def test_up_in_a_sandbox_needs_the_bus_of_the_recording(tmp_path: Path) -> None:
     assert "a sandbox joins the bus that holds the recording" in result.stderr
 
 
+@pytest.mark.nats
 def test_tools_given_only_the_config_find_the_bus_of_a_running_up(tmp_path: Path) -> None:
     _, path = write_farm(tmp_path / "farm", bus_url=None, clients=1)
     bus_file = path.with_name(path.name + ".bus")
