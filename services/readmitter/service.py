@@ -9,6 +9,12 @@ latest health is at or above the connection threshold; the last one is
 answered at once with a wave 0 that grants or defers it. Each server's
 :class:`~services.readmitter.waves.Readmission` is kept in the KV bucket
 ``readmitter``, so a restarted readmitter resumes where it stopped.
+
+The decisions, and every ReadmitWave, are
+:class:`~services.readmitter.core.ReadmitterCore`'s; this module wires it to
+the bus (events of servers or clients it does not know, and a request to a
+server that is not the client's home, are dropped by guards and counted with
+the bus's drops), KV and one wave loop per recovering server.
 """
 
 from __future__ import annotations
@@ -16,18 +22,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import msgspec
 import nats.errors
 import prometheus_client
 
-from schemas.events import FailoverPlan, HealthReport, Incident, ReadmitRequest, ReadmitWave
-from services.readmitter import waves
+from schemas.events import (
+    Event,
+    FailoverPlan,
+    HealthReport,
+    Incident,
+    ReadmitRequest,
+    ReadmitWave,
+)
+from services.readmitter.core import ReadmitterCore, ReadmitterState, WaveDue
 from services.readmitter.waves import Readmission
 from services.runtime.config import Config, subject_tokens
 from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
+from services.runtime.middleware import guard, known_client, known_server
 from services.runtime.state import StateStore
 
 logger = logging.getLogger(__name__)
@@ -37,15 +52,8 @@ QUEUE = "readmitter"
 BUCKET = "readmitter"
 
 
-class Health(msgspec.Struct, frozen=True, kw_only=True):
-    """The latest health of a server and the connection threshold it came with."""
-
-    health: float
-    connection_threshold: float
-
-
 class Readmitter:
-    """The readmitter's state and its handlers, wired to one Runtime."""
+    """The readmitter's wiring: its core's state, its KV store, its wave loops and metrics."""
 
     def __init__(self, rt: Runtime, store: StateStore[Readmission], servers: set[str]) -> None:
         self.rt = rt
@@ -53,9 +61,8 @@ class Readmitter:
         self.config: Config = rt.config
         self.servers = servers
         self.homes = {c.id: c.home for c in rt.config.clients}
-        self.states: dict[str, Readmission] = {}
-        self.health: dict[str, Health] = {}
-        self.dropped: Counter[str] = Counter()
+        self.core = ReadmitterCore(rt.config, source=NAME)
+        self.state = ReadmitterState()
         self.waves_sent = 0
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._wake: dict[str, asyncio.Event] = {s: asyncio.Event() for s in servers}
@@ -72,6 +79,11 @@ class Readmitter:
             "aaa_failover_readmit_waves", "Readmission waves published.", registry=registry
         )
 
+    @property
+    def states(self) -> Mapping[str, Readmission]:
+        """Each server's readmission."""
+        return self.state.readmissions
+
     # --- state ----------------------------------------------------------
 
     async def load(self) -> None:
@@ -79,7 +91,9 @@ class Readmitter:
         for state in (await self.store.load_all()).values():
             if state.server not in self.servers:
                 continue
-            self.states[state.server] = state
+            self.state = replace(
+                self.state, readmissions={**self.state.readmissions, state.server: state}
+            )
             logger.info(
                 "loaded %s: incident %s %s, %d away",
                 state.server,
@@ -97,108 +111,54 @@ class Readmitter:
                 return
             await self.store.put(server, state)
 
-    def _set(self, server: str, state: Readmission | None) -> bool:
-        """Store ``state``; wake the server's loop; True if it changed."""
-        if state is None or state == self.states.get(server):
-            return False
-        self.states[server] = state
-        self._wake[server].set()
-        return True
-
-    def _known_server(self, server: str, what: str) -> bool:
-        if server in self.servers:
-            return True
-        self.dropped["unknown-server"] += 1
-        logger.warning("dropped %s for unknown server %r", what, server)
-        return False
+    def _decide(
+        self, server: str, event: Event | WaveDue, now: float | None = None
+    ) -> tuple[bool, list[ReadmitWave]]:
+        """Run the core on ``event`` at ``now`` (default: the time now); wake ``server``'s
+        loop if its readmission changed. Returns whether it changed, and the waves to publish.
+        """
+        before = self.states.get(server)
+        at = time.time() if now is None else now
+        self.state, waves_out = self.core.handle(self.state, event, at)
+        changed = self.states.get(server) is not before
+        if changed:
+            self._wake[server].set()
+        return changed, waves_out
 
     # --- handlers -------------------------------------------------------
 
     async def on_health(self, event: HealthReport) -> None:
-        if not self._known_server(event.server, "health report"):
-            return
-        self.health[event.server] = Health(
-            health=event.health, connection_threshold=event.connection_threshold
-        )
+        self._decide(event.server, event)
         self._wake[event.server].set()
 
     async def on_incident(self, event: Incident) -> None:
         server = event.server
-        if not self._known_server(server, "incident"):
-            return
-        state = waves.on_incident(
-            self.states.get(server), server=server, incident_id=event.incident_id, state=event.state
-        )
+        changed, _ = self._decide(server, event)
         logger.info("incident %s of %s is %s", event.incident_id, server, event.state)
-        if self._set(server, state):
+        if changed:
             await self._persist(server)
         self._ensure_loop(server)
 
     async def on_plan(self, event: FailoverPlan) -> None:
-        server = event.server
-        if not self._known_server(server, "plan"):
-            return
-        clients = []
+        """The clients a plan moved; a move of a client not in the config is dropped."""
+        known = [move for move in event.moves if move.client in self.homes]
         for move in event.moves:
-            if move.client in self.homes:
-                clients.append(move.client)
-            else:
-                self.dropped["unknown-client"] += 1
-                logger.warning("plan %s moves unknown client %r", event.plan_id, move.client)
-        state = waves.record_plan(
-            self.states.get(server), server=server, incident_id=event.incident_id, clients=clients
-        )
-        if self._set(server, state):
-            logger.info("plan %s: %d clients away from %s", event.plan_id, len(state.away), server)
-            await self._persist(server)
+            if move.client not in self.homes:
+                self.rt.bus.drop(
+                    "unknown-client", f"plan {event.plan_id} moves unknown client {move.client!r}"
+                )
+        if len(known) < len(event.moves):
+            event = msgspec.structs.replace(event, moves=known)
+        changed, _ = self._decide(event.server, event)
+        if changed:
+            away = len(self.states[event.server].away)
+            logger.info("plan %s: %d clients away from %s", event.plan_id, away, event.server)
+            await self._persist(event.server)
 
     async def on_request(self, event: ReadmitRequest) -> None:
-        server, client = event.server, event.client
-        if not self._known_server(server, "readmit request"):
-            return
-        home = self.homes.get(client)
-        if home is None:
-            self.dropped["unknown-client"] += 1
-            logger.warning("dropped readmit request of unknown client %r", client)
-            return
-        if home != server:
-            self.dropped["not-home"] += 1
-            logger.warning(
-                "dropped readmit request of %s to %s: its home is %s", client, server, home
-            )
-            return
-        current = self.states.get(server)
-        health = self.health.get(server)
-        answer, state = waves.answer_request(
-            current,
-            client=client,
-            health=health.health if health else None,
-            connection_threshold=self._threshold(server),
-        )
-        incident_id = current.incident_id if current is not None else ""
-        if answer.granted:
-            wave = ReadmitWave(
-                source=NAME,
-                incident_id=incident_id,
-                server=server,
-                wave=0,
-                clients=[client],
-                health=health.health if health else None,
-                reason=f"requested by {client}: {answer.reason}",
-            )
-        else:
-            wave = ReadmitWave(
-                source=NAME,
-                incident_id=incident_id,
-                server=server,
-                wave=0,
-                deferred=[client],
-                retry_after_s=self.config.readmitter.retry_after_s,
-                health=health.health if health else None,
-                reason=f"requested by {client}, deferred: {answer.reason}",
-            )
+        server = event.server
+        changed, [wave] = self._decide(server, event)
         logger.info("%s", wave.reason)
-        changed = self._set(server, state)
         try:
             await self.rt.bus.publish(self.rt.bus.subjects.readmit(server), wave)
             if wave.clients:
@@ -206,12 +166,6 @@ class Readmitter:
         finally:
             if changed:
                 await self._persist(server)
-
-    def _threshold(self, server: str) -> float:
-        health = self.health.get(server)
-        if health is not None:
-            return health.connection_threshold
-        return self.config.evaluator.connection_threshold
 
     # --- wave loops -----------------------------------------------------
 
@@ -241,71 +195,48 @@ class Readmitter:
 
     async def _wave_step(self, server: str) -> float | None:
         """Do what is due for ``server`` now; how long to wait next, None to stop."""
-        settings = self.config.readmitter
-        state = self.states.get(server)
-        if state is None or state.state != "recovering":
-            why = f"incident is {state.state}" if state else "no incident"
-            logger.info("readmission of %s stopped: %s", server, why)
-            return None
-        health = self.health.get(server)
+        interval = self.config.readmitter.wave_interval_s
+        before = self.states.get(server)
         now = time.time()
-        decision = waves.next_wave(
-            state,
-            now=now,
-            health=health.health if health else None,
-            connection_threshold=self._threshold(server),
-            wave_size=settings.wave_size,
-            wave_interval_s=settings.wave_interval_s,
-        )
-        if isinstance(decision, waves.Done):
-            logger.info("readmission of %s done: %s", server, decision.reason)
-            return None
-        if isinstance(decision, waves.Wait):
-            return decision.until - now
-        if isinstance(decision, waves.Paused):
-            if decision.reason != self._last_pause.get(server):
-                logger.info("readmission of %s paused: %s", server, decision.reason)
-                self._last_pause[server] = decision.reason
-            return max(settings.wave_interval_s, 0.1)
+        _, waves_out = self._decide(server, WaveDue(server=server), now)
+        timer = self.state.timers[server]
+        if not waves_out:
+            if timer.wake_at is None:
+                logger.info("readmission of %s stopped: %s", server, timer.reason)
+                return None
+            if timer.paused and timer.reason != self._last_pause.get(server):
+                logger.info("readmission of %s paused: %s", server, timer.reason)
+                self._last_pause[server] = timer.reason
+            return timer.wake_at - now
         self._last_pause[server] = ""
-        sent = waves.record_wave(state, decision, now=now)
-        self._set(server, sent)
-        if not await self._send_wave(server, state.incident_id, decision, health, now):
-            if self.states.get(server) is sent:
-                self.states[server] = state
-            return max(settings.wave_interval_s, 0.1)
+        [wave] = waves_out
+        sent = self.states.get(server)
+        if not await self._send_wave(wave):
+            if self.states.get(server) is sent and before is not None:
+                self.state = replace(
+                    self.state, readmissions={**self.state.readmissions, server: before}
+                )
+            return max(interval, 0.1)
         await self._persist(server)
-        if decision.final:
-            logger.info("readmission of %s finished with wave %d", server, decision.wave)
+        if wave.final:
+            logger.info("readmission of %s finished with wave %d", server, wave.wave)
             return None
-        return settings.wave_interval_s
+        return interval
 
-    async def _send_wave(
-        self, server: str, incident_id: str, wave: waves.Wave, health: Health | None, now: float
-    ) -> bool:
-        """Publish ``wave``; False if it could not be sent."""
-        event = ReadmitWave(
-            source=NAME,
-            time=now,
-            incident_id=incident_id,
-            server=server,
-            wave=wave.wave,
-            clients=list(wave.clients),
-            health=health.health if health else None,
-            final=wave.final,
-            reason=wave.reason,
-        )
+    async def _send_wave(self, event: ReadmitWave) -> bool:
+        """Publish ``event``; False if it could not be sent."""
+        server = event.server
         logger.info(
             "wave %d of %s: %s%s",
-            wave.wave,
+            event.wave,
             server,
             event.clients,
-            " (final)" if wave.final else "",
+            " (final)" if event.final else "",
         )
         try:
             await self.rt.bus.publish(self.rt.bus.subjects.readmit(server), event)
         except (nats.errors.Error, TimeoutError) as exc:
-            logger.error("could not publish wave %d of %s: %s", wave.wave, server, exc)
+            logger.error("could not publish wave %d of %s: %s", event.wave, server, exc)
             return False
         self.waves_sent += 1
         self.waves_total.inc()
@@ -314,7 +245,7 @@ class Readmitter:
         return True
 
     def stats(self) -> dict[str, Any]:
-        return {"waves": self.waves_sent, "dropped": dict(self.dropped)}
+        return {"waves": self.waves_sent}
 
 
 async def run(
@@ -331,17 +262,39 @@ async def run(
         readmitter = Readmitter(rt, await StateStore.open(rt.bus, BUCKET, Readmission), servers)
         await readmitter.load()
         subjects = rt.bus.subjects
+        server = known_server(servers)
+        client = known_client(readmitter.homes)
+        home = guard(
+            "not-home",
+            lambda request: readmitter.homes[request.client] == request.server,
+            lambda request: (
+                f"readmit request of {request.client} to {request.server}: "
+                f"its home is {readmitter.homes[request.client]}"
+            ),
+        )
         # Per named server with --only, so readmitters can split the farm
         # without the queue group handing one's events to another.
         for token in subject_tokens(only):
             await rt.bus.subscribe(
-                subjects.health(token), readmitter.on_health, types=(HealthReport,), queue=QUEUE
+                subjects.health(token),
+                readmitter.on_health,
+                types=(HealthReport,),
+                queue=QUEUE,
+                middleware=[server],
             )
             await rt.bus.subscribe(
-                subjects.incident(token), readmitter.on_incident, types=(Incident,), queue=QUEUE
+                subjects.incident(token),
+                readmitter.on_incident,
+                types=(Incident,),
+                queue=QUEUE,
+                middleware=[server],
             )
             await rt.bus.subscribe(
-                subjects.plan(token), readmitter.on_plan, types=(FailoverPlan,), queue=QUEUE
+                subjects.plan(token),
+                readmitter.on_plan,
+                types=(FailoverPlan,),
+                queue=QUEUE,
+                middleware=[server],
             )
             await rt.bus.subscribe(
                 subjects.request(token),
@@ -349,6 +302,7 @@ async def run(
                 types=(ReadmitRequest,),
                 queue=QUEUE,
                 accept_clients=True,
+                middleware=[server, client, home],
             )
 
         async def report_at_stop() -> None:

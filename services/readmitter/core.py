@@ -1,0 +1,229 @@
+"""The readmitter's decisions as one pure function: ``(state, event, now) -> (state, events)``.
+
+:meth:`ReadmitterCore.handle` takes what the readmitter hears (a
+``HealthReport``, an ``Incident``, a ``FailoverPlan``, a client's
+``ReadmitRequest``) and :class:`WaveDue`, the wave loop of a server waking,
+and returns the new :class:`ReadmitterState` and the ``ReadmitWave``s to
+publish. Every ReadmitWave is built here, by :meth:`ReadmitterCore.wave`.
+After a :class:`WaveDue` the state's ``timers`` say when that server's loop
+wakes next (None: it stops). No I/O and no clock: the service wires it to the
+bus, KV and its wave loops, and ``what-if`` runs the same core over a
+recording. Events of servers or clients it does not know never reach it (the
+service's guards drop them). The rules themselves are in
+:mod:`services.readmitter.waves`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+import msgspec
+
+from schemas.events import (
+    Event,
+    FailoverPlan,
+    HealthReport,
+    Incident,
+    ReadmitRequest,
+    ReadmitWave,
+)
+from services.readmitter import waves
+from services.readmitter.waves import Readmission
+from services.runtime.config import Config
+
+logger = logging.getLogger(__name__)
+
+
+class Health(msgspec.Struct, frozen=True, kw_only=True):
+    """The latest health of a server and the connection threshold it came with."""
+
+    health: float
+    connection_threshold: float
+
+
+class WaveDue(msgspec.Struct, frozen=True, kw_only=True):
+    """The wave loop of ``server`` woke: send what is due (not an event on the bus)."""
+
+    server: str
+
+
+class Timer(msgspec.Struct, frozen=True, kw_only=True):
+    """When a server's wave loop wakes next (None: it stops), and why, in words.
+
+    ``paused`` says the reason is a pause (health, or the incident's state).
+    """
+
+    wake_at: float | None
+    reason: str
+    paused: bool = False
+
+
+@dataclass(frozen=True)
+class ReadmitterState:
+    """Each server's readmission, its latest health, and its wave loop's timer."""
+
+    readmissions: Mapping[str, Readmission] = field(default_factory=dict)
+    health: Mapping[str, Health] = field(default_factory=dict)
+    timers: Mapping[str, Timer] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReadmitterCore:
+    """What the readmitter decides with: the config (settings, clients' homes) and ``source``."""
+
+    config: Config
+    source: str
+
+    def handle(
+        self, state: ReadmitterState, event: Event | WaveDue, now: float
+    ) -> tuple[ReadmitterState, list[ReadmitWave]]:
+        """The state after ``event`` at ``now``, and the waves to publish for it."""
+        if isinstance(event, WaveDue):
+            return self.wave_due(state, event.server, now)
+        if isinstance(event, HealthReport):
+            latest = Health(health=event.health, connection_threshold=event.connection_threshold)
+            return replace(state, health={**state.health, event.server: latest}), []
+        if isinstance(event, Incident):
+            current = state.readmissions.get(event.server)
+            after = waves.on_incident(
+                current, server=event.server, incident_id=event.incident_id, state=event.state
+            )
+            return self._set(state, after), []
+        if isinstance(event, FailoverPlan):
+            current = state.readmissions.get(event.server)
+            clients = [move.client for move in event.moves]
+            after = waves.record_plan(
+                current, server=event.server, incident_id=event.incident_id, clients=clients
+            )
+            return self._set(state, after), []
+        if isinstance(event, ReadmitRequest):
+            return self.on_request(state, event, now)
+        return state, []
+
+    def on_request(
+        self, state: ReadmitterState, request: ReadmitRequest, now: float
+    ) -> tuple[ReadmitterState, list[ReadmitWave]]:
+        """A client's own request to go home: a wave 0 that grants or defers it."""
+        server, client = request.server, request.client
+        current = state.readmissions.get(server)
+        health = state.health.get(server)
+        answer, after = waves.answer_request(
+            current,
+            client=client,
+            health=health.health if health else None,
+            connection_threshold=self.threshold(state, server),
+        )
+        incident_id = current.incident_id if current is not None else ""
+        if answer.granted:
+            wave = self.wave(
+                state,
+                server,
+                incident_id,
+                0,
+                now,
+                clients=[client],
+                reason=f"requested by {client}: {answer.reason}",
+            )
+        else:
+            wave = self.wave(
+                state,
+                server,
+                incident_id,
+                0,
+                now,
+                deferred=[client],
+                retry_after_s=self.config.readmitter.retry_after_s,
+                reason=f"requested by {client}, deferred: {answer.reason}",
+            )
+        if after is not None:
+            state = self._set(state, after)
+        return state, [wave]
+
+    def wave_due(
+        self, state: ReadmitterState, server: str, now: float
+    ) -> tuple[ReadmitterState, list[ReadmitWave]]:
+        """What is due for ``server`` now: a wave, a wait, a pause, or the end of its loop."""
+        settings = self.config.readmitter
+        current = state.readmissions.get(server)
+        if current is None or current.state != "recovering":
+            why = f"incident is {current.state}" if current else "no incident"
+            return self._timer(state, server, Timer(wake_at=None, reason=why)), []
+        health = state.health.get(server)
+        decision = waves.next_wave(
+            current,
+            now=now,
+            health=health.health if health else None,
+            connection_threshold=self.threshold(state, server),
+            wave_size=settings.wave_size,
+            wave_interval_s=settings.wave_interval_s,
+        )
+        if isinstance(decision, waves.Done):
+            return self._timer(state, server, Timer(wake_at=None, reason=decision.reason)), []
+        if isinstance(decision, waves.Wait):
+            timer = Timer(wake_at=decision.until, reason=decision.reason)
+            return self._timer(state, server, timer), []
+        if isinstance(decision, waves.Paused):
+            wake_at = now + max(settings.wave_interval_s, 0.1)
+            timer = Timer(wake_at=wake_at, reason=decision.reason, paused=True)
+            return self._timer(state, server, timer), []
+        sent = waves.record_wave(current, decision, now=now)
+        next_at = None if decision.final else now + settings.wave_interval_s
+        state = self._timer(self._set(state, sent), server, Timer(wake_at=next_at, reason=""))
+        wave = self.wave(
+            state,
+            server,
+            current.incident_id,
+            decision.wave,
+            now,
+            clients=list(decision.clients),
+            final=decision.final,
+            reason=decision.reason,
+        )
+        return state, [wave]
+
+    def wave(
+        self,
+        state: ReadmitterState,
+        server: str,
+        incident_id: str,
+        number: int,
+        now: float,
+        *,
+        clients: list[str] | None = None,
+        deferred: list[str] | None = None,
+        retry_after_s: float = 0.0,
+        final: bool = False,
+        reason: str,
+    ) -> ReadmitWave:
+        """The ReadmitWave ``number`` of ``server`` at ``now``, with its latest health."""
+        health = state.health.get(server)
+        return ReadmitWave(
+            time=now,
+            source=self.source,
+            incident_id=incident_id,
+            server=server,
+            wave=number,
+            clients=clients or [],
+            deferred=deferred or [],
+            retry_after_s=retry_after_s,
+            health=health.health if health else None,
+            final=final,
+            reason=reason,
+        )
+
+    def threshold(self, state: ReadmitterState, server: str) -> float:
+        """The connection threshold of ``server``'s latest report, else the config's."""
+        health = state.health.get(server)
+        if health is not None:
+            return health.connection_threshold
+        return self.config.evaluator.connection_threshold
+
+    def _set(self, state: ReadmitterState, readmission: Readmission) -> ReadmitterState:
+        if readmission == state.readmissions.get(readmission.server):
+            return state
+        return replace(state, readmissions={**state.readmissions, readmission.server: readmission})
+
+    def _timer(self, state: ReadmitterState, server: str, timer: Timer) -> ReadmitterState:
+        return replace(state, timers={**state.timers, server: timer})

@@ -1,0 +1,90 @@
+"""The readmitter's pure core: plans put clients away, a due wave brings them back in
+waves of wave_size with a timer for the next, health pauses it, requests get a wave 0."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from schemas.events import FailoverPlan, HealthReport, Incident, Move, ReadmitRequest
+from services.farm import write_farm
+from services.readmitter.core import ReadmitterCore, ReadmitterState, WaveDue
+
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture
+def core(tmp_path: Path) -> ReadmitterCore:
+    cfg, _ = write_farm(
+        tmp_path / "farm",
+        {"readmitter": {"wave_size": 1, "wave_interval_s": 2.0, "retry_after_s": 7.0}},
+        bus_url=None,
+        clients=6,
+    )
+    return ReadmitterCore(cfg, source="t")
+
+
+def health(value: float) -> HealthReport:
+    return HealthReport(
+        server="A", sample_id="s", health=value, failover_threshold=0.2, connection_threshold=0.6
+    )
+
+
+def incident(state: str) -> Incident:
+    return Incident(incident_id="inc-1", server="A", state=state, health=0.1, opened_at=T0)  # type: ignore[arg-type]
+
+
+def plan(*clients: str) -> FailoverPlan:
+    moves = [Move(client=c, alternates=["B"]) for c in clients]
+    return FailoverPlan(incident_id="inc-1", server="A", moves=moves)
+
+
+def away(core: ReadmitterCore) -> ReadmitterState:
+    state = ReadmitterState()
+    for event in (incident("opened"), plan("nas-01", "nas-04"), incident("recovering")):
+        state, out = core.handle(state, event, T0)
+        assert out == []
+    return state
+
+
+def test_waves_of_wave_size_then_the_final_one(core: ReadmitterCore) -> None:
+    state = away(core)
+    assert state.readmissions["A"].away == ("nas-01", "nas-04")
+    state, _ = core.handle(state, health(0.9), T0)
+    state, [first] = core.handle(state, WaveDue(server="A"), T0 + 1)
+    assert (first.wave, first.clients, first.final, first.health) == (1, ["nas-01"], False, 0.9)
+    assert first.time == T0 + 1 and first.source == "t" and first.incident_id == "inc-1"
+    assert state.timers["A"].wake_at == T0 + 3
+    state, none = core.handle(state, WaveDue(server="A"), T0 + 2)
+    assert none == [] and state.timers["A"].wake_at == T0 + 3
+    state, [last] = core.handle(state, WaveDue(server="A"), T0 + 3)
+    assert (last.wave, last.clients, last.final) == (2, ["nas-04"], True)
+    assert state.timers["A"].wake_at is None
+    state, done = core.handle(state, WaveDue(server="A"), T0 + 9)
+    assert done == [] and state.timers["A"].wake_at is None
+
+
+def test_low_health_pauses_and_an_opened_incident_stops_the_loop(core: ReadmitterCore) -> None:
+    state, _ = core.handle(away(core), health(0.3), T0)
+    state, out = core.handle(state, WaveDue(server="A"), T0 + 1)
+    timer = state.timers["A"]
+    assert out == [] and timer.paused and timer.wake_at == T0 + 3
+    assert "below connection threshold" in timer.reason
+    state, _ = core.handle(state, incident("opened"), T0 + 2)
+    state, out = core.handle(state, WaveDue(server="A"), T0 + 3)
+    assert out == [] and state.timers["A"].wake_at is None
+
+
+def test_a_request_is_deferred_while_opened_then_granted(core: ReadmitterCore) -> None:
+    state = ReadmitterState()
+    for event in (health(0.9), incident("opened"), plan("nas-01")):
+        state, _ = core.handle(state, event, T0)
+    request = ReadmitRequest(client="nas-01", server="A")
+    state, [deferred] = core.handle(state, request, T0 + 1)
+    assert (deferred.wave, deferred.clients, deferred.deferred) == (0, [], ["nas-01"])
+    assert deferred.retry_after_s == 7.0 and deferred.incident_id == "inc-1"
+    state, _ = core.handle(state, incident("recovering"), T0 + 2)
+    state, [granted] = core.handle(state, request, T0 + 3)
+    assert (granted.clients, granted.deferred, granted.final) == (["nas-01"], [], False)
+    assert state.readmissions["A"].away == () and state.readmissions["A"].readmitted == ("nas-01",)
