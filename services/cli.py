@@ -356,7 +356,8 @@ def _what_if(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from services.tools.report import timeline, write_report
+    from services.tools.incident_timeline import timeline
+    from services.tools.report import write_report
 
     config = load_config(args.config)
     loaded = asyncio.run(load(config, _window(args), bus_url=_bus_url(args, config)))

@@ -26,16 +26,9 @@ from schemas.events import (
     ReadmitWave,
 )
 from services.runtime.config import Config
-from services.tools.report import (
-    INCIDENT_COLOUR,
-    SERVER_COLOURS,
-    Count,
-    ReportError,
-    Timeline,
-    figure,
-    timeline,
-    write_report,
-)
+from services.tools.incident_figure import INCIDENT_COLOUR, SERVER_COLOURS, figure
+from services.tools.incident_timeline import Count, ReportError, Timeline, timeline
+from services.tools.report import write_report
 from tests import needs
 
 T0 = 1_700_000_000.0
