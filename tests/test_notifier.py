@@ -39,6 +39,7 @@ from services.runtime.bus import Bus, Signer
 from services.runtime.config import Config, ConfigError
 from tests.conftest import FarmFactory
 from tests.helpers import operator_bus, running
+from tests.test_metrics import metrics_urls, scrape, value
 
 TIMEOUT = 5.0
 
@@ -291,6 +292,28 @@ async def test_restarted_notifier_resumes_notices_in_flight(farm: FarmFactory) -
 # --- delivery tracking of transports that answer by themselves (CoA) -------
 
 
+async def test_the_notifiers_drops_show_on_metrics(farm: FarmFactory) -> None:
+    """A plan naming an unknown client and an ack that matches nothing are counted on the
+    bus's drop path, so /metrics shows them under aaa_failover_events_dropped."""
+    config, _ = farm({"notifier": {"ack_timeout_s": 5.0}}, clients=3)
+    config = config.with_metrics_port("notifier", 0)
+    labels = {"service": "notifier"}
+    with metrics_urls() as urls:
+        async with harness(config) as h, notifier(config):
+            await h.until_ready("nas-03")
+            (url,) = urls
+            await h.plan("A", ("ghost", ["B"]), ("nas-01", ["B"]))
+            notice = h.check_notice(await h.notice("nas-01"), "nas-01", "A")
+            await h.ack("nas-01", "no-such-notice", "A")
+            await h.ack("nas-01", notice.id, "A")
+            assert (await h.delivery("nas-01")).outcome == "sent"
+            assert (await h.delivery("nas-01")).outcome == "acked"
+            samples = await scrape(url)
+    dropped = "aaa_failover_events_dropped_total"
+    assert value(samples, dropped, reason="unknown-client", **labels) == 1
+    assert value(samples, dropped, reason="unmatched-ack", **labels) == 1
+
+
 def _tracked(tracker: DeliveryTracker, now: float = 100.0) -> None:
     tracker.sent(
         notice_id="n1",
@@ -374,7 +397,13 @@ async def test_notices_go_by_each_clients_transport_only(farm: FarmFactory, tmp_
         assert h.notices["nas-01"].empty()
 
 
-async def test_coa_settings_without_a_backoff_fail_at_start(farm: FarmFactory) -> None:
-    config, _ = farm({"notifier": {"coa_timeout_s": 0.0}})
-    with pytest.raises(ConfigError, match="coa_timeout_s"):
-        await run(config, shutdown_trigger=asyncio.Event().wait)
+@pytest.mark.parametrize(
+    "settings",
+    [{"coa_timeout_s": 0.0}, {"coa_retries": -1}, {"coa_timeout_s": 4.0, "coa_max_timeout_s": 2.0}],
+)
+def test_coa_settings_without_a_backoff_fail_when_the_config_is_read(
+    farm: FarmFactory, settings: dict[str, float]
+) -> None:
+    name = next(iter(settings)) if len(settings) == 1 else "coa_max_timeout_s"
+    with pytest.raises(ConfigError, match=name):
+        farm({"notifier": settings})

@@ -5,14 +5,20 @@ Every notice carries the client's own authenticator over its exact bytes
 client's ``transport`` only:
 
 - ``nats``: to ``notice.<client>``, also signed with the bus key; the agent
-  answers with an Ack on the bus.
+  answers with an Ack on the bus (:mod:`services.notifier.transports.bus`).
 - ``radius-coa``: as a CoA-Request (RFC 5176) to the client's ``ip``:``coa_port``
-  under its RADIUS secret (:mod:`services.notifier.transports`); a CoA-ACK
+  under its RADIUS secret (:mod:`services.notifier.transports.coa`); a CoA-ACK
   settles it, a CoA-NAK or no answer after the RFC 5080 back-off
   (``coa_timeout_s`` doubling up to ``coa_max_timeout_s``, ``coa_retries``
   retransmissions of the same packet) fails that try.
 - ``icmp-echo``: as an ICMP Echo Request to the client's ``ip`` (needs root or
-  CAP_NET_RAW); the agent answers with an Ack on the bus.
+  CAP_NET_RAW); the agent answers with an Ack on the bus
+  (:mod:`services.notifier.transports.icmp`).
+
+The notifier holds one object of each transport, all of one protocol
+(:class:`services.notifier.transports.protocol.Transport`), and hands each
+notice to its client's. What it drops is counted by the bus's one drop path,
+so it shows on /metrics as ``aaa_failover_events_dropped``.
 
 Its fate is reported on ``delivery.<client>`` whatever the transport: sent,
 retried (again, while no Ack or CoA-ACK comes; each CoA retransmission too),
@@ -24,14 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
-from collections import Counter
 from collections.abc import Callable
 
 import prometheus_client
 
-from schemas import codec
 from schemas.events import (
     Ack,
     Delivery,
@@ -42,25 +45,11 @@ from schemas.events import (
 )
 from schemas.signing import AUTH_HEADER, SERVER_HEADER, client_authenticator
 from services.notifier.deliveries import DeliveryTracker, Failed, Pending, Sequencer
-from services.notifier.transports.coa import CoaClient
-from services.notifier.transports.icmp import IcmpSender
-from services.radius.icmp import IcmpUnavailable
-from services.radius.notice import (
-    NoticeMessage,
-    WireError,
-    backoff,
-    coa_request,
-    frame,
-    rfc5080_rand,
-)
-from services.radius.packet import dictionary
-from services.runtime.config import (
-    ClientConfig,
-    Config,
-    ConfigError,
-    NotifierConfig,
-    ServerConfig,
-)
+from services.notifier.transports.bus import BusTransport
+from services.notifier.transports.coa import CoaTransport
+from services.notifier.transports.icmp import IcmpTransport
+from services.notifier.transports.protocol import Transport
+from services.runtime.config import ClientConfig, Config, ServerConfig
 from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
 from services.runtime.state import StateStore
 
@@ -76,32 +65,6 @@ Notice = FailoverNotice | ReadmitNotice
 def notice_type(notice: Notice) -> str:
     """The wire tag of a notice (``notice.failover`` or ``notice.readmit``)."""
     return str(type(notice).__struct_config__.tag)
-
-
-def message_of(pending: Pending) -> NoticeMessage:
-    """The notice of a delivery in flight, as the CoA and ICMP transports carry it."""
-    return NoticeMessage(
-        server=pending.server,
-        payload=pending.payload,
-        authenticator=pending.headers.get(AUTH_HEADER, ""),
-        content_type=pending.headers.get(codec.CONTENT_TYPE, codec.JSON_TYPE),
-    )
-
-
-def check_transport_settings(settings: NotifierConfig) -> None:
-    """Raise ConfigError for CoA settings no back-off can be made of."""
-    if settings.coa_timeout_s <= 0:
-        raise ConfigError("notifier.coa_timeout_s must be positive")
-    if settings.coa_retries < 0:
-        raise ConfigError("notifier.coa_retries must not be negative")
-    if settings.coa_max_timeout_s < settings.coa_timeout_s:
-        raise ConfigError("notifier.coa_max_timeout_s must be at least coa_timeout_s")
-
-
-def coa_budget_s(settings: NotifierConfig) -> float:
-    """The longest a CoA exchange can take (its waits with RFC 5080 spread at most)."""
-    waits = backoff(settings.coa_timeout_s, settings.coa_retries, settings.coa_max_timeout_s)
-    return 1.1 * sum(waits)
 
 
 class Notifier:
@@ -120,13 +83,21 @@ class Notifier:
             retries=rt.config.notifier.retries,
             source=rt.bus.name,
         )
-        self.dropped: Counter[str] = Counter()
         self.wake = asyncio.Event()
-        self.coa = CoaClient()
-        self.icmp = IcmpSender()
-        self.rand = rfc5080_rand(random.Random())
-        self.coa_jobs: asyncio.Queue[str] = asyncio.Queue()
-        self.exchanges: dict[str, asyncio.Task[None]] = {}
+        drop = rt.bus.counters.drop
+        transports: list[Transport] = [
+            BusTransport(rt.bus, self, self.authenticator),
+            CoaTransport(
+                self,
+                rt.config.notifier,
+                self.clients,
+                self.secrets,
+                stopping=rt.stopping,
+                drop=drop,
+            ),
+            IcmpTransport(self, drop),
+        ]
+        self.transports = {t.name: t for t in transports}
         self.deliveries_total = prometheus_client.Counter(
             "aaa_failover_deliveries",
             "Delivery reports of notices, by outcome and the client's transport.",
@@ -135,27 +106,17 @@ class Notifier:
         )
 
     async def open_transports(self) -> None:
-        """Open the sockets the configured clients' transports need, and say what is missing.
+        """Open what the configured clients' transports send with, and say what is missing.
 
         Without raw sockets the icmp-echo transport cannot work: that is said
         once, here, and each ICMP notice then fails at once.
         """
-        transports = {c.transport for c in self.clients.values()}
-        if "radius-coa" in transports:
-            await self.coa.open()
-        if "icmp-echo" in transports:
-            try:
-                self.icmp.open()
-            except IcmpUnavailable as exc:
-                self._icmp_unavailable(exc)
-
-    def _icmp_unavailable(self, exc: IcmpUnavailable) -> None:
-        if self.dropped["icmp-unavailable"] == 0:
-            logger.error("%s", exc)
-        self.dropped["icmp-unavailable"] += 1
+        for name in sorted({c.transport for c in self.clients.values()}):
+            await self.transports[name].open()
 
     def drop(self, reason: str, detail: str) -> None:
-        self.dropped[reason] += 1
+        """Count an input dropped by the bus's drop path (``aaa_failover_events_dropped``)."""
+        self.rt.bus.counters.drop(reason)
         logger.warning("dropped %s: %s", reason, detail)
 
     # --- state in the KV bucket -----------------------------------------
@@ -174,6 +135,13 @@ class Notifier:
         await self.store.delete(notice_id)
 
     # --- sending --------------------------------------------------------
+
+    def authenticator(
+        self, client: ClientConfig, server_id: str
+    ) -> Callable[[bytes], dict[str, str]] | None:
+        """What adds a notice's client authenticator headers, or None for an unknown server."""
+        server = self.servers.get(server_id)
+        return None if server is None else self._authenticate(client, server)
 
     def _authenticate(
         self, client: ClientConfig, server: ServerConfig
@@ -223,144 +191,54 @@ class Notifier:
             now=time.time(),
         )
         await self._save(pending)
-        await self._report(delivery)
+        await self.report(delivery)
         await self._transmit(pending)
 
     async def _transmit(self, pending: Pending) -> None:
         """Send a tracked notice (again) by its client's transport."""
         client = self.clients.get(pending.client)
         if client is None:
-            await self._give_up(pending.notice_id, f"client {pending.client!r} is not configured")
+            await self.give_up(pending.notice_id, f"client {pending.client!r} is not configured")
             return
-        if client.transport == "radius-coa":
-            self.tracker.begin_exchange(
-                pending.notice_id, time.time(), coa_budget_s(self.config.notifier)
-            )
-            await self._save(pending)
-            self.coa_jobs.put_nowait(pending.notice_id)
-        elif client.transport == "icmp-echo":
-            await self._send_icmp(pending, client)
-        else:
-            await self.rt.bus.nc.publish(pending.subject, pending.payload, headers=pending.headers)
-            self.rt.bus.counters.published += 1
+        await self.transports[client.transport].transmit(pending, client)
 
-    async def _give_up(self, notice_id: str, reason: str) -> None:
+    # --- what the transports tell (transports.protocol.Deliveries) -------
+
+    def pending(self, notice_id: str) -> Pending | None:
+        return self.tracker.pending.get(notice_id)
+
+    async def hold(self, notice_id: str, hold_s: float) -> None:
+        pending = self.tracker.begin_exchange(notice_id, time.time(), hold_s)
+        if pending is not None:
+            await self._save(pending)
+
+    async def retransmitted(self, notice_id: str) -> None:
+        delivery = self.tracker.retransmitted(notice_id, time.time())
+        if delivery is not None:
+            await self.report(delivery)
+
+    async def acked(self, notice_id: str, client: str, now: float) -> Delivery | None:
+        delivery = self.tracker.acked(notice_id, client, now)
+        if delivery is not None:
+            await self._forget(notice_id)
+        return delivery
+
+    async def give_up(self, notice_id: str, reason: str) -> None:
         """Fail a notice that cannot be sent at all, and report it."""
         delivery = self.tracker.fail(notice_id, time.time())
         if delivery is None:
             return
         await self._forget(notice_id)
         logger.warning("notice %s to %s failed: %s", notice_id, delivery.client, reason)
-        await self._report(delivery)
+        await self.report(delivery)
 
-    async def _send_icmp(self, pending: Pending, client: ClientConfig) -> None:
-        try:
-            data = frame(message_of(pending))
-            await self.icmp.send(client.ip, data)
-        except IcmpUnavailable as exc:
-            self._icmp_unavailable(exc)
-            await self._give_up(pending.notice_id, str(exc))
-        except WireError as exc:
-            await self._give_up(pending.notice_id, f"cannot frame it for ICMP: {exc}")
-        except OSError as exc:
-            # the ack timeout sends it again
-            self.dropped["icmp-send-error"] += 1
-            logger.warning("ICMP Echo to %s for %s: %s", client.ip, pending.notice_id, exc)
-
-    async def _report(self, delivery: Delivery) -> None:
+    async def report(self, delivery: Delivery) -> None:
         client = self.clients.get(delivery.client)
         transport = client.transport if client is not None else "unknown"
         self.deliveries_total.labels(delivery.outcome, transport).inc()
         await self.rt.bus.publish(self.rt.bus.subjects.delivery(delivery.client), delivery)
 
-    # --- CoA exchanges --------------------------------------------------
-
-    async def coa_loop(self) -> None:
-        """Run one CoA exchange per notice handed to it, until the service stops.
-
-        Exchanges still running at shutdown are cancelled; their notices stay
-        in the KV bucket and a restarted notifier tries them again.
-        """
-        stopping = asyncio.ensure_future(self.rt.stopping.wait())
-        try:
-            async with asyncio.TaskGroup() as tg:
-                while True:
-                    job = asyncio.ensure_future(self.coa_jobs.get())
-                    await asyncio.wait({job, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                    if not job.done():
-                        job.cancel()
-                        break
-                    notice_id = job.result()
-                    self.exchanges[notice_id] = tg.create_task(
-                        self._exchange(notice_id), name=f"coa:{notice_id}"
-                    )
-                for task in list(self.exchanges.values()):
-                    task.cancel()
-        finally:
-            stopping.cancel()
-            self.coa.close()
-
-    async def _exchange(self, notice_id: str) -> None:
-        try:
-            await self._run_exchange(notice_id)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            self.dropped["coa-error"] += 1
-            logger.exception("CoA exchange of %s failed", notice_id)
-            await self._after_exchange_failed(notice_id, time.time())
-        finally:
-            self.exchanges.pop(notice_id, None)
-
-    async def _run_exchange(self, notice_id: str) -> None:
-        pending = self.tracker.pending.get(notice_id)
-        if pending is None:
-            return
-        client = self.clients.get(pending.client)
-        if client is None:
-            await self._give_up(notice_id, f"client {pending.client!r} is not configured")
-            return
-        settings = self.config.notifier
-        try:
-            request = coa_request(
-                message_of(pending), self.secrets[client.id], dictionary(), now=time.time()
-            )
-        except WireError as exc:
-            await self._give_up(notice_id, f"cannot carry it in a CoA-Request: {exc}")
-            return
-
-        async def on_retransmit(_: int) -> None:
-            delivery = self.tracker.retransmitted(notice_id, time.time())
-            if delivery is not None:
-                await self._report(delivery)
-
-        waits = backoff(
-            settings.coa_timeout_s, settings.coa_retries, settings.coa_max_timeout_s, self.rand
-        )
-        result = await self.coa.exchange(
-            request, (client.ip, client.coa_port), waits, on_retransmit
-        )
-        now = time.time()
-        if result.acked:
-            delivery = self.tracker.acked(notice_id, client.id, now)
-            if delivery is None:
-                return
-            await self._forget(notice_id)
-            logger.info("%s acked %s by CoA-ACK", client.id, notice_id)
-            await self._report(delivery)
-            return
-        self.dropped["coa-nak" if result.code is not None else "coa-unanswered"] += 1
-        logger.warning(
-            "CoA of %s to %s (%s:%d): %s",
-            notice_id,
-            client.id,
-            client.ip,
-            client.coa_port,
-            result.reason,
-        )
-        await self._after_exchange_failed(notice_id, now)
-
-    async def _after_exchange_failed(self, notice_id: str, now: float) -> None:
+    async def exchange_failed(self, notice_id: str, now: float) -> None:
         """Schedule a failed exchange's notice for another try, or report it failed."""
         outcome = self.tracker.exchange_failed(notice_id, now)
         if isinstance(outcome, Failed):
@@ -371,7 +249,7 @@ class Notifier:
                 outcome.pending.client,
                 outcome.pending.attempts,
             )
-            await self._report(outcome.delivery)
+            await self.report(outcome.delivery)
         elif outcome is not None:
             await self._save(outcome)
             self.wake.set()
@@ -444,15 +322,13 @@ class Notifier:
         await self.send_all(batch, server)
 
     async def on_ack(self, ack: Ack) -> None:
-        delivery = self.tracker.acked(ack.notice_id, ack.client, time.time())
-        exchange = self.exchanges.get(ack.notice_id)
-        if delivery is not None and exchange is not None:
-            exchange.cancel()
+        delivery = await self.acked(ack.notice_id, ack.client, time.time())
         if delivery is None:
-            self.dropped["unmatched-ack"] += 1
+            self.rt.bus.counters.drop("unmatched-ack")
             logger.debug("ack of %s by %s matches nothing in flight", ack.notice_id, ack.client)
             return
-        await self._forget(ack.notice_id)
+        for transport in self.transports.values():
+            transport.settled(ack.notice_id)
         logger.info(
             "%s acked %s (accepted=%s, on %s, %s)",
             ack.client,
@@ -461,7 +337,7 @@ class Notifier:
             ack.now_on or "-",
             ack.reason or "-",
         )
-        await self._report(delivery)
+        await self.report(delivery)
 
     # --- retries --------------------------------------------------------
 
@@ -480,10 +356,10 @@ class Notifier:
                         pending.client,
                         pending.attempts,
                     )
-                    await self._report(action.delivery)
+                    await self.report(action.delivery)
                 else:
                     await self._save(pending)
-                    await self._report(action.delivery)
+                    await self.report(action.delivery)
                     await self._transmit(pending)
             deadline = self.tracker.next_deadline()
             wait = timeout if deadline is None else min(timeout, deadline - time.time())
@@ -500,7 +376,6 @@ async def run(
     only: list[str] | None = None,
 ) -> None:
     """Run the notifier until shutdown (``only`` is not used by this service)."""
-    check_transport_settings(config.notifier)
 
     async def setup(rt: Runtime) -> None:
         notifier = Notifier(rt, await StateStore.open(rt.bus, NAME, Pending))
@@ -519,14 +394,12 @@ async def run(
             subjects.ack("*"), notifier.on_ack, types=(Ack,), accept_clients=True
         )
         rt.spawn(notifier.retry_loop(), "retries")
-        rt.spawn(notifier.coa_loop(), "coa")
-        rt.stack.callback(notifier.icmp.close)
+        for transport in notifier.transports.values():
+            rt.spawn(transport.run(), transport.name)
+            rt.stack.callback(transport.close)
+        # what it dropped is in the bus's counters, logged as the service stops
         rt.stack.callback(
-            lambda: logger.info(
-                "notifier dropped %s; %d notices still in flight",
-                dict(notifier.dropped),
-                len(notifier.tracker),
-            )
+            lambda: logger.info("notifier: %d notices still in flight", len(notifier.tracker))
         )
 
     await run_service(NAME, config, setup, shutdown_trigger=shutdown_trigger, bus_url=bus_url)

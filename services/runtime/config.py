@@ -491,7 +491,11 @@ class TargeterConfig(Base, frozen=True, kw_only=True):
 
 
 class NotifierConfig(Base, frozen=True, kw_only=True):
-    """Notice delivery: ack timeout and retries (RFC 5080 style back-off for CoA)."""
+    """Notice delivery: ack timeout and retries (RFC 5080 style back-off for CoA).
+
+    The CoA settings must make a back-off: a positive first wait, no negative
+    retries, and a maximum wait no shorter than the first.
+    """
 
     ack_timeout_s: float = 2.0
     retries: int = 3
@@ -505,6 +509,12 @@ class NotifierConfig(Base, frozen=True, kw_only=True):
             raise ValueError("ack_timeout_s must be positive")
         if self.retries < 0:
             raise ValueError("retries must not be negative")
+        if self.coa_timeout_s <= 0:
+            raise ValueError("coa_timeout_s must be positive")
+        if self.coa_retries < 0:
+            raise ValueError("coa_retries must not be negative")
+        if self.coa_max_timeout_s < self.coa_timeout_s:
+            raise ValueError("coa_max_timeout_s must be at least coa_timeout_s")
 
 
 class ReadmitterConfig(Base, frozen=True, kw_only=True):

@@ -8,20 +8,40 @@ Request Authenticator, RFC 5080 section 2.2.1) after each wait of its
 back-off, and gives up after the last one. Answers that do not verify are
 dropped and counted; when an exchange fails they are named in its reason,
 since they mostly mean the two ends hold different secrets.
+
+:class:`CoaTransport` is the notifier's ``radius-coa`` transport on it: one
+exchange task per notice, under the client's RADIUS secret, with the RFC
+5080 back-off of the notifier's settings (``coa_timeout_s`` doubling up to
+``coa_max_timeout_s``, ``coa_retries`` retransmissions of the same packet).
+A CoA-ACK settles the notice; a CoA-NAK or no answer fails that try.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.notifier.deliveries import Pending
+from services.notifier.transports.protocol import Deliveries, message_of
 from services.radius.endpoint import UdpEndpoint
-from services.radius.notice import COA_ACK, COA_NAK, ErrorCause, error_cause
-from services.radius.packet import verified_reply
+from services.radius.notice import (
+    COA_ACK,
+    COA_NAK,
+    ErrorCause,
+    WireError,
+    backoff,
+    coa_request,
+    error_cause,
+    rfc5080_rand,
+)
+from services.radius.packet import dictionary, verified_reply
+from services.runtime.config import ClientConfig, NotifierConfig
 
 logger = logging.getLogger(__name__)
 
@@ -196,3 +216,133 @@ class CoaClient:
             return
         if not exchange.answer.done():
             exchange.answer.set_result(answer)
+
+
+def coa_budget_s(settings: NotifierConfig) -> float:
+    """The longest a CoA exchange can take (its waits with RFC 5080 spread at most)."""
+    waits = backoff(settings.coa_timeout_s, settings.coa_retries, settings.coa_max_timeout_s)
+    return 1.1 * sum(waits)
+
+
+class CoaTransport:
+    """Notices as CoA-Requests to each client's ``ip``:``coa_port``, one exchange each."""
+
+    name = "radius-coa"
+
+    def __init__(
+        self,
+        deliveries: Deliveries,
+        settings: NotifierConfig,
+        clients: Mapping[str, ClientConfig],
+        secrets: Mapping[str, bytes],
+        *,
+        stopping: asyncio.Event,
+        drop: Callable[[str], None],
+    ) -> None:
+        self.deliveries = deliveries
+        self.settings = settings
+        self.clients = clients
+        self.secrets = secrets
+        self.stopping = stopping
+        self.drop = drop
+        self.client = CoaClient()
+        self.rand = rfc5080_rand(random.Random())
+        self.jobs: asyncio.Queue[str] = asyncio.Queue()
+        self.exchanges: dict[str, asyncio.Task[None]] = {}
+
+    async def open(self) -> None:
+        await self.client.open()
+
+    async def transmit(self, pending: Pending, client: ClientConfig) -> None:
+        await self.deliveries.hold(pending.notice_id, coa_budget_s(self.settings))
+        self.jobs.put_nowait(pending.notice_id)
+
+    def settled(self, notice_id: str) -> None:
+        exchange = self.exchanges.get(notice_id)
+        if exchange is not None:
+            exchange.cancel()
+
+    def close(self) -> None:
+        self.client.close()
+
+    async def run(self) -> None:
+        """Run one CoA exchange per notice handed to it, until the service stops.
+
+        Exchanges still running at shutdown are cancelled; their notices stay
+        in the KV bucket and a restarted notifier tries them again.
+        """
+        stopping = asyncio.ensure_future(self.stopping.wait())
+        try:
+            async with asyncio.TaskGroup() as tg:
+                while True:
+                    job = asyncio.ensure_future(self.jobs.get())
+                    await asyncio.wait({job, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                    if not job.done():
+                        job.cancel()
+                        break
+                    notice_id = job.result()
+                    self.exchanges[notice_id] = tg.create_task(
+                        self._exchange(notice_id), name=f"coa:{notice_id}"
+                    )
+                for task in list(self.exchanges.values()):
+                    task.cancel()
+        finally:
+            stopping.cancel()
+            self.client.close()
+
+    async def _exchange(self, notice_id: str) -> None:
+        try:
+            await self._run_exchange(notice_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.drop("coa-error")
+            logger.exception("CoA exchange of %s failed", notice_id)
+            await self.deliveries.exchange_failed(notice_id, time.time())
+        finally:
+            self.exchanges.pop(notice_id, None)
+
+    async def _run_exchange(self, notice_id: str) -> None:
+        pending = self.deliveries.pending(notice_id)
+        if pending is None:
+            return
+        client = self.clients.get(pending.client)
+        if client is None:
+            await self.deliveries.give_up(notice_id, f"client {pending.client!r} is not configured")
+            return
+        settings = self.settings
+        try:
+            request = coa_request(
+                message_of(pending), self.secrets[client.id], dictionary(), now=time.time()
+            )
+        except WireError as exc:
+            await self.deliveries.give_up(notice_id, f"cannot carry it in a CoA-Request: {exc}")
+            return
+
+        async def on_retransmit(_: int) -> None:
+            await self.deliveries.retransmitted(notice_id)
+
+        waits = backoff(
+            settings.coa_timeout_s, settings.coa_retries, settings.coa_max_timeout_s, self.rand
+        )
+        result = await self.client.exchange(
+            request, (client.ip, client.coa_port), waits, on_retransmit
+        )
+        now = time.time()
+        if result.acked:
+            delivery = await self.deliveries.acked(notice_id, client.id, now)
+            if delivery is None:
+                return
+            logger.info("%s acked %s by CoA-ACK", client.id, notice_id)
+            await self.deliveries.report(delivery)
+            return
+        self.drop("coa-nak" if result.code is not None else "coa-unanswered")
+        logger.warning(
+            "CoA of %s to %s (%s:%d): %s",
+            notice_id,
+            client.id,
+            client.ip,
+            client.coa_port,
+            result.reason,
+        )
+        await self.deliveries.exchange_failed(notice_id, now)
