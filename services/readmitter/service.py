@@ -43,6 +43,7 @@ from services.readmitter.waves import Readmission
 from services.runtime.config import Config, subject_tokens
 from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
 from services.runtime.middleware import guard, known_client, known_server
+from services.runtime.placement import homes
 from services.runtime.state import StateStore
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class Readmitter:
         self.store = store
         self.config: Config = rt.config
         self.servers = servers
-        self.homes = {c.id: c.home for c in rt.config.clients}
+        self.homes = homes(rt.config)
         self.core = ReadmitterCore(rt.config, source=NAME)
         self.state = ReadmitterState()
         self.waves_sent = 0

@@ -21,6 +21,7 @@ import msgspec
 from schemas.errors import Rejected
 from schemas.events import Ack, ClientStatus, Event, FailoverPlan, HealthReport, Incident
 from services.runtime.config import Config
+from services.runtime.placement import now_on
 from services.targeter.planning import split_plan
 from services.targeter.registry import ClientRecord, apply_status, merge, moved
 from services.targeter.steps import Tracked, next_step, step_due
@@ -68,10 +69,12 @@ class TargeterCore:
         if isinstance(event, ClientStatus):
             record = state.registry[event.client]
             return self._record(state, apply_status(record, event, self.servers)), []
-        if isinstance(event, Ack):
+        placed = now_on(event)
+        if isinstance(event, Ack) and placed is not None:
             record = state.registry[event.client]
-            if event.accepted and event.now_on in self.servers and event.now_on != record.current:
-                return self._record(state, moved(record, event.now_on, event.time)), []
+            server = placed[1]
+            if server in self.servers and server != record.current:
+                return self._record(state, moved(record, server, event.time)), []
         return state, []
 
     def on_incident(

@@ -18,7 +18,6 @@ import msgspec
 
 from schemas.events import (
     Ack,
-    ClientStatus,
     Delivery,
     Event,
     FailoverNotice,
@@ -30,6 +29,7 @@ from schemas.events import (
     ReadmitWave,
 )
 from services.runtime.config import Config
+from services.runtime.placement import Placement
 from services.tools.errors import ToolError
 from services.tools.tail import event_type, summary
 
@@ -400,29 +400,20 @@ def _placement(
     A client starts on its home; a ClientStatus moves it to ``current`` and an
     accepted Ack to ``now_on``.
     """
-    where: dict[str, str] = {c.id: c.home for c in config.clients} if config else {}
+    placement = Placement.start(config, ordered)
     order = [c.id for c in config.servers] if config else []
-    for e in ordered:
-        if isinstance(e, ClientStatus) and e.client not in where and e.home:
-            where[e.client] = e.home
     counts: dict[str, int] = {}
-    for home in where.values():
+    for home in placement.where.values():
         counts[home] = counts.get(home, 0) + 1
     series: dict[str, list[Count]] = {s: [Count(t=0.0, count=n)] for s, n in counts.items()}
     moved: list[str] = []
     returned: list[str] = []
     for e in ordered:
-        if isinstance(e, ClientStatus) and e.current:
-            client, now_on = e.client, e.current
-        elif isinstance(e, Ack) and e.accepted and e.now_on:
-            client, now_on = e.client, e.now_on
-        else:
+        move = placement.follow(e)
+        if move is None:
             continue
-        before = where.get(client)
-        if before == now_on:
-            continue
+        client, before, now_on = move
         t = rel(e.time)
-        where[client] = now_on
         for sid, delta in ((before, -1), (now_on, +1)):
             if sid is None:
                 continue
