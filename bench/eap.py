@@ -53,6 +53,7 @@ from bench.common import arguments, lacking, report, start_services, stop_servic
 from bench.freeradius_incident import farm_config, start_homes  # noqa: E402
 from schemas.events import Ack  # noqa: E402
 from services.demo import LogFiles  # noqa: E402
+from services.launch import registry  # noqa: E402
 from services.runtime.bus import Bus, Keyring  # noqa: E402
 from services.runtime.config import Config, load_config  # noqa: E402
 from services.runtime.natsserver import EmbeddedNats  # noqa: E402
@@ -171,7 +172,7 @@ async def running_agent(workdir: Path, h1: FreeRadius, h2: FreeRadius) -> AsyncI
     try:
         path, port = farm_config(workdir, h1, h2, nats.url)
         processes = await asyncio.to_thread(
-            start_services, [("agent", "agent", [])], path, nats.url, logs
+            start_services, registry.plan(load_config(path), ["agent"]), path, nats.url, logs
         )
         config = load_config(path)
         async with AsyncExitStack() as stack:

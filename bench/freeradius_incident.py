@@ -63,6 +63,7 @@ from bench.nas import Nas, Request, Target  # noqa: E402
 from schemas.events import ClientStatus, Incident  # noqa: E402
 from services.demo import LogFiles  # noqa: E402
 from services.farm import STREAM_MAX_BYTES, free_udp_port, write_config  # noqa: E402
+from services.launch import registry  # noqa: E402
 from services.radius.client import RadiusTimeout  # noqa: E402
 from services.runtime.bus import Bus, Keyring  # noqa: E402
 from services.runtime.config import ProxyConfig, Secret, load_config  # noqa: E402
@@ -88,7 +89,6 @@ START_SERVERS = 4
 PAID_S = 0.9 * ProxyConfig(nas_secret=Secret(env="-")).response_window_s
 """A request answered this long after it was sent, or lost, paid a response window."""
 POLL_S = 0.1
-CONTROL_SERVICES = ("collector", "evaluator", "targeter", "notifier", "readmitter")
 
 FULL = {"warmup_s": 5.0, "incident_s": 30.0, "recovery_s": 20.0}
 QUICK = {"warmup_s": 3.0, "incident_s": 10.0, "recovery_s": 12.0}
@@ -246,8 +246,9 @@ async def run_one(
                 nats = EmbeddedNats(workdir / "nats")
                 nats.start()
                 path, port = farm_config(workdir, h1, h2, nats.url)
-                plan = [(name, name, []) for name in CONTROL_SERVICES] if setup != "agent" else []
-                plan.append(("agent", "agent", []))
+                # the agent alone, or every service (no reference servers: H1 and H2 are real)
+                names = ["agent"] if setup == "agent" else None
+                plan = registry.plan(load_config(path), names)
                 processes = await asyncio.to_thread(start_services, plan, path, nats.url, logs)
                 await watch_bus(path, nats.url, seen, stack)
                 target = Target(IP, port, b"bench-nas")
