@@ -165,6 +165,19 @@ async def test_evaluator_serves_its_metrics(farm: FarmFactory) -> None:
             )
             assert dropped == 1
             assert value(after, "aaa_failover_handler_errors_total", **ev) == 0
+
+            # A guard's drop goes the same way: a sample of a server it does not know.
+            await obs.sample(HIGH, server="Z")
+            await obs.report_of(await obs.sample(HIGH))
+            guarded = await scrape(url)
+            assert (
+                value(guarded, "aaa_failover_events_dropped_total", reason="unknown-server", **ev)
+                == 1
+            )
+            handled = value(
+                guarded, "aaa_failover_handler_seconds_count", event="MetricsSample", **ev
+            )
+            assert handled is not None and handled >= 5
     # Stopped with the service: the port is closed.
     with pytest.raises(urllib.error.URLError):
         await asyncio.to_thread(_get, url)
