@@ -24,6 +24,7 @@ from pathlib import Path
 
 import psutil
 
+from schemas.errors import AaaFailoverError
 from schemas.events import ServiceCheck
 from services.collector.process import NotFound, find_process
 from services.radius import packet as radius
@@ -55,7 +56,7 @@ KILL_WAIT_S = 2.0
 WRITE_PROBE = b"aaa-failover writable check\n"
 
 
-class CheckFailed(Exception):
+class CheckFailed(AaaFailoverError):
     """The service is not available; the message says why."""
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import psutil
 
+from schemas.errors import AaaFailoverError
 from services.runtime.config import ProcessMatch
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ FOREGROUND_HINT = (
 """Why a configured pid file may never exist, and what to do about it."""
 
 
-class NotFound(Exception):
+class NotFound(AaaFailoverError):
     """The process could not be found; the message says why, ``hint`` what may help."""
 
     def __init__(self, message: str, *, hint: str = "") -> None:

@@ -15,6 +15,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from schemas.errors import AaaFailoverError
+
 logger = logging.getLogger(__name__)
 
 _TOKEN = re.compile(
@@ -33,7 +35,7 @@ _TOKEN = re.compile(
 )
 
 
-class RadiusdConfError(ValueError):
+class RadiusdConfError(AaaFailoverError, ValueError):
     """The configuration text cannot be read as FreeRADIUS configuration."""
 
 

@@ -16,11 +16,12 @@ from typing import Literal, TypeVar
 
 import msgspec
 
+from schemas.errors import AaaFailoverError
 from schemas.events import Endpoint
 from schemas.subjects import check_token, overlaps
 
 
-class ConfigError(Exception):
+class ConfigError(AaaFailoverError):
     """The configuration cannot be used; the message names the field."""
 
 

@@ -21,13 +21,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from schemas.errors import AaaFailoverError
+
 logger = logging.getLogger(__name__)
 
 _LISTEN = re.compile(r"Listening for client connections on [^\s]*:(\d+)")
 _READY = "Server is ready"
 
 
-class NatsServerError(RuntimeError):
+class NatsServerError(AaaFailoverError, RuntimeError):
     """The embedded nats-server could not be found or did not start."""
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from schemas.errors import AaaFailoverError
 
-class ToolError(Exception):
+
+class ToolError(AaaFailoverError):
     """What an operator asked of a tool cannot be done; the message is one line."""
