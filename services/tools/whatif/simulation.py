@@ -143,31 +143,10 @@ class _Farm:
     def clients(self, event: Event | WaveDue, now: float) -> list[Ack]:
         """What the clients answer: each moved goes to its first alternate, each readmitted home."""
         if isinstance(event, FailoverPlan):
-            return [
-                Ack(
-                    time=now,
-                    source=SOURCE,
-                    notice_id=event.plan_id,
-                    client=move.client,
-                    server=event.server,
-                    accepted=True,
-                    now_on=move.alternates[0],
-                )
-                for move in event.moves
-            ]
+            moves = [(move.client, move.alternates[0]) for move in event.moves]
+            return [_ack(event.plan_id, event.server, c, to, now) for c, to in moves]
         if isinstance(event, ReadmitWave):
-            return [
-                Ack(
-                    time=now,
-                    source=SOURCE,
-                    notice_id=event.id,
-                    client=client,
-                    server=event.server,
-                    accepted=True,
-                    now_on=event.server,
-                )
-                for client in event.clients
-            ]
+            return [_ack(event.id, event.server, c, event.server, now) for c in event.clients]
         return []
 
     def observe(self, event: Event, now: float) -> None:
@@ -218,6 +197,19 @@ class _Farm:
             incident.recovering_at = now
         if event.state == "closed":
             incident.closed_at = now
+
+
+def _ack(notice_id: str, server: str, client: str, now_on: str, now: float) -> Ack:
+    """A client's Ack: it did as told and is on ``now_on``."""
+    return Ack(
+        time=now,
+        source=SOURCE,
+        notice_id=notice_id,
+        client=client,
+        server=server,
+        accepted=True,
+        now_on=now_on,
+    )
 
 
 def _placement(config: Config, events: Sequence[Event], before: float) -> TargeterState:
