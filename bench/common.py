@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from services.supervisor import LogSink, ServiceProcess
+    from services.launch.supervisor import LogSink, ServiceProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -225,7 +225,7 @@ def start_services(
     """Each ``(name, service, extra argv)`` of ``plan`` as its own ``aaa-failover run``
     process on the bus at ``bus_url``, started and ready; RuntimeError if one is not."""
     from services.launch.registry import run_argv
-    from services.supervisor import ServiceProcess
+    from services.launch.supervisor import ServiceProcess
 
     processes: list[ServiceProcess] = []
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}

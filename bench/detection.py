@@ -2,7 +2,7 @@
 
 The evaluator, targeter, notifier and the agent of one client (``nas-01``,
 home ``A``, alternates ``B`` and ``C``) run as their own processes
-(``python -m services.cli run <service>``) on an embedded nats-server, with
+(``python -m services.launch.cli run <service>``) on an embedded nats-server, with
 ``evaluator.failover_samples = 1`` so one sample opens an incident. This
 process feeds healthy samples of ``B`` and ``C`` once a second (as their
 collectors would), then, per incident:
@@ -44,8 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import common
 from schemas.codec import decode
 from schemas.events import Ack, Incident, MetricsSample, ReadmitWave
-from services.farm import farm_dict, write_config
 from services.launch import registry
+from services.launch.farm import farm_dict, write_config
 from services.runtime.bus import Bus, Keyring
 from services.runtime.config import Config, load_config
 from services.runtime.lifecycle import says_started

@@ -52,8 +52,8 @@ if str(ROOT) not in sys.path:
 from bench.common import arguments, lacking, report, start_services, stop_services, table  # noqa: E402
 from bench.freeradius_incident import farm_config, start_homes  # noqa: E402
 from schemas.events import Ack  # noqa: E402
-from services.demo import LogFiles  # noqa: E402
 from services.launch import registry  # noqa: E402
+from services.launch.demo import LogFiles  # noqa: E402
 from services.runtime.bus import Bus, Keyring  # noqa: E402
 from services.runtime.config import Config, load_config  # noqa: E402
 from services.runtime.natsserver import EmbeddedNats  # noqa: E402

@@ -1,7 +1,7 @@
 """Benchmark of notice fan-out beside its floor: the same number of raw messages over NATS.
 
 Starts an embedded nats-server and the real notifier (``python -m
-services.cli run notifier``, its own process) on a farm of up to 10,000
+services.launch.cli run notifier``, its own process) on a farm of up to 10,000
 clients (``--quick``: 1,000), each with its own shared secret. For each size
 N it times, interleaved in one run:
 
@@ -53,7 +53,7 @@ from schemas import codec  # noqa: E402
 from schemas.events import Ack, Delivery, FailoverPlan, Move  # noqa: E402
 from schemas.signing import AUTH_HEADER, SERVER_HEADER, Rejected, client_key_id  # noqa: E402
 from services.agent.receive import verify_notice  # noqa: E402
-from services.farm import farm_dict  # noqa: E402
+from services.launch.farm import farm_dict  # noqa: E402
 from services.runtime.bus import Bus, Keyring, Signer  # noqa: E402
 from services.runtime.config import Config, load_config  # noqa: E402
 from services.runtime.natsserver import EmbeddedNats  # noqa: E402
@@ -93,7 +93,7 @@ def client_ip(index: int) -> str:
 def write_config(directory: Path, clients: int, bus_url: str) -> Path:
     """Write a farm of three servers and ``clients`` clients on ``A``; its config path.
 
-    The servers and bus key come from :func:`services.farm.farm_dict`; the
+    The servers and bus key come from :func:`services.launch.farm.farm_dict`; the
     clients and their secret files are written here directly, which is much
     faster than a TOML library for 10,000 of them.
     """
@@ -345,7 +345,7 @@ async def measure(
     try:
         path = write_config(workdir / "farm", max(sizes), nats_server.url)
         config = load_config(path)
-        notifier_argv = [sys.executable, "-m", "services.cli", "--log-level", "WARNING"]
+        notifier_argv = [sys.executable, "-m", "services.launch.cli", "--log-level", "WARNING"]
         notifier_argv += ["run", "notifier", "-c", str(path)]
         raw_argv = [
             sys.executable,
@@ -434,7 +434,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             **params,
             "servers": list(SERVERS),
             "raw_bytes": RAW_BYTES,
-            "notifier": "python -m services.cli run notifier (own process)",
+            "notifier": "python -m services.launch.cli run notifier (own process)",
             "receivers": "verify_notice per client, in the benchmark's process",
             "baseline": "plain nats-py: one process publishes N messages to N subjects",
             "store": "context, measured once per size: N sequential JetStream KV puts",

@@ -61,14 +61,14 @@ from bench.common import (  # noqa: E402
 )
 from bench.nas import Nas, Request, Target  # noqa: E402
 from schemas.events import ClientStatus, Incident  # noqa: E402
-from services.demo import LogFiles  # noqa: E402
-from services.farm import STREAM_MAX_BYTES, free_udp_port, write_config  # noqa: E402
 from services.launch import registry  # noqa: E402
+from services.launch.demo import LogFiles  # noqa: E402
+from services.launch.farm import STREAM_MAX_BYTES, free_udp_port, write_config  # noqa: E402
+from services.launch.supervisor import ServiceProcess  # noqa: E402
 from services.radius.client import RadiusTimeout  # noqa: E402
 from services.runtime.bus import Bus, Keyring  # noqa: E402
 from services.runtime.config import ProxyConfig, Secret, load_config  # noqa: E402
 from services.runtime.natsserver import EmbeddedNats  # noqa: E402
-from services.supervisor import ServiceProcess  # noqa: E402
 from tests.freeradius import (  # noqa: E402
     IP,
     PASSWORD,

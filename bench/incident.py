@@ -1,7 +1,7 @@
 """Benchmark of one overload incident: client-side failover alone, then with aaa-failover.
 
 Each scenario gets a fresh farm: an embedded nats-server, three reference
-servers ``A``, ``B`` and ``C`` (``python -m services.cli run aaa --only X``,
+servers ``A``, ``B`` and ``C`` (``python -m services.launch.cli run aaa --only X``,
 one process each) and ONE agent process serving every client, each client
 with a ``proxy`` section on its own loopback address. A load generator in
 this process plays the NAS devices: it sends Access-Requests at a steady
@@ -54,15 +54,15 @@ from bench.common import (  # noqa: E402
     write,
 )
 from schemas.events import ClientStatus, Incident, ServerControl  # noqa: E402
-from services.demo import LogFiles  # noqa: E402
-from services.farm import farm_dict, free_udp_port, write_config  # noqa: E402
 from services.launch import registry  # noqa: E402
+from services.launch.demo import LogFiles  # noqa: E402
+from services.launch.farm import farm_dict, free_udp_port, write_config  # noqa: E402
+from services.launch.supervisor import ServiceProcess  # noqa: E402
 from services.radius.client import RadiusClient, RadiusTimeout, query_status  # noqa: E402
 from services.radius.packet import ACCESS_ACCEPT, access_request  # noqa: E402
 from services.runtime.bus import Bus, Keyring  # noqa: E402
 from services.runtime.config import Config, ProxyConfig, Secret, load_config  # noqa: E402
 from services.runtime.natsserver import EmbeddedNats  # noqa: E402
-from services.supervisor import ServiceProcess  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

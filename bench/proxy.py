@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import common  # noqa: E402
-from services.farm import farm_dict, free_udp_port, write_config  # noqa: E402
+from services.launch.farm import farm_dict, free_udp_port, write_config  # noqa: E402
 from services.radius.client import RadiusClient, RadiusTimeout, query_status  # noqa: E402
 from services.radius.packet import ACCESS_ACCEPT, access_request  # noqa: E402
 from services.runtime.config import Config, load_config  # noqa: E402

@@ -1,6 +1,6 @@
 """Throughput: signed MetricsSamples per second one evaluator process turns into HealthReports.
 
-The evaluator runs as its own process (``python -m services.cli run
+The evaluator runs as its own process (``python -m services.launch.cli run
 evaluator``) on an embedded nats-server, for a farm of 200 servers. Per round
 this process pre-encodes and signs N samples (healthy, round-robin over the
 servers, so no incident opens and nothing is written to KV), starts a bare
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import common
 from bench.detection import good_sample as sample
 from bench.detection import read, start, wait_started
-from services.farm import farm_dict, write_config
+from services.launch.farm import farm_dict, write_config
 from services.runtime.bus import Bus, Keyring
 from services.runtime.config import Config, load_config
 from services.runtime.natsserver import EmbeddedNats
@@ -218,7 +218,7 @@ async def measure(params: dict[str, int], workdir: Path) -> dict[str, Any]:
         config, path = build_config(workdir / "farm", nats.url, params["servers"])
         servers = [s.id for s in config.servers]
         log = workdir / "evaluator.log"
-        argv = [sys.executable, "-m", "services.cli", "run", "evaluator", "-c", str(path)]
+        argv = [sys.executable, "-m", "services.launch.cli", "run", "evaluator", "-c", str(path)]
         evaluator = start(procs, argv, log)
         await wait_started("evaluator", evaluator, log)
         rounds: list[dict[str, Any]] = []

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common
 from schemas.events import MetricsSample
-from services.farm import write_farm
+from services.launch.farm import write_farm
 from services.runtime.bus import Bus, Keyring
 from services.runtime.config import Config
 from services.runtime.natsserver import EmbeddedNats
@@ -36,7 +36,7 @@ QUICK = {"window_s": 6.0, "interval_s": 1.0}
 
 
 def _start(stack: ExitStack, service: str, path: Path, *extra: str) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "services.cli", "run", service, "-c", str(path), *extra]
+    argv = [sys.executable, "-m", "services.launch.cli", "run", service, "-c", str(path), *extra]
     return stack.enter_context(common.process(argv, path.parent / f"{service}.log"))
 
 

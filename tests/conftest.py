@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from services.farm import write_farm
+from services.launch.farm import write_farm
 from services.runtime.config import Config
 from services.runtime.natsserver import EmbeddedNats
 from tests import needs

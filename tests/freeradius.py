@@ -58,7 +58,7 @@ import pytest
 from pyrad import packet
 from pyrad.dictionary import Dictionary
 
-from services.farm import free_udp_port
+from services.launch.farm import free_udp_port
 from services.radius.client import RadiusClient, RadiusTimeout, query_status
 from services.radius.packet import DICTIONARY_PATH, STATUS_SERVER, reply_values
 from tests import needs

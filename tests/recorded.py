@@ -48,7 +48,7 @@ class RecordedDemo:
 def recorded_demo(tmp_path_factory: pytest.TempPathFactory) -> RecordedDemo:
     directory = tmp_path_factory.mktemp("recorded") / "demo"
     result = subprocess.run(
-        [sys.executable, "-m", "services.cli", "demo", "--keep", str(directory)],
+        [sys.executable, "-m", "services.launch.cli", "demo", "--keep", str(directory)],
         capture_output=True,
         text=True,
         timeout=120,

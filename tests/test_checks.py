@@ -15,7 +15,7 @@ import pytest
 
 from services.aaa import service as aaa
 from services.collector.checks import run_check, run_checks
-from services.farm import free_udp_port
+from services.launch.farm import free_udp_port
 from services.runtime.config import (
     BusConfig,
     CommandCheck,

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from schemas.events import Ack, ClientStatus, FailoverPlan, Incident, ReadmitWave, ServerControl
+from services.launch.supervisor import Supervisor
 from services.runtime.bus import Bus, Keyring
 from services.runtime.config import Config
-from services.supervisor import Supervisor
 from tests.conftest import FarmFactory
 from tests.helpers import Recorder
 

@@ -18,7 +18,7 @@ from schemas.events import (
     UpstreamReport,
 )
 from services.evaluator.core import EvaluatorCore, EvaluatorState
-from services.farm import write_farm
+from services.launch.farm import write_farm
 from services.runtime.config import Config
 
 T0 = 1_700_000_000.0

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from schemas.events import HealthReport
-from services.cli import main
+from services.launch.cli import main
 from services.tools.recording import WindowSpec, load
 from tests import needs
 from tests.recorded import RecordedDemo

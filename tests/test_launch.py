@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from services.farm import write_farm
 from services.launch import registry
+from services.launch.farm import write_farm
 
 
 def test_up_starts_a_server_each_then_the_deciders_the_collector_and_the_agent(
@@ -35,7 +35,7 @@ def test_without_clients_no_agent_and_a_sandbox_runs_the_deciders_alone(tmp_path
 def test_a_run_command_and_an_unknown_service() -> None:
     argv = registry.run_argv("agent", Path("farm.toml"), bus_url="nats://x", args=["--only", "n"])
     assert argv == [
-        sys.executable, "-m", "services.cli", "run", "agent",
+        sys.executable, "-m", "services.launch.cli", "run", "agent",
         "-c", "farm.toml", "--bus-url", "nats://x", "--only", "n",
     ]  # fmt: skip
     assert registry.service("evaluator").entry().__module__ == "services.evaluator.service"

@@ -15,9 +15,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.events import MetricsSample
-from services.cli import main
 from services.evaluator.service import run
-from services.farm import farm_dict, write_config
+from services.launch.cli import main
+from services.launch.farm import farm_dict, write_config
 from services.runtime.bus import Signer
 from services.runtime.config import ConfigError, MetricsConfig, load_config
 from tests.conftest import FarmFactory

@@ -32,7 +32,7 @@ from schemas.signing import (
     client_key_id,
     verify_client_authenticator,
 )
-from services.farm import farm_dict, free_udp_port
+from services.launch.farm import farm_dict, free_udp_port
 from services.notifier.deliveries import DeliveryTracker, Failed, Retry
 from services.notifier.service import run
 from services.runtime.bus import Bus, Signer

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from schemas.events import Ack, ClientStatus, HealthReport
-from services.farm import write_farm
+from services.launch.farm import write_farm
 from services.runtime.placement import Placement, homes, now_on
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from services.cli import main
-from services.farm import farm_dict, write_config
+from services.launch.cli import main
+from services.launch.farm import farm_dict, write_config
 
 
 def _config(tmp_path: Path) -> Path:

@@ -20,7 +20,7 @@ from pyrad import packet
 from schemas.events import Ack, ClientStatus, FailoverNotice, ReadmitNotice, UpstreamReport
 from services.aaa import service as aaa
 from services.agent import service as agent
-from services.farm import free_udp_port
+from services.launch.farm import free_udp_port
 from services.radius.packet import Dropped, dictionary
 from services.radius.reencode import (
     decode_request,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from schemas.events import FailoverPlan, HealthReport, Incident, Move, ReadmitRequest
-from services.farm import write_farm
+from services.launch.farm import write_farm
 from services.readmitter.core import ReadmitterCore, ReadmitterState, WaveDue
 
 T0 = 1_700_000_000.0

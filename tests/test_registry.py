@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from schemas.events import ClientStatus
-from services.farm import farm_dict, write_config
+from services.launch.farm import farm_dict, write_config
 from services.runtime.config import Config, load_config
 from services.targeter.registry import (
     ClientRecord,

@@ -71,7 +71,7 @@ def test_replay_prints_the_incident_from_the_stored_stream(recorded_demo: Record
     def replay_cli(*extra: str) -> str:
         result = subprocess.run(
             [
-                sys.executable, "-m", "services.cli", "--log-level", "WARNING", "replay",
+                sys.executable, "-m", "services.launch.cli", "--log-level", "WARNING", "replay",
                 "-c", str(demo.config_path), "--incident", demo.incident_id, *extra,
             ],
             capture_output=True, text=True, timeout=60,
@@ -192,7 +192,7 @@ def test_a_sandbox_never_shares_the_live_prefix(recorded_demo: RecordedDemo) -> 
 def test_only_decision_services_run_in_a_sandbox(recorded_demo: RecordedDemo) -> None:
     result = subprocess.run(
         [
-            sys.executable, "-m", "services.cli", "run", "collector",
+            sys.executable, "-m", "services.launch.cli", "run", "collector",
             "-c", str(recorded_demo.config_path), "--sandbox", "replay1",
         ],
         capture_output=True, text=True, timeout=30,

@@ -21,7 +21,7 @@ from schemas.signing import (
     verify_client_authenticator,
 )
 from schemas.subjects import Subjects
-from services.cli import main
+from services.launch.cli import main
 
 
 def test_checked_in_json_schemas_are_current() -> None:

@@ -28,7 +28,7 @@ from services.aaa import service as aaa
 from services.agent import service as agent
 from services.collector import service as collector
 from services.evaluator import service as evaluator
-from services.farm import free_udp_port
+from services.launch.farm import free_udp_port
 from services.notifier import service as notifier
 from services.radius.client import RadiusClient, RadiusTimeout
 from services.radius.packet import access_request

@@ -206,7 +206,7 @@ def test_filter_of_an_undecodable_payload_uses_the_subject() -> None:
 
 def test_tail_command_runs_until_sigterm_and_exits_0(farm: FarmFactory) -> None:
     config, path = farm(clients=1)
-    argv = [sys.executable, "-m", "services.cli", "tail", "-c", str(path), "--server", "A"]
+    argv = [sys.executable, "-m", "services.launch.cli", "tail", "-c", str(path), "--server", "A"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     err: list[str] = []
     started = threading.Event()

@@ -9,7 +9,7 @@ import pytest
 
 from schemas.errors import Rejected
 from schemas.events import Ack, ClientStatus, HealthReport, Incident
-from services.farm import write_farm
+from services.launch.farm import write_farm
 from services.runtime.config import Config
 from services.targeter.core import TargeterCore, TargeterState
 

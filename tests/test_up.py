@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from services.farm import write_farm
+from services.launch.farm import write_farm
 from services.runtime import busfile
 from tests.conftest import FarmFactory
 from tests.helpers import watch_stderr
@@ -24,7 +24,9 @@ def running_up(*args: str) -> Iterator[str]:
     """`aaa-failover up ARGS` from all services started to a clean SIGTERM exit;
     yields the command lines of its child processes, joined."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "up", *args], stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "services.launch.cli", "up", *args],
+        stderr=subprocess.PIPE,
+        text=True,
     )
     lines, started, reader = watch_stderr(proc, lambda line: "all services started" in line)
     children: list[psutil.Process] = []
@@ -72,7 +74,7 @@ def test_up_in_a_sandbox_runs_the_decision_services_alone(farm: FarmFactory) -> 
 def test_up_in_a_sandbox_needs_the_bus_of_the_recording(tmp_path: Path) -> None:
     _, path = write_farm(tmp_path / "farm", bus_url=None, clients=1)
     result = subprocess.run(
-        [sys.executable, "-m", "services.cli", "up", "-c", str(path), "--sandbox", "sbx"],
+        [sys.executable, "-m", "services.launch.cli", "up", "-c", str(path), "--sandbox", "sbx"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -91,7 +93,7 @@ def test_tools_given_only_the_config_find_the_bus_of_a_running_up(tmp_path: Path
         assert "up" in psutil.Process(found.pid).cmdline()
 
         tail = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "tail", "-c", str(path), "--server", "A"],
+            [sys.executable, "-m", "services.launch.cli", "tail", "-c", str(path), "--server", "A"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -128,7 +130,7 @@ def test_tools_given_only_the_config_find_the_bus_of_a_running_up(tmp_path: Path
 
         # a second `up` of the same config would run every service twice: refused
         second = subprocess.run(
-            [sys.executable, "-m", "services.cli", "up", "-c", str(path)],
+            [sys.executable, "-m", "services.launch.cli", "up", "-c", str(path)],
             capture_output=True,
             text=True,
             timeout=30,

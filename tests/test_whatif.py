@@ -26,7 +26,7 @@ from schemas.events import (
     ReadmitWave,
     UpstreamReport,
 )
-from services.farm import write_farm
+from services.launch.farm import write_farm
 from services.runtime.config import Config, ConfigError
 from services.targeter.steps import step_due
 from services.tools.whatif import (

@@ -1,3 +1,3 @@
-from services.cli import module_main
+from services.launch.cli import module_main
 
 module_main("aaa")

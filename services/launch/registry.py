@@ -132,7 +132,7 @@ def run_argv(
     service: str, config_path: Path, *, bus_url: str | None = None, args: Sequence[str] = ()
 ) -> list[str]:
     """The command line of one service's process: `aaa-failover run` with this interpreter."""
-    argv = [sys.executable, "-m", "services.cli", "run", service, "-c", str(config_path)]
+    argv = [sys.executable, "-m", "services.launch.cli", "run", service, "-c", str(config_path)]
     if bus_url is not None:
         argv += ["--bus-url", bus_url]
     return [*argv, *args]

@@ -4,7 +4,7 @@ With no bus URL in the config it first starts the embedded nats-server, on a
 free port, and writes its URL to the config's bus file (``farm.toml.bus``,
 services/runtime/busfile.py) so that the tools given only ``-c`` find it; the
 file goes when the supervisor stops. Each service runs as
-`python -m services.cli run <service> -c FILE --bus-url URL`; a service that
+`python -m services.launch.cli run <service> -c FILE --bus-url URL`; a service that
 exits unexpectedly is restarted with back-off. On SIGINT or SIGTERM the
 services are stopped in reverse start order (SIGTERM, then SIGKILL after a
 grace period) and the embedded server last.

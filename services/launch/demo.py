@@ -31,10 +31,10 @@ from schemas.events import (
     ReadmitWave,
     ServerControl,
 )
-from services.farm import write_farm
+from services.launch.farm import write_farm
+from services.launch.supervisor import Supervisor
 from services.runtime.bus import Bus, Keyring
 from services.runtime.config import Config
-from services.supervisor import Supervisor
 
 OVERLOADED = "A"
 

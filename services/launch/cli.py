@@ -200,11 +200,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return _run(args)
         if args.command == "up":
-            from services.supervisor import up
+            from services.launch.supervisor import up
 
             return up(_config(args), Path(args.config))
         if args.command == "demo":
-            from services.demo import demo
+            from services.launch.demo import demo
 
             return demo(clients=args.clients, overload_s=args.overload_s, keep=args.keep)
         if args.command == "plan":
