@@ -1,10 +1,10 @@
 """EAP conversations on real FreeRADIUS through moves: the agent's proxy beside straight to
 FreeRADIUS and a FreeRADIUS proxy with a fail-over pool, in one run.
 
-H1 and H2 are FreeRADIUS 3.2.1 home servers with PEAP and TTLS (``tests/freeradius.py``,
+H1 and H2 are FreeRADIUS 3.2.1 home servers with PEAP and TTLS (``tests/support/freeradius.py``,
 ``eap=True``; one CA), every Access-Request delayed ``ROUND_DELAY_S`` by the slow
 backend, so that every round trip of a conversation takes a while. A stream of
-PEAP-MSCHAPv2 conversations from ``eapol_test`` (``tests/eap.py``) keeps ``PARALLEL``
+PEAP-MSCHAPv2 conversations from ``eapol_test`` (``tests/support/eap.py``) keeps ``PARALLEL``
 under way at once, each a new device, each about ten round trips bound by ``State``
 to the server that began it. A conversation is ``ok`` when it ends in Access-Accept
 with the keys matching on both sides, ``rejected`` when an Access-Reject ended it,
@@ -57,9 +57,9 @@ from services.launch.demo import LogFiles  # noqa: E402
 from services.runtime.bus import Bus, Keyring  # noqa: E402
 from services.runtime.config import Config, load_config  # noqa: E402
 from services.runtime.natsserver import EmbeddedNats  # noqa: E402
-from tests.eap import EapResult, Supplicant, start, station_mac  # noqa: E402
-from tests.freeradius import IP, FreeRadius, FreeRadiusProxy  # noqa: E402
-from tests.notices import Notices  # noqa: E402
+from tests.support.eap import EapResult, Supplicant, start, station_mac  # noqa: E402
+from tests.support.freeradius import IP, FreeRadius, FreeRadiusProxy  # noqa: E402
+from tests.support.notices import Notices  # noqa: E402
 
 NAME = "eap"
 PARALLEL = 16

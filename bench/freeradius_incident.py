@@ -1,6 +1,6 @@
 """One incident on real FreeRADIUS, the same NAS load through three set-ups, in one run.
 
-H1 and H2 are FreeRADIUS 3.2.1 home servers (``tests/freeradius.py``: an
+H1 and H2 are FreeRADIUS 3.2.1 home servers (``tests/support/freeradius.py``: an
 rlm_perl backend that delays a share of the requests, a thread pool of 256
 that grows instead of queueing, Status-Server answered at once whatever the
 backend does). A NAS (``bench/nas.py``) sends 100 Access-Requests a second,
@@ -69,7 +69,7 @@ from services.radius.client import RadiusTimeout  # noqa: E402
 from services.runtime.bus import Bus, Keyring  # noqa: E402
 from services.runtime.config import ProxyConfig, Secret, load_config  # noqa: E402
 from services.runtime.natsserver import EmbeddedNats  # noqa: E402
-from tests.freeradius import (  # noqa: E402
+from tests.support.freeradius import (  # noqa: E402
     IP,
     PASSWORD,
     USER,

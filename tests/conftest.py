@@ -13,9 +13,11 @@ import pytest
 from services.launch.farm import write_farm
 from services.runtime.config import Config
 from services.runtime.natsserver import EmbeddedNats
-from tests import needs
+from tests.support import needs
 
-pytest_plugins = ["tests.freeradius", "tests.recorded"]
+TESTS = Path(__file__).resolve().parent
+
+pytest_plugins = ["tests.support.freeradius", "tests.support.recorded"]
 
 
 # Markers (pyproject.toml) that a test's fixtures tell; each fixture also counts through the
@@ -26,17 +28,26 @@ FIXTURE_MARKERS = {
     "freeradius": ("freeradius",),
     "freeradius_proxy": ("freeradius",),
 }
+LAYER_MARKERS = {
+    "bus": ("nats",),
+    "freeradius": ("freeradius",),
+}
+"""Markers that every test of a layer's folder (``tests/<layer>/``) carries, whatever it uses."""
 SLOW_TIMEOUT_S = 90
 """A test that allows itself this long (``@pytest.mark.timeout``) is slow."""
 
 
 def _kinds(item: pytest.Item) -> set[str]:
-    """The markers of ``item`` known from its fixtures, its module and its other marks."""
+    """The markers of ``item`` known from its fixtures, its folder, its module and its other
+    marks. A benchmark's short real run (``test_bench_*`` in bus/ or freeradius/) is ``bench``;
+    its figures on plain records (unit/bench/) are unit tests like any other."""
     kinds = {m for f in getattr(item, "fixturenames", ()) for m in FIXTURE_MARKERS.get(f, ())}
-    module = item.path.stem
-    if module.startswith("test_bench_"):
+    where = item.path.relative_to(TESTS).parts if item.path.is_relative_to(TESTS) else ()
+    layer = where[0] if len(where) > 1 else ""
+    kinds.update(LAYER_MARKERS.get(layer, ()))
+    if layer in LAYER_MARKERS and item.path.stem.startswith("test_bench_"):
         kinds.add("bench")
-    if module == "test_soak":
+    if where == ("bus", "test_soak.py"):
         kinds.add("slow")
     if item.get_closest_marker("raw_sockets") is not None:
         kinds.add("root")

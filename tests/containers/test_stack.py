@@ -44,7 +44,7 @@ from schemas.events import (
 )
 from services.runtime.bus import Bus, Keyring
 from services.runtime.config import Config, load_config
-from tests.helpers import Recorder
+from tests.support.helpers import Recorder
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "compose"

@@ -1,0 +1,96 @@
+"""The notifier sending notices in ICMP Echo Requests to an IcmpListener, on a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from schemas.events import FailoverNotice
+from schemas.signing import Rejected
+from services.agent.icmp import IcmpListener
+from services.agent.receive import verify_notice
+from services.notifier.transports import icmp as notifier_icmp
+from services.runtime.config import Config
+from tests.conftest import FarmFactory
+from tests.support.notifying import harness, notifier, transport_farm
+
+TIMEOUT = 5.0
+
+# --- listener and notifier on loopback --------------------------------------
+
+
+def verifying(config: Config, client_id: str, seen: asyncio.Queue[Any]) -> Any:
+    """An on_notice callback that verifies as the agent does and reports what it got."""
+    client = config.client(client_id)
+    secret = config.read_secret(client.secret)
+    servers = {s.id: s for s in config.servers}
+
+    async def on_notice(server: str, payload: bytes, auth: str | None, ct: str | None) -> bool:
+        try:
+            notice = verify_notice(client, secret, servers, server, payload, auth, ct)
+        except Rejected as exc:
+            await seen.put(exc.reason)
+            return False
+        await seen.put(notice)
+        return True
+
+    return on_notice
+
+
+@pytest.mark.raw_sockets
+async def test_icmp_notice_is_verified_by_the_client_and_settled_by_its_bus_ack(
+    farm: FarmFactory, tmp_path: Path
+) -> None:
+    config = transport_farm(farm, tmp_path, {"nas-01": "icmp-echo"}, {"ack_timeout_s": 5.0})
+    client = config.client("nas-01")
+    seen: asyncio.Queue[Any] = asyncio.Queue()
+    async with (
+        harness(config) as h,
+        IcmpListener(client.ip, verifying(config, "nas-01", seen)) as listener,
+        notifier(config),
+    ):
+        await h.until_ready("nas-03")
+        await h.plan("A", ("nas-01", ["B", "C"]))
+        notice = await asyncio.wait_for(seen.get(), TIMEOUT)
+        assert isinstance(notice, FailoverNotice)
+        assert (notice.server, notice.client) == ("A", "nas-01")
+        assert [e.server for e in notice.alternates] == ["B", "C"]
+        sent = await h.delivery("nas-01")
+        assert (sent.outcome, sent.notice_id) == ("sent", notice.id)
+        # the agent answers over the bus, as for the nats transport
+        await h.ack("nas-01", notice.id, "A")
+        acked = await h.delivery("nas-01")
+        assert (acked.outcome, acked.notice_id, acked.attempts) == ("acked", notice.id, 1)
+        assert listener.counters["accepted"] == 1
+    assert h.notices["nas-01"].empty()
+
+
+async def test_without_raw_sockets_icmp_notices_fail_and_it_is_said_once(
+    farm: FarmFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def refused() -> socket.socket:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(notifier_icmp, "open_raw_icmp", refused)
+    config = transport_farm(farm, tmp_path, {"nas-01": "icmp-echo"})
+    caplog.set_level(logging.WARNING)
+    async with harness(config) as h, notifier(config):
+        await h.until_ready("nas-03")
+        for _ in range(2):
+            await h.plan("A", ("nas-01", ["B"]))
+            sent = await h.delivery("nas-01")
+            failed = await h.delivery("nas-01")
+            assert (sent.outcome, failed.outcome) == ("sent", "failed")
+            assert failed.notice_id == sent.notice_id
+    said = [
+        r for r in caplog.records if r.levelno == logging.ERROR and "CAP_NET_RAW" in r.getMessage()
+    ]
+    assert len(said) == 1

@@ -1,0 +1,279 @@
+"""The readmitter on a real nats-server: waves, pauses, relapses, restarts, requests."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import msgspec
+from nats.js.kv import KeyValue
+
+from schemas.events import (
+    FailoverPlan,
+    HealthReport,
+    Incident,
+    Move,
+    ReadmitRequest,
+    ReadmitWave,
+)
+from schemas.signing import client_key_id
+from services.readmitter.service import run
+from services.readmitter.waves import Readmission
+from services.runtime.bus import Bus, Signer
+from services.runtime.config import Config
+from tests.conftest import FarmFactory
+from tests.support.helpers import operator_bus
+
+THRESHOLD = 0.6
+MOVED = ["nas-01", "nas-02", "nas-03", "nas-04", "nas-05"]
+
+
+def _settings(interval: float) -> dict[str, Any]:
+    return {"readmitter": {"wave_size": 2, "wave_interval_s": interval, "retry_after_s": 7.0}}
+
+
+class Harness:
+    """A test-side bus that plays evaluator, targeter and agents, and hears waves."""
+
+    def __init__(self, config: Config, bus: Bus, kv: KeyValue) -> None:
+        self.config = config
+        self.bus = bus
+        self.kv = kv
+        self.waves: dict[str, asyncio.Queue[ReadmitWave]] = {}
+
+    async def listen(self, server: str) -> None:
+        queue: asyncio.Queue[ReadmitWave] = asyncio.Queue()
+        self.waves[server] = queue
+
+        async def on_wave(event: ReadmitWave) -> None:
+            await queue.put(event)
+
+        await self.bus.subscribe(self.bus.subjects.readmit(server), on_wave, types=(ReadmitWave,))
+
+    async def next_wave(self, server: str = "A", within: float = 5.0) -> ReadmitWave:
+        return await asyncio.wait_for(self.waves[server].get(), within)
+
+    async def no_wave(self, server: str = "A", within: float = 1.0) -> None:
+        try:
+            wave = await asyncio.wait_for(self.waves[server].get(), within)
+        except TimeoutError:
+            return
+        raise AssertionError(f"unexpected wave {wave}")
+
+    async def health(self, value: float, server: str = "A") -> None:
+        report = HealthReport(
+            server=server,
+            sample_id="s",
+            health=value,
+            failover_threshold=0.2,
+            connection_threshold=THRESHOLD,
+        )
+        await self.bus.publish(self.bus.subjects.health(server), report)
+
+    async def incident(self, state: str, incident_id: str = "inc-1", server: str = "A") -> None:
+        event = msgspec.convert(
+            {
+                "type": "incident",
+                "incident_id": incident_id,
+                "server": server,
+                "state": state,
+                "health": 0.5,
+                "opened_at": 0.0,
+            },
+            Incident,
+        )
+        await self.bus.publish(self.bus.subjects.incident(server), event)
+
+    async def plan(self, clients: list[str], incident_id: str = "inc-1", server: str = "A") -> None:
+        moves = [Move(client=c, alternates=["B"]) for c in clients]
+        plan = FailoverPlan(incident_id=incident_id, server=server, moves=moves)
+        await self.bus.publish(self.bus.subjects.plan(server), plan)
+
+    def signer(self, client: str) -> Signer:
+        secret = self.config.read_secret(self.config.client(client).secret)
+        return Signer(client_key_id(client), secret)
+
+    async def request(self, client: str, server: str, *, signer: str | None = None) -> None:
+        event = ReadmitRequest(client=client, server=server)
+        await self.bus.publish(
+            self.bus.subjects.request(server), event, signer=self.signer(signer or client)
+        )
+
+    async def state(
+        self, predicate: Callable[[Readmission], bool], server: str = "A", within: float = 5.0
+    ) -> Readmission:
+        """Wait until the readmitter's stored state of ``server`` satisfies ``predicate``."""
+        watcher = await self.kv.watch(server)
+        try:
+            async with asyncio.timeout(within):
+                async for entry in watcher:
+                    if entry is None or not entry.value:
+                        continue
+                    state = msgspec.json.decode(entry.value, type=Readmission)
+                    if predicate(state):
+                        return state
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        raise AssertionError("watcher ended")
+
+    async def until_ready(self) -> None:
+        """Ask for readmission to B until the readmitter answers (it is subscribed)."""
+        if "B" not in self.waves:
+            await self.listen("B")
+        while not self.waves["B"].empty():
+            self.waves["B"].get_nowait()
+        for _ in range(40):
+            await self.request("nas-02", "B")
+            try:
+                answer = await asyncio.wait_for(self.waves["B"].get(), 0.25)
+            except TimeoutError:
+                continue
+            assert answer.wave == 0
+            assert answer.deferred == ["nas-02"]
+            return
+        raise AssertionError("readmitter never answered")
+
+
+@asynccontextmanager
+async def _harness(config: Config) -> AsyncIterator[Harness]:
+    async with AsyncExitStack() as stack:
+        bus = await operator_bus(config, stack, "test")
+        await bus.ensure_stream(max_age_s=600, max_bytes=1 << 24)
+        harness = Harness(config, bus, await bus.kv("readmitter"))
+        await harness.listen("A")
+        yield harness
+
+
+@asynccontextmanager
+async def _readmitter(harness: Harness) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(harness.config, shutdown_trigger=stop.wait))
+    try:
+        await harness.until_ready()
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def _start_recovery(harness: Harness, health: float) -> None:
+    await harness.health(health)
+    await harness.incident("opened")
+    await harness.plan(MOVED)
+    await harness.state(lambda s: len(s.away) == len(MOVED))
+    await harness.incident("recovering")
+
+
+async def test_waves_of_wave_size_are_spaced_and_end_final(farm: FarmFactory) -> None:
+    interval = 0.3
+    config, _ = farm(_settings(interval), clients=6)
+    async with _harness(config) as harness, _readmitter(harness):
+        await _start_recovery(harness, 0.9)
+        waves = [await harness.next_wave()]
+        while not waves[-1].final:
+            waves.append(await harness.next_wave())
+
+    assert [w.clients for w in waves] == [["nas-01", "nas-02"], ["nas-03", "nas-04"], ["nas-05"]]
+    assert [w.wave for w in waves] == [1, 2, 3]
+    assert [w.final for w in waves] == [False, False, True]
+    assert all(w.incident_id == "inc-1" and w.health == 0.9 for w in waves)
+    gaps = [b.time - a.time for a, b in itertools.pairwise(waves)]
+    assert all(gap >= interval for gap in gaps), gaps
+
+
+async def test_waves_pause_below_connection_threshold_and_resume(farm: FarmFactory) -> None:
+    interval = 0.4
+    config, _ = farm(_settings(interval), clients=6)
+    async with _harness(config) as harness, _readmitter(harness):
+        await _start_recovery(harness, 0.9)
+        first = await harness.next_wave()
+        assert first.clients == ["nas-01", "nas-02"]
+        await harness.health(THRESHOLD - 0.2)
+        await harness.no_wave(within=3 * interval)
+        await harness.health(THRESHOLD + 0.1)
+        second = await harness.next_wave()
+        third = await harness.next_wave()
+
+    assert second.time - first.time >= 3 * interval
+    assert second.health == THRESHOLD + 0.1
+    assert (second.wave, second.clients, second.final) == (2, ["nas-03", "nas-04"], False)
+    assert (third.wave, third.clients, third.final) == (3, ["nas-05"], True)
+
+
+async def test_relapse_stops_waves_until_recovering_again(farm: FarmFactory) -> None:
+    interval = 0.3
+    config, _ = farm(_settings(interval), clients=8)
+    async with _harness(config) as harness, _readmitter(harness):
+        await _start_recovery(harness, 0.9)
+        first = await harness.next_wave()
+        await harness.incident("opened")
+        await harness.plan(["nas-06"])
+        await harness.state(lambda s: s.state == "opened" and "nas-06" in s.away)
+        await harness.no_wave(within=3 * interval)
+        await harness.incident("recovering")
+        rest = [await harness.next_wave()]
+        while not rest[-1].final:
+            rest.append(await harness.next_wave())
+
+    assert first.clients == ["nas-01", "nas-02"]
+    assert [w.clients for w in rest] == [["nas-03", "nas-04"], ["nas-05", "nas-06"]]
+    assert [w.wave for w in rest] == [2, 3]
+
+
+async def test_restart_resumes_readmission_from_stored_state(farm: FarmFactory) -> None:
+    config, _ = farm(_settings(0.3), clients=6)
+    async with _harness(config) as harness:
+        async with _readmitter(harness):
+            await _start_recovery(harness, 0.9)
+            first = await harness.next_wave()
+            await harness.health(0.1)
+            await harness.state(lambda s: s.readmitted == ("nas-01", "nas-02"))
+        async with _readmitter(harness):
+            await harness.no_wave(within=0.6)
+            await harness.health(0.9)
+            second = await harness.next_wave()
+            third = await harness.next_wave()
+
+    assert first.clients == ["nas-01", "nas-02"]
+    assert (second.wave, second.clients, second.final) == (2, ["nas-03", "nas-04"], False)
+    assert (third.wave, third.clients, third.final) == (3, ["nas-05"], True)
+
+
+async def test_client_request_deferred_while_opened_granted_when_healthy(
+    farm: FarmFactory,
+) -> None:
+    config, _ = farm(_settings(0.3), clients=6)
+    assert config.client("nas-01").home == "A"
+    assert config.client("nas-02").home == "B"
+    async with _harness(config) as harness, _readmitter(harness):
+        await harness.health(0.9)
+        await harness.incident("opened")
+        await harness.plan(["nas-01", "nas-04"])
+        await harness.state(lambda s: s.away == ("nas-01", "nas-04"))
+
+        await harness.request("nas-01", "A")
+        deferred = await harness.next_wave()
+        assert deferred.wave == 0
+        assert deferred.clients == []
+        assert deferred.deferred == ["nas-01"]
+        assert deferred.retry_after_s == 7.0
+        assert not deferred.final
+        assert deferred.incident_id == "inc-1"
+
+        await harness.incident("closed")
+        await harness.state(lambda s: s.state == "closed")
+        # not its home: dropped; another client's key: dropped by the bus
+        await harness.request("nas-02", "A")
+        await harness.request("nas-01", "A", signer="nas-02")
+        await harness.request("nas-01", "A")
+        granted = await harness.next_wave()
+        assert granted.wave == 0
+        assert granted.clients == ["nas-01"]
+        assert granted.deferred == []
+        assert not granted.final
+        stored = await harness.state(lambda s: "nas-01" not in s.away)
+        assert stored.away == ("nas-04",)
+        await harness.no_wave(within=0.3)
