@@ -20,6 +20,14 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+def deficit(health: float, failover_threshold: float) -> float:
+    """How far ``health`` is below the failover threshold, as a share of it (0 when not
+    below, at most 1): a HealthReport's and a FailoverPlan's ``deficit``."""
+    if failover_threshold <= 0 or health >= failover_threshold:
+        return 0.0
+    return min(1.0, (failover_threshold - health) / failover_threshold)
+
+
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     """Fields every event carries.
 

@@ -12,13 +12,10 @@ notice's validity is over (so no client is stranded if the system is gone).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from schemas.events import Endpoint, FailoverNotice, ReadmitNotice
-
-logger = logging.getLogger(__name__)
 
 RejectReason = Literal["wrong-client", "expired", "old-seq"]
 

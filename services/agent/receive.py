@@ -9,15 +9,12 @@ notice of that server for this client.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable, Mapping
 
 from schemas import codec
 from schemas.events import FailoverNotice, ReadmitNotice
 from schemas.signing import Rejected, verify_client_authenticator
 from services.runtime.config import ClientConfig, ServerConfig
-
-logger = logging.getLogger(__name__)
 
 NoticeCallback = Callable[[str, bytes, str | None, str | None], Awaitable[bool]]
 """What a listener calls with each notice it receives: ``on_notice(server_id, payload,

@@ -21,14 +21,11 @@ Every time is the caller's clock (a monotonic one in the proxy), passed in.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from schemas.events import Endpoint
-
-logger = logging.getLogger(__name__)
 
 UpstreamState = Literal["alive", "zombie", "dead"]
 

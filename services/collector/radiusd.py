@@ -10,14 +10,11 @@ nested sections are understood; ``$INCLUDE`` files are not followed.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from schemas.errors import AaaFailoverError
-
-logger = logging.getLogger(__name__)
 
 _TOKEN = re.compile(
     r"""

@@ -18,7 +18,6 @@ probe interval.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,8 +27,6 @@ from services.collector.backlog import NEVER_ANSWERED, BacklogTracker
 from services.collector.latency import LatencySummary
 from services.collector.process import ProcessReading
 from services.collector.radiusd import RadiusdConfError, max_servers
-
-logger = logging.getLogger(__name__)
 
 STATUS_SERVER = "status-server"
 PROCESS = "process"

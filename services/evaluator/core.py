@@ -11,7 +11,6 @@ not know never reach it (the service's guards drop them).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -21,8 +20,6 @@ from services.evaluator.health import score
 from services.evaluator.incidents import ServerState, Transition, close, step
 from services.evaluator.reports import health_report
 from services.runtime.config import EvaluatorConfig, ServerConfig
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ whatever its other figures say.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -20,8 +19,6 @@ import msgspec
 
 from schemas.events import MetricsSample, ServiceCheck
 from services.runtime.config import CheckBase, EvaluatorConfig, HealthRule, ServerConfig
-
-logger = logging.getLogger(__name__)
 
 RESOURCE_PARTS = ("threads", "queue", "memory", "cpu", "processes")
 """The resource parts, in the order they are reported."""
@@ -293,10 +290,3 @@ def _combine(rule: HealthRule, parts: dict[str, float]) -> tuple[float, str, str
         return combined, part, head
     part = min(parts, key=lambda p: parts[p])
     return parts[part], part, f"min of {count}: {part} {parts[part]:.2f}"
-
-
-def deficit(health: float, failover_threshold: float) -> float:
-    """How far health is below the failover threshold, as a share of it (0 when not below)."""
-    if failover_threshold <= 0 or health >= failover_threshold:
-        return 0.0
-    return min(1.0, (failover_threshold - health) / failover_threshold)

@@ -25,7 +25,6 @@ made, if any. A state is a frozen msgspec Struct, stored as JSON in KV.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -33,8 +32,6 @@ import msgspec
 
 from schemas.events import IncidentState, new_id
 from services.runtime.config import EvaluatorConfig
-
-logger = logging.getLogger(__name__)
 
 Phase = Literal["healthy", "overloaded", "recovering"]
 

@@ -6,15 +6,12 @@ report a sample alike.
 
 from __future__ import annotations
 
-import logging
 import time
 
-from schemas.events import HealthReport, MetricsSample, new_id
-from services.evaluator.health import Health, deficit
+from schemas.events import HealthReport, MetricsSample, deficit, new_id
+from services.evaluator.health import Health
 from services.evaluator.incidents import ServerState
 from services.runtime.config import EvaluatorConfig
-
-logger = logging.getLogger(__name__)
 
 
 def health_report(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,8 +15,6 @@ from services.runtime.config import Config, ConfigError, load_config
 from services.runtime.logs import configure_logging
 from services.tools.errors import ToolError
 from services.tools.recording import RecordingError, WindowSpec, load, parse_time
-
-logger = logging.getLogger(__name__)
 
 BUS_URL_HELP = (
     "NATS URL, overriding bus.url of the config; without either, the bus of an "

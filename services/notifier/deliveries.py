@@ -17,15 +17,12 @@ limits (the same for the bus, where each try is one transmission).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Literal
 
 import msgspec
 
 from schemas.events import Delivery
-
-logger = logging.getLogger(__name__)
 
 Outcome = Literal["sent", "retried", "acked", "failed"]
 

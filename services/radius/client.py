@@ -10,7 +10,6 @@ per-request timeout and retransmissions; it is used by the agent
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 from pyrad import packet
@@ -18,8 +17,6 @@ from pyrad import packet
 from schemas.errors import AaaFailoverError
 from services.radius.endpoint import UdpEndpoint
 from services.radius.packet import reply_values, status_request, verified_reply
-
-logger = logging.getLogger(__name__)
 
 
 class RadiusTimeout(AaaFailoverError):

@@ -24,7 +24,6 @@ What is not a well-formed notice raises :class:`WireError`.
 
 from __future__ import annotations
 
-import logging
 import random
 import struct
 from collections.abc import Callable
@@ -38,8 +37,6 @@ from pyrad.dictionary import Dictionary
 from schemas import codec
 from schemas.errors import Rejected
 from schemas.events import FailoverNotice, ReadmitNotice
-
-logger = logging.getLogger(__name__)
 
 
 class WireError(Rejected):

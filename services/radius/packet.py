@@ -31,14 +31,6 @@ ACCESS_CHALLENGE = packet.AccessChallenge
 ACCOUNTING_REQUEST = packet.AccountingRequest
 STATUS_SERVER = packet.StatusServer
 
-# FreeRADIUS statistics attribute -> MetricsSample field.
-STATS_FIELDS = {
-    "FreeRADIUS-Stats-Threads-Active": "threads_active",
-    "FreeRADIUS-Stats-Threads-Total": "threads_total",
-    "FreeRADIUS-Stats-Threads-Max": "threads_max",
-    "FreeRADIUS-Queue-Len-Auth": "queue_len",
-}
-
 
 class Dropped(Rejected):
     """A RADIUS packet is not answered or relayed; ``reason`` is a short counter label."""

@@ -15,7 +15,6 @@ service's guards drop them). The rules themselves are in
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
@@ -32,8 +31,6 @@ from schemas.events import (
 from services.readmitter import waves
 from services.readmitter.waves import Readmission
 from services.runtime.config import Config
-
-logger = logging.getLogger(__name__)
 
 
 class Health(msgspec.Struct, frozen=True, kw_only=True):

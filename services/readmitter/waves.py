@@ -22,14 +22,9 @@ Rules:
 
 from __future__ import annotations
 
-import logging
-from typing import Literal
-
 import msgspec
 
-logger = logging.getLogger(__name__)
-
-IncidentState = Literal["opened", "recovering", "closed"]
+from schemas.events import IncidentState
 
 
 class Readmission(msgspec.Struct, frozen=True, kw_only=True):

@@ -17,15 +17,12 @@ chain; the bus puts it in front of every handler.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 from schemas.errors import Rejected
 from schemas.events import Event
-
-logger = logging.getLogger(__name__)
 
 Next = Callable[[Any], Awaitable[None]]
 """The rest of the chain: the next middleware, or the handler."""

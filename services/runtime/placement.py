@@ -11,13 +11,10 @@ rules on top of :func:`now_on`. Pure: no I/O.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 
 from schemas.events import Ack, ClientStatus, Event
 from services.runtime.config import Config
-
-logger = logging.getLogger(__name__)
 
 
 def homes(config: Config) -> dict[str, str]:

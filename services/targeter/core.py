@@ -11,7 +11,6 @@ reach it (the service's guards drop them).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -25,8 +24,6 @@ from services.runtime.placement import now_on
 from services.targeter.planning import split_plan
 from services.targeter.registry import ClientRecord, apply_status, merge, moved
 from services.targeter.steps import Tracked, next_step, step_due
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

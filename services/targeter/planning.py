@@ -32,18 +32,15 @@ elsewhere.
 from __future__ import annotations
 
 import heapq
-import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
 
-from schemas.events import FailoverPlan, Move, new_id
+from schemas.events import FailoverPlan, Move, deficit, new_id
 from services.runtime.config import TargeterConfig
 from services.targeter.registry import ClientRecord
-
-logger = logging.getLogger(__name__)
 
 MAX_ALTERNATES = 8
 """The most alternates one move lists: the chosen one, then the next by room."""
@@ -78,14 +75,6 @@ def shed_all_cause(pressure: Pressure) -> str | None:
     if pressure.limiting == "status":
         return "the server does not answer Status-Server"
     return None
-
-
-def deficit(pressure: Pressure) -> float:
-    """How far health is below the failover threshold, as a part of the threshold (0-1)."""
-    threshold = pressure.failover_threshold
-    if threshold <= 0:
-        return 0.0
-    return min(1.0, max(0.0, (threshold - pressure.health) / threshold))
 
 
 def step_cap(cfg: TargeterConfig, candidates: int) -> int:
@@ -369,7 +358,7 @@ def plan_failover(
     candidates = [c for c in clients if c.current == server]
     n = len(candidates)
     load = sum(c.load for c in candidates)
-    d = deficit(pressure)
+    d = deficit(pressure.health, pressure.failover_threshold)
     cap = step_cap(cfg, n)
     cause = shed_all_cause(pressure)
     share = 1.0 if cause is not None else min(1.0, cfg.gain * d)

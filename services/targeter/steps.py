@@ -8,7 +8,6 @@ latest health and the registry into the next FailoverPlan.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 
 import msgspec
@@ -17,8 +16,6 @@ from schemas.events import FailoverPlan, HealthReport, IncidentState
 from services.runtime.config import Config
 from services.targeter.planning import Pressure, ServerView, plan_failover
 from services.targeter.registry import ClientRecord
-
-logger = logging.getLogger(__name__)
 
 
 class Tracked(msgspec.Struct, frozen=True, kw_only=True):

@@ -16,7 +16,6 @@ Nothing is ever published on the live prefix.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -29,8 +28,6 @@ from services.runtime.bus import Bus
 from services.runtime.config import Config, ConfigError
 from services.tools.recording import WindowSpec, connect, read_window, resolve
 from services.tools.tail import Seen, event_type, format_line, json_line, matches, subject_party
-
-logger = logging.getLogger(__name__)
 
 KINDS = (
     "metrics",

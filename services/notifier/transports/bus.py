@@ -9,7 +9,6 @@ that were stored, and its client authenticator (``Aaa-Auth``, with
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 
 from schemas import codec
@@ -17,8 +16,6 @@ from services.notifier.deliveries import Pending
 from services.notifier.transports.protocol import Deliveries
 from services.runtime.bus import Bus
 from services.runtime.config import ClientConfig
-
-logger = logging.getLogger(__name__)
 
 Authenticate = Callable[[bytes], Mapping[str, str]]
 Authenticator = Callable[[ClientConfig, str], Authenticate | None]

@@ -3,14 +3,11 @@ and the live services' outcome read from the recorded events."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import msgspec
 
 from schemas.events import Event, FailoverPlan, HealthReport, Incident, MetricsSample, ReadmitWave
-
-logger = logging.getLogger(__name__)
 
 
 class WaveOutcome(msgspec.Struct, frozen=True, kw_only=True):

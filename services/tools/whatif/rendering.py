@@ -3,7 +3,6 @@ words, or both as JSON."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -11,8 +10,6 @@ from typing import Any
 import msgspec
 
 from services.tools.whatif.outcome import Outcome, WaveOutcome
-
-logger = logging.getLogger(__name__)
 
 HEALTH_NOTE = (
     "Health is as recorded: the simulation cannot know how load would have moved "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 import tomllib
 from collections.abc import Sequence
@@ -11,8 +10,6 @@ from typing import Any
 import msgspec
 
 from services.runtime.config import Config, ConfigError
-
-logger = logging.getLogger(__name__)
 
 SECTIONS = ("collector", "evaluator", "targeter", "readmitter")
 """The config sections whose fields ``--set`` may change."""

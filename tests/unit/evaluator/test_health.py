@@ -307,15 +307,6 @@ def test_health_stays_in_unit_interval(rule: str) -> None:
     assert all(0.0 <= v <= 1.0 for v in result.parts.values())
 
 
-def test_deficit_is_the_share_below_the_failover_threshold() -> None:
-    from services.evaluator.health import deficit
-
-    assert deficit(0.1, 0.2) == pytest.approx(0.5)
-    assert deficit(0.0, 0.2) == 1.0
-    assert deficit(0.2, 0.2) == 0.0
-    assert deficit(0.9, 0.2) == 0.0
-
-
 PROBED = msgspec.structs.replace(
     SERVER,
     services=[],

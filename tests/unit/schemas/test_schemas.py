@@ -10,7 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas import codec
-from schemas.events import Endpoint, FailoverNotice, Incident, MetricsSample, ServiceCheck
+from schemas.events import (
+    Endpoint,
+    FailoverNotice,
+    Incident,
+    MetricsSample,
+    ServiceCheck,
+    deficit,
+)
 from schemas.jsonschema import JSON_DIR, event_schemas, stale_schemas, write_schemas
 from schemas.signing import (
     Rejected,
@@ -193,3 +200,12 @@ def test_notice_alternates_round_trip() -> None:
         valid_until=2.0,
     )
     assert codec.decode(codec.encode(notice, "msgpack"), codec.MSGPACK_TYPE) == notice
+
+
+def test_deficit_is_the_share_below_the_failover_threshold() -> None:
+    # what the evaluator reports and the targeter plans by
+    assert deficit(0.1, 0.2) == pytest.approx(0.5)
+    assert deficit(0.0, 0.2) == 1.0
+    assert deficit(0.2, 0.2) == 0.0
+    assert deficit(0.9, 0.2) == 0.0
+    assert deficit(0.1, 0.0) == 0.0
