@@ -240,7 +240,10 @@ class ClientAgent:
     # --- notices --------------------------------------------------------
 
     def reject(self, reason: str, detail: str) -> None:
+        """A notice refused: counted for the status, and on the bus's drop counters (so on
+        /metrics as ``aaa_failover_events_dropped``, as every service's dropped events)."""
         self.rejections[reason] += 1
+        self.rt.bus.counters.drop(reason)
         logger.warning("%s: rejected notice: %s (%s)", self.client.id, reason, detail)
 
     async def on_notice(

@@ -27,6 +27,7 @@ from services.runtime.bus import Bus
 from services.runtime.config import Config
 from tests.conftest import FarmFactory
 from tests.support.helpers import operator_bus, running
+from tests.support.scraping import metrics_urls, scrape
 
 TIMEOUT = 5.0
 
@@ -142,46 +143,60 @@ async def harness(config: Config) -> AsyncIterator[Harness]:
 
 async def test_agent_switches_on_genuine_notice_and_rejects_forgeries(farm: FarmFactory) -> None:
     config, _ = farm(clients=2, client_rate=0)
-    config = _tune(config, "nas-01", return_after_s=60.0)
-    async with harness(config) as h, agent(config):
-        ready = await h.status(lambda s: True)
-        assert (ready.home, ready.current, ready.notices_rejected) == ("A", "A", 0)
+    config = _tune(config, "nas-01", return_after_s=60.0).with_metrics_port("agent", 0)
+    with metrics_urls() as urls:
+        async with harness(config) as h, agent(config):
+            await _switches_and_rejects(h, urls[0])
 
-        genuine = h.failover("A", ["B", "C"])
-        await h.send(genuine)
-        ack = await h.ack()
-        assert (ack.notice_id, ack.client, ack.server) == (genuine.id, "nas-01", "A")
-        assert (ack.accepted, ack.now_on) == (True, "B")
-        await h.status(lambda s: s.current == "B")
 
-        # a forged authenticator, another client's notice, an expired one, an old seq
-        await h.send(h.failover("B", ["C"]), secret=b"not-the-secret")
-        await h.send(h.failover("B", ["C"], client="nas-02"))
-        expired = h.failover("B", ["C"], valid_until=time.time() - 1)
-        await h.send(expired)
-        replayed = h.failover("B", ["C"], seq=genuine.seq)
-        await h.send(replayed)
-        # and it still works
-        good = h.failover("B", ["C"])
-        await h.send(good)
+async def _switches_and_rejects(h: Harness, metrics_url: str) -> None:
+    """Genuine notices move nas-01; forged, foreign, expired and replayed ones are refused
+    and counted, on its status and its /metrics."""
+    ready = await h.status(lambda s: True)
+    assert (ready.home, ready.current, ready.notices_rejected) == ("A", "A", 0)
 
-        answers = [await h.ack() for _ in range(3)]
-        assert [(a.notice_id, a.accepted, a.reason) for a in answers] == [
-            (expired.id, False, "expired"),
-            (replayed.id, False, "old-seq"),
-            (good.id, True, ""),
-        ]
-        assert answers[2].now_on == "C"
-        status = await h.status(lambda s: s.current == "C")
-        assert status.notices_rejected == 4
+    genuine = h.failover("A", ["B", "C"])
+    await h.send(genuine)
+    ack = await h.ack()
+    assert (ack.notice_id, ack.client, ack.server) == (genuine.id, "nas-01", "A")
+    assert (ack.accepted, ack.now_on) == (True, "B")
+    await h.status(lambda s: s.current == "B")
 
-        # the same notice delivered again (a notifier retry) is acked again, not counted
-        await h.send(good)
-        again = await h.ack()
-        assert (again.notice_id, again.accepted, again.now_on) == (good.id, True, "C")
-        later = await h.status(lambda s: True, within=3)
-        assert (later.current, later.notices_rejected) == ("C", 4)
-        assert h.acks.empty()
+    # a forged authenticator, another client's notice, an expired one, an old seq
+    await h.send(h.failover("B", ["C"]), secret=b"not-the-secret")
+    await h.send(h.failover("B", ["C"], client="nas-02"))
+    expired = h.failover("B", ["C"], valid_until=time.time() - 1)
+    await h.send(expired)
+    replayed = h.failover("B", ["C"], seq=genuine.seq)
+    await h.send(replayed)
+    # and it still works
+    good = h.failover("B", ["C"])
+    await h.send(good)
+
+    answers = [await h.ack() for _ in range(3)]
+    assert [(a.notice_id, a.accepted, a.reason) for a in answers] == [
+        (expired.id, False, "expired"),
+        (replayed.id, False, "old-seq"),
+        (good.id, True, ""),
+    ]
+    assert answers[2].now_on == "C"
+    status = await h.status(lambda s: s.current == "C")
+    assert status.notices_rejected == 4
+
+    # the same notice delivered again (a notifier retry) is acked again, not counted
+    await h.send(good)
+    again = await h.ack()
+    assert (again.notice_id, again.accepted, again.now_on) == (good.id, True, "C")
+    later = await h.status(lambda s: True, within=3)
+    assert (later.current, later.notices_rejected) == ("C", 4)
+    assert h.acks.empty()
+    # each refused notice is a dropped event on the agent's /metrics, by reason
+    dropped = {
+        dict(labels)["reason"]: count
+        for (name, labels), count in (await scrape(metrics_url)).items()
+        if name == "aaa_failover_events_dropped_total"
+    }
+    assert sum(dropped.values()) == 4 and {"expired", "old-seq"} <= set(dropped), dropped
 
 
 async def test_agent_asks_to_return_after_its_timeout_then_goes_home(
