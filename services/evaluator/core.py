@@ -92,7 +92,9 @@ class EvaluatorCore:
         )
         events: list[Event] = [report]
         if transition is None:
-            return replace(state, servers={**state.servers, server.id: machine}), events
+            # built directly, not by dataclasses.replace: this runs for every sample
+            servers = {**state.servers, server.id: machine}
+            return EvaluatorState(servers, state.clients, state.transitions), events
         reason = result.reason
         if transition.predicted:
             reason = f"{transition.reason}; {reason}"

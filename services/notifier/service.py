@@ -86,7 +86,7 @@ class Notifier:
         self.wake = asyncio.Event()
         drop = rt.bus.counters.drop
         transports: list[Transport] = [
-            BusTransport(rt.bus, self, self.authenticator),
+            BusTransport(rt.bus),
             CoaTransport(
                 self,
                 rt.config.notifier,
@@ -135,13 +135,6 @@ class Notifier:
         await self.store.delete(notice_id)
 
     # --- sending --------------------------------------------------------
-
-    def authenticator(
-        self, client: ClientConfig, server_id: str
-    ) -> Callable[[bytes], dict[str, str]] | None:
-        """What adds a notice's client authenticator headers, or None for an unknown server."""
-        server = self.servers.get(server_id)
-        return None if server is None else self._authenticate(client, server)
 
     def _authenticate(
         self, client: ClientConfig, server: ServerConfig
