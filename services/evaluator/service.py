@@ -173,14 +173,14 @@ async def run(
                 evaluator.on_sample,
                 types=(MetricsSample,),
                 queue=NAME,
-                middleware=[known],
+                guards=[known],
             )
             await rt.bus.subscribe(
                 subjects.readmit(token),
                 evaluator.on_wave,
                 types=(ReadmitWave,),
                 queue=NAME,
-                middleware=[taking(lambda wave: wave.final), known],
+                guards=[taking(lambda wave: wave.final), known],
             )
         # every replica hears every client: any of them may score any server's sample
         await rt.bus.subscribe(

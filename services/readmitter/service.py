@@ -281,21 +281,21 @@ async def run(
                 readmitter.on_health,
                 types=(HealthReport,),
                 queue=QUEUE,
-                middleware=[server],
+                guards=[server],
             )
             await rt.bus.subscribe(
                 subjects.incident(token),
                 readmitter.on_incident,
                 types=(Incident,),
                 queue=QUEUE,
-                middleware=[server],
+                guards=[server],
             )
             await rt.bus.subscribe(
                 subjects.plan(token),
                 readmitter.on_plan,
                 types=(FailoverPlan,),
                 queue=QUEUE,
-                middleware=[server],
+                guards=[server],
             )
             await rt.bus.subscribe(
                 subjects.request(token),
@@ -303,7 +303,7 @@ async def run(
                 types=(ReadmitRequest,),
                 queue=QUEUE,
                 accept_clients=True,
-                middleware=[server, client, home],
+                guards=[server, client, home],
             )
 
         async def report_at_stop() -> None:

@@ -3,7 +3,7 @@
 A :class:`Bus` holds one connection (reconnecting forever), the keys to sign
 and verify with, and the counters of what it dropped. A subscription is a
 chain: verify (signature, decoding, replay window, type), then the
-subscription's middleware (guards, see :mod:`services.runtime.middleware`),
+subscription's guards (:mod:`services.runtime.middleware`),
 then the handler, timed. Whatever is dropped on the way, by the bus, a guard
 or the handler raising :class:`~schemas.signing.Rejected`, goes through one
 path, :meth:`Bus.drop`: counted by reason (and so on /metrics) and logged
@@ -42,7 +42,7 @@ from schemas.signing import (
 )
 from schemas.subjects import Subjects
 from services.runtime.config import BusConfig, Config, ConfigError
-from services.runtime.middleware import Middleware, chain, timed
+from services.runtime.middleware import Guard, admits, kind
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class DropCounters:
     """What a bus received, accepted and dropped (by reason), and how long handlers took.
 
     ``handled`` counts the events each handler finished, by event kind, and
-    ``handling_s`` the seconds they took in all (see :func:`timed`).
+    ``handling_s`` the seconds they took in all.
     """
 
     published: int = 0
@@ -340,36 +340,44 @@ class Bus:
         types: tuple[type[E], ...],
         queue: str = "",
         accept_clients: bool = False,
-        middleware: Sequence[Middleware] = (),
+        guards: Sequence[Guard] = (),
     ) -> Subscription:
         """Deliver to ``handler`` each verified event of ``types`` on ``subject``.
 
-        Each accepted event goes through ``middleware`` (the first outermost)
-        to the handler, which is timed. Everything dropped (by the checks, a
-        guard or the handler raising Rejected) goes through :meth:`drop`;
-        ``accept_clients`` lets events signed by a client's own secret through
-        (acks, readmit requests).
+        Each accepted event passes ``guards`` in order (see
+        :mod:`services.runtime.middleware`), then goes to the handler, which
+        is timed. Everything dropped (by the checks, a guard or the handler
+        raising Rejected) goes through :meth:`drop`; ``accept_clients`` lets
+        events signed by a client's own secret through (acks, readmit
+        requests).
         """
-        call = chain([*middleware, timed(self.counters.handled_in)], handler)
+        handled_in = self.counters.handled_in
+
+        def dropped(msg: Msg, rejected: Rejected) -> None:
+            key = (msg.headers or {}).get(KEY_HEADER, "-")
+            self.drop(rejected.reason, rejected.detail, subject=msg.subject, key=key)
 
         async def on_message(msg: Msg) -> None:
             self.counters.received += 1
-            key = (msg.headers or {}).get(KEY_HEADER, "-")
             try:
                 event = self.check(msg, accept_clients)
                 if not isinstance(event, types):
                     raise Rejected("unexpected-type", type(event).__name__)
             except Rejected as rejected:
-                self.drop(rejected.reason, rejected.detail, subject=msg.subject, key=key)
+                dropped(msg, rejected)
                 return
             self.counters.accepted += 1
             try:
-                await call(event)
+                if not admits(guards, event):
+                    return
+                started = time.perf_counter()
+                await handler(event)
+                handled_in(kind(event), time.perf_counter() - started)
             except Rejected as rejected:
-                self.drop(rejected.reason, rejected.detail, subject=msg.subject, key=key)
+                dropped(msg, rejected)
             except Exception:
                 self.counters.handler_errors += 1
-                logger.exception("handler for %s failed on %s", subject, type(event).__name__)
+                logger.exception("handler for %s failed on %s", subject, kind(event))
 
         sub = await self.nc.subscribe(subject, queue=queue, cb=on_message)
         self._subs.append(sub)

@@ -149,24 +149,24 @@ async def run(
         server = [known_server(targeter.core.servers)]
         client = [known_client({c.id for c in config.clients})]
         await rt.bus.subscribe(
-            subjects.incident("*"), targeter.on_incident, types=(Incident,), middleware=server
+            subjects.incident("*"), targeter.on_incident, types=(Incident,), guards=server
         )
         await rt.bus.subscribe(
-            subjects.health("*"), targeter.on_health, types=(HealthReport,), middleware=server
+            subjects.health("*"), targeter.on_health, types=(HealthReport,), guards=server
         )
         await rt.bus.subscribe(
             subjects.status("*"),
             targeter.on_client,
             types=(ClientStatus,),
             accept_clients=True,
-            middleware=client,
+            guards=client,
         )
         await rt.bus.subscribe(
             subjects.ack("*"),
             targeter.on_client,
             types=(Ack,),
             accept_clients=True,
-            middleware=client,
+            guards=client,
         )
 
     await run_service(NAME, config, setup, shutdown_trigger=shutdown_trigger, bus_url=bus_url)

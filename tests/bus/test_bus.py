@@ -165,9 +165,7 @@ async def test_guards_and_handlers_drop_through_the_one_path(farm: FarmFactory) 
             await got.put(event)
 
         subject = bus.subjects.metrics("*")
-        await bus.subscribe(
-            subject, handler, types=(MetricsSample,), middleware=[known_server({"A"})]
-        )
+        await bus.subscribe(subject, handler, types=(MetricsSample,), guards=[known_server({"A"})])
         await bus.publish(bus.subjects.metrics("Z"), _sample("Z"))
         await bus.publish(bus.subjects.metrics("A"), _sample(seq=7))
         last = _sample(queue_len=1)

@@ -1,5 +1,5 @@
-"""Subscription middleware (pure): chains run in order, guards drop by raising Rejected,
-``only`` lets by without a drop, ``timed`` observes what was handled."""
+"""A subscription's guards (services/runtime/middleware.py), alone: in order, each going on,
+letting an event by, or dropping it with its reason."""
 
 from __future__ import annotations
 
@@ -7,98 +7,58 @@ import pytest
 
 from schemas.errors import Rejected
 from schemas.events import Ack, MetricsSample
-from services.runtime.middleware import (
-    Next,
-    chain,
-    guard,
-    known_client,
-    known_server,
-    taking,
-    timed,
-)
+from services.runtime.middleware import Guard, admits, guard, known_client, known_server, taking
 
 
-def _sample(server: str = "A") -> MetricsSample:
-    return MetricsSample(server=server, seq=1, status_ok=True)
+def _sample(server: str = "A", seq: int = 1) -> MetricsSample:
+    return MetricsSample(server=server, seq=seq, status_ok=True)
 
 
-async def test_middleware_runs_first_outermost_then_the_handler() -> None:
+def test_guards_run_in_order_and_the_first_that_stops_ends_it() -> None:
     seen: list[str] = []
 
-    def mark(name: str):  # type: ignore[no-untyped-def]
-        async def middleware(event: object, call_next: Next) -> None:
-            seen.append(f"{name} in")
-            await call_next(event)
-            seen.append(f"{name} out")
+    def mark(name: str, go_on: bool) -> Guard:
+        def check(event: object) -> bool:
+            seen.append(name)
+            return go_on
 
-        return middleware
+        return check
 
-    async def handler(event: object) -> None:
-        seen.append("handler")
+    assert admits([mark("a", True), mark("b", True)], _sample())
+    assert seen == ["a", "b"]
+    seen.clear()
+    assert not admits([mark("a", False), mark("b", True)], _sample())
+    assert seen == ["a"]
+    assert admits([], _sample())
 
-    await chain([mark("a"), mark("b")], handler)(_sample())
-    assert seen == ["a in", "b in", "handler", "b out", "a out"]
 
-
-async def test_known_server_and_client_drop_the_others_with_their_reason() -> None:
-    handled: list[object] = []
-
-    async def handler(event: object) -> None:
-        handled.append(event)
-
-    servers = chain([known_server({"A", "B"})], handler)
-    await servers(_sample("B"))
+def test_known_server_and_client_drop_the_others_with_their_reason() -> None:
+    servers = [known_server({"A", "B"})]
+    assert admits(servers, _sample("B"))
     with pytest.raises(Rejected) as info:
-        await servers(_sample("Z"))
+        admits(servers, _sample("Z"))
     assert info.value.reason == "unknown-server"
     assert info.value.detail == "MetricsSample of unknown server 'Z'"
 
-    clients = chain([known_client({"nas-01"})], handler)
     ack = Ack(notice_id="n", client="nas-02", server="A", accepted=True)
     with pytest.raises(Rejected) as info:
-        await clients(ack)
+        admits([known_client({"nas-01"})], ack)
     assert (info.value.reason, info.value.detail) == (
         "unknown-client",
         "Ack of unknown client 'nas-02'",
     )
-    assert [getattr(e, "server", None) for e in handled] == ["B"]
 
 
-async def test_a_guard_stops_the_chain_before_later_middleware() -> None:
-    calls: list[str] = []
-
-    async def handler(event: object) -> None:
-        calls.append("handler")
-
+def test_a_guard_that_drops_stops_the_later_ones() -> None:
+    later: list[object] = []
     odd = guard("odd", lambda e: e.seq % 2 == 0, lambda e: f"seq {e.seq}")
-    call = chain([odd, timed(lambda kind, s: calls.append(kind))], handler)
     with pytest.raises(Rejected, match="odd: seq 1"):
-        await call(_sample())
-    assert calls == []
+        admits([odd, lambda e: later.append(e) or True], _sample())
+    assert later == []
+    assert admits([odd], _sample(seq=2))
 
 
-async def test_taking_lets_other_events_by_unhandled() -> None:
-    handled: list[int] = []
-
-    async def handler(event: MetricsSample) -> None:
-        handled.append(event.seq)
-
-    call = chain([taking(lambda e: e.seq > 1)], handler)
-    await call(_sample())
-    await call(MetricsSample(server="A", seq=2, status_ok=True))
-    assert handled == [2]
-
-
-async def test_timed_observes_handled_events_only() -> None:
-    observed: list[tuple[str, float]] = []
-
-    async def handler(event: MetricsSample) -> None:
-        if event.server == "X":
-            raise RuntimeError("boom")
-
-    call = chain([timed(lambda kind, s: observed.append((kind, s)))], handler)
-    await call(_sample())
-    with pytest.raises(RuntimeError):
-        await call(_sample("X"))
-    assert [kind for kind, _ in observed] == ["MetricsSample"]
-    assert observed[0][1] >= 0
+def test_taking_lets_other_events_by_without_a_drop() -> None:
+    wanted = [taking(lambda e: e.seq > 1)]
+    assert not admits(wanted, _sample(seq=1))
+    assert admits(wanted, _sample(seq=2))
