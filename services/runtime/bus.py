@@ -307,12 +307,10 @@ class Bus:
             signed.update(authenticate(payload))
         await self.publish_encoded(subject, payload, signed)
 
-    async def publish_encoded(
-        self, subject: str, payload: bytes, headers: Mapping[str, str]
-    ) -> None:
+    async def publish_encoded(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
         """Publish bytes :meth:`encode` made and signed, as they are: a stored event sent
         again verbatim (a notice's retry), counted as every publish is."""
-        await self.nc.publish(subject, payload, headers=dict(headers))
+        await self.nc.publish(subject, payload, headers=headers)
         self.counters.published += 1
 
     # --- subscribe ------------------------------------------------------

@@ -85,22 +85,25 @@ async def radclient(
     parallel: int = 1,
     rate: int | None = None,
     command: str = "auth",
-    attributes: str = CREDENTIALS,
+    attributes: str | list[str] = CREDENTIALS,
     secret: bytes = NAS,
 ) -> Outcome:
     """radclient sending ``count`` requests, ``parallel`` at once (at ``rate`` per second).
 
     radclient runs the packets of its input in parallel, so the input holds
-    ``parallel`` copies, each sent ``count / parallel`` times. Each request is
-    sent once (no retransmission) and waits 3 s for its answer.
+    ``parallel`` packets (copies of ``attributes``, or the ``parallel`` ones it
+    lists), each sent ``count / parallel`` times. Each request is sent once (no
+    retransmission) and waits 3 s for its answer.
     """
     assert count % parallel == 0
+    packets = attributes if isinstance(attributes, list) else [attributes] * parallel
+    assert len(packets) == parallel
     argv = [require("radclient"), "-q", "-s", "-c", str(count // parallel), "-p", str(parallel)]
     argv += ["-t", "3", "-r", "1"]
     if rate is not None:
         argv += ["-n", str(rate)]
     argv += [target, command, secret.decode()]
-    return await _run(argv, "\n".join([attributes] * parallel), timeout_s=60)
+    return await _run(argv, "\n".join(packets), timeout_s=60)
 
 
 async def radtest(target: str, password: str = "wonderland") -> Outcome:
@@ -253,15 +256,22 @@ async def test_freeradius_through_the_proxy_auth_accounting_and_failover(
         assert first.code == 0 and "Received Access-Accept" in first.output, first.output
         auth = await radclient(auth_target(config), count=50, parallel=10)
         assert (auth.code, auth.accepted) == (0, 50), auth.output
+        # three sessions: one packet sent three times could reuse its identifier, and then
+        # it is a retransmission, answered from the proxy's cache (as FreeRADIUS would)
+        sessions = [f"px-{i}" for i in range(3)]
         acct = await radclient(
             acct_target(config),
             count=3,
+            parallel=3,
             command="acct",
-            attributes='Acct-Status-Type = Start, User-Name = alice, Acct-Session-Id = "px-1"\n',
+            attributes=[
+                f'Acct-Status-Type = Start, User-Name = alice, Acct-Session-Id = "{session}"\n'
+                for session in sessions
+            ],
         )
         assert (acct.code, acct.accepted) == (0, 3), acct.output
         detail = (fr.directory / "radacct" / "detail").read_text()
-        assert detail.count('Acct-Session-Id = "px-1"') == 3
+        assert [detail.count(f'Acct-Session-Id = "{s}"') for s in sessions] == [1, 1, 1]
         assert await requests_seen(config, "B") == 0
 
         load = asyncio.create_task(radclient(auth_target(config), count=800, parallel=10, rate=200))
