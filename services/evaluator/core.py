@@ -12,7 +12,8 @@ not know never reach it (the service's guards drop them).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from schemas.events import ClientStatus, Event, Incident, MetricsSample, ReadmitWave, new_id
 from services.evaluator.clients import ClientsView
@@ -22,19 +23,20 @@ from services.evaluator.reports import health_report
 from services.runtime.config import EvaluatorConfig, ServerConfig
 
 
-@dataclass(frozen=True)
-class EvaluatorState:
+class EvaluatorState(NamedTuple):
     """Every server's machine, the agents' recent reports, and each server's last transition.
 
     ``clients`` is the window of the agents' reports, folded in place as they
     come (a buffer, not a decision). ``transitions`` keeps the last change
     each machine made with why it made it (how many of an opening's samples
     were predicted); it lives in memory only, for tools that explain a run.
+    A named tuple: a new one is made for every sample, and that is its
+    cheapest immutable form.
     """
 
     servers: Mapping[str, ServerState]
     clients: ClientsView
-    transitions: Mapping[str, Transition] = field(default_factory=dict)
+    transitions: Mapping[str, Transition] = {}
 
 
 def _fresh_id(sample: MetricsSample) -> str | None:
@@ -92,7 +94,6 @@ class EvaluatorCore:
         )
         events: list[Event] = [report]
         if transition is None:
-            # built directly, not by dataclasses.replace: this runs for every sample
             servers = {**state.servers, server.id: machine}
             return EvaluatorState(servers, state.clients, state.transitions), events
         reason = result.reason
@@ -118,8 +119,7 @@ class EvaluatorCore:
     def _changed(
         self, state: EvaluatorState, machine: ServerState, transition: Transition
     ) -> EvaluatorState:
-        return replace(
-            state,
+        return state._replace(
             servers={**state.servers, machine.server: machine},
             transitions={**state.transitions, machine.server: transition},
         )

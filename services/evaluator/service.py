@@ -17,7 +17,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import replace
 
 from prometheus_client import Gauge, Histogram
 
@@ -94,7 +93,7 @@ class Evaluator:
             self._observe(state)
             if state.incident_id is not None:
                 logger.info("%s resumes incident %s (%s)", sid, state.incident_id, state.phase)
-        self.state = replace(self.state, servers=machines)
+        self.state = self.state._replace(servers=machines)
 
     async def on_sample(self, sample: MetricsSample) -> None:
         received = time.perf_counter()

@@ -118,8 +118,12 @@ class DropCounters:
 
     def handled_in(self, kind: str, seconds: float) -> None:
         """One event of ``kind`` handled in ``seconds``."""
-        self.handled[kind] += 1
-        self.handling_s[kind] = self.handling_s.get(kind, 0.0) + seconds
+        if kind in self.handling_s:
+            self.handled[kind] += 1
+            self.handling_s[kind] += seconds
+        else:
+            self.handled[kind] = 1
+            self.handling_s[kind] = seconds
 
 
 def verify_event(
@@ -366,11 +370,11 @@ class Bus:
                 return
             self.counters.accepted += 1
             try:
-                if not admits(guards, event):
+                if guards and not admits(guards, event):
                     return
                 started = time.perf_counter()
                 await handler(event)
-                handled_in(kind(event), time.perf_counter() - started)
+                handled_in(type(event).__name__, time.perf_counter() - started)
             except Rejected as rejected:
                 dropped(msg, rejected)
             except Exception:
