@@ -97,6 +97,11 @@ class Keyring:
         return self.bus_keys
 
 
+QUIET_DROPS = frozenset({"unexpected-type"})
+"""Drops counted but logged at debug level only: a subscription that takes some kinds of
+event on its subjects (a tool's on everything) sees the other kinds go by all the time."""
+
+
 @dataclass
 class DropCounters:
     """What a bus received, accepted and dropped (by reason), and how long handlers took.
@@ -326,12 +331,19 @@ class Bus:
         return event
 
     def drop(self, reason: str, detail: str = "", *, subject: str = "", key: str = "") -> None:
-        """The one drop path: count ``reason`` (shown on /metrics) and log the drop once."""
+        """The one drop path: count ``reason`` (shown on /metrics) and log the drop once,
+        at debug level for the reasons in ``QUIET_DROPS``."""
         self.counters.drop(reason)
+        if reason in QUIET_DROPS and not logger.isEnabledFor(logging.DEBUG):
+            return
         where = f" on {subject}" if subject else ""
         signed = f" (key {key})" if key else ""
-        logger.warning(
-            "dropped event%s: %s%s", where, f"{reason}: {detail}" if detail else reason, signed
+        logger.log(
+            logging.DEBUG if reason in QUIET_DROPS else logging.WARNING,
+            "dropped event%s: %s%s",
+            where,
+            f"{reason}: {detail}" if detail else reason,
+            signed,
         )
 
     async def subscribe(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from contextlib import AsyncExitStack
 
@@ -24,7 +25,10 @@ async def _bus(config, stack: AsyncExitStack, name: str = "t") -> Bus:  # type: 
     return await Bus.connect(config.bus, Keyring.from_config(config), name=name, stack=stack)
 
 
-async def test_signed_event_arrives_and_bad_ones_are_dropped(farm: FarmFactory) -> None:
+async def test_signed_event_arrives_and_bad_ones_are_dropped(
+    farm: FarmFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="services.runtime.bus")
     config, _ = farm()
     async with AsyncExitStack() as stack:
         bus = await _bus(config, stack)
@@ -101,6 +105,9 @@ async def test_signed_event_arrives_and_bad_ones_are_dropped(farm: FarmFactory) 
             "unexpected-type": 1,
             "undecodable": 1,
         }
+        # each drop is logged once, but a kind the subscription does not take only counted
+        warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warned) == 7 and not any("unexpected-type" in m for m in warned), warned
 
 
 def _sample_id(payload: bytes) -> str:
