@@ -115,9 +115,8 @@ class Notifier:
             await self.transports[name].open()
 
     def drop(self, reason: str, detail: str) -> None:
-        """Count an input dropped by the bus's drop path (``aaa_failover_events_dropped``)."""
-        self.rt.bus.counters.drop(reason)
-        logger.warning("dropped %s: %s", reason, detail)
+        """Drop an input through the bus's one drop path (``aaa_failover_events_dropped``)."""
+        self.rt.bus.drop(reason, detail)
 
     # --- state in the KV bucket -----------------------------------------
 
