@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 
 from prometheus_client import Gauge, Histogram
 
@@ -93,7 +94,7 @@ class Evaluator:
             self._observe(state)
             if state.incident_id is not None:
                 logger.info("%s resumes incident %s (%s)", sid, state.incident_id, state.phase)
-        self.state = self.state._replace(servers=machines)
+        self.state = replace(self.state, servers=machines)
 
     async def on_sample(self, sample: MetricsSample) -> None:
         received = time.perf_counter()

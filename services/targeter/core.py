@@ -1,9 +1,11 @@
-"""The targeter's decisions as one pure function: ``(state, event, now) -> (state, events)``.
+"""The targeter's decisions as one function: ``(state, event, now) -> (state, events)``.
 
 :meth:`TargeterCore.handle` takes what the targeter hears (an ``Incident``, a
 ``HealthReport``, a client's ``ClientStatus`` or ``Ack``) and returns the new
 :class:`TargeterState` and the ``FailoverPlan`` parts to publish. An incident
-older than the one tracked is dropped by raising ``Rejected``. No I/O and no
+older than the one tracked is dropped by raising ``Rejected``. The registry
+and the latest reports are updated in place (see :class:`TargeterState`);
+the decisions (incidents tracked, steps) are new values. No I/O and no
 clock: the service wires it to the bus and KV, and ``what-if`` runs the same
 core over a recording. Events of servers or clients it does not know never
 reach it (the service's guards drop them).
@@ -28,11 +30,18 @@ from services.targeter.steps import Tracked, next_step, step_due
 
 @dataclass(frozen=True)
 class TargeterState:
-    """Per server the incident tracked and its steps; the client registry; the latest health."""
+    """Per server the incident tracked and its steps; the client registry; the latest health.
+
+    ``registry`` and ``reports`` are what the clients and the evaluator say, kept up to
+    date in place as their events come (a statement, not a decision: as the
+    evaluator's window of agents' reports). Copying them for every status would
+    cost a copy of every client's record per client per second: 32 us at 10,000
+    clients, each of 10,000 times a second.
+    """
 
     tracked: Mapping[str, Tracked] = field(default_factory=dict)
-    registry: Mapping[str, ClientRecord] = field(default_factory=dict)
-    reports: Mapping[str, HealthReport] = field(default_factory=dict)
+    registry: dict[str, ClientRecord] = field(default_factory=dict)
+    reports: dict[str, HealthReport] = field(default_factory=dict)
 
     def in_incident(self) -> set[str]:
         """Servers with an incident that is opened or recovering."""
@@ -95,7 +104,7 @@ class TargeterCore:
         self, state: TargeterState, report: HealthReport, now: float
     ) -> tuple[TargeterState, list[FailoverPlan]]:
         """Keep the latest health; a further step when it is due."""
-        state = replace(state, reports={**state.reports, report.server: report})
+        state.reports[report.server] = report
         tracked = state.tracked.get(report.server)
         if tracked is None or tracked.state != "opened":
             return state, []
@@ -138,4 +147,5 @@ class TargeterCore:
     def _record(self, state: TargeterState, record: ClientRecord | None) -> TargeterState:
         if record is None:
             return state
-        return replace(state, registry={**state.registry, record.id: record})
+        state.registry[record.id] = record
+        return state

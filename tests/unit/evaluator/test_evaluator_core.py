@@ -101,3 +101,13 @@ def test_agents_reports_make_the_clients_part(config: Config) -> None:
     _, [report] = c.handle(state, sample(1, HIGH), T0 + 1)
     assert isinstance(report, HealthReport)
     assert "clients" in report.parts and report.parts["clients"] < 0.875
+
+
+def test_the_state_is_threaded_through_and_a_copy_keeps_a_moment(config: Config) -> None:
+    c = core(config)
+    state = c.initial()
+    before = state.copy()
+    after, _ = c.handle(state, sample(0, LOW), T0)
+    # updated in place (no copy of every server's machine per sample), returned
+    assert after is state and after.servers["A"].lows == 1
+    assert before.servers["A"].lows == 0 and before.servers is not state.servers
