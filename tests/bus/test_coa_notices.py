@@ -12,38 +12,17 @@ import pytest
 from pyrad import packet
 
 from schemas.events import FailoverNotice
-from schemas.signing import Rejected
 from services.agent.coa import CoaListener
-from services.agent.receive import NoticeCallback, verify_notice
 from services.radius.notice import (
     MAX_VSA_OCTETS,
 )
-from services.runtime.config import Config
 from tests.conftest import FarmFactory
 from tests.support.datagrams import Collect
-from tests.support.notifying import Harness, harness, notifier, transport_farm
+from tests.support.notifying import Harness, harness, notifier, transport_farm, verifying
 
 TIMEOUT = 5.0
 
 # --- the notifier's radius-coa transport, end to end ------------------------
-
-
-def verifying(config: Config, client_id: str, seen: asyncio.Queue[Any]) -> NoticeCallback:
-    """An on_notice callback that verifies as the agent does and reports what it got."""
-    client = config.client(client_id)
-    secret = config.read_secret(client.secret)
-    servers = {s.id: s for s in config.servers}
-
-    async def on_notice(server: str, payload: bytes, auth: str | None, ct: str | None) -> bool:
-        try:
-            notice = verify_notice(client, secret, servers, server, payload, auth, ct)
-        except Rejected as exc:
-            await seen.put(exc)
-            return False
-        await seen.put((notice, payload))
-        return True
-
-    return on_notice
 
 
 async def outcomes(h: Harness, client: str) -> list[tuple[str, int]]:
@@ -125,16 +104,7 @@ async def test_coa_nak_of_a_refused_notice_fails_it(farm: FarmFactory, tmp_path:
     seen: asyncio.Queue[Any] = asyncio.Queue()
     # the listener holds the right RADIUS secret, but the agent checks the notice under
     # another one: the notice does not verify and is refused
-    servers = {s.id: s for s in config.servers}
-
-    async def on_notice(server: str, payload: bytes, auth: str | None, ct: str | None) -> bool:
-        try:
-            verify_notice(client, b"other", servers, server, payload, auth, ct)
-        except Rejected as exc:
-            await seen.put(exc.reason)
-            return False
-        return True
-
+    on_notice = verifying(config, "nas-01", seen, secret=b"other")
     secret = config.read_secret(client.secret)
     async with (
         harness(config) as h,

@@ -11,35 +11,14 @@ from typing import Any
 import pytest
 
 from schemas.events import FailoverNotice
-from schemas.signing import Rejected
 from services.agent.icmp import IcmpListener
-from services.agent.receive import verify_notice
 from services.notifier.transports import icmp as notifier_icmp
-from services.runtime.config import Config
 from tests.conftest import FarmFactory
-from tests.support.notifying import harness, notifier, transport_farm
+from tests.support.notifying import harness, notifier, transport_farm, verifying
 
 TIMEOUT = 5.0
 
 # --- listener and notifier on loopback --------------------------------------
-
-
-def verifying(config: Config, client_id: str, seen: asyncio.Queue[Any]) -> Any:
-    """An on_notice callback that verifies as the agent does and reports what it got."""
-    client = config.client(client_id)
-    secret = config.read_secret(client.secret)
-    servers = {s.id: s for s in config.servers}
-
-    async def on_notice(server: str, payload: bytes, auth: str | None, ct: str | None) -> bool:
-        try:
-            notice = verify_notice(client, secret, servers, server, payload, auth, ct)
-        except Rejected as exc:
-            await seen.put(exc.reason)
-            return False
-        await seen.put(notice)
-        return True
-
-    return on_notice
 
 
 @pytest.mark.raw_sockets
@@ -56,7 +35,7 @@ async def test_icmp_notice_is_verified_by_the_client_and_settled_by_its_bus_ack(
     ):
         await h.until_ready("nas-03")
         await h.plan("A", ("nas-01", ["B", "C"]))
-        notice = await asyncio.wait_for(seen.get(), TIMEOUT)
+        notice, _ = await asyncio.wait_for(seen.get(), TIMEOUT)
         assert isinstance(notice, FailoverNotice)
         assert (notice.server, notice.client) == ("A", "nas-01")
         assert [e.server for e in notice.alternates] == ["B", "C"]

@@ -28,6 +28,7 @@ from schemas.signing import (
     client_key_id,
     verify_client_authenticator,
 )
+from services.agent.receive import NoticeCallback, verify_notice
 from services.launch.farm import farm_dict, free_udp_port
 from services.notifier.service import run
 from services.runtime.bus import Bus, Signer
@@ -144,3 +145,25 @@ async def harness(config: Config) -> AsyncIterator[Harness]:
         h = Harness(config, bus)
         await h.listen()
         yield h
+
+
+def verifying(
+    config: Config, client_id: str, seen: asyncio.Queue[Any], secret: bytes | None = None
+) -> NoticeCallback:
+    """An on_notice callback that verifies as the agent does, under ``secret`` (the client's
+    own by default), and puts on ``seen`` what it got: ``(notice, payload)``, or the reason
+    it refused the notice."""
+    client = config.client(client_id)
+    key = secret if secret is not None else config.read_secret(client.secret)
+    servers = {s.id: s for s in config.servers}
+
+    async def on_notice(server: str, payload: bytes, auth: str | None, ct: str | None) -> bool:
+        try:
+            notice = verify_notice(client, key, servers, server, payload, auth, ct)
+        except Rejected as exc:
+            await seen.put(exc.reason)
+            return False
+        await seen.put((notice, payload))
+        return True
+
+    return on_notice
