@@ -55,7 +55,7 @@ from bench.common import (  # noqa: E402
 )
 from schemas.events import ClientStatus, Incident, ServerControl  # noqa: E402
 from services.launch import registry  # noqa: E402
-from services.launch.demo import LogFiles  # noqa: E402
+from services.launch.demo import DEMO_SETTINGS, LogFiles  # noqa: E402
 from services.launch.farm import farm_dict, free_udp_port, write_config  # noqa: E402
 from services.launch.supervisor import ServiceProcess  # noqa: E402
 from services.radius.client import RadiusClient, RadiusTimeout, query_status  # noqa: E402
@@ -91,16 +91,9 @@ QUICK = {"clients": 21, "rate": 2.0, "warmup_s": 1.5, "overload_s": 4.0, "settle
 SCENARIOS = ("client-side", "aaa-failover")
 
 SETTINGS: dict[str, Any] = {
-    "collector": {"interval_s": 0.5, "status_timeout_s": 0.25},
-    "evaluator": {
-        "failover_threshold": 0.2,
-        "connection_threshold": 0.6,
-        "failover_samples": 2,
-        "recovery_samples": 3,
-    },
-    "targeter": {"max_share": 1.0, "step_interval_s": 1.0},
-    "notifier": {"ack_timeout_s": 1.0, "retries": 3},
-    "readmitter": {"wave_size": 10, "wave_interval_s": 2.0, "retry_after_s": 5.0},
+    **DEMO_SETTINGS,
+    # waves of ten: the farm has five times the demo's clients
+    "readmitter": {**DEMO_SETTINGS["readmitter"], "wave_size": 10},
 }
 
 
