@@ -69,6 +69,9 @@ class Evaluator:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        # each server's gauges, found once: labels() takes a lock and builds a key per call
+        self._health_of = {sid: self.health_gauge.labels(sid) for sid in servers}
+        self._phase_of = {sid: self.state_gauge.labels(sid) for sid in servers}
         for state in self.state.servers.values():
             self._observe(state)
 
@@ -78,7 +81,7 @@ class Evaluator:
         return self.state.servers
 
     def _observe(self, state: ServerState) -> None:
-        self.state_gauge.labels(state.server).set(PHASE_VALUES[state.phase])
+        self._phase_of[state.server].set(PHASE_VALUES[state.phase])
 
     async def load(self) -> None:
         """Read each server's machine state from KV; a bad value is logged and ignored."""
@@ -104,7 +107,7 @@ class Evaluator:
             assert isinstance(report, HealthReport)
             await self.rt.bus.publish(self.rt.bus.subjects.health(sample.server), report)
             self.decision_latency.observe(time.perf_counter() - received)
-            self.health_gauge.labels(sample.server).set(report.health)
+            self._health_of[sample.server].set(report.health)
             self._observe(self.states[sample.server])
             for incident in incidents:
                 assert isinstance(incident, Incident)
