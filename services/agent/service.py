@@ -24,6 +24,7 @@ import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 
 import nats.errors
@@ -56,7 +57,7 @@ from services.agent.client import (
 )
 from services.agent.coa import CoaListener
 from services.agent.icmp import IcmpListener, IcmpUnavailable
-from services.agent.metrics import UpstreamMetrics
+from services.agent.metrics import PacketCounts, UpstreamMetrics
 from services.agent.proxy import RadiusProxy
 from services.agent.receive import verify_notice
 from services.agent.tally import Tallies
@@ -307,14 +308,17 @@ class ClientAgent:
             headers.get(codec.CONTENT_TYPE),
         )
 
-    async def listen(self, stack: AsyncExitStack) -> None:
-        """Receive notices by the client's transport: the bus, RADIUS CoA or ICMP Echo."""
+    async def listen(self, stack: AsyncExitStack) -> Mapping[str, int] | None:
+        """Receive notices by the client's transport: the bus, RADIUS CoA or ICMP Echo.
+
+        Returns the listener's counts by outcome (None on the bus, whose drops
+        are the bus's own counters)."""
         transport = self.client.transport
         if transport == "nats":
             await self.rt.bus.subscribe_raw(
                 self.rt.bus.subjects.notice(self.client.id), self.on_message
             )
-            return
+            return None
         listener: CoaListener | IcmpListener
         if transport == "radius-coa":
             listener = CoaListener(
@@ -331,6 +335,7 @@ class ClientAgent:
                 f"client {self.client.id}: cannot listen for {transport} notices: {exc}"
             ) from None
         stack.push_async_callback(listener.close)
+        return listener.counters
 
     # --- timers, load and status ------------------------------------------
 
@@ -407,6 +412,7 @@ async def run(
 
     async def setup(rt: Runtime) -> None:
         metrics = UpstreamMetrics(rt.metrics.registry)
+        packets = PacketCounts(rt.metrics.registry)
         for client in clients:
             agent = ClientAgent(
                 rt,
@@ -420,7 +426,10 @@ async def run(
             if agent.proxy is not None:
                 rt.stack.push_async_callback(agent.proxy.close)
                 await agent.proxy.start()
-            await agent.listen(rt.stack)
+                packets.add(client.id, "proxy", agent.proxy.counters.dropped)
+            counts = await agent.listen(rt.stack)
+            if counts is not None:
+                packets.add(client.id, client.transport, counts)
             rt.spawn(agent.main(), client.id)
         proxies = sum(1 for c in clients if c.proxy is not None)
         logger.info("agent runs %d clients, %d of them as RADIUS proxies", len(clients), proxies)

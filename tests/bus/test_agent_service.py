@@ -22,6 +22,7 @@ from schemas.events import (
 )
 from schemas.signing import AUTH_HEADER, SERVER_HEADER, client_authenticator
 from services.agent.service import run
+from services.launch.farm import free_udp_port
 from services.radius.packet import dictionary
 from services.runtime.bus import Bus
 from services.runtime.config import Config
@@ -340,3 +341,47 @@ async def test_agent_load_is_answered_by_the_reference_server(farm: FarmFactory)
     finally:
         stop.set()
         await asyncio.wait_for(server, 10)
+
+
+async def test_agent_counts_the_coa_packets_it_refuses_on_its_metrics(farm: FarmFactory) -> None:
+    """Datagrams that are not CoA, and a CoA-Request under the wrong secret, reach the
+    agent's CoA listener; each is counted by outcome on the agent's /metrics."""
+    config, _ = farm(clients=2, client_rate=0)
+    config = _tune(
+        config, "nas-01", transport="radius-coa", coa_port=free_udp_port("127.0.0.1")
+    ).with_metrics_port("agent", 0)
+    client = config.client("nas-01")
+    loop = asyncio.get_running_loop()
+    with metrics_urls() as urls:
+        async with harness(config) as h, agent(config):
+            await h.status(lambda s: True)  # the agent runs, its listener bound
+            sock, _ = await loop.create_datagram_endpoint(
+                asyncio.DatagramProtocol, remote_addr=(client.ip, client.coa_port)
+            )
+            try:
+                # too short; a header only; a length field past the datagram's end
+                for junk in (b"\x2b", b"\x2b\x01\x00\x14", b"\x2b\x01\x01\x00" + bytes(16)):
+                    sock.sendto(junk)
+                forged = packet.CoAPacket(
+                    code=packet.CoARequest, id=7, secret=b"not-the-secret", dict=dictionary()
+                )
+                forged.add_message_authenticator()
+                sock.sendto(forged.RequestPacket())
+
+                async def counted() -> dict[str, float]:
+                    while True:
+                        found = {
+                            dict(labels)["outcome"]: value
+                            for (name, labels), value in (await scrape(urls[0])).items()
+                            if name == "aaa_failover_agent_packets_total"
+                            and dict(labels)["receiver"] == "radius-coa"
+                        }
+                        if found.get("nak-sent") and found.get("malformed", 0) >= 3:
+                            return found
+                        await asyncio.sleep(0.05)
+
+                found = await asyncio.wait_for(counted(), TIMEOUT)
+            finally:
+                sock.close()
+    assert found["malformed"] == 3, found
+    assert found["bad-authenticator"] == 1, found
