@@ -46,12 +46,40 @@ def encode(event: Event, codec: CodecName = "json") -> bytes:
 
 
 def decode(payload: bytes, content: str | None = JSON_TYPE) -> AnyEvent:
-    """The event in ``payload``; raises DecodeError for anything else."""
+    """The event in ``payload``; raises DecodeError for anything else.
+
+    Whatever the bytes do to the decoder is a DecodeError: not only msgspec's
+    own errors but a RecursionError (arrays or objects nested deeper than the
+    interpreter's recursion limit, in an unknown field that is skipped as much
+    as in a known one), a ValueError or TypeError of an event's own checks, a
+    MemoryError of a claimed length. Nothing else leaves this function, so a
+    receiver counts the payload as undecodable and carries on.
+    """
+    if content in (None, "", JSON_TYPE):
+        decoder: msgspec.json.Decoder[AnyEvent] | msgspec.msgpack.Decoder[AnyEvent] = _json_decoder
+    elif content == MSGPACK_TYPE:
+        decoder = _msgpack_decoder
+    else:
+        raise DecodeError(f"unknown content type {_shown(content)}")
     try:
-        if content in (None, "", JSON_TYPE):
-            return _json_decoder.decode(payload)
-        if content == MSGPACK_TYPE:
-            return _msgpack_decoder.decode(payload)
+        return decoder.decode(payload)
     except msgspec.DecodeError as exc:
-        raise DecodeError(str(exc)) from exc
-    raise DecodeError(f"unknown content type {content!r}")
+        raise DecodeError(_clipped(str(exc))) from None
+    except RecursionError:
+        raise DecodeError("nested too deeply") from None
+    except Exception as exc:
+        raise DecodeError(_clipped(f"{type(exc).__name__}: {exc}")) from None
+
+
+DETAIL_LIMIT = 200
+"""The most characters of a decoding error kept for the log: a path into a deeply nested
+payload (``$.a[0][0]...``) is as long as the payload is deep."""
+
+
+def _clipped(text: str, limit: int = DETAIL_LIMIT) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _shown(text: object) -> str:
+    """``text`` for a log line: repr'd and clipped."""
+    return _clipped(repr(text), 64)

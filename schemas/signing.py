@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections import OrderedDict
 from collections.abc import Mapping
 
@@ -28,6 +29,23 @@ AUTH_HEADER = "Aaa-Auth"
 SERVER_HEADER = "Aaa-Server"
 
 CLIENT_KEY_PREFIX = "client:"
+
+DIGEST_FORMAT = re.compile(r"[0-9a-f]{64}")
+"""What ``Aaa-Sig`` and ``Aaa-Auth`` hold: a SHA-256 digest as 64 lowercase hex digits."""
+KEY_ID_FORMAT = re.compile(r"[\x20-\x7e]{1,128}")
+"""What ``Aaa-Key`` holds: a key id of 1-128 printable ASCII characters (a bus key's id or
+``client:`` and a client id)."""
+
+
+def _header_text(value: object, limit: int = 64) -> str:
+    """A header value as it may be shown in a log line: repr'd and at most ``limit`` long."""
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def is_digest(value: object) -> bool:
+    """Whether ``value`` is a hex SHA-256 digest as this module writes one."""
+    return isinstance(value, str) and DIGEST_FORMAT.fullmatch(value) is not None
 
 
 def signature(key: bytes, payload: bytes) -> str:
@@ -43,15 +61,24 @@ def sign_headers(key_id: str, key: bytes, payload: bytes) -> dict[str, str]:
 def verify(keys: Mapping[str, bytes], headers: Mapping[str, str] | None, payload: bytes) -> str:
     """Check the signature headers of ``payload``; return the key id that signed it.
 
-    Raises Rejected with reason ``unsigned``, ``unknown-key`` or ``bad-signature``.
+    Raises Rejected with reason ``unsigned``, ``bad-key-id`` (``Aaa-Key`` is not
+    1-128 printable ASCII characters), ``unknown-key`` or ``bad-signature``
+    (also when ``Aaa-Sig`` is not 64 lowercase hex digits: its format is
+    checked before any comparison, so no header value reaches
+    ``hmac.compare_digest`` that it would refuse).
     """
     if not headers or SIG_HEADER not in headers or KEY_HEADER not in headers:
         raise Rejected("unsigned")
     key_id = headers[KEY_HEADER]
+    if not isinstance(key_id, str) or KEY_ID_FORMAT.fullmatch(key_id) is None:
+        raise Rejected("bad-key-id", _header_text(key_id))
+    sig = headers[SIG_HEADER]
+    if not is_digest(sig):
+        raise Rejected("bad-signature", f"{key_id}: {SIG_HEADER} {_header_text(sig)} is not hex")
     key = keys.get(key_id)
     if key is None:
         raise Rejected("unknown-key", key_id)
-    if not hmac.compare_digest(signature(key, payload), headers[SIG_HEADER]):
+    if not hmac.compare_digest(signature(key, payload), sig):
         raise Rejected("bad-signature", key_id)
     return key_id
 
@@ -85,9 +112,15 @@ def verify_client_authenticator(
     *,
     legacy: bool = False,
 ) -> None:
-    """Raise Rejected unless ``authenticator`` is right for this notice."""
+    """Raise Rejected unless ``authenticator`` is right for this notice.
+
+    ``unsigned`` if there is none; ``bad-authenticator`` if it is wrong, or not
+    64 lowercase hex digits (checked before comparing).
+    """
     if not authenticator:
         raise Rejected("unsigned")
+    if not is_digest(authenticator):
+        raise Rejected("bad-authenticator", f"not hex: {_header_text(authenticator)}")
     expected = client_authenticator(secret, server_ip, client_ip, body, legacy=legacy)
     if not hmac.compare_digest(expected, authenticator):
         raise Rejected("bad-authenticator")
@@ -115,7 +148,7 @@ class ReplayGuard:
 
     def check(self, event_id: str, event_time: float, now: float) -> None:
         """Raise Rejected (``stale``, ``future`` or ``replayed``), else remember the id."""
-        if self.check_time and event_time < now - self.window_s:
+        if self.check_time and not event_time >= now - self.window_s:  # NaN too
             raise Rejected("stale", f"{now - event_time:.1f}s old")
         if self.check_time and event_time > now + self.window_s:
             raise Rejected("future", f"{event_time - now:.1f}s ahead")

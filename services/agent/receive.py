@@ -43,7 +43,10 @@ def verify_notice(
     """
     server = servers.get(server_id)
     if server is None:
-        raise Rejected("unknown-server", f"server {server_id!r}")
+        shown = repr(server_id)
+        raise Rejected(
+            "unknown-server", "server " + (shown[:61] + "..." if len(shown) > 64 else shown)
+        )
     verify_client_authenticator(
         secret,
         server.ip,
