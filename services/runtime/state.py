@@ -1,10 +1,13 @@
 """A service's state in its JetStream KV bucket: values of one msgspec type, by key.
 
 Values are stored msgspec-JSON encoded. A stored value that does not decode
-to the type (or fails the type's own checks) is never fatal: it is counted as
-``bad-state`` on the bus's drop counters, logged, and read as missing. A write
-that fails is logged and reported by its result, so a service carries on from
-memory when the store is away.
+to the type, whatever the reason (not JSON, the wrong type, nested deeper than
+the interpreter's recursion limit, failing the type's own checks), is never
+fatal: it is counted as ``bad-state`` on the bus's drop counters, logged once
+(per key and revision, however often it is read), and read as missing, so the
+service starts with the rest of its state. A write that fails is logged and
+reported by its result, so a service carries on from memory when the store is
+away.
 """
 
 from __future__ import annotations
@@ -35,22 +38,41 @@ class StateStore(Generic[T]):
         self.counters = counters
         self.bucket = bucket
         self._decoder = msgspec.json.Decoder(kind)
+        self._reported: set[tuple[str, int | None]] = set()
 
     @classmethod
     async def open(cls, bus: Bus, bucket: str, kind: type[T]) -> StateStore[T]:
         """The store of ``kind`` values in ``bus``'s bucket ``bucket`` (created if missing)."""
         return cls(await bus.kv(bucket), kind, bus.counters, bucket)
 
-    def _decode(self, key: str, data: bytes) -> T | None:
-        """``data`` as a value of the type, or None (counted and logged) if it is not one."""
+    def _decode(self, key: str, data: bytes, revision: int | None = None) -> T | None:
+        """``data`` as a value of the type, or None (counted and logged) if it is not one.
+
+        Any failure of the decoder is a bad value, not only msgspec's own errors:
+        a RecursionError (too deeply nested), a ValueError or TypeError of the
+        type's checks, and whatever else the bytes provoke.
+        """
         try:
             return self._decoder.decode(data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            self.bad(key, str(exc))
-            return None
+        except msgspec.DecodeError as exc:
+            why = str(exc)
+        except RecursionError:
+            why = "nested too deeply"
+        except Exception as exc:
+            why = f"{type(exc).__name__}: {exc}"
+        self.bad(key, why if len(why) <= 200 else why[:197] + "...", revision)
+        return None
 
-    def bad(self, key: str, why: str) -> None:
-        """Count and log the value stored under ``key`` as unusable."""
+    def bad(self, key: str, why: str, revision: int | None = None) -> None:
+        """Count and log the value stored under ``key`` (at ``revision``) as unusable.
+
+        Once per key and revision: the same bad value read again is neither
+        counted nor logged again.
+        """
+        seen = (key, revision)
+        if seen in self._reported:
+            return
+        self._reported.add(seen)
         self.counters.drop("bad-state")
         logger.warning("ignoring stored %s %r in %s: %s", self.kind.__name__, key, self.bucket, why)
 
@@ -65,7 +87,7 @@ class StateStore(Generic[T]):
             return None
         if entry.value is None:
             return None
-        return self._decode(key, entry.value)
+        return self._decode(key, entry.value, entry.revision)
 
     async def load_all(self) -> dict[str, T]:
         """Every good value in the bucket, by key (bad ones are counted and left out)."""
