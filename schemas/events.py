@@ -217,29 +217,36 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
         return self.acct_port if self.acct_port is not None else self.auth_port + 1
 
 
-class FailoverNotice(Event, frozen=True, kw_only=True, tag="notice.failover"):
-    """Tells one client to leave ``server`` for one of ``alternates``.
+class FailoverNotice(Event, frozen=True, kw_only=True, tag="notice.failover.v2"):
+    """Tells one client to leave ``server`` for one of ``alternates``, server ids in order.
 
     Carried with an authenticator under the client's own shared secret (see
     ``schemas.signing.client_authenticator``); ``seq`` grows per client and
-    the notice is void after ``valid_until``.
+    the notice is void after ``valid_until``. Alternates are named, never
+    addressed: the client finds each one's address in its own configuration
+    and refuses a notice naming a server it does not know, so whoever holds
+    a client's secret still cannot send its requests to an address of their
+    choosing. (``notice.failover``, which carried addresses, is retired.)
     """
 
     incident_id: str
     server: str
     client: str
-    alternates: list[Endpoint]
+    alternates: list[str]
     seq: int
     valid_until: float
 
 
-class ReadmitNotice(Event, frozen=True, kw_only=True, tag="notice.readmit"):
-    """Tells one client it may (``granted``) or may not yet return home."""
+class ReadmitNotice(Event, frozen=True, kw_only=True, tag="notice.readmit.v2"):
+    """Tells one client it may (``granted``) or may not yet return to its home ``server``.
+
+    The client's home address is in its own configuration, never in the
+    notice. (``notice.readmit``, which carried it, is retired.)
+    """
 
     incident_id: str
     server: str
     client: str
-    home: Endpoint
     granted: bool = True
     wave: int = 0
     retry_after_s: float = 0.0

@@ -2,9 +2,11 @@
 
 A notice reaches these functions only after its authenticator was verified
 and it was decoded. :func:`on_notice` rejects it (wrong client, expired, old
-sequence number), re-acknowledges a repeat of the last notice without acting
-again, or acts on it: a failover notice for the current server switches to
-the first usable alternate and arms a jittered return timer; a readmission
+sequence number, a server the client does not know), re-acknowledges a
+repeat of the last notice without acting again, or acts on it: a failover
+notice for the current server switches to the first usable alternate (named
+by id, its address taken from the client's own configuration) and arms a
+jittered return timer; a readmission
 notice brings the client home or re-arms the timer. :func:`on_time` says when
 to ask to return home, and brings the client home on its own once the last
 notice's validity is over (so no client is stranded if the system is gone).
@@ -12,12 +14,13 @@ notice's validity is over (so no client is stranded if the system is gone).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from schemas.events import Endpoint, FailoverNotice, ReadmitNotice
 
-RejectReason = Literal["wrong-client", "expired", "old-seq"]
+RejectReason = Literal["wrong-client", "expired", "old-seq", "unknown-server"]
 
 
 class Uniform(Protocol):
@@ -90,9 +93,18 @@ class Step:
 
 
 def on_notice(
-    state: ClientState, notice: FailoverNotice | ReadmitNotice, now: float, rng: Uniform
+    state: ClientState,
+    notice: FailoverNotice | ReadmitNotice,
+    now: float,
+    rng: Uniform,
+    servers: Mapping[str, Endpoint],
 ) -> Step:
-    """Decide what a verified, decoded notice does to ``state`` at time ``now``."""
+    """Decide what a verified, decoded notice does to ``state`` at time ``now``.
+
+    ``servers`` are the servers of the client's own configuration: a notice
+    naming any other (as its server or an alternate) is refused whole, as
+    ``unknown-server``, and changes nothing.
+    """
     if notice.client != state.client:
         return Step(state, None, rejected="wrong-client")
     if notice.id == state.last_notice_id and state.last_answer is not None:
@@ -103,8 +115,12 @@ def on_notice(
     if notice.seq <= state.last_seq:
         answer = Answer(False, state.current.server, "old-seq")
         return Step(state, answer, rejected="old-seq")
+    named = [notice.server, *notice.alternates] if isinstance(notice, FailoverNotice) else []
+    if any(sid not in servers for sid in named):
+        answer = Answer(False, state.current.server, "unknown-server")
+        return Step(state, answer, rejected="unknown-server")
     if isinstance(notice, FailoverNotice):
-        new, answer = _failover(state, notice, now, rng)
+        new, answer = _failover(state, notice, now, rng, servers)
     else:
         new, answer = _readmit(state, notice, now, rng)
     new = replace(new, last_seq=notice.seq, last_notice_id=notice.id, last_answer=answer)
@@ -112,13 +128,18 @@ def on_notice(
 
 
 def _failover(
-    state: ClientState, notice: FailoverNotice, now: float, rng: Uniform
+    state: ClientState,
+    notice: FailoverNotice,
+    now: float,
+    rng: Uniform,
+    servers: Mapping[str, Endpoint],
 ) -> tuple[ClientState, Answer]:
     if notice.server != state.current.server:
         return state, Answer(False, state.current.server, "not-on-server")
-    target = next((e for e in notice.alternates if e.server != state.current.server), None)
-    if target is None:
+    sid = next((s for s in notice.alternates if s != state.current.server), None)
+    if sid is None:
         return state, Answer(False, state.current.server, "no-alternate")
+    target = servers[sid]
     if target.server == state.home.server:
         return _at_home(state, target), Answer(True, target.server, "home")
     stay_until = max(notice.valid_until, state.stay_until or 0.0)
@@ -137,7 +158,7 @@ def _readmit(
     if notice.server != state.home.server:
         return state, Answer(False, state.current.server, "not-home")
     if notice.granted:
-        return _at_home(state, notice.home), Answer(True, notice.home.server)
+        return _at_home(state, state.home), Answer(True, state.home.server)
     if not state.away:
         return state, Answer(False, state.current.server, "already-home")
     new = replace(

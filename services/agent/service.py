@@ -90,6 +90,8 @@ class ClientAgent:
         self.client = client
         self.secret = secret
         self.servers = servers
+        # where each server of the configuration is: the only addresses a notice can name
+        self.endpoints = {sid: server.endpoint for sid, server in servers.items()}
         self.rng = rng
         self.signer = Signer(client_key_id(client.id), secret)
         self.state: ClientState = new_state(
@@ -270,7 +272,7 @@ class ClientAgent:
             return False
         before = self.state
         was_on = self.current().server
-        step = on_notice(before, notice, time.time(), self.rng)
+        step = on_notice(before, notice, time.time(), self.rng, self.endpoints)
         self.state = step.state
         self._follow_notices()
         if step.switched and isinstance(notice, FailoverNotice) and self.proxy is not None:

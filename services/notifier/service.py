@@ -263,11 +263,10 @@ class Notifier:
                 continue
             alternates = []
             for sid in move.alternates:
-                alternate = self.servers.get(sid)
-                if alternate is None or sid == plan.server:
+                if sid not in self.servers or sid == plan.server:
                     self.drop("bad-alternate", f"plan {plan.plan_id} offers {sid!r}")
                     continue
-                alternates.append(alternate.endpoint)
+                alternates.append(sid)
             notice = FailoverNotice(
                 incident_id=plan.incident_id,
                 server=server.id,
@@ -287,7 +286,6 @@ class Notifier:
             return
         now = time.time()
         valid_until = now + self.config.notifier.notice_validity_s
-        home = server.endpoint
         batch: list[tuple[Notice, ClientConfig]] = []
         for granted, ids in ((True, wave.clients), (False, wave.deferred)):
             for cid in ids:
@@ -302,7 +300,6 @@ class Notifier:
                     incident_id=wave.incident_id,
                     server=server.id,
                     client=client.id,
-                    home=home,
                     granted=granted,
                     wave=wave.wave,
                     retry_after_s=0.0 if granted else wave.retry_after_s,

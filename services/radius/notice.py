@@ -83,10 +83,11 @@ ERROR_CAUSE_CODE = 101
 class ErrorCause(IntEnum):
     """Error-Cause values (RFC 5176 section 3.6) a CoA-NAK of a notice carries.
 
-    INVALID_REQUEST (404): the request did not authenticate under the shared
-    secret (wrong Request Authenticator or Message-Authenticator), or its
-    Event-Timestamp is outside the receiver's window. MISSING_ATTRIBUTE
-    (402): no Message-Authenticator, or no notice, server or authenticator
+    A request that does not authenticate under the shared secret (wrong
+    Request Authenticator or Message-Authenticator, or none) gets no answer
+    at all (RFC 5176 section 3.5: silently discarded). INVALID_REQUEST (404):
+    its Event-Timestamp is outside the receiver's window. MISSING_ATTRIBUTE
+    (402): no Event-Timestamp, or no notice, server or authenticator
     attribute. INVALID_ATTRIBUTE_VALUE (407): the notice was refused (it did
     not verify or was not accepted). RESOURCES_UNAVAILABLE (506): the
     receiver failed while handling it.
@@ -117,7 +118,7 @@ def _describe(pkt: Any, message: NoticeMessage) -> None:
     pkt[NOTICE_TYPE] = str(type(notice).__struct_config__.tag)
     pkt[INCIDENT] = notice.incident_id
     if isinstance(notice, FailoverNotice) and notice.alternates:
-        pkt[ALTERNATE] = [f"{e.server} {e.ip} {e.auth_port}" for e in notice.alternates]
+        pkt[ALTERNATE] = list(notice.alternates)
     pkt[VALID_UNTIL] = max(0, min(int(notice.valid_until), 0xFFFFFFFF))
     pkt[SEQUENCE] = max(0, min(notice.seq, 0xFFFFFFFFFFFFFFFF))
 
@@ -160,8 +161,11 @@ def read_coa_notice(pkt: Any) -> NoticeMessage:
         server = _first_text(pkt, SERVER)
         authenticator = _first_text(pkt, AUTHENTICATOR)
         content_type = _first_text(pkt, CONTENT_TYPE) or codec.JSON_TYPE
-    except (KeyError, ValueError, TypeError, struct.error) as exc:
-        raise WireError("bad-attribute", str(exc)) from None
+        payload = b"".join(bytes(chunk) for chunk in chunks)
+    except WireError:
+        raise
+    except Exception as exc:  # whatever an attribute's octets do to pyrad's decoding
+        raise WireError("bad-attribute", f"{type(exc).__name__}: {exc}"[:200]) from None
     missing = [
         name
         for name, value in ((NOTICE, chunks), (SERVER, server), (AUTHENTICATOR, authenticator))
@@ -171,10 +175,7 @@ def read_coa_notice(pkt: Any) -> NoticeMessage:
         raise WireError("missing-attribute", ", ".join(missing))
     assert server is not None and authenticator is not None
     return NoticeMessage(
-        server=server,
-        payload=b"".join(bytes(chunk) for chunk in chunks),
-        authenticator=authenticator,
-        content_type=content_type,
+        server=server, payload=payload, authenticator=authenticator, content_type=content_type
     )
 
 

@@ -172,12 +172,12 @@ def _plan(e: FailoverPlan) -> str:
 
 
 def _failover_notice(e: FailoverNotice) -> str:
-    to = ",".join(a.server for a in e.alternates) or "-"
+    to = ",".join(e.alternates) or "-"
     return f"client={e.client} from={e.server} to={to} seq={e.seq}"
 
 
 def _readmit_notice(e: ReadmitNotice) -> str:
-    return f"client={e.client} home={e.home.server} granted={e.granted} wave={e.wave} seq={e.seq}"
+    return f"client={e.client} home={e.server} granted={e.granted} wave={e.wave} seq={e.seq}"
 
 
 def _delivery(e: Delivery) -> str:

@@ -15,7 +15,6 @@ from pyrad import packet
 from schemas.events import (
     Ack,
     ClientStatus,
-    Endpoint,
     FailoverNotice,
     ReadmitNotice,
     ReadmitRequest,
@@ -78,10 +77,6 @@ class Harness:
                 accept_clients=True,
             )
 
-    def endpoint(self, server: str) -> Endpoint:
-        s = self.config.server(server)
-        return Endpoint(server=s.id, ip=s.ip, auth_port=s.auth_port)
-
     def next_seq(self) -> int:
         self.seq += 1
         return self.seq
@@ -91,7 +86,7 @@ class Harness:
             "incident_id": "inc-1",
             "server": server,
             "client": "nas-01",
-            "alternates": [self.endpoint(s) for s in alternates],
+            "alternates": alternates,
             "seq": self.next_seq(),
             "valid_until": time.time() + 60,
         }
@@ -223,7 +218,6 @@ async def test_agent_asks_to_return_after_its_timeout_then_goes_home(
             incident_id="inc-1",
             server="A",
             client="nas-01",
-            home=h.endpoint("A"),
             seq=h.next_seq(),
             valid_until=time.time() + 60,
         )
@@ -376,7 +370,7 @@ async def test_agent_counts_the_coa_packets_it_refuses_on_its_metrics(farm: Farm
                             if name == "aaa_failover_agent_packets_total"
                             and dict(labels)["receiver"] == "radius-coa"
                         }
-                        if found.get("nak-sent") and found.get("malformed", 0) >= 3:
+                        if found.get("bad-authenticator") and found.get("malformed", 0) >= 3:
                             return found
                         await asyncio.sleep(0.05)
 
@@ -385,3 +379,55 @@ async def test_agent_counts_the_coa_packets_it_refuses_on_its_metrics(farm: Farm
                 sock.close()
     assert found["malformed"] == 3, found
     assert found["bad-authenticator"] == 1, found
+
+
+async def test_a_notice_cannot_send_a_client_to_a_server_outside_its_configuration(
+    farm: FarmFactory,
+) -> None:
+    """Finding: whoever holds a client's RADIUS secret could name their own address as an
+    alternate. Alternates are server ids now: an id the agent does not know is refused
+    with the whole notice, and the client stays where it is."""
+    config, _ = farm(clients=2, client_rate=0)
+    config = _tune(config, "nas-01", return_after_s=60.0)
+    async with harness(config) as h, agent(config):
+        await h.status(lambda s: True)
+        rogue = h.failover("A", ["rogue", "B"])
+        await h.send(rogue)
+        ack = await h.ack()
+        assert (ack.notice_id, ack.accepted, ack.reason, ack.now_on) == (
+            rogue.id,
+            False,
+            "unknown-server",
+            "A",
+        )
+        status = await h.status(lambda s: s.notices_rejected == 1)
+        assert status.current == "A"
+        # the retired form, which carried addresses, does not even decode
+        retired = msgspec.json.encode(
+            {
+                "type": "notice.failover",
+                "id": "f" * 32,
+                "time": time.time(),
+                "source": "attacker",
+                "incident_id": "x",
+                "server": "A",
+                "client": "nas-01",
+                "alternates": [{"server": "B", "ip": "127.0.0.66", "auth_port": 1812}],
+                "seq": h.next_seq(),
+                "valid_until": time.time() + 60,
+            }
+        )
+        client = config.client("nas-01")
+        auth = client_authenticator(
+            config.read_secret(client.secret), config.server("A").ip, client.ip, retired
+        )
+        await h.bus.nc.publish(
+            h.bus.subjects.notice("nas-01"),
+            retired,
+            headers={AUTH_HEADER: auth, SERVER_HEADER: "A"},
+        )
+        status = await h.status(lambda s: s.notices_rejected == 2)
+        assert status.current == "A"
+        # and a genuine notice still moves it
+        await h.send(h.failover("A", ["B"]))
+        assert (await h.ack()).now_on == "B"

@@ -38,7 +38,7 @@ async def test_icmp_notice_is_verified_by_the_client_and_settled_by_its_bus_ack(
         notice, _ = await asyncio.wait_for(seen.get(), TIMEOUT)
         assert isinstance(notice, FailoverNotice)
         assert (notice.server, notice.client) == ("A", "nas-01")
-        assert [e.server for e in notice.alternates] == ["B", "C"]
+        assert notice.alternates == ["B", "C"]
         sent = await h.delivery("nas-01")
         assert (sent.outcome, sent.notice_id) == ("sent", notice.id)
         # the agent answers over the bus, as for the nats transport

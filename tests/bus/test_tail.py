@@ -15,7 +15,6 @@ from typing import Any
 
 from schemas.events import (
     Ack,
-    Endpoint,
     FailoverNotice,
     HealthReport,
     MetricsSample,
@@ -105,7 +104,7 @@ async def _publish_cases(config: Config, bus: Bus) -> None:
         incident_id="i",
         server="A",
         client=nas.id,
-        alternates=[Endpoint(server="B", ip="127.0.0.12", auth_port=1812)],
+        alternates=["B"],
         seq=1,
         valid_until=0.0,
     )

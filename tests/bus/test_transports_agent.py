@@ -78,7 +78,7 @@ async def test_coa_and_icmp_notices_move_their_clients(farm: FarmFactory, tmp_pa
             # a CoA-Request under a wrong secret is refused with a NAK
             nas1 = config.client("nas-01")
             message = NoticeMessage(
-                server="A", payload=b'{"type":"notice.failover"}', authenticator="00" * 32
+                server="A", payload=b'{"type":"notice.failover.v2"}', authenticator="00" * 32
             )
             request = coa_request(message, b"not the secret", radius.dictionary(), now=time.time())
             request.id = 7

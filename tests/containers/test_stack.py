@@ -415,7 +415,7 @@ async def test_overload_moves_clients_away_and_readmits_them(stack: Stack) -> No
     sent = [
         d
         for d in recorder.of(Delivery)
-        if d.server == OVERLOADED and d.notice_type == "notice.failover" and d.outcome == "sent"
+        if d.server == OVERLOADED and d.notice_type == "notice.failover.v2" and d.outcome == "sent"
     ]
     assert sorted(d.client for d in sent) == home_a, sent
     waves = [w for w in recorder.of(ReadmitWave) if w.server == OVERLOADED and w.wave > 0]

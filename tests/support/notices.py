@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from schemas.events import Endpoint, Event, FailoverNotice, ReadmitNotice
+from schemas.events import Event, FailoverNotice, ReadmitNotice
 from schemas.signing import AUTH_HEADER, SERVER_HEADER, client_authenticator
 from services.runtime.bus import Bus
 from services.runtime.config import Config
@@ -57,12 +57,11 @@ class Notices:
 
     async def failover(self, client: str, server: str, to: str) -> FailoverNotice:
         """Move ``client`` off ``server`` to ``to``."""
-        target = self.config.server(to)
         notice = FailoverNotice(
             incident_id=self.incident_id,
             server=server,
             client=client,
-            alternates=[Endpoint(server=to, ip=target.ip, auth_port=target.auth_port)],
+            alternates=[to],
             seq=self._next_seq(),
             valid_until=time.time() + VALID_S,
         )

@@ -67,9 +67,11 @@ class Harness:
     def secret(self, client: str) -> bytes:
         return self.config.read_secret(self.config.client(client).secret)
 
-    async def plan(self, server: str, *moves: tuple[str, list[str]]) -> FailoverPlan:
+    async def plan(
+        self, server: str, *moves: tuple[str, list[str]], incident_id: str = "inc-1"
+    ) -> FailoverPlan:
         plan = FailoverPlan(
-            incident_id="inc-1",
+            incident_id=incident_id,
             server=server,
             moves=[Move(client=c, alternates=alts) for c, alts in moves],
         )

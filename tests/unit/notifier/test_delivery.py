@@ -10,7 +10,7 @@ from services.notifier.deliveries import DeliveryTracker, Failed, Retry, Sequenc
 def _send(tracker: DeliveryTracker, notice_id: str = "n1", now: float = 100.0) -> None:
     _, delivery = tracker.sent(
         notice_id=notice_id,
-        notice_type="notice.failover",
+        notice_type="notice.failover.v2",
         client="nas-01",
         server="A",
         subject="aaa.notice.nas-01",

@@ -11,7 +11,7 @@ from services.notifier.deliveries import DeliveryTracker, Failed, Retry
 def _tracked(tracker: DeliveryTracker, now: float = 100.0) -> None:
     tracker.sent(
         notice_id="n1",
-        notice_type="notice.failover",
+        notice_type="notice.failover.v2",
         client="nas-01",
         server="A",
         subject="aaa.notice.nas-01",

@@ -10,13 +10,14 @@ import pytest
 from pyrad import packet
 
 from schemas import codec
-from schemas.events import Endpoint, FailoverNotice, ReadmitNotice
+from schemas.events import FailoverNotice, ReadmitNotice
 from services.agent.coa import CoaListener
 from services.notifier.transports.coa import CoaClient
 from services.radius.notice import (
     ALTERNATE,
     COA_ACK,
     COA_NAK,
+    EVENT_TIMESTAMP,
     INCIDENT,
     MAX_VSA_OCTETS,
     NOTICE,
@@ -46,9 +47,7 @@ def notice_message(alternates: int = 3) -> tuple[FailoverNotice, NoticeMessage]:
         incident_id="inc-7",
         server="A",
         client="nas-01",
-        alternates=[
-            Endpoint(server=f"S{i}", ip=f"192.0.2.{i}", auth_port=1812) for i in range(alternates)
-        ],
+        alternates=[f"server-{i:02d}-of-the-east-farm-of-the-company" for i in range(alternates)],
         seq=1_700_000_000_000_001,
         valid_until=1_700_000_300.5,
     )
@@ -63,7 +62,7 @@ def received(raw: bytes, secret: bytes = SECRET) -> Any:
 
 
 def test_a_long_notice_is_split_in_order_and_reassembled() -> None:
-    notice, message = notice_message(alternates=6)
+    notice, message = notice_message(alternates=8)
     assert len(message.payload) > 2 * MAX_VSA_OCTETS
     request = coa_request(message, SECRET, dictionary(), now=1_700_000_000.0)
     raw = request.RequestPacket()
@@ -77,9 +76,9 @@ def test_a_long_notice_is_split_in_order_and_reassembled() -> None:
     assert read_coa_notice(pkt) == message
     # the plain attributes repeat the notice for NAS devices that read attributes only
     assert pkt[SERVER] == ["A"]
-    assert pkt[NOTICE_TYPE] == ["notice.failover"]
+    assert pkt[NOTICE_TYPE] == ["notice.failover.v2"]
     assert pkt[INCIDENT] == ["inc-7"]
-    assert pkt[ALTERNATE] == [f"S{i} 192.0.2.{i} 1812" for i in range(6)]
+    assert pkt[ALTERNATE] == [f"server-{i:02d}-of-the-east-farm-of-the-company" for i in range(8)]
     assert pkt[VALID_UNTIL] == [1_700_000_300]
     assert pkt[SEQUENCE] == [notice.seq]
     assert pkt["Event-Timestamp"] == [1_700_000_000]
@@ -92,7 +91,6 @@ def test_readmission_notice_and_msgpack_content_type() -> None:
         incident_id="inc-7",
         server="A",
         client="nas-01",
-        home=Endpoint(server="A", ip="192.0.2.1", auth_port=1812),
         seq=3,
         valid_until=2e9,
     )
@@ -104,7 +102,7 @@ def test_readmission_notice_and_msgpack_content_type() -> None:
     )
     pkt = received(coa_request(message, SECRET, dictionary(), now=time.time()).RequestPacket())
     assert read_coa_notice(pkt) == message
-    assert pkt[NOTICE_TYPE] == ["notice.readmit"]
+    assert pkt[NOTICE_TYPE] == ["notice.readmit.v2"]
     assert ALTERNATE not in pkt
 
 
@@ -210,27 +208,32 @@ async def test_listener_refuses_what_it_cannot_authenticate() -> None:
     async with CoaListener("127.0.1.1", 0, SECRET, on_notice) as listener:
         client = CoaClient()
         try:
-            # wrong secret: NAK'd with Invalid-Request, which the sender cannot verify either
+            # wrong secret: discarded silently (RFC 5176 section 3.5), no answer at all
             wrong = await client.exchange(
                 coa_request(message, b"wrong", dictionary(), now=time.time()),
                 listener.address,
                 [0.3],
             )
-            assert not wrong.acked and wrong.unverified == 1
-            assert "same RADIUS secret" in wrong.reason
-            # an old Event-Timestamp: NAK'd with Invalid-Request
+            assert (wrong.acked, wrong.code, wrong.unverified) == (False, None, 0)
+            assert wrong.reason == "no answer after 1 transmissions"
+            # no Message-Authenticator: not authenticated either, discarded silently
+            bare = coa_request(message, SECRET, dictionary(), now=time.time())
+            bare.message_authenticator = None
+            del bare[80]
+            missing = await client.exchange(bare, listener.address, [0.3])
+            assert (missing.acked, missing.code) == (False, None)
+            # authenticated, an old Event-Timestamp: NAK'd with Invalid-Request
             stale = await client.exchange(
                 coa_request(message, SECRET, dictionary(), now=time.time() - 3600),
                 listener.address,
                 [TIMEOUT],
             )
             assert (stale.code, stale.error_cause) == (COA_NAK, ErrorCause.INVALID_REQUEST)
-            # no Message-Authenticator: NAK'd with Missing-Attribute
-            bare = coa_request(message, SECRET, dictionary(), now=time.time())
-            bare.message_authenticator = None
-            del bare[80]
-            missing = await client.exchange(bare, listener.address, [TIMEOUT])
-            assert (missing.code, missing.error_cause) == (
+            # authenticated, no Event-Timestamp: NAK'd with Missing-Attribute
+            undated = coa_request(message, SECRET, dictionary(), now=time.time())
+            del undated[EVENT_TIMESTAMP]
+            no_stamp = await client.exchange(undated, listener.address, [TIMEOUT])
+            assert (no_stamp.code, no_stamp.error_cause) == (
                 COA_NAK,
                 ErrorCause.MISSING_ATTRIBUTE,
             )
@@ -238,6 +241,7 @@ async def test_listener_refuses_what_it_cannot_authenticate() -> None:
             client.close()
     assert calls == []
     assert listener.counters["bad-authenticator"] == 1
-    assert listener.counters["stale-timestamp"] == 1
     assert listener.counters["missing-message-authenticator"] == 1
-    assert listener.counters["nak-sent"] == 3
+    assert listener.counters["stale-timestamp"] == 1
+    assert listener.counters["missing-event-timestamp"] == 1
+    assert listener.counters["nak-sent"] == 2

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from schemas import codec
-from schemas.events import Endpoint, FailoverNotice
+from schemas.events import FailoverNotice
 from schemas.signing import Rejected, client_authenticator
 from services.agent import icmp as agent_icmp
 from services.agent.icmp import IcmpListener, IcmpUnavailable
@@ -85,7 +85,7 @@ async def test_forged_and_broken_icmp_notices_are_rejected() -> None:
         incident_id="inc-1",
         server="A",
         client="nas-01",
-        alternates=[Endpoint(server="B", ip="127.0.0.12", auth_port=1812)],
+        alternates=["B"],
         seq=1,
         valid_until=2e9,
     )
@@ -109,7 +109,7 @@ async def test_forged_and_broken_icmp_notices_are_rejected() -> None:
         async with IcmpListener("127.0.1.1", on_notice) as listener:
             await sender.send("127.0.1.1", frame(NoticeMessage("A", payload, forged)))
             assert await asyncio.wait_for(seen.get(), TIMEOUT) == "bad-authenticator"
-            tampered = payload.replace(b"127.0.0.12", b"10.66.66.66")
+            tampered = payload.replace(b'["B"]', b'["C"]')
             await sender.send("127.0.1.1", frame(NoticeMessage("A", tampered, good)))
             assert await asyncio.wait_for(seen.get(), TIMEOUT) == "bad-authenticator"
             await sender.send("127.0.1.1", frame(NoticeMessage("Z", payload, good)))

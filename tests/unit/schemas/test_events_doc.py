@@ -11,7 +11,7 @@ from tests.support.events_doc import code_block
 def test_notice_example_matches_the_notifier_authenticator() -> None:
     scope: dict[str, Any] = {}
     exec(compile(code_block("notice_auth.py"), "notice_auth.py", "exec"), scope)
-    secret, body = b"client-secret", b'{"type":"notice.failover","seq":1}'
+    secret, body = b"client-secret", b'{"type":"notice.failover.v2","seq":1}'
     for legacy in (False, True):
         auth = client_authenticator(secret, "10.0.0.1", "10.0.1.7", body, legacy=legacy)
         assert scope["notice_authenticator"](secret, "10.0.0.1", "10.0.1.7", body, legacy) == auth

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 from schemas import codec
 from schemas.events import (
-    Endpoint,
     FailoverNotice,
     Incident,
     MetricsSample,
@@ -195,7 +194,7 @@ def test_notice_alternates_round_trip() -> None:
         incident_id="i",
         server="A",
         client="nas-01",
-        alternates=[Endpoint(server="B", ip="127.0.0.12", auth_port=1812)],
+        alternates=["B"],
         seq=1,
         valid_until=2.0,
     )
