@@ -3,14 +3,17 @@
 :class:`CoaListener` listens on the client's ``ip``:``coa_port`` and answers
 every CoA-Request it can authenticate:
 
-- The Request Authenticator and the Message-Authenticator must verify under
-  the client's RADIUS secret. A request that fails is counted
-  (``bad-authenticator``) and answered with a CoA-NAK, Error-Cause 404
-  (Invalid-Request), so that a sender with the wrong secret shows up in a
-  packet capture; ``nak_unauthenticated=False`` drops it silently instead,
-  as many NAS devices do. A request without Message-Authenticator gets
-  Error-Cause 402 (Missing-Attribute); one whose Event-Timestamp is outside
-  ``timestamp_window_s`` of the local clock gets 404.
+- The Request Authenticator and a Message-Authenticator must verify under the
+  client's RADIUS secret. A request that does not (wrong secret, a wrong
+  Message-Authenticator, none at all) is discarded silently, as RFC 5176
+  section 3.5 requires, and counted (``bad-authenticator``,
+  ``missing-message-authenticator``): a NAK would tell an attacker that the
+  port is there and give it a packet under the secret to study.
+- An authenticated request must carry an Event-Timestamp (RFC 5176 section
+  3.4, against replays): without one it gets a CoA-NAK with Error-Cause 402
+  (Missing-Attribute), counted ``missing-event-timestamp``; one outside
+  ``timestamp_window_s`` of the local clock gets 404 (Invalid-Request),
+  counted ``stale-timestamp``.
 - The notice is reassembled from its ``AAA-Failover-Notice`` attributes (402
   if it or its server or authenticator attribute is missing) and handed to
   ``on_notice(server_id, payload, authenticator, content_type)``: True means
@@ -20,9 +23,16 @@ every CoA-Request it can authenticate:
 - A retransmission (same source, identifier and Request Authenticator,
   RFC 5080 section 2.2.2) gets the answer already sent, or is dropped while
   the first copy is still being handled; it never reaches the callback twice.
+  A request discarded silently leaves nothing behind: its copy again is
+  judged again, never answered.
+- Whatever the datagram holds, nothing it does to the decoder escapes: a
+  packet pyrad cannot read, or whose attributes fail to decode, is counted
+  ``malformed`` and discarded silently.
 
 Every answer carries a Message-Authenticator. Requests are handled one at a
-time in arrival order.
+time in arrival order. Each reason is logged as a warning the first time and
+at debug level after (the counters, on /metrics, count every one): a flood
+of forged packets does not flood the log.
 """
 
 from __future__ import annotations
@@ -61,8 +71,8 @@ class CoaListener:
     Use ``await listener.start()`` then ``await listener.close()``, or
     ``async with listener:``. ``counters`` counts what happened by label:
     ``accepted``, ``refused``, ``bad-authenticator``,
-    ``missing-message-authenticator``, ``stale-timestamp``,
-    ``missing-attribute``, ``bad-attribute``, ``callback-error``,
+    ``missing-message-authenticator``, ``missing-event-timestamp``,
+    ``stale-timestamp``, ``missing-attribute``, ``bad-attribute``, ``callback-error``,
     ``duplicate``, ``malformed``, ``unexpected-code``, ``overload``, and the
     answers sent (``ack-sent``, ``nak-sent``).
     """
@@ -75,7 +85,6 @@ class CoaListener:
         on_notice: NoticeCallback,
         *,
         timestamp_window_s: float | None = 300.0,
-        nak_unauthenticated: bool = True,
         duplicate_window_s: float = 60.0,
         queue_size: int = 256,
         radius_dictionary: Dictionary | None = None,
@@ -85,7 +94,6 @@ class CoaListener:
         self.secret = secret
         self.on_notice = on_notice
         self.timestamp_window_s = timestamp_window_s
-        self.nak_unauthenticated = nak_unauthenticated
         self.duplicate_window_s = duplicate_window_s
         self.dictionary = radius_dictionary or project_dictionary()
         self.counters: Counter[str] = Counter()
@@ -167,7 +175,11 @@ class CoaListener:
     async def _work(self) -> None:
         while True:
             data, addr, key = await self._queue.get()
-            answer = await self._answer(data, addr)
+            try:
+                answer = await self._answer(data, addr)
+            except Exception as exc:  # the listener goes on whatever one packet did
+                self._note("malformed", "CoA-Request from %s:%d not handled: %r", *addr, exc)
+                answer = None
             if answer is None:
                 self._recent.pop(key, None)
                 continue
@@ -190,43 +202,73 @@ class CoaListener:
         raw: bytes = reply.ReplyPacket()
         return raw
 
-    async def _answer(self, data: bytes, addr: Address) -> bytes | None:
-        """The answer to one CoA-Request, or None to send none."""
+    def _note(self, reason: str, message: str, *args: object) -> None:
+        """Count ``reason``; log ``message`` as a warning the first time, at debug after."""
+        self.counters[reason] += 1
+        level = logging.WARNING if self.counters[reason] == 1 else logging.DEBUG
+        logger.log(level, message, *args)
+
+    def _authentic(self, data: bytes, addr: Address) -> Any | None:
+        """The request in ``data`` if it decodes and authenticates, else None (counted).
+
+        Never raises: whatever the bytes do to pyrad is ``malformed``.
+        """
         try:
             request = packet.CoAPacket(packet=data, secret=self.secret, dict=self.dictionary)
+            authentic = bool(request.VerifyCoARequest())
+            signed = request.message_authenticator is not None
+            if authentic and signed:
+                authentic = bool(request.verify_message_authenticator())
         except Exception as exc:
-            self.counters["malformed"] += 1
-            logger.warning("undecodable CoA-Request from %s:%d: %s", *addr, exc)
+            self._note("malformed", "undecodable CoA-Request from %s:%d: %s", *addr, exc)
             return None
-        authentic = bool(request.VerifyCoARequest())
-        if authentic and request.message_authenticator:
-            authentic = bool(request.verify_message_authenticator())
         if not authentic:
-            self.counters["bad-authenticator"] += 1
-            logger.warning(
-                "CoA-Request from %s:%d does not verify under this client's secret", *addr
+            self._note(
+                "bad-authenticator",
+                "CoA-Request from %s:%d does not verify under this client's secret: discarded",
+                *addr,
             )
-            if not self.nak_unauthenticated:
+            return None
+        if not signed:
+            self._note(
+                "missing-message-authenticator",
+                "CoA-Request from %s:%d has no Message-Authenticator: discarded",
+                *addr,
+            )
+            return None
+        return request
+
+    def _timestamp(self, request: Any) -> float | None:
+        """The request's Event-Timestamp; None if it has none, NaN if it does not decode."""
+        try:
+            if EVENT_TIMESTAMP not in request:
                 return None
-            return self._reply(request, ErrorCause.INVALID_REQUEST)
-        if not request.message_authenticator:
-            self.counters["missing-message-authenticator"] += 1
-            logger.warning("CoA-Request from %s:%d has no Message-Authenticator", *addr)
+            return float(request[EVENT_TIMESTAMP][0])
+        except Exception:
+            return float("nan")
+
+    async def _answer(self, data: bytes, addr: Address) -> bytes | None:
+        """The answer to one CoA-Request, or None to send none."""
+        request = self._authentic(data, addr)
+        if request is None:
+            return None
+        stamp = self._timestamp(request)
+        if stamp is None:
+            self._note(
+                "missing-event-timestamp", "CoA-Request from %s:%d has no Event-Timestamp", *addr
+            )
             return self._reply(request, ErrorCause.MISSING_ATTRIBUTE)
-        if self.timestamp_window_s is not None and EVENT_TIMESTAMP in request:
-            try:
-                stamp = float(request[EVENT_TIMESTAMP][0])
-            except (ValueError, TypeError, IndexError):
-                stamp = float("nan")
-            if not abs(time.time() - stamp) <= self.timestamp_window_s:
-                self.counters["stale-timestamp"] += 1
-                logger.warning("CoA-Request from %s:%d: Event-Timestamp out of window", *addr)
-                return self._reply(request, ErrorCause.INVALID_REQUEST)
+        if self.timestamp_window_s is not None and not (
+            abs(time.time() - stamp) <= self.timestamp_window_s
+        ):
+            self._note(
+                "stale-timestamp", "CoA-Request from %s:%d: Event-Timestamp out of window", *addr
+            )
+            return self._reply(request, ErrorCause.INVALID_REQUEST)
         try:
             message = read_coa_notice(request)
         except WireError as exc:
-            self.counters[exc.reason] += 1
-            logger.warning("CoA-Request from %s:%d: %s", *addr, exc)
+            self._note(exc.reason, "CoA-Request from %s:%d: %s", *addr, exc)
             cause = (
                 ErrorCause.MISSING_ATTRIBUTE
                 if exc.reason == "missing-attribute"

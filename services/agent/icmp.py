@@ -114,6 +114,18 @@ class IcmpListener:
             self._datagram(datagram)
 
     def _datagram(self, datagram: bytes) -> None:
+        """Queue the notice in one datagram read off the socket, or count why not.
+
+        Never raises, whatever the datagram holds: a failure the parsers do not
+        name is counted ``malformed``, so one frame cannot stop the listener.
+        """
+        try:
+            self._pick(datagram)
+        except Exception as exc:
+            self.counters["malformed"] += 1
+            logger.debug("ICMP datagram to %s dropped: %r", self.ip, exc)
+
+    def _pick(self, datagram: bytes) -> None:
         try:
             echo = parse_echo_request(datagram)
         except WireError as exc:
@@ -131,7 +143,12 @@ class IcmpListener:
             message = unframe(echo.data)
         except WireError as exc:
             self.counters[exc.reason] += 1
-            logger.warning("ICMP notice from %s dropped: %s", echo.source, exc)
+            logger.log(
+                logging.WARNING if self.counters[exc.reason] == 1 else logging.DEBUG,
+                "ICMP notice from %s dropped: %s",
+                echo.source,
+                exc,
+            )
             return
         try:
             self._queue.put_nowait(message)
