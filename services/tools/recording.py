@@ -4,9 +4,13 @@ Every event on ``<prefix>.>`` is captured by the stream of the prefix (see
 :meth:`Bus.ensure_stream`). :func:`read_window` reads the messages stored
 between two times through a short-lived consumer and checks each one's
 signature as a service would, but not its age: a recorded event is old by
-nature. :func:`find_incident` finds when an incident opened and ended, and
-:func:`incident_window` the window around it that replay, what-if and report
-read. :func:`parse_time` reads the times an operator types.
+nature. A stored message that does not verify or decode (forged, or bytes no
+decoder takes, such as arrays nested past the recursion limit) never stops a
+tool: it is kept with its reason, left out of the events, and counted
+(:attr:`Loaded.skipped`, logged by :func:`load`). :func:`find_incident` finds
+when an incident opened and ended, and :func:`incident_window` the window
+around it that replay, what-if and report read. :func:`parse_time` reads the
+times an operator types.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ import datetime
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import nats.errors
 import nats.js.errors
@@ -29,7 +34,7 @@ from services.runtime.bus import Bus, Keyring, verify_event
 from services.runtime.config import Config
 from services.runtime.natsserver import EmbeddedNats, NatsServerError
 from services.tools.errors import ToolError
-from services.tools.tail import Seen, checked
+from services.tools.tail import Seen, by_reason, checked, skipped
 
 logger = logging.getLogger(__name__)
 
@@ -205,13 +210,18 @@ async def resolve(bus: Bus, spec: WindowSpec) -> tuple[float, float, IncidentSpa
 
 @dataclass(frozen=True)
 class Loaded:
-    """A window read back: what was stored, its verified events, and where it lies."""
+    """A window read back: what was stored, its verified events, and where it lies.
+
+    ``skipped`` counts, by reason, the stored messages left out of ``events``
+    because they did not verify or decode.
+    """
 
     seen: list[Seen]
     events: list[Event]
     start: float
     end: float
     span: IncidentSpan | None
+    skipped: Counter[str] = field(default_factory=Counter)
 
 
 async def connect(
@@ -247,4 +257,12 @@ async def load(config: Config, spec: WindowSpec, *, bus_url: str | None = None) 
         bus = await connect(config, stack, name="recording", bus_url=bus_url)
         start, end, span = await resolve(bus, spec)
         seen = await read_window(bus, start, end)
-    return Loaded(seen, events_of(seen), start, end, span)
+    left_out = skipped(seen)
+    if left_out:
+        logger.warning(
+            "skipped %d of %d stored messages in the window: they did not verify or decode (%s)",
+            sum(left_out.values()),
+            len(seen),
+            by_reason(left_out),
+        )
+    return Loaded(seen, events_of(seen), start, end, span, left_out)

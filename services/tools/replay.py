@@ -27,7 +27,15 @@ from schemas.subjects import Subjects, overlaps
 from services.runtime.bus import Bus
 from services.runtime.config import Config, ConfigError
 from services.tools.recording import WindowSpec, connect, read_window, resolve
-from services.tools.tail import Seen, event_type, format_line, json_line, matches, subject_party
+from services.tools.tail import (
+    Seen,
+    by_reason,
+    event_type,
+    format_line,
+    json_line,
+    matches,
+    subject_party,
+)
 
 KINDS = (
     "metrics",
@@ -136,6 +144,7 @@ class Sizes:
     payload_bytes: Counter[str] = field(default_factory=Counter)
     header_bytes: Counter[str] = field(default_factory=Counter)
     rejected: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
 
     def add(self, seen: Seen) -> None:
         kind = event_type(seen.event) if seen.event is not None else "?"
@@ -144,11 +153,18 @@ class Sizes:
         self.header_bytes[kind] += sum(len(k) + len(v) + 4 for k, v in seen.headers.items())
         if not seen.verified:
             self.rejected += 1
+            self.reasons[seen.reason] += 1
 
     def lines(self, seconds: float) -> list[str]:
-        """A table: type, count, mean bytes per event (payload + headers), total."""
+        """A table: type, count, mean bytes per event (payload + headers), total.
+
+        The first line says how many failed verification and why (``?`` is the
+        type of what did not decode): what replay into a sandbox, what-if and
+        report skip."""
         total = sum(self.events.values())
         out = [f"{total} events over {seconds:.1f} s, {self.rejected} failed verification"]
+        if self.rejected:
+            out[0] += f" and are skipped ({by_reason(self.reasons)})"
         out.append(f"  {'type':<18} {'events':>8} {'bytes/event':>12} {'bytes':>10}")
         for kind, count in sorted(self.events.items()):
             size = self.payload_bytes[kind] + self.header_bytes[kind]

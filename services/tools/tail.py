@@ -14,7 +14,8 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -80,22 +81,43 @@ def decode_for_display(payload: bytes, headers: Mapping[str, str]) -> Event | No
 
 
 def checked(msg: Msg, check: Callable[[Msg], Event], received: float) -> Seen:
-    """``msg`` as ``check`` finds it (an event, or Rejected), kept either way."""
+    """``msg`` as ``check`` finds it (an event, or Rejected), kept either way.
+
+    Never raises: a failure of the check that is not a Rejected (none is
+    known; the codec and the signature check turn everything into one) is
+    kept as ``unreadable``, so that no stored or live message stops a tool.
+    """
     headers: Mapping[str, str] = msg.headers or {}
     try:
         event = check(msg)
     except Rejected as rejected:
-        return Seen(
-            msg.subject,
-            msg.data,
-            headers,
-            decode_for_display(msg.data, headers),
-            False,
-            rejected.reason,
-            rejected.detail,
-            received,
-        )
-    return Seen(msg.subject, msg.data, headers, event, True, received=received)
+        reason, detail = rejected.reason, rejected.detail
+    except Exception as exc:
+        reason, detail = "unreadable", f"{type(exc).__name__}: {exc}"[:200]
+    else:
+        return Seen(msg.subject, msg.data, headers, event, True, received=received)
+    return Seen(
+        msg.subject,
+        msg.data,
+        headers,
+        decode_for_display(msg.data, headers),
+        False,
+        reason,
+        detail,
+        received,
+    )
+
+
+def skipped(seen: Iterable[Seen]) -> Counter[str]:
+    """How many of ``seen`` failed their check, by reason (``undecodable``,
+    ``bad-signature``, ...): what the tools that act on events leave out."""
+    return Counter(s.reason for s in seen if not s.verified)
+
+
+def by_reason(counts: Counter[str]) -> str:
+    """``counts`` in words, by reason: ``2 undecodable, 1 bad-signature``."""
+    return ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
+
 
 
 def inspect(bus: Bus, msg: Msg, now: float | None = None) -> Seen:
