@@ -14,6 +14,7 @@ from services.launch.farm import write_farm
 from services.runtime.config import Config
 from services.runtime.natsserver import EmbeddedNats
 from tests.support import needs
+from tests.support.bussecurity import BusSecurity
 
 TESTS = Path(__file__).resolve().parent
 
@@ -88,11 +89,24 @@ def _root_logging() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
-    server = EmbeddedNats(tmp_path_factory.mktemp("nats"))
+def bus_security(tmp_path_factory: pytest.TempPathFactory) -> BusSecurity:
+    """The users' password files and the TLS files of the session's nats-server."""
+    return BusSecurity.make(tmp_path_factory.mktemp("bus-security"))
+
+
+@pytest.fixture(scope="session")
+def nats_server(
+    bus_security: BusSecurity, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EmbeddedNats]:
+    """The session's nats-server: a user per service, each allowed only its own kinds of
+    subject (of any prefix: every test has its own), and TLS only."""
+    server = bus_security.server(tmp_path_factory.mktemp("nats"))
     server.start()
     yield server
+    violations = server.violations()
     server.stop()
+    # a service refused what it does means its permissions are wrong
+    assert not violations, "the bus refused its own services:\n" + "\n".join(violations[:20])
 
 
 @pytest.fixture
@@ -104,12 +118,16 @@ FarmFactory = Callable[..., tuple[Config, Path]]
 
 
 @pytest.fixture
-def farm(tmp_path: Path, nats_server: EmbeddedNats, prefix: str) -> FarmFactory:
+def farm(
+    tmp_path: Path, nats_server: EmbeddedNats, bus_security: BusSecurity, prefix: str
+) -> FarmFactory:
     """Write a farm config on the session's nats-server under this test's prefix."""
 
     def make(overrides: dict[str, Any] | None = None, **kwargs: Any) -> tuple[Config, Path]:
         kwargs.setdefault("bus_url", nats_server.url)
         kwargs.setdefault("prefix", prefix)
+        kwargs.setdefault("bus_auth", bus_security.auth)
+        kwargs.setdefault("bus_tls", bus_security.tls)
         return write_farm(tmp_path / "farm", overrides, **kwargs)
 
     return make

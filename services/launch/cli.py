@@ -9,8 +9,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import msgspec
+
 from services.launch import registry
 from services.runtime import busfile
+from services.runtime.busauth import check_url
 from services.runtime.config import Config, ConfigError, load_config
 from services.runtime.logs import configure_logging
 from services.tools.errors import ToolError
@@ -128,6 +131,35 @@ def _parser() -> argparse.ArgumentParser:
     _recording_options(report, incident_required=True)
     report.add_argument("-o", "--out", required=True, type=Path, help="incident.png or .html")
 
+    devca = sub.add_parser(
+        "dev-ca", help="make a development CA, and a server and a client certificate, for TLS"
+    )
+    devca.add_argument("dir", type=Path, help="folder to write them to (must not hold them)")
+    devca.add_argument(
+        "--name",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="another DNS name or IP address of the server (127.0.0.1 and localhost always)",
+    )
+    devca.add_argument("--days", type=int, default=365, help="validity (default 365)")
+
+    server = sub.add_parser(
+        "bus-server",
+        help="run nats-server in the foreground with the users, permissions and TLS of a config",
+    )
+    server.add_argument("-c", "--config", required=True)
+    server.add_argument("--store", required=True, type=Path, help="JetStream folder")
+    server.add_argument("--listen", default="127.0.0.1", help="address (default 127.0.0.1)")
+    server.add_argument("--port", type=int, default=4222)
+    server.add_argument("--http-port", type=int, help="monitoring port (default: none)")
+    server.add_argument(
+        "--conf",
+        type=Path,
+        help="where to write the server's config, which holds the passwords "
+        "(default: nats-server.conf in a private temporary folder)",
+    )
+
     schema = sub.add_parser("schema", help="write the JSON Schema of every event")
     schema.add_argument("--out", type=Path, help="directory (default: schemas/json)")
     schema.add_argument(
@@ -187,6 +219,8 @@ def _bus_url(args: argparse.Namespace, config: Config) -> str | None:
     """The bus a command joins: ``--bus-url``, else ``bus.url`` of the config, else the
     bus of an `aaa-failover up` running this config (its bus file), else None: the
     default (a recording tool then reads the stored stream of an embedded farm)."""
+    if args.bus_url:
+        check_url(args.bus_url)
     return busfile.choose(args.config, given=args.bus_url, configured=config.bus.url)
 
 
@@ -216,6 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _report(args)
         if args.command == "schema":
             return _schema(args)
+        if args.command == "dev-ca":
+            return _dev_ca(args)
+        if args.command == "bus-server":
+            return _bus_server(args)
     except ConfigError as exc:
         print(f"aaa-failover: config error: {exc}", file=sys.stderr)
         return 2
@@ -243,6 +281,51 @@ def _schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dev_ca(args: argparse.Namespace) -> int:
+    from services.launch.devca import make_dev_ca
+
+    try:
+        paths = make_dev_ca(args.dir, names=args.name, days=args.days)
+    except FileExistsError as exc:
+        print(f"aaa-failover dev-ca: {exc}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _bus_server(args: argparse.Namespace) -> int:
+    """nats-server in place of this process (exec), with the config's users (passwords
+    read from bus.auth.dir, never made here), their permissions and TLS."""
+    import os
+    import tempfile
+
+    from services.launch import bususers
+    from services.runtime.natsserver import find_binary, server_config, write_server_config
+
+    config = load_config(args.config)
+    if config.bus.auth is None:
+        raise ConfigError("bus.auth: bus-server needs the users' password files (bus.auth.dir)")
+    users = bususers.server_users(
+        bususers.farm_users(config), config.path(config.bus.auth.dir), create=False
+    )
+    conf = args.conf or Path(tempfile.mkdtemp(prefix="aaa-nats-")) / "nats-server.conf"
+    write_server_config(conf, server_config(users, bususers.server_tls(config)))
+    argv = [
+        find_binary(),
+        "-c", str(conf),
+        "-js",
+        "-sd", str(args.store),
+        "-a", args.listen,
+        "-p", str(args.port),
+    ]  # fmt: skip
+    if args.http_port is not None:
+        argv += ["-m", str(args.http_port)]
+    sys.stderr.flush()
+    os.execv(argv[0], argv)
+    return 0  # not reached
+
+
 def _run(args: argparse.Namespace) -> int:
     service = registry.service(args.service)
     if args.sandbox and not service.sandbox:
@@ -250,12 +333,28 @@ def _run(args: argparse.Namespace) -> int:
             f"only {', '.join(registry.SANDBOX)} run in a sandbox, not {args.service}"
         )
     config = _config(args)
+    if service.name == "agent":
+        config = _as_agent_user(config, args.only)
     if args.metrics_port is not None:
         if not 0 <= args.metrics_port <= 65535:
             raise ConfigError("--metrics-port must be in [0, 65535]")
         config = config.with_metrics_port(args.service, args.metrics_port)
     asyncio.run(service.entry()(config, bus_url=_bus_url(args, config), only=args.only))
     return 0
+
+
+def _as_agent_user(config: Config, only: list[str] | None) -> Config:
+    """``config`` joining as the agent user that serves ``only`` (``bus.auth.agents``)."""
+    auth = config.bus.auth
+    if auth is None or not auth.agents or auth.user:
+        return config
+    from services.launch.bususers import agent_user
+
+    user = agent_user(config, only)
+    return msgspec.structs.replace(
+        config,
+        bus=msgspec.structs.replace(config.bus, auth=msgspec.structs.replace(auth, user=user)),
+    )
 
 
 def _plan(args: argparse.Namespace) -> int:

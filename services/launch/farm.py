@@ -63,11 +63,16 @@ def farm_dict(
     service_time_ms: float = 5.0,
     capacity_rps: float | None = None,
     probes: bool = False,
+    bus_auth: Mapping[str, Any] | None = None,
+    bus_tls: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The config of a farm as a dict; writes the secret files it names.
 
     With ``probes``, the collector sends every server synthetic Access-Requests
     as user ``probe`` from ``PROBE_IP`` (the ``latency`` part of health).
+    ``bus_auth`` and ``bus_tls`` are the bus's ``auth`` and ``tls`` tables (the
+    NATS users' password files, and TLS); without them a farm with no
+    ``bus_url`` is on the embedded bus of `up`, which makes its own.
     """
     directory.mkdir(parents=True, exist_ok=True)
     secret_dir = directory / "secrets"
@@ -89,6 +94,10 @@ def farm_dict(
     }
     if bus_url:
         bus["url"] = bus_url
+    if bus_auth is not None:
+        bus["auth"] = dict(bus_auth)
+    if bus_tls is not None:
+        bus["tls"] = dict(bus_tls)
     probe_password = secret("probe-password")
     probe_secret = secret("probe")
     users = {"alice": "wonderland"}

@@ -1,10 +1,13 @@
 """`aaa-failover up`: every service of a config as its own process, supervised.
 
 With no bus URL in the config it first starts the embedded nats-server, on a
-free port, and writes its URL to the config's bus file (``farm.toml.bus``,
+free port, with a user per service, each allowed only its own subjects, their
+passwords in files under ``.nats/auth`` (services/launch/bususers.py), and
+writes its URL to the config's bus file (``farm.toml.bus``,
 services/runtime/busfile.py) so that the tools given only ``-c`` find it; the
 file goes when the supervisor stops. Each service runs as
-`python -m services.launch.cli run <service> -c FILE --bus-url URL`; a service that
+`python -m services.launch.cli run <service> -c FILE --bus-url URL` (no credential on
+its command line: it reads its own password file); a service that
 exits unexpectedly is restarted with back-off. On SIGINT or SIGTERM the
 services are stopped in reverse start order (SIGTERM, then SIGKILL after a
 grace period) and the embedded server last.
@@ -25,8 +28,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from services.launch import registry
+from services.launch import bususers, registry
 from services.runtime import busfile
+from services.runtime.busauth import redact
 from services.runtime.config import Config, ConfigError
 from services.runtime.lifecycle import ShutdownSignals, says_started
 from services.runtime.natsserver import EmbeddedNats
@@ -123,7 +127,7 @@ class Supervisor:
     def start(self, *, ready_timeout_s: float = 30.0) -> None:
         """Start the bus (if embedded) and every service; wait until each has started."""
         if not self.bus_url:
-            self.nats = EmbeddedNats(self.config.path(".nats")).start()
+            self.nats = bususers.embedded(self.config).start()
             self.bus_url = self.nats.url
             self.bus_file = busfile.write(self.config_path, self.bus_url)
         env = dict(os.environ)
@@ -219,7 +223,7 @@ async def _up(supervisor: Supervisor) -> int:
     with ShutdownSignals() as signals:
         try:
             await asyncio.to_thread(supervisor.start)
-            logger.info("all services started; bus at %s", supervisor.bus_url)
+            logger.info("all services started; bus at %s", redact(supervisor.bus_url))
             while not signals.event.is_set():
                 supervisor.check()
                 with contextlib.suppress(TimeoutError):

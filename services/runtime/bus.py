@@ -41,8 +41,10 @@ from schemas.signing import (
     verify,
 )
 from schemas.subjects import Subjects
+from services.runtime import busauth
 from services.runtime.config import BusConfig, Config, ConfigError
 from services.runtime.middleware import Guard, admits, kind
+from services.runtime.permissions import inbox, user_for
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +97,10 @@ class Keyring:
                 }
             return self._with_clients
         return self.bus_keys
+
+
+class BusAuthError(ConfigError):
+    """The bus refused the user and password a process joins with."""
 
 
 QUIET_DROPS = frozenset({"unexpected-type"})
@@ -187,9 +193,24 @@ class Bus:
         name: str,
         stack: AsyncExitStack,
         url: str | None = None,
+        user: str | None = None,
     ) -> Bus:
-        """Connect (retrying forever on loss) and register the close on ``stack``."""
-        target = url or bus.url or "nats://127.0.0.1:4222"
+        """Connect (retrying forever on loss) and register the close on ``stack``.
+
+        The connection joins as ``user``, else as the user its ``name`` has
+        (services/runtime/permissions.py), with the password read from its file
+        (services/runtime/busauth.py), and over TLS when ``bus.tls`` is set. A URL
+        holding a user or password is refused (ConfigError), as is a password
+        the bus does not take (:class:`BusAuthError`).
+        """
+        target = busauth.check_url(url or bus.url or "nats://127.0.0.1:4222")
+        login = busauth.credentials(bus, user or user_for(name, sandbox=bus.sandbox))
+        tls = busauth.ssl_context(bus)
+        options: dict[str, Any] = {}
+        if login is not None:
+            options.update(user=login.user, password=login.password, inbox_prefix=inbox(login.user))
+        if tls is not None:
+            options["tls"] = tls
 
         async def on_error(exc: Exception) -> None:
             logger.warning("bus error: %s", exc)
@@ -203,17 +224,24 @@ class Bus:
         async def on_reconnect() -> None:
             logger.info("bus reconnected to %s", target)
 
-        nc = await nats.connect(
-            servers=[target],
-            name=name,
-            connect_timeout=bus.connect_timeout_s,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            error_cb=on_error,
-            disconnected_cb=on_disconnect,
-            reconnected_cb=on_reconnect,
-        )
+        try:
+            nc = await nats.connect(
+                servers=[target],
+                name=name,
+                connect_timeout=bus.connect_timeout_s,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+                **options,
+            )
+        except nats.errors.Error as exc:
+            if "authorization" in str(exc).lower():
+                who = f"user {login.user!r}" if login is not None else "no user"
+                raise BusAuthError(f"the bus at {target} refused {who}: {exc}") from None
+            raise
         self = cls(
             nc,
             Subjects(bus.prefix),

@@ -9,6 +9,7 @@ file) or an environment variable.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +46,56 @@ class BusKey(Base, frozen=True, kw_only=True):
     secret: Secret
 
 
+class BusAuth(Base, frozen=True, kw_only=True):
+    """NATS users: each process joins as its own user, its password the first line of
+    ``<dir>/<user>`` (relative to the config file).
+
+    ``user`` overrides the user (else the service's own, see
+    services/runtime/permissions.py). ``agents`` names agent users and the
+    clients each serves; without it one user, ``agent``, serves every client.
+    """
+
+    dir: str
+    user: str | None = None
+    agents: dict[str, list[str]] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in [self.user or "", *self.agents]:
+            if name and not USER.match(name):
+                raise ValueError(f"user {name!r} must be 1-64 of letters, digits, '_' or '-'")
+
+
+class BusTls(Base, frozen=True, kw_only=True):
+    """TLS to the bus (paths relative to the config file).
+
+    ``ca`` signed the server's certificate; ``cert`` and ``key`` are this side's,
+    for a server that asks for one. ``server_cert`` and ``server_key`` are
+    what the embedded nats-server of `up` serves (`aaa-failover dev-ca` makes
+    all of them); it asks clients for a certificate when ``cert`` is set.
+    """
+
+    ca: str
+    cert: str | None = None
+    key: str | None = None
+    server_cert: str | None = None
+    server_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("give both `cert` and `key`, or neither")
+        if (self.server_cert is None) != (self.server_key is None):
+            raise ValueError("give both `server_cert` and `server_key`, or neither")
+
+
+USER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def url_userinfo(url: str) -> bool:
+    """Whether the URL carries a user or password (``nats://user:pass@host``)."""
+    netloc = url.split("://", 1)[-1].split("/", 1)[0]
+    return "@" in netloc
+
+
 class BusConfig(Base, frozen=True, kw_only=True):
     """The NATS bus. With no ``url``, `aaa-failover up` starts an embedded server."""
 
@@ -58,6 +109,9 @@ class BusConfig(Base, frozen=True, kw_only=True):
     stream_max_bytes: int = 1 << 30
     connect_timeout_s: float = 5.0
     sandbox: bool = False
+    auth: BusAuth | None = None
+    tls: BusTls | None = None
+    base_dir: str = ""
 
     def __post_init__(self) -> None:
         if self.sandbox and self.prefix == "aaa":
@@ -67,6 +121,10 @@ class BusConfig(Base, frozen=True, kw_only=True):
                 raise ValueError(f"prefix {self.prefix!r} must be dot-separated tokens")
         if self.replay_window_s <= 0:
             raise ValueError("replay_window_s must be positive")
+        if self.url is not None and url_userinfo(self.url):
+            raise ValueError(
+                "url must not hold a user or password: name the password files in bus.auth"
+            )
 
 
 class ReferenceServer(Base, frozen=True, kw_only=True):
@@ -684,6 +742,8 @@ def parse_config(text: str, base_dir: str | Path = ".") -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}") from None
     data["base_dir"] = str(base_dir)
+    if isinstance(data.get("bus"), dict):
+        data["bus"]["base_dir"] = str(base_dir)
     try:
         return msgspec.convert(data, Config)
     except msgspec.ValidationError as exc:

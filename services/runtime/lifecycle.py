@@ -23,6 +23,7 @@ from typing import Any
 from services.runtime.bus import Bus, Keyring
 from services.runtime.config import Config
 from services.runtime.metrics import ServiceMetrics
+from services.runtime.permissions import uses_stream
 
 logger = logging.getLogger(__name__)
 
@@ -163,9 +164,12 @@ async def run_service(
             # service is still setting up stops it cleanly too.
             shutdown_trigger = stack.enter_context(ShutdownSignals()).event.wait
         bus = await Bus.connect(config.bus, keyring, name=name, stack=stack, url=bus_url)
-        await bus.ensure_stream(
-            max_age_s=config.bus.stream_max_age_s, max_bytes=config.bus.stream_max_bytes
-        )
+        if uses_stream(name):
+            # the services that keep state make sure the stream exists; the others
+            # (the agent, the reference servers) have no JetStream API at all
+            await bus.ensure_stream(
+                max_age_s=config.bus.stream_max_age_s, max_bytes=config.bus.stream_max_bytes
+            )
         metrics = ServiceMetrics(name)
         metrics.watch_bus(bus.counters)
         port = config.metrics.port(name)

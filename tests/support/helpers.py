@@ -20,6 +20,7 @@ from services.radius.packet import reply_values, status_request
 from services.runtime.bus import Bus, Keyring
 from services.runtime.config import Config
 from services.runtime.lifecycle import ShutdownTrigger, signalling_started
+from services.runtime.permissions import HARNESS
 
 
 @asynccontextmanager
@@ -55,8 +56,10 @@ async def _call(
 
 
 async def operator_bus(config: Config, stack: AsyncExitStack, name: str = "test") -> Bus:
-    """A bus holding the config's keys, as an operator's tool would."""
-    return await Bus.connect(config.bus, Keyring.from_config(config), name=name, stack=stack)
+    """A bus holding the config's keys, as the operator's harness (the admin user)."""
+    return await Bus.connect(
+        config.bus, Keyring.from_config(config), name=name, stack=stack, user=HARNESS
+    )
 
 
 async def status(config: Config, server_id: str, *, retries: int = 0) -> dict[str, Any]:
