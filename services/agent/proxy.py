@@ -9,14 +9,13 @@ salt-encrypted attribute) is decrypted with the NAS secret and encrypted
 again for the upstream, the packet gets a new Request Authenticator and a
 Message-Authenticator, and every other attribute, Proxy-State included, is
 kept (:mod:`services.radius.reencode`). It goes out from a socket bound to
-the client's IP, one set of sockets per upstream, and waits
+the client's IP, at most ``max_upstream_sockets`` per upstream, and waits
 ``response_window_s`` with no retransmission. With no answer the upstream
 may turn zombie (:mod:`services.agent.upstreams`) and the same request is
 tried once more on the next alive upstream, as FreeRADIUS fails a request
 over to another home server. The reply goes back to the NAS re-encoded under
-``nas_secret``: Response Authenticator from the NAS's own request,
-Message-Authenticator when the upstream's reply has one (or the NAS's
-Access-Request had one).
+``nas_secret``: Response Authenticator from the NAS's own request, and a
+Message-Authenticator, first, in every answer to an Access-Request.
 
 Accounting goes to the upstream's ``acct_port``, by default ``auth_port + 1``
 as a FreeRADIUS ``home_server`` of type ``auth+acct`` has it. Status-Server
@@ -39,12 +38,27 @@ re-encoded (FreeRADIUS drops those silently) is refused before it is sent,
 so it never counts against an upstream's health; so is a reply that would.
 What the proxy received, forwarded, answered, failed over and dropped (by
 reason) is counted in :class:`ProxyCounters`.
+
+Hardened as FreeRADIUS 3.2.5 and later are against BlastRADIUS
+(CVE-2024-3596): datagrams from outside the NAS allowlist are dropped
+(:class:`NasFilter`); an Access-Request needs a valid Message-Authenticator
+unless its NAS is listed as unable to send one, and then it may carry no
+Proxy-State; every answer to an Access-Request goes to the NAS with a
+Message-Authenticator first; and an upstream's reply to an Access-Request
+without a valid Message-Authenticator is refused and ignored, as FreeRADIUS
+ignores it, so the request still waits for a valid one. Everything is
+bounded: requests in flight (``max_in_flight``, beyond it ``overload``),
+sockets per upstream (``max_upstream_sockets``, idle ones closed after
+``socket_idle_s``), replies kept for retransmissions (:class:`RecentReplies`),
+conversations (:mod:`services.agent.affinity`); and warnings about dropped
+packets are rate-limited (:class:`~services.runtime.ratelimit.LogLimiter`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -59,9 +73,19 @@ from schemas.events import Endpoint, UpstreamChange
 from services.agent.affinity import Conversations
 from services.agent.tally import Tallies
 from services.agent.upstreams import Transition, UpstreamPool
-from services.radius.client import RadiusClient, RadiusTimeout
+from services.radius.client import RadiusTimeout
 from services.radius.endpoint import UdpEndpoint
-from services.radius.packet import ACCESS_CHALLENGE, STATUS_SERVER, Dropped, status_request
+from services.radius.packet import (
+    ACCESS_ACCEPT,
+    ACCESS_CHALLENGE,
+    ACCESS_REJECT,
+    ACCESS_REQUEST,
+    ACCOUNTING_REQUEST,
+    STATUS_SERVER,
+    Dropped,
+    status_request,
+    verified_reply,
+)
 from services.radius.reencode import (
     MAX_PACKET_OCTETS,
     MESSAGE_AUTHENTICATOR_OCTETS,
@@ -73,6 +97,7 @@ from services.radius.reencode import (
     upstream_request,
 )
 from services.runtime.config import ProxyConfig
+from services.runtime.ratelimit import LogLimiter
 
 logger = logging.getLogger(__name__)
 
@@ -80,14 +105,151 @@ RECENT_REPLY_S = 5.0
 """How long a reply is kept to answer a NAS's retransmission (FreeRADIUS ``cleanup_delay``)."""
 
 RECENT_MAX = 65536
-"""At most this many replies are kept for retransmissions."""
+"""At most this many replies are kept for retransmissions..."""
 
-MAX_IN_FLIGHT = 255
-"""Requests in flight on one upstream socket before another socket is opened (ids are 8 bits)."""
+RECENT_MAX_OCTETS = 16 * 1024 * 1024
+"""...and at most this many octets of them; the oldest go first."""
+
+IDS_PER_SOCKET = 256
+"""Requests in flight on one upstream socket: RADIUS ids are 8 bits."""
+
+LOG_INTERVAL_S = 10.0
+"""Warnings about dropped packets: the first of each reason per this long, then a count."""
 
 QUIET_DROPS = frozenset({"duplicate", "shutdown"})
 
+UPSTREAM_DROPS = frozenset(
+    {
+        "upstream-malformed",
+        "upstream-stray",
+        "upstream-invalid",
+        "upstream-no-message-authenticator",
+    }
+)
+"""Reasons a datagram from an upstream was refused (the others are the NAS's datagrams)."""
+
+ANSWERS: dict[int, frozenset[int]] = {
+    ACCESS_REQUEST: frozenset({ACCESS_ACCEPT, ACCESS_REJECT, ACCESS_CHALLENGE}),
+    ACCOUNTING_REQUEST: frozenset({packet.AccountingResponse}),
+}
+"""The reply codes relayed for each request code (Status-Server probes take any answer)."""
+
 RequestKey = tuple[bool, tuple[str, int], int, bytes]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+LOOPBACK: tuple[Network, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
+
+
+# --- what the proxy takes, and what it keeps (pure) ----------------------------------
+
+
+def _address(host: str) -> Address | None:
+    """``host`` (a datagram's source) as an address, IPv4-mapped IPv6 as IPv4; None if not one."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _networks(entries: Sequence[str]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
+
+
+def default_nas_addresses(proxy_ip: str, client_ip: str) -> tuple[Network, ...]:
+    """Where NAS datagrams may come from when ``nas_addresses`` is not set: the client's
+    own ``ip`` (the NAS as the farm knows it), the proxy's ``ip`` (a NAS on the agent's
+    host), and all of loopback when the proxy listens on loopback or on every address
+    (then a NAS on this host sends from loopback)."""
+    found: list[Network] = []
+    for host in (client_ip, proxy_ip):
+        address = _address(host)
+        if address is not None and not address.is_unspecified:
+            found.append(ipaddress.ip_network(address))
+    listening = _address(proxy_ip)
+    if listening is None or listening.is_loopback or listening.is_unspecified:
+        found.extend(LOOPBACK)
+    return tuple(dict.fromkeys(found))
+
+
+class NasFilter:
+    """Which sources the proxy takes datagrams from, and which of them may send
+    Access-Requests without Message-Authenticator (``nas_without_message_authenticator``)."""
+
+    def __init__(self, allowed: Sequence[Network], unsigned: Sequence[Network] = ()) -> None:
+        if not allowed:
+            raise ValueError("a NAS filter needs at least one address or network")
+        self.allowed = tuple(allowed)
+        self.unsigned = tuple(unsigned)
+
+    @classmethod
+    def of(cls, settings: ProxyConfig, client_ip: str) -> NasFilter:
+        allowed = (
+            _networks(settings.nas_addresses)
+            if settings.nas_addresses is not None
+            else default_nas_addresses(settings.ip, client_ip)
+        )
+        return cls(allowed, _networks(settings.nas_without_message_authenticator))
+
+    def allows(self, host: str) -> bool:
+        address = _address(host)
+        return address is not None and any(address in net for net in self.allowed)
+
+    def requires_message_authenticator(self, host: str) -> bool:
+        address = _address(host)
+        return address is None or not any(address in net for net in self.unsigned)
+
+
+class RecentReplies:
+    """Replies kept to answer a NAS's retransmissions: each for ``ttl_s``, at most
+    ``max_entries`` and ``max_octets`` of them, the oldest forgotten first. The caller's
+    clock, passed in."""
+
+    def __init__(
+        self,
+        ttl_s: float = RECENT_REPLY_S,
+        max_entries: int = RECENT_MAX,
+        max_octets: int = RECENT_MAX_OCTETS,
+    ) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self.max_octets = max_octets
+        self.octets = 0
+        self._replies: OrderedDict[RequestKey, tuple[float, bytes]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._replies)
+
+    def _expire(self, now: float) -> None:
+        replies = self._replies
+        while replies:
+            oldest, (expires, raw) = next(iter(replies.items()))
+            if (
+                expires > now
+                and len(replies) <= self.max_entries
+                and self.octets <= self.max_octets
+            ):
+                return
+            del replies[oldest]
+            self.octets -= len(raw)
+
+    def get(self, key: RequestKey, now: float) -> bytes | None:
+        self._expire(now)
+        entry = self._replies.get(key)
+        return None if entry is None else entry[1]
+
+    def put(self, key: RequestKey, raw: bytes, now: float) -> None:
+        old = self._replies.pop(key, None)
+        if old is not None:
+            self.octets -= len(old[1])
+        self._replies[key] = (now + self.ttl_s, raw)
+        self.octets += len(raw)
+        self._expire(now)
 
 
 # --- the proxy ------------------------------------------------------------------
@@ -97,60 +259,173 @@ RequestKey = tuple[bool, tuple[str, int], int, bytes]
 class ProxyCounters:
     """What the proxy did with the NAS's packets.
 
-    ``received``: datagrams from NAS devices; ``forwarded``: requests sent
-    upstream (a fail-over sends one twice); ``answered``: replies sent back;
-    ``failed_over``: requests tried again on another upstream (``moved_in_flight``
-    of them at once, when a notice moved the client off their server); ``resent``:
-    replies sent again to a retransmission; ``status``: Status-Server
-    answered by the proxy; ``dropped``: packets left unanswered, by reason.
+    ``received``: datagrams from NAS devices; ``accepted``: requests taken to
+    relay; ``forwarded``: requests sent upstream (a fail-over sends one twice);
+    ``answered``: replies sent back; ``failed_over``: requests tried again on
+    another upstream (``moved_in_flight`` of them at once, when a notice moved
+    the client off their server); ``resent``: replies sent again to a
+    retransmission; ``status``: Status-Server answered by the proxy;
+    ``dropped``: packets left unanswered, by reason, and the upstreams'
+    datagrams refused (the reasons in ``UPSTREAM_DROPS``).
+
+    Every datagram from a NAS ends once: answered, resent, status, or dropped
+    for a reason outside ``UPSTREAM_DROPS``; until then it is in flight
+    (:meth:`RadiusProxy.in_flight`).
     """
 
     received: int = 0
+    accepted: int = 0
     forwarded: int = 0
     answered: int = 0
     failed_over: int = 0
     moved_in_flight: int = 0
     resent: int = 0
     status: int = 0
+    sockets_opened: int = 0
+    sockets_closed: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
+
+    def settled(self) -> int:
+        """The NAS's datagrams the proxy is done with: answered, resent, status or dropped."""
+        refused = sum(n for reason, n in self.dropped.items() if reason not in UPSTREAM_DROPS)
+        return self.answered + self.resent + self.status + refused
 
 
 class _Left(AaaFailoverError):
     """A request in flight was given up on because a notice moved the client off its server."""
 
 
-@dataclass
-class _Slot:
-    client: RadiusClient
-    in_flight: int = 0
+Refused = Callable[[str, str], None]
+
+
+class _Socket:
+    """One UDP socket to an upstream (connected, so only its datagrams arrive), bound to
+    the client's IP, with up to 256 requests in flight matched by id."""
+
+    def __init__(self, on_refused: Refused, name: str) -> None:
+        self.on_refused = on_refused
+        self.endpoint = UdpEndpoint(self._on_reply, name=name)
+        self.pending: dict[int, tuple[packet.Packet, bool, asyncio.Future[packet.Packet]]] = {}
+        self.idle_since = time.monotonic()
+        self._next_id = 0
+
+    def allocate(self) -> int:
+        for _ in range(IDS_PER_SOCKET):
+            candidate = self._next_id
+            self._next_id = (self._next_id + 1) % IDS_PER_SOCKET
+            if candidate not in self.pending:
+                return candidate
+        raise RuntimeError("no free id on the socket")  # the caller checks for room first
+
+    def close(self) -> None:
+        self.endpoint.close()
+        for _, _, future in self.pending.values():
+            if not future.done():
+                future.cancel()
+        self.pending.clear()
+
+    def _on_reply(self, data: bytes, addr: tuple[str, int]) -> None:
+        if len(data) < 20:
+            self.on_refused("upstream-malformed", f"{len(data)} octets from {addr[0]}")
+            return
+        entry = self.pending.get(data[1])
+        if entry is None or entry[2].done():
+            self.on_refused("upstream-stray", f"id {data[1]} from {addr[0]}: none waits for it")
+            return
+        request, require_ma, future = entry
+        reply = verified_reply(request, data, addr)
+        answers = ANSWERS.get(request.code)
+        if reply is None or (answers is not None and reply.code not in answers):
+            self.on_refused("upstream-invalid", f"reply from {addr[0]} does not verify")
+            return
+        if require_ma and request.code == ACCESS_REQUEST and not reply.message_authenticator:
+            # ignored, as FreeRADIUS ignores it: a valid reply may still come in the window
+            self.on_refused(
+                "upstream-no-message-authenticator",
+                f"reply to an Access-Request from {addr[0]} without Message-Authenticator",
+            )
+            return
+        future.set_result(reply)
 
 
 class _Link:
-    """Sockets to one upstream address, bound to the client's IP; one more is opened
-    whenever every socket has ``MAX_IN_FLIGHT`` requests waiting."""
+    """Sockets to one upstream address, bound to the client's IP: requests share the first
+    socket with a free id, another is opened when every one is full, up to ``max_sockets``,
+    and a socket with nothing in flight for ``idle_s`` is closed (:meth:`sweep`)."""
 
-    def __init__(self, address: tuple[str, int], secret: bytes, bind_ip: str) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        bind_ip: str,
+        *,
+        max_sockets: int,
+        on_refused: Refused,
+        counters: ProxyCounters,
+    ) -> None:
         self.address = address
-        self.secret = secret
         self.bind_ip = bind_ip
-        self._slots: list[_Slot] = []
+        self.max_sockets = max_sockets
+        self.on_refused = on_refused
+        self.counters = counters
+        self.sockets: list[_Socket] = []
+        self._opening = asyncio.Lock()
 
-    async def send(self, pkt: packet.Packet, timeout_s: float) -> packet.Packet:
-        slot = next((s for s in self._slots if s.in_flight < MAX_IN_FLIGHT), None)
-        if slot is None:
-            client = await RadiusClient.open(self.address, self.secret, bind_ip=self.bind_ip)
-            slot = _Slot(client)
-            self._slots.append(slot)
-        slot.in_flight += 1
+    def _with_room(self) -> _Socket | None:
+        return next((s for s in self.sockets if len(s.pending) < IDS_PER_SOCKET), None)
+
+    async def _socket(self) -> _Socket:
+        sock = self._with_room()
+        if sock is not None:
+            return sock
+        async with self._opening:
+            sock = self._with_room()
+            if sock is not None:
+                return sock
+            if len(self.sockets) >= self.max_sockets:
+                raise Dropped(
+                    "overload",
+                    f"{self.max_sockets} sockets to {self.address[0]}:{self.address[1]} are full",
+                )
+            sock = _Socket(self.on_refused, f"proxy to {self.address[0]}:{self.address[1]}")
+            await sock.endpoint.open(local_addr=(self.bind_ip, 0), remote_addr=self.address)
+            self.sockets.append(sock)
+            self.counters.sockets_opened += 1
+            return sock
+
+    async def send(
+        self, pkt: packet.Packet, timeout_s: float, *, require_ma: bool = False
+    ) -> packet.Packet:
+        """Send ``pkt`` once and return its verified reply; raise RadiusTimeout, or Dropped
+        (``overload``) when every socket allowed is full."""
+        sock = await self._socket()
+        pkt.id = sock.allocate()
+        raw = pkt.RequestPacket()
+        future: asyncio.Future[packet.Packet] = asyncio.get_running_loop().create_future()
+        sock.pending[pkt.id] = (pkt, require_ma, future)
         try:
-            return await slot.client.send(pkt, timeout_s=timeout_s)
+            sock.endpoint.sendto(raw)
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            raise RadiusTimeout(f"no reply from {self.address[0]}:{self.address[1]}") from None
         finally:
-            slot.in_flight -= 1
+            sock.pending.pop(pkt.id, None)
+            if not sock.pending:
+                sock.idle_since = time.monotonic()
+
+    def sweep(self, now: float, idle_s: float) -> int:
+        """Close every socket with nothing in flight for ``idle_s``; how many."""
+        idle = [s for s in self.sockets if not s.pending and now - s.idle_since >= idle_s]
+        for sock in idle:
+            sock.close()
+            self.sockets.remove(sock)
+        self.counters.sockets_closed += len(idle)
+        return len(idle)
 
     def close(self) -> None:
-        for slot in self._slots:
-            slot.client.close()
-        self._slots.clear()
+        for sock in self.sockets:
+            sock.close()
+        self.counters.sockets_closed += len(self.sockets)
+        self.sockets.clear()
 
 
 class _Listener:
@@ -228,17 +503,29 @@ class RadiusProxy:
             answers_to_alive=settings.answers_to_alive,
         )
         self.counters = ProxyCounters()
+        self.nas = NasFilter.of(settings, client_ip)
+        self.unsigned_upstreams = frozenset(settings.upstreams_without_message_authenticator)
+        self.log = LogLimiter(logger, interval_s=LOG_INTERVAL_S)
         self._in_use = self.pool.in_use()
         self._listeners: list[_Listener] = []
         self._links: dict[tuple[str, int], _Link] = {}
         self._in_flight: set[RequestKey] = set()
-        self._recent: OrderedDict[RequestKey, tuple[float, bytes]] = OrderedDict()
+        self._recent = RecentReplies()
         self._tasks: set[asyncio.Task[None]] = set()
         self._probe_wake = asyncio.Event()
         self._leaving: dict[str, asyncio.Event] = {}
         self.conversations = Conversations()
         self._closing = False
         self._closed = False
+
+    @property
+    def in_flight(self) -> int:
+        """Requests from NAS devices taken and not yet answered or dropped."""
+        return len(self._in_flight)
+
+    def upstream_sockets(self) -> int:
+        """Sockets open to upstreams now."""
+        return sum(len(link.sockets) for link in self._links.values())
 
     # --- where requests go ----------------------------------------------
 
@@ -324,12 +611,27 @@ class RadiusProxy:
                 listener.close()
             raise
         logger.info(
-            "%s: proxy listening on %s ports %s, upstreams %s",
+            "%s: proxy listening on %s ports %s for NAS %s, upstreams %s",
             self.client_id,
             self.settings.ip,
             [port for port, _ in ports],
+            [str(net) for net in self.nas.allowed],
             [e.server for e in self.pool.order],
         )
+        if self.nas.unsigned:
+            logger.warning(
+                "%s: proxy takes Access-Requests without Message-Authenticator from %s "
+                "(vulnerable to BlastRADIUS, CVE-2024-3596: upgrade them)",
+                self.client_id,
+                [str(net) for net in self.nas.unsigned],
+            )
+        if self.unsigned_upstreams:
+            logger.warning(
+                "%s: proxy takes replies without Message-Authenticator from %s "
+                "(vulnerable to BlastRADIUS, CVE-2024-3596: upgrade them)",
+                self.client_id,
+                sorted(self.unsigned_upstreams),
+            )
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Probe zombies until ``stopping`` is set, then stop (see :meth:`close`)."""
@@ -358,12 +660,14 @@ class RadiusProxy:
             for link in self._links.values():
                 link.close()
             self._links.clear()
+            self.log.flush(force=True)
             c = self.counters
             logger.info(
-                "%s: proxy stopped: received %d, forwarded %d, answered %d, failed over %d, "
-                "resent %d, status %d, dropped %s; upstreams %s",
+                "%s: proxy stopped: received %d, accepted %d, forwarded %d, answered %d, "
+                "failed over %d, resent %d, status %d, dropped %s; upstreams %s",
                 self.client_id,
                 c.received,
+                c.accepted,
                 c.forwarded,
                 c.answered,
                 c.failed_over,
@@ -384,6 +688,7 @@ class RadiusProxy:
         interval = self.settings.check_interval_s
         while not stopping.is_set():
             now = time.monotonic()
+            self._sweep(now)
             for endpoint in self.pool.probes_due(now):
                 self._track(self._probe(endpoint), f"{self.client_id}:probe:{endpoint.server}")
             due = self.pool.next_probe_at()
@@ -400,17 +705,29 @@ class RadiusProxy:
                     waiter.cancel()
                 await asyncio.gather(*waiters, return_exceptions=True)
 
+    def _sweep(self, now: float) -> None:
+        """Close upstream sockets idle for ``socket_idle_s``, forget links left with none,
+        and log the counts of warnings held back."""
+        idle_s = self.settings.socket_idle_s
+        for address, link in list(self._links.items()):
+            link.sweep(now, idle_s)
+            if not link.sockets:
+                del self._links[address]
+        self.log.flush()
+
     async def _probe(self, endpoint: Endpoint) -> None:
         answered = False
         try:
             link = self._link((endpoint.ip, endpoint.auth_port))
+            # a probe's answer only says the upstream is there: FreeRADIUS 3.2.1 answers
+            # Status-Server on its auth port with an unsigned Access-Reject
             await link.send(
                 status_request(self.secret, "None"), timeout_s=self.settings.check_timeout_s
             )
             answered = True
         except RadiusTimeout:
             pass
-        except (OSError, RuntimeError) as exc:
+        except (OSError, RuntimeError, Dropped) as exc:
             logger.debug("%s: probe of %s failed: %s", self.client_id, endpoint.server, exc)
         self._after(self.pool.probed(endpoint.server, answered, time.monotonic()))
 
@@ -421,11 +738,25 @@ class RadiusProxy:
             raise RuntimeError("proxy is closed")
         link = self._links.get(address)
         if link is None:
-            link = _Link(address, self.secret, self.client_ip)
+            link = _Link(
+                address,
+                self.client_ip,
+                max_sockets=self.settings.max_upstream_sockets,
+                on_refused=self._refused,
+                counters=self.counters,
+            )
             self._links[address] = link
         return link
 
+    def _refused(self, reason: str, detail: str) -> None:
+        """An upstream's datagram was refused: counted, and logged at a bounded rate."""
+        self.counters.dropped[reason] += 1
+        self.log.warning(
+            f"{self.client_id} {reason}", "%s: proxy refused %s: %s", self.client_id, reason, detail
+        )
+
     def _on_datagram(self, listener: _Listener, data: bytes, addr: tuple[str, int]) -> None:
+        """Every datagram from a NAS: answered at once, taken to relay, or dropped and counted."""
         self.counters.received += 1
         try:
             self._accept(listener, data, addr)
@@ -433,44 +764,59 @@ class RadiusProxy:
             self._drop(dropped, addr)
         except Exception:
             self.counters.dropped["error"] += 1
-            logger.exception("%s: proxy failed on a packet from %s", self.client_id, addr[0])
+            self.log.error(
+                f"{self.client_id} error",
+                "%s: proxy failed on a packet from %s",
+                self.client_id,
+                addr[0],
+                exc_info=True,
+            )
 
     def _drop(self, dropped: Dropped, addr: tuple[str, int]) -> None:
-        self.counters.dropped[dropped.reason] += 1
-        level = logging.DEBUG if dropped.reason in QUIET_DROPS else logging.WARNING
-        logger.log(level, "%s: proxy dropped a packet from %s: %s", self.client_id, addr, dropped)
+        reason = dropped.reason
+        self.counters.dropped[reason] += 1
+        if reason in QUIET_DROPS:
+            logger.debug("%s: proxy dropped a packet from %s: %s", self.client_id, addr, dropped)
+            return
+        self.log.warning(
+            f"{self.client_id} {reason}",
+            "%s: proxy dropped a packet from %s: %s",
+            self.client_id,
+            addr[0],
+            dropped,
+        )
 
     def _accept(self, listener: _Listener, data: bytes, addr: tuple[str, int]) -> None:
         if self._closing:
             raise Dropped("shutdown")
+        if not self.nas.allows(addr[0]):
+            raise Dropped("unknown-nas", f"{addr[0]} is not in nas_addresses")
         if len(data) < 20:
             raise Dropped("malformed", f"{len(data)} octets")
         key: RequestKey = (listener.accounting, addr, data[1], data[4:20])
         if key in self._in_flight:
             raise Dropped("duplicate")
         now = time.monotonic()
-        cached = self._recent_reply(key, now)
+        cached = self._recent.get(key, now)
         if cached is not None:
             listener.send(cached, addr)
             self.counters.resent += 1
             return
-        request = decode_request(data, self.nas_secret, accounting=listener.accounting)
+        request = decode_request(
+            data,
+            self.nas_secret,
+            accounting=listener.accounting,
+            require_message_authenticator=self.nas.requires_message_authenticator(addr[0]),
+        )
         if request.code == STATUS_SERVER:
             listener.send(status_answer(request), addr)
             self.counters.status += 1
             return
+        if len(self._in_flight) >= self.settings.max_in_flight:
+            raise Dropped("overload", f"{len(self._in_flight)} requests in flight")
+        self.counters.accepted += 1
         self._in_flight.add(key)
         self._track(self._relay(listener, key, request, addr), f"{self.client_id}:request")
-
-    def _recent_reply(self, key: RequestKey, now: float) -> bytes | None:
-        recent = self._recent
-        while recent:
-            oldest = next(iter(recent))
-            if recent[oldest][0] > now and len(recent) <= RECENT_MAX:
-                break
-            del recent[oldest]
-        entry = recent.get(key)
-        return None if entry is None else entry[1]
 
     async def _relay(
         self,
@@ -485,12 +831,18 @@ class RadiusProxy:
                 return
             listener.send(raw, addr)
             self.counters.answered += 1
-            self._recent[key] = (time.monotonic() + RECENT_REPLY_S, raw)
+            self._recent.put(key, raw, time.monotonic())
         except Dropped as dropped:
             self._drop(dropped, addr)
         except Exception:
             self.counters.dropped["error"] += 1
-            logger.exception("%s: proxy failed to relay a request from %s", self.client_id, addr)
+            self.log.error(
+                f"{self.client_id} error",
+                "%s: proxy failed to relay a request from %s",
+                self.client_id,
+                addr[0],
+                exc_info=True,
+            )
         finally:
             self._in_flight.discard(key)
 
@@ -588,8 +940,11 @@ class RadiusProxy:
         self.counters.forwarded += 1
         movable = not accounting and STATE not in OrderedDict.keys(request)
         window_s = self.settings.response_window_s
+        require_ma = endpoint.server not in self.unsigned_upstreams
         try:
-            sending = self._link((endpoint.ip, port)).send(sent, timeout_s=wait_s or window_s)
+            sending = self._link((endpoint.ip, port)).send(
+                sent, wait_s or window_s, require_ma=require_ma
+            )
             if movable:
                 leaving = self._leaving.setdefault(endpoint.server, asyncio.Event())
                 reply = await _unless(sending, leaving)
@@ -602,7 +957,13 @@ class RadiusProxy:
             self._after(self.pool.unanswered(endpoint.server, sent_at, time.monotonic()))
             return None
         except (OSError, RuntimeError) as exc:
-            logger.warning("%s: cannot send to %s: %s", self.client_id, endpoint.server, exc)
+            self.log.warning(
+                f"{self.client_id} cannot send {endpoint.server}",
+                "%s: cannot send to %s: %s",
+                self.client_id,
+                endpoint.server,
+                exc,
+            )
             return None
         now = time.monotonic()
         self.tallies.answered(endpoint.server, now - sent_at)

@@ -40,6 +40,7 @@ CHAP_PASSWORD = 3
 STATE = 24
 PROXY_STATE = 33
 CHAP_CHALLENGE = 60
+EAP_MESSAGE = 79
 TUNNEL_PASSWORD = 69
 MESSAGE_AUTHENTICATOR = 80
 MICROSOFT = 311
@@ -119,13 +120,22 @@ def _set_raw(pkt: packet.Packet, key: Any, values: Any) -> None:
     OrderedDict.__setitem__(pkt, key, list(values) if isinstance(values, list) else values)
 
 
-def decode_request(data: bytes, secret: bytes, *, accounting: bool) -> packet.Packet:
+def decode_request(
+    data: bytes, secret: bytes, *, accounting: bool, require_message_authenticator: bool = True
+) -> packet.Packet:
     """A NAS's request, verified under ``secret``; raise Dropped.
 
     The auth port takes Access-Request and Status-Server, the accounting port
     Accounting-Request and Status-Server. A Message-Authenticator is checked
-    when present (and required on Status-Server), the Request Authenticator of
-    an Accounting-Request always.
+    when present, and required on Status-Server, on an Access-Request that
+    carries EAP-Message (RFC 3579) and, with ``require_message_authenticator``
+    (FreeRADIUS's ``require_message_authenticator = yes``), on every
+    Access-Request. Without it, an Access-Request that carries Proxy-State but
+    no Message-Authenticator is refused all the same (FreeRADIUS's
+    ``limit_proxy_state``: a NAS sends no Proxy-State, and BlastRADIUS hides
+    its chosen prefix in one). The Request Authenticator of an
+    Accounting-Request is always checked, which is why FreeRADIUS requires
+    nothing more of accounting.
     """
     if len(data) < 20:
         raise Dropped("malformed", f"{len(data)} octets")
@@ -143,6 +153,12 @@ def decode_request(data: bytes, secret: bytes, *, accounting: bool) -> packet.Pa
                 raise Dropped("bad-message-authenticator")
         elif code == STATUS_SERVER:
             raise Dropped("no-message-authenticator")
+        elif code == ACCESS_REQUEST:
+            keys = OrderedDict.keys(request)
+            if require_message_authenticator or EAP_MESSAGE in keys:
+                raise Dropped("no-message-authenticator")
+            if PROXY_STATE in keys:
+                raise Dropped("proxy-state-unsigned")
     except Dropped:
         raise
     except Exception as exc:
@@ -207,11 +223,13 @@ def nas_reply(request: packet.Packet, sent: packet.Packet, reply: packet.Packet)
 
     Code and attributes are the upstream's (salted ones encrypted again under
     the NAS secret); the Response Authenticator is computed from the NAS's own
-    Request Authenticator; a Message-Authenticator is added when the reply has
-    one, or when the NAS's Access-Request had one.
+    Request Authenticator. Every answer to an Access-Request (Accept, Reject,
+    Challenge) gets a Message-Authenticator, the first attribute, as
+    FreeRADIUS 3.2.5 and later send it against BlastRADIUS; an
+    Accounting-Response gets one when the upstream's reply had one.
     """
     access = request.code == ACCESS_REQUEST
-    sign = bool(reply.message_authenticator) or (access and bool(request.message_authenticator))
+    sign = access or bool(reply.message_authenticator)
     out: packet.Packet = request.CreateReply(message_authenticator=sign)
     out.code = reply.code
     for key, values in _raw_items(reply):

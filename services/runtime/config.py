@@ -367,6 +367,20 @@ class ProxyConfig(Base, frozen=True, kw_only=True):
     ``check_interval_s`` and taken back after ``answers_to_alive`` answers.
     A round of an EAP conversation waits for the upstream that holds it up to
     ``conversation_wait_s``, as no other upstream can answer it.
+
+    What it takes (BlastRADIUS, CVE-2024-3596, as FreeRADIUS 3.2.5 and later):
+    datagrams only from ``nas_addresses`` (addresses or CIDRs; by default the
+    client's own ``ip`` and the proxy's ``ip``, and all of loopback when the
+    proxy listens on loopback); Access-Requests only with a valid
+    Message-Authenticator, except from the NAS devices in
+    ``nas_without_message_authenticator`` (FreeRADIUS's per-client
+    ``require_message_authenticator = no``), whose Access-Requests are still
+    refused when they carry Proxy-State without one (``limit_proxy_state``);
+    replies to Access-Requests only with a valid Message-Authenticator, except
+    from the servers (ids) in ``upstreams_without_message_authenticator``.
+    Bounds: ``max_in_flight`` requests in flight (beyond: dropped as
+    ``overload``), ``max_upstream_sockets`` sockets per upstream address
+    (256 requests each), each closed once unused for ``socket_idle_s``.
     """
 
     ip: str = "127.0.0.1"
@@ -378,10 +392,37 @@ class ProxyConfig(Base, frozen=True, kw_only=True):
     check_timeout_s: float = 0.5
     answers_to_alive: int = 3
     conversation_wait_s: float = 10.0
+    nas_addresses: list[str] | None = None
+    nas_without_message_authenticator: list[str] = msgspec.field(default_factory=list)
+    upstreams_without_message_authenticator: list[str] = msgspec.field(default_factory=list)
+    max_in_flight: int = 4000
+    max_upstream_sockets: int = 16
+    socket_idle_s: float = 60.0
 
     def __post_init__(self) -> None:
+        import ipaddress
+
         if self.conversation_wait_s < self.response_window_s:
             raise ValueError("conversation_wait_s must be at least response_window_s")
+        if self.nas_addresses == []:
+            raise ValueError("nas_addresses is empty: leave it out for the default")
+        for name in ("nas_addresses", "nas_without_message_authenticator"):
+            for entry in getattr(self, name) or ():
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError:
+                    raise ValueError(f"{name}: {entry!r} is not an address or CIDR") from None
+        for server in self.upstreams_without_message_authenticator:
+            check_token(server, "upstreams_without_message_authenticator entry")
+        if self.max_in_flight < 1 or self.max_upstream_sockets < 1:
+            raise ValueError("max_in_flight and max_upstream_sockets must be at least 1")
+        if self.max_in_flight >= 256 * self.max_upstream_sockets:
+            raise ValueError(
+                "max_upstream_sockets leaves no room for max_in_flight: each socket carries "
+                "256 requests, and one is kept for a probe"
+            )
+        if self.socket_idle_s <= 0:
+            raise ValueError("socket_idle_s must be positive")
         for port in (self.auth_port, self.acct_port):
             if port is not None:
                 _check_port(port)

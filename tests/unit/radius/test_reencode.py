@@ -93,7 +93,10 @@ def test_chap_keeps_its_challenge_and_an_unsigned_request_is_signed_upstream() -
     pkt["User-Name"] = "alice"
     pkt.authenticator = bytes(range(16))
     pkt[3] = [b"\x07" + bytes(16)]  # CHAP-Password, challenged by the authenticator
-    request = decode_request(pkt.RequestPacket(), NAS, accounting=False)
+    # from a NAS that may send none (nas_without_message_authenticator)
+    request = decode_request(
+        pkt.RequestPacket(), NAS, accounting=False, require_message_authenticator=False
+    )
     assert not request.message_authenticator
     sent = upstream_request(request, UP)
     sent.id = 2
@@ -129,19 +132,26 @@ def test_the_upstreams_reply_is_re_encoded_for_the_nas() -> None:
     assert opener.SaltDecrypt(got[69][0][1:]) == b"tunnel secret"
 
 
-def test_a_reject_without_message_authenticator_to_an_unsigned_request_stays_unsigned() -> None:
-    original = nas_access_request(signed=False)
-    request = decode_request(original.RequestPacket(), NAS, accounting=False)
+def test_a_reject_without_message_authenticator_goes_to_the_nas_signed_first() -> None:
+    # an unsigned request, from a NAS that may send one without (no Proxy-State then)
+    original = packet.AuthPacket(code=packet.AccessRequest, secret=NAS, dict=dictionary(), id=9)
+    original["User-Name"] = "alice"
+    original["User-Password"] = original.PwCrypt("wonderland")
+    request = decode_request(
+        original.RequestPacket(), NAS, accounting=False, require_message_authenticator=False
+    )
     sent = upstream_request(request, UP)
     sent.id = 3
     at_server = packet.AuthPacket(packet=sent.RequestPacket(), secret=UP, dict=dictionary())
     answer = at_server.CreateReply(message_authenticator=False)
     answer.code = packet.AccessReject
+    answer["Reply-Message"] = "no"
     wire = answer.ReplyPacket()
     back = nas_reply(request, sent, sent.CreateReply(packet=wire))
     got = original.CreateReply(packet=back)
-    assert original.VerifyReply(got, back)
-    assert got.code == packet.AccessReject and not got.message_authenticator
+    assert original.VerifyReply(got, back, enforce_ma=True)
+    assert got.code == packet.AccessReject and got.message_authenticator
+    assert back[20:22] == bytes([80, 18])  # Message-Authenticator, the first attribute
 
 
 def test_accounting_is_verified_and_re_encoded() -> None:
