@@ -245,10 +245,11 @@ class Harness:
         return f"{PREFIX}.relay.{i}"
 
     async def publish_sample(self, sample: MetricsSample) -> float:
-        payload, headers = self.bus.encode(sample)
+        subject = self.subjects.metrics(sample.server)
+        payload, headers = self.bus.encode(subject, sample)
         self.sizes.setdefault("sample", len(payload))
         started = time.perf_counter()
-        await self.bus.nc.publish(self.subjects.metrics(sample.server), payload, headers=headers)
+        await self.bus.nc.publish(subject, payload, headers=headers)
         return started
 
     async def incident(self) -> dict[str, float]:

@@ -126,7 +126,7 @@ async def round_(
     messages = []
     for i in range(n):
         sid = servers[i % len(servers)]
-        payload, headers = bus.encode(sample(sid, seq0 + i))
+        payload, headers = bus.encode(target(sid), sample(sid, seq0 + i))
         messages.append((target(sid), payload, headers))
     report_subject = f"{PREFIX}.bench.report.{seq0}"
     reports: asyncio.Queue[dict[str, Any]] = asyncio.Queue()

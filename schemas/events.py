@@ -9,10 +9,15 @@ readers keep working with new writers.
 from __future__ import annotations
 
 import secrets
+import sys
 import time
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
+
+Finite = Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)]
+"""Every number an event carries: NaN and the infinities do not decode (msgpack can carry
+them, JSON cannot), so no ``rate = inf`` or NaN time reaches a service's state."""
 
 
 def new_id() -> str:
@@ -41,7 +46,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     """
 
     id: str = msgspec.field(default_factory=new_id)
-    time: float = msgspec.field(default_factory=time.time)
+    time: Finite = msgspec.field(default_factory=time.time)
     source: str = ""
 
 
@@ -56,7 +61,7 @@ class ServiceCheck(msgspec.Struct, frozen=True, kw_only=True):
     ok: bool
     detail: str = ""
     check: str = ""
-    latency_s: float | None = None
+    latency_s: Finite | None = None
 
 
 class MetricsSample(Event, frozen=True, kw_only=True, tag="metrics.sample"):
@@ -90,23 +95,23 @@ class MetricsSample(Event, frozen=True, kw_only=True, tag="metrics.sample"):
     queue_len_detail: int | None = None
     pps_in: int | None = None
     pps_out: int | None = None
-    access_requests_per_s: float | None = None
-    auth_responses_per_s: float | None = None
-    acct_requests_per_s: float | None = None
-    acct_responses_per_s: float | None = None
+    access_requests_per_s: Finite | None = None
+    auth_responses_per_s: Finite | None = None
+    acct_requests_per_s: Finite | None = None
+    acct_responses_per_s: Finite | None = None
     process_threads: int | None = None
-    memory_percent: float | None = None
-    cpu_percent: float | None = None
+    memory_percent: Finite | None = None
+    cpu_percent: Finite | None = None
     process_count: int | None = None
     process_tree_count: int | None = None
     probes: int | None = None
     probes_slow: int | None = None
     probes_failed: int | None = None
-    probe_latency_p50_s: float | None = None
-    probe_latency_p90_s: float | None = None
-    probe_latency_max_s: float | None = None
+    probe_latency_p50_s: Finite | None = None
+    probe_latency_p90_s: Finite | None = None
+    probe_latency_max_s: Finite | None = None
     outstanding: int | None = None
-    outstanding_latency_s: float | None = None
+    outstanding_latency_s: Finite | None = None
     services: list[ServiceCheck] = msgspec.field(default_factory=list)
     sources: dict[str, str] = msgspec.field(default_factory=dict)
     errors: list[str] = msgspec.field(default_factory=list)
@@ -129,15 +134,15 @@ class HealthReport(Event, frozen=True, kw_only=True, tag="health.report"):
 
     server: str
     sample_id: str
-    health: float
-    parts: dict[str, float] = msgspec.field(default_factory=dict)
+    health: Finite
+    parts: dict[str, Finite] = msgspec.field(default_factory=dict)
     sources: dict[str, str] = msgspec.field(default_factory=dict)
-    penalties: dict[str, float] = msgspec.field(default_factory=dict)
+    penalties: dict[str, Finite] = msgspec.field(default_factory=dict)
     limiting: str = ""
     reason: str = ""
-    failover_threshold: float
-    connection_threshold: float
-    deficit: float = 0.0
+    failover_threshold: Finite
+    connection_threshold: Finite
+    deficit: Finite = 0.0
     incident_id: str | None = None
     state: Literal["healthy", "overloaded", "recovering"] = "healthy"
 
@@ -148,9 +153,9 @@ class Incident(Event, frozen=True, kw_only=True, tag="incident"):
     incident_id: str
     server: str
     state: IncidentState
-    health: float
+    health: Finite
     reason: str = ""
-    opened_at: float
+    opened_at: Finite
     relapses: int = 0
 
 
@@ -168,7 +173,7 @@ class Move(msgspec.Struct, frozen=True, kw_only=True):
     alternates: list[str]
     why: str = ""
     where: str = ""
-    load: float = 0.0
+    load: Finite = 0.0
 
 
 class FailoverPlan(Event, frozen=True, kw_only=True, tag="failover.plan"):
@@ -190,12 +195,12 @@ class FailoverPlan(Event, frozen=True, kw_only=True, tag="failover.plan"):
     unplaced: list[str] = msgspec.field(default_factory=list)
     reason: str = ""
     step: int = 1
-    health: float | None = None
-    deficit: float | None = None
-    share: float | None = None
+    health: Finite | None = None
+    deficit: Finite | None = None
+    share: Finite | None = None
     cap: int | None = None
-    load: float | None = None
-    moved_load: float = 0.0
+    load: Finite | None = None
+    moved_load: Finite = 0.0
     part: int = 1
     parts: int = 1
 
@@ -234,7 +239,7 @@ class FailoverNotice(Event, frozen=True, kw_only=True, tag="notice.failover.v2")
     client: str
     alternates: list[str]
     seq: int
-    valid_until: float
+    valid_until: Finite
 
 
 class ReadmitNotice(Event, frozen=True, kw_only=True, tag="notice.readmit.v2"):
@@ -249,9 +254,9 @@ class ReadmitNotice(Event, frozen=True, kw_only=True, tag="notice.readmit.v2"):
     client: str
     granted: bool = True
     wave: int = 0
-    retry_after_s: float = 0.0
+    retry_after_s: Finite = 0.0
     seq: int
-    valid_until: float
+    valid_until: Finite
 
 
 class Delivery(Event, frozen=True, kw_only=True, tag="delivery"):
@@ -263,7 +268,7 @@ class Delivery(Event, frozen=True, kw_only=True, tag="delivery"):
     server: str
     outcome: Literal["sent", "retried", "acked", "failed"]
     attempts: int = 1
-    latency_s: float | None = None
+    latency_s: Finite | None = None
 
 
 class Ack(Event, frozen=True, kw_only=True, tag="ack"):
@@ -306,9 +311,9 @@ class UpstreamReport(msgspec.Struct, frozen=True, kw_only=True):
     answers: int = 0
     timeouts: int = 0
     resent: int = 0
-    p50_s: float | None = None
-    p90_s: float | None = None
-    max_s: float | None = None
+    p50_s: Finite | None = None
+    p90_s: Finite | None = None
+    max_s: Finite | None = None
     changes: int = 0
     conversations: int = 0
 
@@ -320,7 +325,7 @@ class UpstreamChange(msgspec.Struct, frozen=True, kw_only=True):
     before: Literal["alive", "zombie", "dead"]
     after: Literal["alive", "zombie", "dead"]
     reason: str = ""
-    at: float = 0.0
+    at: Finite = 0.0
 
 
 class ClientStatus(Event, frozen=True, kw_only=True, tag="client.status"):
@@ -337,7 +342,7 @@ class ClientStatus(Event, frozen=True, kw_only=True, tag="client.status"):
     client: str
     home: str
     current: str
-    rate: float | None = None
+    rate: Finite | None = None
     sent: int = 0
     answered: int = 0
     rejected: int = 0
@@ -346,8 +351,8 @@ class ClientStatus(Event, frozen=True, kw_only=True, tag="client.status"):
     relayed: int = 0
     relayed_answered: int = 0
     relayed_lost: int = 0
-    period_s: float | None = None
-    response_window_s: float | None = None
+    period_s: Finite | None = None
+    response_window_s: Finite | None = None
     upstreams: list[UpstreamReport] = msgspec.field(default_factory=list)
     changes: list[UpstreamChange] = msgspec.field(default_factory=list)
 
@@ -363,8 +368,8 @@ class ReadmitWave(Event, frozen=True, kw_only=True, tag="readmit.wave"):
     wave: int
     clients: list[str] = msgspec.field(default_factory=list)
     deferred: list[str] = msgspec.field(default_factory=list)
-    retry_after_s: float = 0.0
-    health: float | None = None
+    retry_after_s: Finite = 0.0
+    health: Finite | None = None
     final: bool = False
     reason: str = ""
 
@@ -381,7 +386,7 @@ class ServerControl(Event, frozen=True, kw_only=True, tag="control.server"):
 
     server: str
     stalled_workers: int | None = None
-    service_time_ms: float | None = None
+    service_time_ms: Finite | None = None
 
 
 AnyEvent = (

@@ -1,9 +1,12 @@
 """Authenticity of events: HMAC-SHA256 over the exact bytes on the wire.
 
 Bus events carry ``Aaa-Key`` (key id, for rotation) and ``Aaa-Sig`` (hex
-HMAC-SHA256 of the payload under that key) in their NATS headers. Receivers
-verify before decoding, then reject events outside the replay window and
-repeated event ids (:class:`ReplayGuard`).
+HMAC-SHA256 under that key of the subject, a newline and the payload) in
+their NATS headers: the signature binds the subject, so a signed event copied
+onto another subject (a sandbox's plan onto the live prefix, one client's
+status onto another's subject) no longer verifies. Receivers verify before
+decoding, then reject events outside the replay window and repeated event
+ids (:class:`ReplayGuard`).
 
 Notices to a client carry, in ``Aaa-Auth``, an authenticator under that
 client's own shared secret over the server's IP, the client's IP and the
@@ -29,6 +32,7 @@ AUTH_HEADER = "Aaa-Auth"
 SERVER_HEADER = "Aaa-Server"
 
 CLIENT_KEY_PREFIX = "client:"
+SANDBOX_KEY_PREFIX = "sandbox:"
 
 DIGEST_FORMAT = re.compile(r"[0-9a-f]{64}")
 """What ``Aaa-Sig`` and ``Aaa-Auth`` hold: a SHA-256 digest as 64 lowercase hex digits."""
@@ -48,18 +52,34 @@ def is_digest(value: object) -> bool:
     return isinstance(value, str) and DIGEST_FORMAT.fullmatch(value) is not None
 
 
-def signature(key: bytes, payload: bytes) -> str:
-    """Hex HMAC-SHA256 of ``payload`` under ``key``."""
-    return hmac.new(key, payload, hashlib.sha256).hexdigest()
+def signature(key: bytes, subject: str, payload: bytes) -> str:
+    """Hex HMAC-SHA256 under ``key`` of ``subject``, a newline and ``payload`` (a NATS
+    subject holds no whitespace, so the two parts cannot be told apart any other way)."""
+    mac = hmac.new(key, subject.encode(), hashlib.sha256)
+    mac.update(b"\n")
+    mac.update(payload)
+    return mac.hexdigest()
 
 
-def sign_headers(key_id: str, key: bytes, payload: bytes) -> dict[str, str]:
-    """The headers that sign ``payload`` with the key ``key_id``."""
-    return {KEY_HEADER: key_id, SIG_HEADER: signature(key, payload)}
+def sandbox_key(live_key: bytes, prefix: str) -> tuple[str, bytes]:
+    """The key id and key a replay sandbox under ``prefix`` signs with: derived from the
+    live key (HMAC-SHA256 of the prefix), so the replay tool and the sandbox's services
+    agree on it without another secret, and named ``sandbox:<prefix>``, an id no live
+    service holds, so whatever a sandbox signs the live side refuses (``unknown-key``)."""
+    key = hmac.new(live_key, b"aaa-failover sandbox\n" + prefix.encode(), hashlib.sha256)
+    return SANDBOX_KEY_PREFIX + prefix, key.digest()
 
 
-def verify(keys: Mapping[str, bytes], headers: Mapping[str, str] | None, payload: bytes) -> str:
-    """Check the signature headers of ``payload``; return the key id that signed it.
+def sign_headers(key_id: str, key: bytes, subject: str, payload: bytes) -> dict[str, str]:
+    """The headers that sign ``payload`` on ``subject`` with the key ``key_id``."""
+    return {KEY_HEADER: key_id, SIG_HEADER: signature(key, subject, payload)}
+
+
+def verify(
+    keys: Mapping[str, bytes], headers: Mapping[str, str] | None, subject: str, payload: bytes
+) -> str:
+    """Check the signature headers of ``payload`` received on ``subject``; return the key id
+    that signed it.
 
     Raises Rejected with reason ``unsigned``, ``bad-key-id`` (``Aaa-Key`` is not
     1-128 printable ASCII characters), ``unknown-key`` or ``bad-signature``
@@ -78,7 +98,7 @@ def verify(keys: Mapping[str, bytes], headers: Mapping[str, str] | None, payload
     key = keys.get(key_id)
     if key is None:
         raise Rejected("unknown-key", key_id)
-    if not hmac.compare_digest(signature(key, payload), sig):
+    if not hmac.compare_digest(signature(key, subject, payload), sig):
         raise Rejected("bad-signature", key_id)
     return key_id
 

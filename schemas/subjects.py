@@ -11,6 +11,25 @@ import re
 TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 WILDCARD = "*"
 
+NAMED_BY_KIND = {
+    **dict.fromkeys(("notice", "delivery", "ack", "status"), "client"),
+    **dict.fromkeys(
+        ("metrics", "health", "incident", "plan", "request", "readmit", "control"), "server"
+    ),
+}
+"""What the last token of each kind of subject names: ``aaa.status.nas-01`` is about the
+client ``nas-01``, ``aaa.plan.A`` about the server ``A``; the event on it must name the same."""
+
+
+def named_in(subject: str) -> tuple[str, str] | None:
+    """``(field, id)``: the event field the subject's last token names and its value
+    (``("client", "nas-01")`` for ``aaa.status.nas-01``), or None for another subject."""
+    parts = subject.rsplit(".", 2)
+    if len(parts) < 3:
+        return None
+    field = NAMED_BY_KIND.get(parts[1])
+    return None if field is None else (field, parts[2])
+
 
 def check_token(value: str, what: str = "id") -> str:
     """Return ``value`` if it is a valid single subject token, else raise ValueError."""

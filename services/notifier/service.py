@@ -170,7 +170,7 @@ class Notifier:
         """Send ``notice`` to ``client`` by its transport, track it and report it sent."""
         bus = self.rt.bus
         subject = bus.subjects.notice(client.id)
-        payload, headers = bus.encode(notice)
+        payload, headers = bus.encode(subject, notice)
         headers.update(self._authenticate(client, server)(payload))
         pending, delivery = self.tracker.sent(
             notice_id=notice.id,

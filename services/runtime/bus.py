@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -37,10 +37,11 @@ from schemas.signing import (
     KEY_HEADER,
     Rejected,
     ReplayGuard,
+    sandbox_key,
     sign_headers,
     verify,
 )
-from schemas.subjects import Subjects
+from schemas.subjects import Subjects, named_in
 from services.runtime import busauth
 from services.runtime.config import BusConfig, Config, ConfigError
 from services.runtime.middleware import Guard, admits, kind
@@ -49,6 +50,18 @@ from services.runtime.permissions import inbox, user_for
 logger = logging.getLogger(__name__)
 
 E = TypeVar("E", bound=Event)
+
+
+class Recorded(Protocol):
+    """A message as stored: its exact payload and its headers."""
+
+    @property
+    def payload(self) -> bytes: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+
 Handler = Callable[[E], Awaitable[None]]
 
 
@@ -75,7 +88,8 @@ class Keyring:
 
     @classmethod
     def from_config(cls, config: Config, *, clients: bool = True) -> Keyring:
-        """The bus key (required) and, with ``clients``, every client's secret."""
+        """The bus key (required) and, with ``clients``, every client's secret; in a
+        replay sandbox, the sandbox's own key in place of the bus keys (:meth:`for_sandbox`)."""
         bus = config.bus
         if bus.key is None:
             raise ConfigError("bus.key is required by every service but the agent")
@@ -86,7 +100,17 @@ class Keyring:
         client_keys = (
             {c.id: config.read_secret(c.secret) for c in config.clients} if clients else {}
         )
-        return cls(Signer(bus.key.id, key), keys, client_keys)
+        keyring = cls(Signer(bus.key.id, key), keys, client_keys)
+        return keyring.for_sandbox(bus.prefix) if bus.sandbox else keyring
+
+    def for_sandbox(self, prefix: str) -> Keyring:
+        """The keyring of a replay sandbox under ``prefix``: it signs and verifies with the
+        sandbox's key alone (:func:`~schemas.signing.sandbox_key`), which no live service
+        accepts, so nothing a sandbox decides can be copied onto live subjects and act."""
+        if self.signer is None:
+            raise ConfigError("a sandbox's key is derived from the bus key: none is configured")
+        key_id, key = sandbox_key(self.signer.key, prefix)
+        return Keyring(Signer(key_id, key), {key_id: key}, dict(self.client_keys))
 
     def verification_keys(self, accept_clients: bool) -> Mapping[str, bytes]:
         """The keys an event may be signed with; built once, looked up per event."""
@@ -138,15 +162,18 @@ class DropCounters:
 
 
 def verify_event(
-    keys: Mapping[str, bytes], headers: Mapping[str, str] | None, payload: bytes
+    keys: Mapping[str, bytes], headers: Mapping[str, str] | None, subject: str, payload: bytes
 ) -> Event:
-    """Verify the signature of ``payload``, decode it, and check who signed it.
+    """Verify the signature of ``payload`` on ``subject``, decode it, and check who signed
+    it and that it is about what its subject names.
 
-    A client's key signs only events naming that client. Raises Rejected.
-    Time and repeats are not checked here (see :class:`ReplayGuard`), so a
-    recorded event read back from the stream verifies as it did when live.
+    A client's key signs only events naming that client (``impersonation``);
+    an event on ``status.nas-01`` must name the client ``nas-01``, one on
+    ``plan.A`` the server ``A`` (``wrong-subject``). Raises Rejected. Time and
+    repeats are not checked here (see :class:`ReplayGuard`), so a recorded
+    event read back from the stream verifies as it did when live.
     """
-    key_id = verify(keys, headers, payload)
+    key_id = verify(keys, headers, subject, payload)
     try:
         event = codec.decode(payload, (headers or {}).get(codec.CONTENT_TYPE))
     except codec.DecodeError as exc:
@@ -155,6 +182,14 @@ def verify_event(
         claimed = getattr(event, "client", None)
         if claimed != key_id[len(CLIENT_KEY_PREFIX) :]:
             raise Rejected("impersonation", f"{key_id} signed for {claimed!r}")
+    named = named_in(subject)
+    if named is not None:
+        field, token = named
+        about = getattr(event, field, None)
+        if about != token:
+            raise Rejected(
+                "wrong-subject", f"{type(event).__name__} of {field} {about!r} on {subject}"
+            )
     return event
 
 
@@ -312,13 +347,15 @@ class Bus:
 
     # --- publish --------------------------------------------------------
 
-    def encode(self, event: Event, signer: Signer | None = None) -> tuple[bytes, dict[str, str]]:
-        """The payload and signed headers of ``event``."""
+    def encode(
+        self, subject: str, event: Event, signer: Signer | None = None
+    ) -> tuple[bytes, dict[str, str]]:
+        """The payload of ``event`` and the headers that sign it on ``subject``."""
         signer = signer or self.keyring.signer
         if signer is None:
             raise RuntimeError("this bus has no key to sign with")
         payload = codec.encode(event, self.codec_name)
-        headers = sign_headers(signer.key_id, signer.key, payload)
+        headers = sign_headers(signer.key_id, signer.key, subject, payload)
         headers[codec.CONTENT_TYPE] = codec.content_type(self.codec_name)
         headers["Nats-Msg-Id"] = event.id
         return payload, headers
@@ -337,12 +374,25 @@ class Bus:
         ``authenticate`` adds headers computed over the exact payload bytes
         (a notice's client authenticator).
         """
-        payload, signed = self.encode(event, signer)
+        payload, signed = self.encode(subject, event, signer)
         if headers:
             signed.update(headers)
         if authenticate is not None:
             signed.update(authenticate(payload))
         await self.publish_encoded(subject, payload, signed)
+
+    def resign(self, subject: str, recorded: Recorded) -> tuple[str, bytes, dict[str, str]]:
+        """A recorded message's bytes, signed with this bus's key for ``subject`` (a replay
+        into a sandbox): its content type and message id kept, its signature new."""
+        signer = self.keyring.signer
+        if signer is None:
+            raise RuntimeError("this bus has no key to sign with")
+        headers = sign_headers(signer.key_id, signer.key, subject, recorded.payload)
+        for name in (codec.CONTENT_TYPE, "Nats-Msg-Id"):
+            value = recorded.headers.get(name)
+            if value is not None:
+                headers[name] = value
+        return subject, recorded.payload, headers
 
     async def publish_encoded(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
         """Publish bytes :meth:`encode` made and signed, as they are: a stored event sent
@@ -354,7 +404,8 @@ class Bus:
 
     def check(self, msg: Msg, accept_clients: bool = False) -> Event:
         """Verify, decode and replay-check one message; raise Rejected if bad."""
-        event = verify_event(self.keyring.verification_keys(accept_clients), msg.headers, msg.data)
+        keys = self.keyring.verification_keys(accept_clients)
+        event = verify_event(keys, msg.headers, msg.subject, msg.data)
         self.guard.check(event.id, event.time, time.time())
         return event
 

@@ -3,9 +3,10 @@
 Without ``--sandbox`` the window is printed, one line per event as `tail`
 prints it, then a summary of what it held (events and bytes by type: the
 figures for sizing the stream). With ``--sandbox PREFIX`` the recorded events
-of the input kinds are published again, byte for byte with their original
-headers (so their signatures still verify), under ``PREFIX`` instead of the
-live prefix, paced as they were recorded (``speed`` times faster) or as fast
+of the input kinds are published again, byte for byte, under ``PREFIX``
+instead of the live prefix, each signed anew for its sandbox subject with the
+sandbox's own key (a signature binds its subject, and the live side refuses
+the sandbox's key), paced as they were recorded (``speed`` times faster) or as fast
 as possible. A second copy of the services started with ``--sandbox PREFIX``
 re-derives every decision from them; only such services accept events of any
 age. By default what clients said after the first recorded plan (statuses,
@@ -229,18 +230,17 @@ async def republish(
 ) -> Replayed:
     """Publish what :func:`select` picks of ``seen`` again under ``sandbox``.
 
-    Payloads and headers are the recorded ones. With ``retention`` (max age,
-    max bytes) the sandbox gets its own stream.
+    Payloads are the recorded ones, signed again with the sandbox's key for
+    their sandbox subjects. With ``retention`` (max age, max bytes) the sandbox
+    gets its own stream.
     """
     live = bus.subjects
     if overlaps(sandbox, live.prefix):
         raise ConfigError(f"sandbox prefix {sandbox!r} overlaps the live prefix {live.prefix!r}")
-    target = Subjects(sandbox)
+    target = Bus(bus.nc, Subjects(sandbox), bus.keyring.for_sandbox(sandbox))
     if retention is not None:
         max_age_s, max_bytes = retention
-        await Bus(bus.nc, target, bus.keyring).ensure_stream(
-            max_age_s=max_age_s, max_bytes=max_bytes
-        )
+        await target.ensure_stream(max_age_s=max_age_s, max_bytes=max_bytes)
     selection = select(seen, live.prefix, kinds, cut_reactions=cut_reactions)
     to_send = selection.send
     started = time.monotonic()
@@ -248,9 +248,7 @@ async def republish(
         wait = started + due - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
-        await bus.nc.publish(
-            live.rehome(item.subject, sandbox), item.payload, headers=dict(item.headers)
-        )
+        await target.publish_encoded(*target.resign(live.rehome(item.subject, sandbox), item))
     await bus.nc.flush()
     return Replayed(selection, time.monotonic() - started)
 

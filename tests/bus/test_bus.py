@@ -45,16 +45,16 @@ async def test_signed_event_arrives_and_bad_ones_are_dropped(
         received = await asyncio.wait_for(got.get(), 5)
         assert received == good
 
-        payload, headers = bus.encode(_sample())
+        payload, headers = bus.encode(subject, _sample())
         nc = bus.nc
         # unsigned
         await nc.publish(subject, payload)
         # tampered payload under a valid signature
         await nc.publish(subject, payload.replace(b'"A"', b'"B"'), headers=headers)
         # signed with a key the receiver does not hold
-        await nc.publish(subject, payload, headers=sign_headers("k1", b"wrong", payload))
+        await nc.publish(subject, payload, headers=sign_headers("k1", b"wrong", subject, payload))
         # unknown key id
-        await nc.publish(subject, payload, headers=sign_headers("k9", b"x", payload))
+        await nc.publish(subject, payload, headers=sign_headers("k9", b"x", subject, payload))
         # the same event id twice: the first passes, the repeat is dropped
         await nc.publish(subject, payload, headers=headers)
         await nc.publish(subject, payload, headers=headers)
@@ -83,7 +83,7 @@ async def test_signed_event_arrives_and_bad_ones_are_dropped(
             subject,
             b"{not json",
             headers={
-                **sign_headers("k1", bus.keyring.bus_keys["k1"], b"{not json"),
+                **sign_headers("k1", bus.keyring.bus_keys["k1"], subject, b"{not json"),
                 CONTENT_TYPE: codec.JSON_TYPE,
             },
         )
@@ -142,7 +142,7 @@ async def test_missing_header_is_unsigned(farm: FarmFactory, header: str) -> Non
     config, _ = farm()
     async with AsyncExitStack() as stack:
         bus = await _bus(config, stack)
-        payload, headers = bus.encode(_sample())
+        payload, headers = bus.encode("x", _sample())
         del headers[header]
 
         class Msg:

@@ -14,9 +14,11 @@ from tests.conftest import FarmFactory
 from tests.support.events_doc import code_block
 
 
-def _run(script: Path, secret: Path, sig: str, payload: Path) -> subprocess.CompletedProcess[str]:
+def _run(
+    script: Path, secret: Path, subject: str, sig: str, payload: Path
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-I", str(script), str(secret), sig, str(payload)],
+        [sys.executable, "-I", str(script), str(secret), subject, sig, str(payload)],
         capture_output=True,
         text=True,
         timeout=30,
@@ -39,7 +41,8 @@ async def test_verify_example_accepts_a_signed_event_and_refuses_a_tampered_one(
     )
     async with AsyncExitStack() as stack:
         bus = await Bus.connect(config.bus, Keyring.from_config(config), name="doc", stack=stack)
-        payload, headers = bus.encode(event)
+        subject, elsewhere = bus.subjects.health("A"), bus.subjects.health("B")
+        payload, headers = bus.encode(subject, event)
 
     script = tmp_path / "verify_event.py"
     script.write_text(code_block("verify_event.py"))
@@ -49,14 +52,17 @@ async def test_verify_example_accepts_a_signed_event_and_refuses_a_tampered_one(
     tampered.write_bytes(payload.replace(b'"health":0.5', b'"health":0.9'))
     assert tampered.read_bytes() != payload
 
-    ok = _run(script, secret_file, headers[SIG_HEADER], genuine)
+    ok = _run(script, secret_file, subject, headers[SIG_HEADER], genuine)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip() == f"signature verifies: health.report {event.id} from evaluator"
 
-    bad = _run(script, secret_file, headers[SIG_HEADER], tampered)
+    bad = _run(script, secret_file, subject, headers[SIG_HEADER], tampered)
     assert bad.returncode == 1, bad.stderr
     assert bad.stdout.strip() == "signature does NOT verify"
+    # the genuine bytes, said to come from another subject
+    moved = _run(script, secret_file, elsewhere, headers[SIG_HEADER], genuine)
+    assert moved.returncode == 1, moved.stderr
 
     wrong_key = tmp_path / "other.key"
     wrong_key.write_text("not-the-bus-key\n")
-    assert _run(script, wrong_key, headers[SIG_HEADER], genuine).returncode == 1
+    assert _run(script, wrong_key, subject, headers[SIG_HEADER], genuine).returncode == 1

@@ -63,11 +63,14 @@ def nested_msgpack() -> bytes:
     return b"\x85" + fields[1:] + msgspec.msgpack.encode("deep") + b"\x91" * DEPTH + b"\x90"
 
 
-def bus_signed(config: Config, payload: bytes, content: str = codec.JSON_TYPE) -> dict[str, str]:
-    """Headers signing ``payload`` with the bus key: only decoding can refuse it."""
+def bus_signed(
+    config: Config, subject: str, payload: bytes, content: str = codec.JSON_TYPE
+) -> dict[str, str]:
+    """Headers signing ``payload`` on ``subject`` with the bus key: only decoding can
+    refuse it."""
     assert config.bus.key is not None
     key = config.read_secret(config.bus.key.secret)
-    return sign_headers(config.bus.key.id, key, payload) | {codec.CONTENT_TYPE: content}
+    return sign_headers(config.bus.key.id, key, subject, payload) | {codec.CONTENT_TYPE: content}
 
 
 def test_the_payloads_reach_the_recursion_limit() -> None:
@@ -102,7 +105,7 @@ async def test_nested_payloads_on_the_bus_are_counted_undecodable(
                 (nested_msgpack(), codec.MSGPACK_TYPE),
             ):
                 await obs.bus.nc.publish(
-                    subject, payload, headers=bus_signed(config, payload, content)
+                    subject, payload, headers=bus_signed(config, subject, payload, content)
                 )
             # the same subscription, in order: once this one is answered, both were handled
             report = await obs.report_of(await obs.sample(HIGH))
@@ -129,7 +132,7 @@ async def test_a_non_ascii_signature_header_is_counted_as_a_drop(
             subject = obs.bus.subjects.metrics("A")
             sample = MetricsSample(server="A", seq=10_000, status_ok=True, threads_active=LOW)
             payload = codec.encode(sample)
-            good = bus_signed(config, payload)
+            good = bus_signed(config, subject, payload)
             # hmac.compare_digest refuses to compare non-ASCII text: it raised TypeError
             await obs.bus.nc.publish(subject, payload, headers=good | {SIG_HEADER: "é" * 64})
             await obs.bus.nc.publish(subject, payload, headers=good | {KEY_HEADER: "clé"})
@@ -189,12 +192,12 @@ async def _record_incident_with_a_nested_message(config: Config, bus: Bus) -> st
     )
     await bus.publish(subject, opened)
     hostile = nested_json()
-    await bus.nc.publish(subject, hostile, headers=bus_signed(config, hostile))
+    await bus.nc.publish(subject, hostile, headers=bus_signed(config, subject, hostile))
     await bus.publish(bus.subjects.metrics("A"), MetricsSample(server="A", seq=1, status_ok=True))
     closed = Incident(
         incident_id=incident_id, server="A", state="closed", health=0.9, opened_at=now
     )
-    payload, headers = bus.encode(closed)
+    payload, headers = bus.encode(subject, closed)
     await bus.js.publish(subject, payload, headers=headers)  # stored once acked: all before too
     return incident_id
 

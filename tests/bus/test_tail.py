@@ -83,22 +83,22 @@ async def _publish_cases(config: Config, bus: Bus) -> None:
     """A genuine event, a forged one, an unsigned one, a client-signed ack, then more."""
     subject = bus.subjects.health("A")
     await bus.publish(subject, _health())
-    forged, _ = bus.encode(_health())
-    await bus.nc.publish(subject, forged, headers=sign_headers("k1", b"wrong", forged))
-    unsigned, _ = bus.encode(_health())
+    forged, _ = bus.encode(subject, _health())
+    await bus.nc.publish(subject, forged, headers=sign_headers("k1", b"wrong", subject, forged))
+    unsigned, _ = bus.encode(subject, _health())
     await bus.nc.publish(subject, unsigned)
     nas = config.clients[0]
     ack = Ack(notice_id="n1", client=nas.id, server="A", accepted=True, now_on="B")
     await bus.publish(bus.subjects.ack(nas.id), ack, signer=_client_signer(config, 0))
     await bus.nc.publish(subject, forged, headers={})
-    repeat_payload, repeat_headers = bus.encode(_health(server="C"))
+    repeat_payload, repeat_headers = bus.encode(bus.subjects.health("C"), _health(server="C"))
     await bus.nc.publish(bus.subjects.health("C"), repeat_payload, headers=repeat_headers)
     await bus.nc.publish(bus.subjects.health("C"), repeat_payload, headers=repeat_headers)
     garbage = b"\xff\x00 not an event"
     await bus.nc.publish(
         bus.subjects.metrics("A"),
         garbage,
-        headers=sign_headers("k1", bus.keyring.bus_keys["k1"], garbage),
+        headers=sign_headers("k1", bus.keyring.bus_keys["k1"], bus.subjects.metrics("A"), garbage),
     )
     notice = FailoverNotice(
         incident_id="i",

@@ -118,21 +118,25 @@ def test_garbage_is_a_decode_error() -> None:
         codec.decode(b"\x00", "application/cbor")
 
 
-def test_signature_covers_every_byte() -> None:
+def test_signature_covers_every_byte_and_the_subject() -> None:
     payload = b'{"type":"incident"}'
-    headers = sign_headers("k1", b"secret", payload)
-    assert verify({"k1": b"secret"}, headers, payload) == "k1"
+    headers = sign_headers("k1", b"secret", "aaa.incident.A", payload)
+    assert verify({"k1": b"secret"}, headers, "aaa.incident.A", payload) == "k1"
     for i in range(len(payload)):
         tampered = payload[:i] + bytes([payload[i] ^ 1]) + payload[i + 1 :]
         with pytest.raises(Rejected, match="bad-signature"):
-            verify({"k1": b"secret"}, headers, tampered)
+            verify({"k1": b"secret"}, headers, "aaa.incident.A", tampered)
+    # the same bytes on another subject: another prefix, kind or server
+    for elsewhere in ("sbx.incident.A", "aaa.health.A", "aaa.incident.B", "aaa.incident.A2"):
+        with pytest.raises(Rejected, match="bad-signature"):
+            verify({"k1": b"secret"}, headers, elsewhere, payload)
 
 
 def test_key_rotation_accepts_old_and_new_key_ids() -> None:
     keys = {"k1": b"old", "k2": b"new"}
     for key_id in keys:
-        headers = sign_headers(key_id, keys[key_id], b"x")
-        assert verify(keys, headers, b"x") == key_id
+        headers = sign_headers(key_id, keys[key_id], "s", b"x")
+        assert verify(keys, headers, "s", b"x") == key_id
 
 
 def test_replay_guard_window_and_ids() -> None:
