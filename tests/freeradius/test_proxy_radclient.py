@@ -32,7 +32,8 @@ from tests.support.proxying import (
     with_proxy,
 )
 
-CREDENTIALS = "User-Name = alice, User-Password = wonderland\n"
+# the proxy takes an Access-Request only with a Message-Authenticator (radtest adds one)
+CREDENTIALS = "User-Name = alice, User-Password = wonderland, Message-Authenticator = 0x00\n"
 
 
 def acct_target(config: Config) -> str:
@@ -243,7 +244,9 @@ async def test_a_dead_upstream_is_left_by_itself_and_taken_back(
 async def test_freeradius_through_the_proxy_auth_accounting_and_failover(
     farm: FarmFactory, tmp_path: Path, freeradius: StartFreeRadius
 ) -> None:
-    fr = await freeradius()  # accounting on a port of its own, not auth_port + 1
+    # accounting on a port of its own, not auth_port + 1; replies signed, which the proxy
+    # requires of an upstream's answers to Access-Requests
+    fr = await freeradius(sign_replies=True)
     config, _ = farm(clients=1, client_rate=0, servers=("B",))
     # the client's own secret is the upstream secret FreeRADIUS knows it by
     secret_file = config.path(config.clients[0].secret.file or "")

@@ -28,6 +28,10 @@ reaches; servers share nothing else but the client secret (no TLS session
 cache). tests/support/eap.py runs ``eapol_test`` conversations against such a server,
 directly or through a proxy.
 
+``await freeradius(sign_replies=True)`` puts a Message-Authenticator in every
+Access-Accept and Access-Reject, as FreeRADIUS 3.2.5 and later do against
+BlastRADIUS; FreeRADIUS 3.2.1 signs only the replies EAP signs unless told to.
+
 The ``freeradius_proxy`` fixture starts the usual practice in front of such
 servers: ``await freeradius_proxy(homes=[a, b])``, a FreeRADIUS that proxies
 every request to a fail-over ``home_server_pool`` of ``a`` then ``b``
@@ -299,6 +303,23 @@ EAP_POST_AUTH = """\
     }
 """
 
+# FreeRADIUS(sign_replies=True): every Access-Accept and Access-Reject carries a
+# Message-Authenticator, as FreeRADIUS 3.2.5 and later send them against BlastRADIUS
+# (CVE-2024-3596). FreeRADIUS 3.2.1 signs only what EAP signs; an attribute
+# Message-Authenticator in the reply is encoded first and computed when it is sent.
+SIGNED_POST_AUTH = """\
+    post-auth {{
+        update reply {{
+            &Message-Authenticator := 0x00
+        }}
+        Post-Auth-Type REJECT {{
+{eap}            update reply {{
+                &Message-Authenticator := 0x00
+            }}
+        }}
+    }}
+"""
+
 INNER_TUNNEL = """
 # the inner rounds of PEAP and TTLS: no listener, only the eap module calls it
 server inner-tunnel {
@@ -465,6 +486,7 @@ class FreeRadius:
     backend: bool = False
     eap: bool = False
     eap_ca: CertificateAuthority | None = None
+    sign_replies: bool = False
     process: subprocess.Popen[bytes] | None = None
     paused: bool = field(default=False, init=False)
 
@@ -528,7 +550,7 @@ class FreeRadius:
                 eap_module=EAP_MODULE.format(certs=self.certs_dir) if self.eap else "",
                 eap_authorize=EAP_AUTHORIZE if self.eap else "",
                 eap_authenticate=EAP_AUTHENTICATE if self.eap else "",
-                eap_post_auth=EAP_POST_AUTH if self.eap else "",
+                eap_post_auth=self._post_auth(),
                 inner_tunnel=INNER_TUNNEL if self.eap else "",
             )
         )
@@ -545,6 +567,11 @@ class FreeRadius:
                 BACKEND_SCRIPT.format(control=self.backend_file)
             )
             self.slow_backend(0.0)
+
+    def _post_auth(self) -> str:
+        if self.sign_replies:
+            return SIGNED_POST_AUTH.format(eap="            eap\n" if self.eap else "")
+        return EAP_POST_AUTH if self.eap else ""
 
     def slow_backend(self, share: float, delay_s: float = 0.0) -> None:
         """From now on, delay ``share`` (0-1) of Access-Requests by ``delay_s`` each, at random.
