@@ -32,6 +32,7 @@ FIXTURE_MARKERS = {
 LAYER_MARKERS = {
     "bus": ("nats",),
     "freeradius": ("freeradius",),
+    "fuzz": ("fuzz",),
 }
 """Markers that every test of a layer's folder (``tests/<layer>/``) carries, whatever it uses."""
 SLOW_TIMEOUT_S = 90

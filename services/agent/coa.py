@@ -174,19 +174,24 @@ class CoaListener:
 
     async def _work(self) -> None:
         while True:
-            data, addr, key = await self._queue.get()
-            try:
-                answer = await self._answer(data, addr)
-            except Exception as exc:  # the listener goes on whatever one packet did
-                self._note("malformed", "CoA-Request from %s:%d not handled: %r", *addr, exc)
-                answer = None
-            if answer is None:
-                self._recent.pop(key, None)
-                continue
-            if key in self._recent:
-                self._recent[key] = (self._recent[key][0], answer)
-            if self._endpoint is not None:
-                self._endpoint.sendto(answer, addr)
+            await self._handle(*await self._queue.get())
+
+    async def _handle(self, data: bytes, addr: Address, key: _Key) -> bytes | None:
+        """Answer one queued request (and remember the answer for its copies); return the
+        answer sent, or None when it is discarded (and then forgotten)."""
+        try:
+            answer = await self._answer(data, addr)
+        except Exception as exc:  # the listener goes on whatever one packet did
+            self._note("malformed", "CoA-Request from %s:%d not handled: %r", *addr, exc)
+            answer = None
+        if answer is None:
+            self._recent.pop(key, None)
+            return None
+        if key in self._recent:
+            self._recent[key] = (self._recent[key][0], answer)
+        if self._endpoint is not None:
+            self._endpoint.sendto(answer, addr)
+        return answer
 
     # --- answering ------------------------------------------------------
 

@@ -157,13 +157,16 @@ class IcmpListener:
 
     async def _work(self) -> None:
         while True:
-            message = await self._queue.get()
-            try:
-                accepted = await self.on_notice(
-                    message.server, message.payload, message.authenticator, message.content_type
-                )
-            except Exception:
-                self.counters["callback-error"] += 1
-                logger.exception("handling an ICMP notice to %s failed", self.ip)
-                continue
-            self.counters["accepted" if accepted else "refused"] += 1
+            await self._deliver(await self._queue.get())
+
+    async def _deliver(self, message: NoticeMessage) -> None:
+        """Hand one queued notice to the agent's callback, and count what it made of it."""
+        try:
+            accepted = await self.on_notice(
+                message.server, message.payload, message.authenticator, message.content_type
+            )
+        except Exception:
+            self.counters["callback-error"] += 1
+            logger.exception("handling an ICMP notice to %s failed", self.ip)
+            return
+        self.counters["accepted" if accepted else "refused"] += 1

@@ -119,7 +119,6 @@ def by_reason(counts: Counter[str]) -> str:
     return ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
 
 
-
 def inspect(bus: Bus, msg: Msg, now: float | None = None) -> Seen:
     """Check ``msg`` as a service with the clients' keys would, and keep it either way."""
     return checked(
@@ -128,10 +127,17 @@ def inspect(bus: Bus, msg: Msg, now: float | None = None) -> Seen:
 
 
 def utc_ms(timestamp: float) -> str:
-    """``timestamp`` as ISO 8601 UTC with milliseconds, e.g. 2025-01-31T12:00:00.123Z."""
-    whole = int(timestamp)
-    millis = int((timestamp - whole) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
+    """``timestamp`` as ISO 8601 UTC with milliseconds, e.g. 2025-01-31T12:00:00.123Z.
+
+    A time no calendar holds (NaN, infinite, past year 9999: what an unsigned or
+    forged event may carry) is shown as the number it is, never raised.
+    """
+    try:
+        whole = int(timestamp)
+        millis = int((timestamp - whole) * 1000)
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
+    except (OverflowError, ValueError, OSError):
+        return f"time={timestamp!r}"
 
 
 def subject_party(subject: str, prefix: str) -> tuple[str, str]:
