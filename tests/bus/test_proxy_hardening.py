@@ -6,7 +6,9 @@ the agent's /metrics shows it (``aaa_failover_agent_packets_total{receiver="prox
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from pathlib import Path
 
 import msgspec
@@ -70,10 +72,18 @@ def served(config: Config) -> Config:
 
 
 def udp_sockets_on(ip: str) -> int:
-    """UDP sockets bound to ``ip`` on this host, from /proc/net/udp."""
+    """UDP sockets of this process bound to ``ip``, from /proc (other processes on this host
+    may bind the same loopback address)."""
+    mine = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:["):
+                mine.add(target[len("socket:[") : -1])
     hexed = "".join(f"{int(part):02X}" for part in reversed(ip.split(".")))
     with open("/proc/net/udp") as table:
-        return sum(1 for line in table if line.split()[1].startswith(hexed + ":"))
+        rows = [line.split() for line in table.readlines()[1:]]
+    return sum(1 for row in rows if row[1].startswith(hexed + ":") and row[9] in mine)
 
 
 # --- BlastRADIUS -------------------------------------------------------------------------
