@@ -2,8 +2,8 @@
 
 NAS devices send Access-Requests to ``proxy.ip``:``proxy.auth_port`` and
 Accounting-Requests to ``proxy.acct_port`` (when set), under ``nas_secret``.
-Each request is verified (its Message-Authenticator when present, the
-Request Authenticator of an Accounting-Request), then re-encoded for the
+Each request is verified (its Message-Authenticator, which an Access-Request
+must carry, the Request Authenticator of an Accounting-Request), then re-encoded for the
 upstream in use under the client's own secret: User-Password (and any
 salt-encrypted attribute) is decrypted with the NAS secret and encrypted
 again for the upstream, the packet gets a new Request Authenticator and a
@@ -368,6 +368,7 @@ class _Link:
         self.on_refused = on_refused
         self.counters = counters
         self.sockets: list[_Socket] = []
+        self.sending = 0
         self._opening = asyncio.Lock()
 
     def _with_room(self) -> _Socket | None:
@@ -397,20 +398,24 @@ class _Link:
     ) -> packet.Packet:
         """Send ``pkt`` once and return its verified reply; raise RadiusTimeout, or Dropped
         (``overload``) when every socket allowed is full."""
-        sock = await self._socket()
-        pkt.id = sock.allocate()
-        raw = pkt.RequestPacket()
-        future: asyncio.Future[packet.Packet] = asyncio.get_running_loop().create_future()
-        sock.pending[pkt.id] = (pkt, require_ma, future)
+        self.sending += 1
         try:
-            sock.endpoint.sendto(raw)
-            return await asyncio.wait_for(future, timeout_s)
-        except TimeoutError:
-            raise RadiusTimeout(f"no reply from {self.address[0]}:{self.address[1]}") from None
+            sock = await self._socket()
+            pkt.id = sock.allocate()
+            raw = pkt.RequestPacket()
+            future: asyncio.Future[packet.Packet] = asyncio.get_running_loop().create_future()
+            sock.pending[pkt.id] = (pkt, require_ma, future)
+            try:
+                sock.endpoint.sendto(raw)
+                return await asyncio.wait_for(future, timeout_s)
+            except TimeoutError:
+                raise RadiusTimeout(f"no reply from {self.address[0]}:{self.address[1]}") from None
+            finally:
+                sock.pending.pop(pkt.id, None)
+                if not sock.pending:
+                    sock.idle_since = time.monotonic()
         finally:
-            sock.pending.pop(pkt.id, None)
-            if not sock.pending:
-                sock.idle_since = time.monotonic()
+            self.sending -= 1
 
     def sweep(self, now: float, idle_s: float) -> int:
         """Close every socket with nothing in flight for ``idle_s``; how many."""
@@ -711,7 +716,7 @@ class RadiusProxy:
         idle_s = self.settings.socket_idle_s
         for address, link in list(self._links.items()):
             link.sweep(now, idle_s)
-            if not link.sockets:
+            if not link.sockets and not link.sending:  # a send may be opening its first
                 del self._links[address]
         self.log.flush()
 
