@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, cast
 
+from services.runtime.permissions import USES, BusUse
+
 if TYPE_CHECKING:
     from services.runtime.config import Config
     from services.runtime.lifecycle import ShutdownTrigger
@@ -56,6 +58,12 @@ class Service:
     split: Split | None
     starts: int
     up_per_server: bool = False
+
+    @property
+    def bus(self) -> BusUse:
+        """What it publishes, subscribes to and keeps on the bus: its NATS user's
+        permissions derive from it (services/runtime/permissions.py)."""
+        return USES[self.name]
 
     @property
     def module(self) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -247,7 +248,17 @@ class Bus:
         if tls is not None:
             options["tls"] = tls
 
+        joined = False
+
         async def on_error(exc: Exception) -> None:
+            if not joined:
+                # nats-py tries a first connection forever: not when the bus refuses
+                # this user's password or the server's certificate does not verify
+                if "authorization violation" in str(exc).lower():
+                    who = f"user {login.user!r}" if login is not None else "no user"
+                    raise BusAuthError(f"the bus at {target} refused {who}: {exc}")
+                if isinstance(exc, ssl.SSLError):
+                    raise ConfigError(f"bus.tls: the bus at {target}: {exc}")
             logger.warning("bus error: %s", exc)
 
         closing = False
@@ -277,6 +288,7 @@ class Bus:
                 who = f"user {login.user!r}" if login is not None else "no user"
                 raise BusAuthError(f"the bus at {target} refused {who}: {exc}") from None
             raise
+        joined = True
         self = cls(
             nc,
             Subjects(bus.prefix),
