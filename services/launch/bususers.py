@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from services.launch import devca
 from services.runtime import busauth
 from services.runtime.config import Config, ConfigError
 from services.runtime.natsserver import EmbeddedNats, ServerTls, ServerUser
@@ -68,15 +69,31 @@ def server_tls(config: Config) -> ServerTls | None:
     )
 
 
+def embedded_tls(config: Config) -> ServerTls:
+    """The embedded server's TLS: ``bus.tls``'s server certificate, else a development CA
+    and server certificate in ``.nats/tls`` (made when missing or expiring)."""
+    if config.bus.tls is not None:
+        tls = server_tls(config)
+        assert tls is not None
+        return tls
+    directory = config.path(str(busauth.EMBEDDED_TLS))
+    paths = [directory / name for name in devca.FILES]
+    if not all(p.is_file() for p in paths) or devca.expires_within(paths[1], days=7):
+        devca.make_dev_ca(directory, overwrite=True)
+        directory.chmod(0o700)
+    return ServerTls(cert=paths[1], key=paths[2], ca=paths[0])
+
+
 def embedded(config: Config) -> EmbeddedNats:
     """The embedded nats-server of ``config`` (not started): JetStream in ``.nats/``, a
     user per service with its own permissions and its password in ``.nats/auth/`` (or
-    ``bus.auth.dir``), TLS when ``bus.tls`` names the server's certificate."""
+    ``bus.auth.dir``), TLS only (``bus.tls``'s server certificate, else the development
+    CA of ``.nats/tls``)."""
     directory = embedded_auth_dir(config)
     return EmbeddedNats(
         config.path(".nats"),
         users=server_users(farm_users(config), directory),
-        tls=server_tls(config),
+        tls=embedded_tls(config),
     )
 
 

@@ -141,3 +141,10 @@ def make_dev_ca(
     _write_cert(paths[3], client)
     _write_key(paths[4], client_key)
     return paths
+
+
+def expires_within(cert: Path, *, days: float) -> bool:
+    """Whether the certificate in ``cert`` is no longer valid ``days`` from now."""
+    loaded = x509.load_pem_x509_certificate(cert.read_bytes())
+    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=days)
+    return loaded.not_valid_after_utc <= soon

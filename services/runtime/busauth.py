@@ -5,7 +5,8 @@ holding its password), never from a URL, the command line or the
 environment, and no URL is logged with a user or password in it. With no
 ``bus.url`` and no ``bus.auth``, the bus is the embedded one of `up`, whose
 users' passwords `up` keeps in ``.nats/auth`` beside the config
-(:data:`EMBEDDED_AUTH`); a process of the same config finds them there.
+(:data:`EMBEDDED_AUTH`), and the CA of its TLS in ``.nats/tls``
+(:data:`EMBEDDED_TLS`); a process of the same config finds them there.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from services.runtime.config import BusConfig, ConfigError, url_userinfo
 
 EMBEDDED_AUTH = Path(".nats") / "auth"
 """Where `up`'s embedded bus keeps its users' passwords, from the config file's folder."""
-EMBEDDED_CONF = Path(".nats") / "nats-server.conf"
-"""The embedded nats-server's own config (its users and their permissions)."""
+EMBEDDED_TLS = Path(".nats") / "tls"
+"""Where `up`'s embedded bus keeps its development CA and server certificate, when the
+config names no ``bus.tls``."""
 
 
 class Credentials(NamedTuple):
@@ -93,8 +95,12 @@ def write_passwords(directory: Path, users: Iterable[str]) -> list[str]:
 
 def tls_paths(bus: BusConfig) -> dict[str, Path]:
     """The TLS files the config names, resolved: ``ca`` and, when set, ``cert``, ``key``,
-    ``server_cert``, ``server_key``. Empty without ``bus.tls``."""
+    ``server_cert``, ``server_key``. Without ``bus.tls``: for the embedded bus (no
+    ``bus.url``), the CA `up` made in ``.nats/tls`` if there is one; else none."""
     if bus.tls is None:
+        implicit = _path(bus, EMBEDDED_TLS / "ca.pem")
+        if bus.url is None and implicit.is_file():
+            return {"ca": implicit}
         return {}
     named = {
         "ca": bus.tls.ca,

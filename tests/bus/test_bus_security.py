@@ -27,7 +27,7 @@ from nats.aio.client import Client as NatsClient
 
 from services.launch import bususers
 from services.launch.farm import write_farm
-from services.runtime import busauth
+from services.runtime import busauth, busfile
 from services.runtime.bus import Bus, BusAuthError, Keyring
 from services.runtime.config import Config, ConfigError, load_config
 from services.runtime.natsserver import EmbeddedNats, ServerTls
@@ -276,6 +276,7 @@ def _cmdlines(pid: int) -> dict[int, str]:
 
 
 def test_no_credential_reaches_a_childs_command_line_or_the_logs_of_up(tmp_path: Path) -> None:
+    """`up` on an embedded bus, secured by default: users, their permissions, TLS."""
     _, path = write_farm(tmp_path / "farm", bus_url=None, clients=2)
     proc = subprocess.Popen(
         [
@@ -303,6 +304,10 @@ def test_no_credential_reaches_a_childs_command_line_or_the_logs_of_up(tmp_path:
         assert auth.stat().st_mode & 0o077 == 0
         conf = path.parent / ".nats" / "nats-server.conf"
         assert conf.stat().st_mode & 0o077 == 0
+        # the embedded bus takes TLS only, with the development CA `up` made
+        running = busfile.read(path)
+        assert running is not None and running.url.startswith("tls://")
+        assert (path.parent / ".nats" / "tls" / "ca.pem").is_file()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0, "".join(lines[-30:])
         reader.join(5)
