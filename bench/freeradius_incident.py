@@ -116,7 +116,9 @@ class Seen:
 
 async def start_homes(workdir: Path, *, eap: bool = False) -> tuple[FreeRadius, FreeRadius]:
     """H1 and H2 with the slow backend, a large pool and one client secret, started;
-    with ``eap``, PEAP and TTLS too, their certificates from one CA (``workdir/ca``)."""
+    with ``eap``, PEAP and TTLS too, their certificates from one CA (``workdir/ca``).
+    They sign every Access-Accept and Access-Reject, as FreeRADIUS 3.2.5 does: the agent's
+    proxy takes no reply to an Access-Request without Message-Authenticator."""
     shared = secrets.token_hex(12)
     ca = CertificateAuthority.create(workdir / "ca") if eap else None
     homes = []
@@ -129,6 +131,7 @@ async def start_homes(workdir: Path, *, eap: bool = False) -> tuple[FreeRadius, 
             client_secret=shared,
             eap=eap,
             eap_ca=ca,
+            sign_replies=True,
         )
         home.write()
         home.start()
