@@ -24,6 +24,7 @@ import nats.errors
 import psutil
 import pytest
 from nats.aio.client import Client as NatsClient
+from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
 from services.launch import bususers
 from services.launch.farm import write_farm
@@ -326,3 +327,38 @@ def test_no_credential_reaches_a_childs_command_line_or_the_logs_of_up(tmp_path:
         assert password not in logs, f"{user}'s password in the logs of up"
     assert "@127.0.0.1" not in logs
     assert not conf.exists()  # the server's config, with the passwords, goes with it
+
+
+async def _read_live_stream(nc: NatsClient) -> bytes:
+    """The first message of the live stream, read through a consumer of its own, as the
+    recording tools read it."""
+    js = nc.jetstream(timeout=5.0)
+    config = ConsumerConfig(ack_policy=AckPolicy.NONE, mem_storage=True, inactive_threshold=60)
+    sub = await js.pull_subscribe("aaa.>", stream="AAA", config=config)
+    try:
+        (msg,) = await sub.fetch(1, timeout=10)
+        return msg.data
+    finally:
+        await sub.unsubscribe()
+        await js.delete_consumer("AAA", str(config.name))
+
+
+async def test_tools_and_the_sandbox_read_the_live_stream_and_cannot_change_it(
+    secured: Secured,
+) -> None:
+    async with joined(secured, HARNESS) as (harness, _):
+        js = harness.jetstream()
+        await js.add_stream(StreamConfig(name="AAA", subjects=["aaa.>"]))
+        await js.publish("aaa.health.A", b"recorded")
+    for user in ("tools", "sandbox"):
+        async with joined(secured, user) as (nc, errors):
+            assert await _read_live_stream(nc) == b"recorded"
+            with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
+                await nc.jetstream(timeout=2.0).delete_stream("AAA")
+            await violation(errors, "$JS.API.STREAM.DELETE.AAA")
+    async with joined(secured, "sandbox") as (nc, _):
+        js = nc.jetstream(timeout=5.0)
+        await js.add_stream(StreamConfig(name="REPLAY1", subjects=["replay1.>"]))
+        kv = await js.create_key_value(bucket="REPLAY1_targeter", history=1)
+        await kv.put("A", b"state")
+        assert (await kv.get("A")).value == b"state"
