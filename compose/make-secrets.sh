@@ -1,7 +1,10 @@
 #!/bin/sh
 # Make the demo secrets of the compose stack: one random 128-bit hex token per file
-# named in farm.toml and docker-compose.yml. Files that exist are kept, so running it
-# again changes nothing; delete a file (or the folder) to make a new one.
+# named in farm.toml and docker-compose.yml, the password of each NATS user in
+# DIR/nats/<user>, and a development CA with the NATS server's certificate in DIR/tls
+# (made by `aaa-failover dev-ca`: AAA_FAILOVER, else the project's .venv, else PATH).
+# Files that exist are kept, so running it again changes nothing; delete a file (or
+# the folder) to make a new one.
 #
 #   compose/make-secrets.sh [DIR]     DIR defaults to compose/secrets
 #
@@ -26,11 +29,26 @@ client-nas-04
 client-nas-05
 client-nas-06"
 
+# The NATS users of farm.toml's bus (bus.auth): each service, each agent container,
+# the operator's tools, replay sandboxes and the harness (administrator).
+USERS="aaa
+collector
+evaluator
+targeter
+notifier
+readmitter
+agent-1
+agent-2
+agent-3
+tools
+sandbox
+harness"
+
 umask 077
-mkdir -p "$dir"
-chmod 0700 "$dir"
+mkdir -p "$dir" "$dir/nats"
+chmod 0700 "$dir" "$dir/nats"
 made=0
-for name in $SECRETS; do
+for name in $SECRETS $(for user in $USERS; do echo "nats/$user"; done); do
     path="$dir/$name"
     if [ -s "$path" ]; then
         continue
@@ -45,4 +63,26 @@ for name in $SECRETS; do
     mv -f "$path.tmp" "$path"
     made=$((made + 1))
 done
+
+tls="$dir/tls"
+if [ ! -s "$tls/ca.pem" ] || [ ! -s "$tls/server.pem" ] || [ ! -s "$tls/server-key.pem" ]; then
+    cli="${AAA_FAILOVER:-}"
+    venv="$(dirname "$0")/../.venv/bin/aaa-failover"
+    if [ -z "$cli" ] && [ -x "$venv" ]; then
+        cli="$venv"
+    fi
+    if [ -z "$cli" ]; then
+        cli="$(command -v aaa-failover || true)"
+    fi
+    if [ -z "$cli" ]; then
+        echo "make-secrets: aaa-failover not found for the TLS certificates: run make, or set AAA_FAILOVER" >&2
+        exit 1
+    fi
+    rm -rf "$tls"
+    "$cli" dev-ca "$tls" >/dev/null
+    chmod 0700 "$tls"
+    # readable inside the containers, as the other secrets: the folder keeps others out
+    chmod 0444 "$tls"/*.pem
+    made=$((made + 1))
+fi
 echo "make-secrets: $made new secret(s) in $dir" >&2

@@ -290,7 +290,12 @@ def test_every_service_runs_in_its_container_and_is_healthy(stack: Stack) -> Non
     )
     assert "Read-only" in denied or "Permission denied" in denied, denied
     secrets = _run(stack.podman("exec", agent, "ls", "/etc/aaa-failover/secrets"), 30)
-    assert secrets.split() == ["client-nas-01", "client-nas-02"]
+    assert secrets.split() == ["client-nas-01", "client-nas-02", "nats", "tls"]
+    # its own NATS user's password alone, and the CA of the bus's TLS
+    users = _run(stack.podman("exec", agent, "ls", "/etc/aaa-failover/secrets/nats"), 30)
+    assert users.split() == ["agent-1"]
+    tls = _run(stack.podman("exec", agent, "ls", "/etc/aaa-failover/secrets/tls"), 30)
+    assert tls.split() == ["ca.pem"]
 
 
 async def _watch(stack: Stack, exits: AsyncExitStack, recorder: Recorder) -> Bus:

@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from services.launch import bususers
 from services.runtime.config import Config, load_config
 from tests.support import needs
 
@@ -249,11 +250,20 @@ def _mounted_secrets(stack: dict[str, Any], svc: dict[str, Any]) -> dict[str, st
     return mounted
 
 
+def _bus_secrets(config: Config, service: str, only: list[str]) -> set[str]:
+    """The bus's files (as farm.toml names them) that ``service --only ...`` reads: its
+    own NATS user's password and the CA."""
+    assert config.bus.auth is not None and config.bus.tls is not None
+    user = bususers.agent_user(config, only) if service == "agent" else service
+    return {f"{config.bus.auth.dir}/{user}", config.bus.tls.ca}
+
+
 def _needed_secrets(config: Config, service: str, only: list[str]) -> set[str]:
     """The secret files (as farm.toml names them) that ``service --only ...`` reads."""
     clients = {c.secret.file for c in config.clients if c.secret.file}
     if service == "agent":
-        return {c.secret.file for c in config.select_clients(only) if c.secret.file}
+        own = {c.secret.file for c in config.select_clients(only) if c.secret.file}
+        return own | _bus_secrets(config, service, only)
     assert config.bus.key is not None and config.bus.key.secret.file is not None
     needed = {config.bus.key.secret.file, *clients}
     if service in ("collector", "aaa"):
@@ -261,7 +271,7 @@ def _needed_secrets(config: Config, service: str, only: list[str]) -> set[str]:
         if service == "aaa":
             servers = [s for s in servers if s.reference is not None]
         needed |= {s.status_secret.file for s in servers if s.status_secret.file}
-    return needed
+    return needed | _bus_secrets(config, service, only)
 
 
 def test_every_service_is_on_the_host_network_with_a_health_check_and_a_restart_policy(
@@ -299,20 +309,54 @@ def test_each_service_gets_the_secrets_it_reads_and_the_agents_no_bus_key(
             assert set(mounted) == needed, f"{name} holds more than its clients' secrets"
 
 
+def _files(directory: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(directory)): p.read_text() for p in directory.rglob("*") if p.is_file()
+    }
+
+
 def test_make_secrets_writes_every_declared_secret(tmp_path: Path, stack: dict[str, Any]) -> None:
     target = tmp_path / "secrets"
     script = COMPOSE_DIR / "make-secrets.sh"
-    subprocess.run(["sh", str(script), str(target)], check=True, capture_output=True, timeout=30)
-    made = {p.name for p in target.iterdir()}
-    declared = {Path(s["file"]).name for s in stack["secrets"].values()}
-    assert made == declared
-    assert all(Path(s["file"]).parent == Path("secrets") for s in stack["secrets"].values())
-    first = {p.name: p.read_text() for p in target.iterdir()}
-    assert all(re.fullmatch(r"[0-9a-f]{32}\n", text) for text in first.values()), first
-    assert len(set(first.values())) == len(first)
-    assert target.stat().st_mode & 0o777 == 0o700
-    subprocess.run(["sh", str(script), str(target)], check=True, capture_output=True, timeout=30)
-    assert {p.name: p.read_text() for p in target.iterdir()} == first
+    env = {**os.environ, "AAA_FAILOVER": str(ROOT / ".venv" / "bin" / "aaa-failover")}
+    subprocess.run(
+        ["sh", str(script), str(target)], check=True, capture_output=True, timeout=60, env=env
+    )
+    first = _files(target)
+    declared = {str(Path(s["file"]).relative_to("secrets")) for s in stack["secrets"].values()}
+    assert declared <= set(first)
+    assert set(first) - declared == {"tls/client.pem", "tls/client-key.pem"}
+    tokens = {name: text for name, text in first.items() if not name.startswith("tls/")}
+    assert all(re.fullmatch(r"[0-9a-f]{32}\n", text) for text in tokens.values()), tokens
+    assert len(set(tokens.values())) == len(tokens)
+    assert first["tls/ca.pem"].startswith("-----BEGIN CERTIFICATE-----")
+    for folder in (target, target / "nats", target / "tls"):
+        assert folder.stat().st_mode & 0o777 == 0o700, folder
+    subprocess.run(
+        ["sh", str(script), str(target)], check=True, capture_output=True, timeout=60, env=env
+    )
+    assert _files(target) == first
+
+
+def test_the_bus_takes_tls_only_and_a_user_per_container(
+    stack: dict[str, Any], farm: Config
+) -> None:
+    assert farm.bus.url is not None and farm.bus.url.startswith("tls://")
+    nats = stack["services"]["nats"]
+    assert nats["command"][:3] == ["bus-server", "-c", CONFIG_IN_CONTAINER]
+    mounted = _mounted_secrets(stack, nats)
+    assert farm.bus.auth is not None and farm.bus.tls is not None
+    users = bususers.farm_users(farm)
+    config_dir = str(Path(CONFIG_IN_CONTAINER).parent)
+    wanted = {f"{config_dir}/{farm.bus.auth.dir}/{user}" for user in users}
+    tls = farm.bus.tls
+    wanted |= {f"{config_dir}/{f}" for f in (tls.ca, tls.server_cert, tls.server_key)}
+    assert set(mounted) == wanted
+    for name, svc in _app_services(stack).items():
+        (url,) = _option(svc["command"], "--bus-url")
+        assert url.startswith("tls://"), name
+        passwords = [p for p in _mounted_secrets(stack, svc) if "/nats/" in p]
+        assert len(passwords) == 1, f"{name} holds other users' passwords: {passwords}"
 
 
 def test_demo_profile_runs_every_reference_server_and_client_once(
@@ -345,7 +389,7 @@ def test_no_two_services_share_a_port_on_the_host_network(
 
     nats = stack["services"]["nats"]["command"]
     take(int(_option(nats, "--port")[0]), "nats")
-    take(int(_option(nats, "--http_port")[0]), "nats monitor")
+    take(int(_option(nats, "--http-port")[0]), "nats monitor")
     for name, svc in _app_services(stack).items():
         service = svc["command"][1]
         flag = _option(svc["command"], "--metrics-port")
@@ -355,7 +399,7 @@ def test_no_two_services_share_a_port_on_the_host_network(
             continue
         take(port, name)
         assert _option(svc["command"], "--bus-url") == [
-            f"nats://127.0.0.1:{_option(nats, '--port')[0]}"
+            f"tls://127.0.0.1:{_option(nats, '--port')[0]}"
         ], name
     scaled = [n for n, s in stack["services"].items() if s.get("scale") not in (None, 1, "1")]
     for name in scaled:
