@@ -149,37 +149,58 @@ def verify_client_authenticator(
 class ReplayGuard:
     """Rejects events outside a time window and event ids seen before.
 
-    Ids are remembered for as long as an event with them could still pass the
-    window check, and at most ``max_ids`` of them (the oldest are forgotten
-    first; an id forgotten that way is older than any event that could still
-    be accepted only when the rate stays below max_ids per window).
+    An id is remembered until its event could no longer pass the window
+    check, and at most ``max_ids`` ids are kept. Neither a flood of new ids
+    nor a restart can make a seen event acceptable again: an id pushed out by
+    the cap raises a floor, and an event stamped at or before the floor is
+    refused as ``stale`` (a flood costs late events, never a replay); a guard
+    made with ``since`` (a service's start) refuses what was stamped before
+    it, which the service may have seen in its previous life.
 
     Without ``check_time`` (a replay sandbox, whose events are recorded ones
     with their original times) only repeated ids are rejected.
     """
 
-    def __init__(self, window_s: float, max_ids: int = 200_000, *, check_time: bool = True) -> None:
+    def __init__(
+        self,
+        window_s: float,
+        max_ids: int = 200_000,
+        *,
+        check_time: bool = True,
+        since: float | None = None,
+    ) -> None:
         if window_s <= 0:
             raise ValueError("replay window must be positive")
         self.window_s = window_s
         self.max_ids = max_ids
         self.check_time = check_time
+        self.floor = since if since is not None and check_time else float("-inf")
+        # id -> its event's time (with check_time) or when it came (without)
         self._seen: OrderedDict[str, float] = OrderedDict()
 
     def check(self, event_id: str, event_time: float, now: float) -> None:
         """Raise Rejected (``stale``, ``future`` or ``replayed``), else remember the id."""
-        if self.check_time and not event_time >= now - self.window_s:  # NaN too
-            raise Rejected("stale", f"{now - event_time:.1f}s old")
-        if self.check_time and event_time > now + self.window_s:
-            raise Rejected("future", f"{event_time - now:.1f}s ahead")
-        self._forget_before(now - 2 * self.window_s)
+        if self.check_time:
+            if not event_time >= now - self.window_s:  # NaN too
+                raise Rejected("stale", f"{now - event_time:.1f}s old")
+            if event_time > now + self.window_s:
+                raise Rejected("future", f"{event_time - now:.1f}s ahead")
+            if event_time <= self.floor:
+                raise Rejected("stale", "stamped before the oldest id this receiver remembers")
+            self._forget_before(now - self.window_s)
+        else:
+            self._forget_before(now - 2 * self.window_s)
         if event_id in self._seen:
             raise Rejected("replayed", event_id)
-        self._seen[event_id] = now
+        self._seen[event_id] = event_time if self.check_time else now
         if len(self._seen) > self.max_ids:
-            self._seen.popitem(last=False)
+            _, forgotten = self._seen.popitem(last=False)
+            if self.check_time:
+                self.floor = max(self.floor, forgotten)
 
     def _forget_before(self, cutoff: float) -> None:
+        """Forget, oldest first, the ids whose time is before ``cutoff`` (they can no longer
+        pass the window); it stops at the first one still needed."""
         seen = self._seen
         while seen:
             oldest_id = next(iter(seen))

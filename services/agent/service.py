@@ -26,6 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
+from dataclasses import replace
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -57,6 +58,7 @@ from services.agent.client import (
 )
 from services.agent.coa import CoaListener
 from services.agent.icmp import IcmpListener, IcmpUnavailable
+from services.agent.memory import MemoryFile, Unreadable, remembered, restored
 from services.agent.metrics import PacketCounts, UpstreamMetrics
 from services.agent.proxy import RadiusProxy
 from services.agent.receive import verify_notice
@@ -85,6 +87,7 @@ class ClientAgent:
         *,
         nas_secret: bytes | None = None,
         metrics: UpstreamMetrics | None = None,
+        memory: MemoryFile | None = None,
     ) -> None:
         self.rt = rt
         self.client = client
@@ -100,6 +103,8 @@ class ClientAgent:
             return_after_s=client.return_after_s,
             jitter=client.return_jitter,
         )
+        self.memory = memory
+        self._recall()
         self.rejections: Counter[str] = Counter()
         self.tallies = Tallies()
         self.metrics = metrics
@@ -242,6 +247,39 @@ class ClientAgent:
 
     # --- notices --------------------------------------------------------
 
+    def _recall(self) -> None:
+        """Start from what the client's memory file says, if there is one: where it was, its
+        last notice and sequence number, its timers. An unreadable file puts the sequence
+        floor at now, so no notice issued before this start is taken."""
+        if self.memory is None:
+            return
+        try:
+            saved = self.memory.load(self.client.id)
+        except Unreadable:
+            floor = int(time.time() * 1_000_000)
+            self.state = replace(self.state, last_seq=max(self.state.last_seq, floor))
+            return
+        if saved is None:
+            return
+        self.state = restored(self.state, saved, self.endpoints)
+        logger.info(
+            "%s: remembered: on %s, last notice seq %d",
+            self.client.id,
+            self.state.current.server,
+            self.state.last_seq,
+        )
+
+    def _remember(self) -> None:
+        """Write down what the client must not forget; a failure is logged and counted (the
+        agent goes on: refusing genuine notices would hurt more)."""
+        if self.memory is None:
+            return
+        try:
+            self.memory.save(remembered(self.state))
+        except OSError as exc:
+            self.rt.bus.counters.drop("memory-not-written")
+            logger.error("%s: cannot write %s: %s", self.client.id, self.memory.path, exc)
+
     def reject(self, reason: str, detail: str) -> None:
         """A notice refused: counted for the status, and on the bus's drop counters (so on
         /metrics as ``aaa_failover_events_dropped``, as every service's dropped events)."""
@@ -274,6 +312,7 @@ class ClientAgent:
         was_on = self.current().server
         step = on_notice(before, notice, time.time(), self.rng, self.endpoints)
         self.state = step.state
+        self._remember()  # before the ack: what was acked is never forgotten
         self._follow_notices()
         if step.switched and isinstance(notice, FailoverNotice) and self.proxy is not None:
             self.proxy.leave(notice.server)
@@ -347,7 +386,9 @@ class ClientAgent:
         while True:
             self.wake.clear()
             tick = on_time(self.state, time.time(), self.rng)
-            self.state = tick.state
+            if tick.state != self.state:
+                self.state = tick.state
+                self._remember()
             self._follow_notices()
             if tick.action == "request-return":
                 home = self.state.home.server
@@ -410,6 +451,11 @@ async def run(
     }
     servers = {s.id: s for s in config.servers}
     keyring = Keyring(signer=None, bus_keys={}, client_keys=secrets)
+    state_dir = config.path(config.agent.state_dir)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"agent.state_dir {state_dir}: {exc}") from None
     rng = random.Random()
 
     async def setup(rt: Runtime) -> None:
@@ -424,6 +470,7 @@ async def run(
                 rng,
                 nas_secret=nas_secrets.get(client.id),
                 metrics=metrics,
+                memory=MemoryFile(state_dir / f"{client.id}.json"),
             )
             if agent.proxy is not None:
                 rt.stack.push_async_callback(agent.proxy.close)

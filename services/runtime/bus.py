@@ -213,7 +213,8 @@ class Bus:
         self.keyring = keyring
         self.codec_name = codec_name
         self.name = name
-        self.guard = ReplayGuard(replay_window_s, check_time=not sandbox)
+        # nothing stamped before this bus existed: it may have been seen before a restart
+        self.guard = ReplayGuard(replay_window_s, check_time=not sandbox, since=time.time())
         self.counters = DropCounters()
         self._subs: list[Subscription] = []
         self._js: JetStreamContext | None = None

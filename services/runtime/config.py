@@ -629,6 +629,21 @@ class ReadmitterConfig(Base, frozen=True, kw_only=True):
             raise ValueError("wave_interval_s must not be negative")
 
 
+class AgentConfig(Base, frozen=True, kw_only=True):
+    """The client-side agent's own settings (each client's are in its ``[[clients]]``).
+
+    ``state_dir`` (relative to the config file) holds one file per client
+    with what it must remember across a restart: where it is, the last notice
+    and sequence number it accepted, its timers. Written before each ack.
+    """
+
+    state_dir: str = "agent-state"
+
+    def __post_init__(self) -> None:
+        if not self.state_dir.strip():
+            raise ValueError("state_dir must name a folder")
+
+
 class MetricsConfig(Base, frozen=True, kw_only=True):
     """Prometheus /metrics endpoints: where to listen, and each service's port.
 
@@ -659,6 +674,7 @@ class Config(Base, frozen=True, kw_only=True):
     targeter: TargeterConfig = TargeterConfig()
     notifier: NotifierConfig = NotifierConfig()
     readmitter: ReadmitterConfig = ReadmitterConfig()
+    agent: AgentConfig = AgentConfig()
     metrics: MetricsConfig = MetricsConfig()
     base_dir: str = ""
 

@@ -74,7 +74,6 @@ class Notices:
             incident_id=self.incident_id,
             server=server,
             client=client,
-            home=self.config.server(server).endpoint,
             wave=wave,
             seq=self._next_seq(),
             valid_until=time.time() + VALID_S,

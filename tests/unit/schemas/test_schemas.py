@@ -154,6 +154,31 @@ def test_replay_guard_window_and_ids() -> None:
         guard.check("a", event_time=100, now=1000)
 
 
+def test_a_flood_of_new_ids_cannot_make_a_seen_event_acceptable_again() -> None:
+    """Finding: any key holder could flush the seen-id cache with new ids, then replay."""
+    guard = ReplayGuard(window_s=30, max_ids=100)
+    guard.check("genuine", event_time=1000.0, now=1000.0)
+    for i in range(500):  # five times the cap, all within the window
+        guard.check(f"flood-{i}", event_time=1000.0 + i / 100, now=1001.0)
+    assert "genuine" not in guard._seen  # pushed out by the cap...
+    with pytest.raises(Rejected, match="stale"):  # ...yet its replay is still refused
+        guard.check("genuine", event_time=1000.0, now=1002.0)
+    # what is stamped after every forgotten id still passes
+    guard.check("later", event_time=1006.0, now=1006.0)
+    assert len(guard._seen) <= 100
+
+
+def test_a_guard_since_a_start_refuses_what_was_stamped_before_it() -> None:
+    """Finding: a restarted service forgot the ids it had seen within the window."""
+    guard = ReplayGuard(window_s=30, since=1000.0)
+    with pytest.raises(Rejected, match="stale"):
+        guard.check("seen-before-the-restart", event_time=999.5, now=1001.0)
+    guard.check("new", event_time=1000.5, now=1001.0)
+    # a sandbox replays recorded events: no floor there
+    sandbox = ReplayGuard(window_s=30, check_time=False, since=1000.0)
+    sandbox.check("recorded", event_time=10.0, now=1001.0)
+
+
 @given(
     secret=st.binary(min_size=1, max_size=32),
     body=st.binary(max_size=64),

@@ -1,0 +1,161 @@
+"""What an agent remembers of each client across a restart, in a file of its own.
+
+A notice's sequence number protects a client from a captured notice sent
+again, but only as long as the client remembers the last one it accepted: a
+restarted agent that forgot it would take a replayed CoA as new. So before an
+agent acknowledges a notice, it writes down where the client is, the last
+sequence number and notice it accepted (with the answer a repeat gets), and
+the client's timers; a restarted agent starts from there.
+
+One JSON file per client (``<state_dir>/<client>.json``), replaced atomically
+(written beside, synced, renamed), so a crash leaves the old file or the new
+one, never half of one. What cannot be read is logged and set aside (renamed
+``.bad``), and the client starts at home with its sequence floor at the
+agent's start time: notice sequence numbers are microseconds of the
+notifier's clock, so nothing issued before the restart can pass.
+
+:func:`remembered` and :func:`restored` convert to and from the pure
+:class:`~services.agent.client.ClientState`; :class:`MemoryFile` does the I/O.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+
+import msgspec
+
+from schemas.errors import AaaFailoverError
+from schemas.events import Endpoint
+from services.agent.client import Answer, ClientState
+
+logger = logging.getLogger(__name__)
+
+
+class RememberedAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer given to the last notice accepted, given again to a repeat of it."""
+
+    accepted: bool
+    now_on: str
+    reason: str = ""
+
+
+class ClientMemory(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One client's state as written down: servers by id, times as UNIX seconds."""
+
+    client: str
+    current: str
+    last_seq: int = 0
+    last_notice_id: str | None = None
+    last_answer: RememberedAnswer | None = None
+    return_at: float | None = None
+    stay_until: float | None = None
+
+
+def remembered(state: ClientState) -> ClientMemory:
+    """What of ``state`` survives a restart."""
+    answer = state.last_answer
+    return ClientMemory(
+        client=state.client,
+        current=state.current.server,
+        last_seq=state.last_seq,
+        last_notice_id=state.last_notice_id,
+        last_answer=(
+            None
+            if answer is None
+            else RememberedAnswer(
+                accepted=answer.accepted, now_on=answer.now_on, reason=answer.reason
+            )
+        ),
+        return_at=state.return_at,
+        stay_until=state.stay_until,
+    )
+
+
+def restored(
+    fresh: ClientState, memory: ClientMemory, servers: Mapping[str, Endpoint]
+) -> ClientState:
+    """``fresh`` (the client at home, as configured) with ``memory`` put back.
+
+    The sequence floor and the last notice always come back; where the client
+    was comes back only if that server is still in the configuration (else it
+    is home, and its timers with it).
+    """
+    answer = memory.last_answer
+    state = replace(
+        fresh,
+        last_seq=max(fresh.last_seq, memory.last_seq),
+        last_notice_id=memory.last_notice_id,
+        last_answer=(
+            None if answer is None else Answer(answer.accepted, answer.now_on, answer.reason)
+        ),
+    )
+    current = servers.get(memory.current)
+    if current is None or current.server == fresh.home.server:
+        return state
+    return replace(state, current=current, return_at=memory.return_at, stay_until=memory.stay_until)
+
+
+class Unreadable(AaaFailoverError):
+    """A client's memory file exists but cannot be read."""
+
+
+_decoder = msgspec.json.Decoder(ClientMemory)
+_encoder = msgspec.json.Encoder()
+
+
+class MemoryFile:
+    """The file that holds one client's memory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._written: ClientMemory | None = None
+
+    def load(self, client: str) -> ClientMemory | None:
+        """The memory written for ``client``, or None when there is no file yet.
+
+        Raises :class:`Unreadable` for a file that cannot be read (logged, and
+        set aside as ``<name>.bad`` for the operator when it does not decode).
+        """
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            logger.warning("%s: cannot read %s: %s", client, self.path, exc)
+            raise Unreadable(str(exc)) from None
+        try:
+            memory = _decoder.decode(data)
+            if memory.client != client:
+                raise ValueError(f"it is the memory of {memory.client!r}")
+        except (msgspec.DecodeError, ValueError, RecursionError) as exc:
+            bad = self.path.with_name(self.path.name + ".bad")
+            logger.warning(
+                "%s: %s is unreadable (%s); set aside as %s",
+                client,
+                self.path,
+                str(exc)[:200],
+                bad.name,
+            )
+            with contextlib.suppress(OSError):
+                self.path.replace(bad)
+            raise Unreadable(str(exc)) from None
+        self._written = memory
+        return memory
+
+    def save(self, memory: ClientMemory) -> None:
+        """Write ``memory`` if it changed: to a file beside, synced, then renamed over the old
+        one. Raises OSError: the caller must not act as if it were remembered."""
+        if memory == self._written:
+            return
+        partial = self.path.with_name(self.path.name + ".partial")
+        with open(partial, "wb") as f:
+            f.write(_encoder.encode(memory))
+            f.flush()
+            os.fsync(f.fileno())
+        partial.replace(self.path)
+        self._written = memory

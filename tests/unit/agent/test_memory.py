@@ -1,0 +1,80 @@
+"""What an agent writes down of a client, and how it comes back (real files, no bus)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from schemas.events import Endpoint
+from services.agent.client import Answer, new_state
+from services.agent.memory import (
+    ClientMemory,
+    MemoryFile,
+    Unreadable,
+    remembered,
+    restored,
+)
+
+A = Endpoint(server="A", ip="10.0.0.1", auth_port=1812)
+B = Endpoint(server="B", ip="10.0.0.2", auth_port=1812)
+SERVERS = {"A": A, "B": B}
+
+
+def _away():  # type: ignore[no-untyped-def]
+    fresh = new_state("nas-01", A, return_after_s=30.0, jitter=0.2)
+    return fresh, replace(
+        fresh,
+        current=B,
+        last_seq=42,
+        last_notice_id="n42",
+        last_answer=Answer(True, "B"),
+        return_at=1030.0,
+        stay_until=1300.0,
+    )
+
+
+def test_a_client_away_comes_back_where_it_was_with_its_timers(tmp_path: Path) -> None:
+    fresh, away = _away()
+    file = MemoryFile(tmp_path / "nas-01.json")
+    file.save(remembered(away))
+    again = MemoryFile(tmp_path / "nas-01.json").load("nas-01")
+    assert again is not None
+    assert restored(fresh, again, SERVERS) == away
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_a_server_gone_from_the_configuration_brings_the_client_home(tmp_path: Path) -> None:
+    fresh, away = _away()
+    back = restored(fresh, remembered(away), {"A": A})
+    assert back.current == A and (back.return_at, back.stay_until) == (None, None)
+    assert back.last_seq == 42  # the sequence floor is kept whatever else is
+
+
+def test_no_file_is_a_first_start(tmp_path: Path) -> None:
+    assert MemoryFile(tmp_path / "nas-01.json").load("nas-01") is None
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"{not json", b'{"client":"nas-02","current":"A"}', b"[" * 100_000, b'{"x":1}'],
+)
+def test_an_unreadable_file_is_set_aside_and_said(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "nas-01.json"
+    path.write_bytes(content)
+    with pytest.raises(Unreadable):
+        MemoryFile(path).load("nas-01")
+    assert not path.exists() and (tmp_path / "nas-01.json.bad").read_bytes() == content
+
+
+def test_an_unchanged_memory_is_not_written_again(tmp_path: Path) -> None:
+    path = tmp_path / "nas-01.json"
+    file = MemoryFile(path)
+    memory = ClientMemory(client="nas-01", current="A", last_seq=7)
+    file.save(memory)
+    path.unlink()
+    file.save(memory)
+    assert not path.exists()
+    file.save(ClientMemory(client="nas-01", current="A", last_seq=8))
+    assert path.exists()
