@@ -22,6 +22,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+class _TlsEofNoise(logging.Filter):
+    """asyncio warns at every TLS connection the server closes that nats-py's protocol
+    returned True from ``eof_received`` (meaningless under TLS): not a problem to report."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received() has no effect when using ssl" not in record.getMessage()
+
+
 def configure_logging(level: str = "INFO", *, json_lines: bool | None = None) -> None:
     """Log to stderr, as JSON lines when stderr is not a terminal."""
     if json_lines is None:
@@ -36,4 +44,7 @@ def configure_logging(level: str = "INFO", *, json_lines: bool | None = None) ->
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("nats").setLevel(logging.WARNING)
+    asyncio_logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _TlsEofNoise) for f in asyncio_logger.filters):
+        asyncio_logger.addFilter(_TlsEofNoise())
     logging.getLogger("pyrad").setLevel(logging.WARNING)
