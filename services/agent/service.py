@@ -177,7 +177,7 @@ class ClientAgent:
         """
         sent = self.traffic.counters.sent
         if self.proxy is not None:
-            sent += self.proxy.counters.received - self.proxy.counters.status
+            sent += self.proxy.counters.accepted
         now = time.monotonic()
         last, self._rate_mark = self._rate_mark, (now, sent)
         if last is None or now - last[0] < 0.5 * STATUS_INTERVAL_S:
@@ -201,7 +201,7 @@ class ClientAgent:
             self.metrics.record(self.client.id, upstreams, changes)
         relayed = answered = lost = 0
         if proxy is not None:
-            relayed = proxy.counters.received - proxy.counters.status
+            relayed = proxy.counters.accepted
             answered = proxy.counters.answered
             lost = proxy.counters.dropped["no-answer"]
         window = (

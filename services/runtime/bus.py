@@ -38,13 +38,14 @@ from schemas.signing import (
     KEY_HEADER,
     Rejected,
     ReplayGuard,
-    sandbox_key,
     sign_headers,
     verify,
 )
 from schemas.subjects import Subjects, named_in
 from services.runtime import busauth
-from services.runtime.config import BusConfig, Config, ConfigError
+from services.runtime.config import BusConfig, ConfigError
+from services.runtime.keyring import Keyring as Keyring  # re-exported: every bus user needs it
+from services.runtime.keyring import Signer as Signer
 from services.runtime.middleware import Guard, admits, kind
 from services.runtime.permissions import inbox, user_for
 
@@ -64,64 +65,6 @@ class Recorded(Protocol):
 
 
 Handler = Callable[[E], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class Signer:
-    """A key to sign with: the bus key, or a client's own secret."""
-
-    key_id: str
-    key: bytes
-
-
-@dataclass
-class Keyring:
-    """Keys that sign and verify: bus keys by id, and clients' secrets.
-
-    A client's secret verifies only what that client says of itself: an event
-    signed under ``client:<id>`` must name ``<id>`` in its ``client`` field.
-    """
-
-    signer: Signer | None
-    bus_keys: dict[str, bytes] = field(default_factory=dict)
-    client_keys: dict[str, bytes] = field(default_factory=dict)
-    _with_clients: dict[str, bytes] | None = field(default=None, init=False, repr=False)
-
-    @classmethod
-    def from_config(cls, config: Config, *, clients: bool = True) -> Keyring:
-        """The bus key (required) and, with ``clients``, every client's secret; in a
-        replay sandbox, the sandbox's own key in place of the bus keys (:meth:`for_sandbox`)."""
-        bus = config.bus
-        if bus.key is None:
-            raise ConfigError("bus.key is required by every service but the agent")
-        key = config.read_secret(bus.key.secret)
-        keys = {bus.key.id: key}
-        for extra in bus.verify_keys:
-            keys[extra.id] = config.read_secret(extra.secret)
-        client_keys = (
-            {c.id: config.read_secret(c.secret) for c in config.clients} if clients else {}
-        )
-        keyring = cls(Signer(bus.key.id, key), keys, client_keys)
-        return keyring.for_sandbox(bus.prefix) if bus.sandbox else keyring
-
-    def for_sandbox(self, prefix: str) -> Keyring:
-        """The keyring of a replay sandbox under ``prefix``: it signs and verifies with the
-        sandbox's key alone (:func:`~schemas.signing.sandbox_key`), which no live service
-        accepts, so nothing a sandbox decides can be copied onto live subjects and act."""
-        if self.signer is None:
-            raise ConfigError("a sandbox's key is derived from the bus key: none is configured")
-        key_id, key = sandbox_key(self.signer.key, prefix)
-        return Keyring(Signer(key_id, key), {key_id: key}, dict(self.client_keys))
-
-    def verification_keys(self, accept_clients: bool) -> Mapping[str, bytes]:
-        """The keys an event may be signed with; built once, looked up per event."""
-        if accept_clients:
-            if self._with_clients is None:
-                self._with_clients = self.bus_keys | {
-                    CLIENT_KEY_PREFIX + cid: k for cid, k in self.client_keys.items()
-                }
-            return self._with_clients
-        return self.bus_keys
 
 
 class BusAuthError(ConfigError):
@@ -163,18 +106,26 @@ class DropCounters:
 
 
 def verify_event(
-    keys: Mapping[str, bytes], headers: Mapping[str, str] | None, subject: str, payload: bytes
+    keys: Mapping[str, bytes],
+    headers: Mapping[str, str] | None,
+    subject: str,
+    payload: bytes,
+    may_sign: Callable[[str, str], bool] | None = None,
 ) -> Event:
     """Verify the signature of ``payload`` on ``subject``, decode it, and check who signed
     it and that it is about what its subject names.
 
-    A client's key signs only events naming that client (``impersonation``);
+    A key signs only the kinds of subject ``may_sign`` lets it (``key-not-allowed``:
+    see :mod:`services.runtime.keyring`); a client's key signs only events
+    naming that client (``impersonation``);
     an event on ``status.nas-01`` must name the client ``nas-01``, one on
     ``plan.A`` the server ``A`` (``wrong-subject``). Raises Rejected. Time and
     repeats are not checked here (see :class:`ReplayGuard`), so a recorded
     event read back from the stream verifies as it did when live.
     """
     key_id = verify(keys, headers, subject, payload)
+    if may_sign is not None and not may_sign(key_id, subject):
+        raise Rejected("key-not-allowed", f"{key_id} may not sign on {subject}")
     try:
         event = codec.decode(payload, (headers or {}).get(codec.CONTENT_TYPE))
     except codec.DecodeError as exc:
@@ -363,8 +314,9 @@ class Bus:
     def encode(
         self, subject: str, event: Event, signer: Signer | None = None
     ) -> tuple[bytes, dict[str, str]]:
-        """The payload of ``event`` and the headers that sign it on ``subject``."""
-        signer = signer or self.keyring.signer
+        """The payload of ``event`` and the headers that sign it on ``subject`` (by default
+        with the key this process signs that kind of subject with)."""
+        signer = signer or self.keyring.signer_for(subject)
         if signer is None:
             raise RuntimeError("this bus has no key to sign with")
         payload = codec.encode(event, self.codec_name)
@@ -418,7 +370,7 @@ class Bus:
     def check(self, msg: Msg, accept_clients: bool = False) -> Event:
         """Verify, decode and replay-check one message; raise Rejected if bad."""
         keys = self.keyring.verification_keys(accept_clients)
-        event = verify_event(keys, msg.headers, msg.subject, msg.data)
+        event = verify_event(keys, msg.headers, msg.subject, msg.data, self.keyring.may_sign)
         self.guard.check(event.id, event.time, time.time())
         return event
 

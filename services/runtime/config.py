@@ -104,6 +104,7 @@ class BusConfig(Base, frozen=True, kw_only=True):
     codec: Literal["json", "msgpack"] = "json"
     key: BusKey | None = None
     verify_keys: list[BusKey] = msgspec.field(default_factory=list)
+    service_keys: dict[str, list[BusKey]] = msgspec.field(default_factory=dict)
     replay_window_s: float = 30.0
     stream_max_age_s: float = 7 * 24 * 3600.0
     stream_max_bytes: int = 1 << 30
@@ -125,6 +126,17 @@ class BusConfig(Base, frozen=True, kw_only=True):
             raise ValueError(
                 "url must not hold a user or password: name the password files in bus.auth"
             )
+        ids = [k.id for k in (self.key, *self.verify_keys) if k is not None]
+        for service, keys in self.service_keys.items():
+            if not keys:
+                raise ValueError(f"service_keys.{service} lists no key")
+            ids += [k.id for k in keys]
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            raise ValueError(f"key ids must be unique: {', '.join(repeated)}")
+        for key_id in ids:
+            if key_id.startswith(("client:", "sandbox:")):
+                raise ValueError(f"key id {key_id!r}: client: and sandbox: are reserved")
 
 
 class ReferenceServer(Base, frozen=True, kw_only=True):

@@ -157,7 +157,7 @@ async def run_service(
     :meth:`Config.with_metrics_port`), /metrics is served from set-up until
     the subscriptions are drained and the loops have stopped.
     """
-    keyring = keyring or Keyring.from_config(config)
+    keyring = keyring or Keyring.from_config(config, service=name)
     async with AsyncExitStack() as stack:
         if shutdown_trigger is None:
             # Installed before anything else, so a SIGTERM that comes while the

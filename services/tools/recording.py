@@ -77,7 +77,11 @@ def parse_time(text: str, now: float | None = None) -> float:
 def check_recorded(bus: Bus, msg: Msg, stored_at: float) -> Seen:
     """``msg`` as read from the stream: its signature checked, its age not."""
     keys = bus.keyring.verification_keys(True)
-    return checked(msg, lambda m: verify_event(keys, m.headers, m.subject, m.data), stored_at)
+    return checked(
+        msg,
+        lambda m: verify_event(keys, m.headers, m.subject, m.data, bus.keyring.may_sign),
+        stored_at,
+    )
 
 
 async def read_window(bus: Bus, start: float, end: float, subject: str | None = None) -> list[Seen]:

@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 from nats.aio.msg import Msg
 
 from schemas import codec
 from schemas.events import ClientStatus, FailoverPlan, HealthReport, Move
 from schemas.signing import sign_headers
-from services.runtime.bus import Signer
+from services.runtime.bus import Keyring, Signer
 from services.targeter import service as targeter
 from tests.conftest import FarmFactory
 from tests.support.helpers import operator_bus, running
@@ -155,3 +156,53 @@ async def test_a_client_speaks_only_on_its_own_subjects_and_only_in_finite_numbe
         == 3
     )
     assert value(samples, "aaa_failover_handler_errors_total", service="targeter") == 0
+
+
+async def test_a_compromised_collectors_key_cannot_sign_a_plan(
+    farm: FarmFactory, tmp_path: Path
+) -> None:
+    """Finding: every service held the one bus key, so any of them could sign anything. With
+    a key per service, a key signs only what its service publishes: a plan under the
+    collector's key is dropped by the notifier, and the collector never held the targeter's."""
+    keys_dir = tmp_path / "service-keys"
+    keys_dir.mkdir()
+    service_keys = {}
+    for service in ("collector", "evaluator", "targeter", "notifier", "readmitter"):
+        (keys_dir / service).write_text(f"{uuid.uuid4().hex}\n")
+        service_keys[service] = [
+            {"id": f"{service}-1", "secret": {"file": str(keys_dir / service)}}
+        ]
+    config, _ = farm({"bus": {"service_keys": service_keys}}, clients=3)
+    config = config.with_metrics_port("notifier", 0)
+    collector = Keyring.from_config(config, service="collector")
+    assert collector.signer is not None and collector.signer.key_id == "collector-1"
+    assert collector.bus_keys == {}  # it verifies nothing, so it holds no other key
+    with metrics_urls() as urls:
+        async with harness(config) as h, notifier(config):
+            await h.until_ready("nas-03")  # the harness signs plans with the targeter's key
+            forged = FailoverPlan(
+                incident_id="forged", server="A", moves=[Move(client="nas-01", alternates=["B"])]
+            )
+            subject = h.bus.subjects.plan("A")
+            # the collector's key: the notifier does not even hold it
+            await h.bus.publish(subject, forged, signer=collector.signer)
+            # the readmitter's key, which the notifier holds for readmission waves
+            readmitter = Keyring.from_config(config, service="readmitter").signer
+            assert readmitter is not None and readmitter.key_id == "readmitter-1"
+            again = FailoverPlan(
+                incident_id="forged-2", server="A", moves=[Move(client="nas-01", alternates=["B"])]
+            )
+            await h.bus.publish(subject, again, signer=readmitter)
+            samples = await _dropped(urls[0], "notifier", {"unknown-key": 1, "key-not-allowed": 1})
+            await h.plan("A", ("nas-02", ["B"]))
+            assert (await h.delivery("nas-02")).outcome == "sent"
+    assert h.deliveries["nas-01"].empty()
+    assert (
+        value(
+            samples,
+            "aaa_failover_events_dropped_total",
+            reason="key-not-allowed",
+            service="notifier",
+        )
+        == 1
+    )
