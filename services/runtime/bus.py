@@ -412,8 +412,9 @@ class Bus:
         handled_in = self.counters.handled_in
 
         def dropped(msg: Msg, rejected: Rejected) -> None:
-            key = (msg.headers or {}).get(KEY_HEADER, "-")
-            self.drop(rejected.reason, rejected.detail, subject=msg.subject, key=key)
+            key = str((msg.headers or {}).get(KEY_HEADER, "-"))
+            shown = key if len(key) <= 64 else key[:61] + "..."  # a header can be anything
+            self.drop(rejected.reason, rejected.detail, subject=msg.subject, key=repr(shown)[1:-1])
 
         async def on_message(msg: Msg) -> None:
             self.counters.received += 1
