@@ -71,6 +71,13 @@ class BusAuthError(ConfigError):
     """The bus refused the user and password a process joins with."""
 
 
+def abandon(nc: NatsClient) -> None:
+    """Close the socket of a client whose first connection failed."""
+    transport = getattr(nc, "_transport", None)
+    if transport is not None:
+        transport.close()
+
+
 QUIET_DROPS = frozenset({"unexpected-type"})
 """Drops counted but logged at debug level only: a subscription that takes some kinds of
 event on its subjects (a tool's on everything) sees the other kinds go by all the time."""
@@ -194,9 +201,25 @@ class Bus:
         target = busauth.check_url(url or bus.url or "nats://127.0.0.1:4222")
         login = busauth.credentials(bus, user or user_for(name, sandbox=bus.sandbox))
         tls = busauth.ssl_context(bus)
-        options: dict[str, Any] = {}
+        nc = NatsClient()
+        # nats-py types these as int; it takes float seconds
+        options: dict[str, Any] = {
+            "connect_timeout": bus.connect_timeout_s,
+            "reconnect_time_wait": 0.5,
+        }
         if login is not None:
-            options.update(user=login.user, password=login.password, inbox_prefix=inbox(login.user))
+
+            def password() -> str:
+                # read at CONNECT, once the server has said whether it takes TLS: a tls://
+                # bus that does not (not ours) never gets the password in clear
+                if target.startswith("tls://") and not nc._server_info.get("tls_required"):
+                    raise ConfigError(
+                        f"the bus at {target} does not take TLS: the password of "
+                        f"user {login.user!r} is not sent"
+                    )
+                return login.password
+
+            options.update(user=login.user, password=password, inbox_prefix=inbox(login.user))
         if tls is not None:
             options["tls"] = tls
 
@@ -223,20 +246,21 @@ class Bus:
             logger.info("bus reconnected to %s", target)
 
         try:
-            nc = await nats.connect(
+            await nc.connect(
                 servers=[target],
                 name=name,
-                connect_timeout=bus.connect_timeout_s,
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
                 error_cb=on_error,
                 disconnected_cb=on_disconnect,
                 reconnected_cb=on_reconnect,
                 **options,
             )
-        except nats.errors.Error as exc:
-            if "authorization" in str(exc).lower():
+        except BaseException as exc:
+            # a refused first connection leaves its socket open: close it (not with
+            # nc.close(), which waits for ever after a failed TLS handshake)
+            abandon(nc)
+            if isinstance(exc, nats.errors.Error) and "authorization" in str(exc).lower():
                 who = f"user {login.user!r}" if login is not None else "no user"
                 raise BusAuthError(f"the bus at {target} refused {who}: {exc}") from None
             raise

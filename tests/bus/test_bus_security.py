@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import nats
@@ -29,7 +30,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 from services.launch import bususers
 from services.launch.farm import write_farm
 from services.runtime import busauth, busfile
-from services.runtime.bus import Bus, BusAuthError, Keyring
+from services.runtime.bus import Bus, BusAuthError, Keyring, abandon
 from services.runtime.config import Config, ConfigError, load_config
 from services.runtime.natsserver import EmbeddedNats, ServerTls
 from services.runtime.permissions import HARNESS
@@ -134,10 +135,20 @@ async def refused_publish(s: Secured, user: str, subject: str, marker: str) -> N
         assert (first.subject, first.data) == (marker, b"marker")
 
 
+async def connect_refused(url: str, **options: Any) -> None:
+    """A raw connection that must fail; its socket closed whatever happens."""
+    nc = NatsClient()
+    try:
+        await nc.connect(url, allow_reconnect=False, connect_timeout=5, **options)
+    finally:
+        abandon(nc)
+
+
 async def test_a_wrong_or_missing_password_is_refused(secured: Secured, tmp_path: Path) -> None:
     wrong = tmp_path / "wrong"
     wrong.mkdir()
     (wrong / "collector").write_text("not-the-password\n")
+    assert secured.config.bus.auth is not None
     bus = msgspec.structs.replace(
         secured.config.bus, auth=msgspec.structs.replace(secured.config.bus.auth, dir=str(wrong))
     )
@@ -148,9 +159,7 @@ async def test_a_wrong_or_missing_password_is_refused(secured: Secured, tmp_path
             await Bus.connect(bus, Keyring(None), name="evaluator", stack=stack)
     for options in ({}, {"user": "collector"}, {"user": "collector", "password": ""}):
         with pytest.raises(nats.errors.Error, match="Authorization Violation"):
-            await nats.connect(
-                secured.server.url, tls=secured.tls(), allow_reconnect=False, **options
-            )
+            await connect_refused(secured.server.url, tls=secured.tls(), **options)
 
 
 async def test_each_service_joins_as_its_own_user(secured: Secured) -> None:
@@ -223,27 +232,23 @@ async def test_a_client_without_the_ca_cannot_join_and_one_with_it_can(
     secured: Secured,
 ) -> None:
     with pytest.raises((ssl.SSLError, OSError, nats.errors.Error)):
-        await nats.connect(
-            secured.server.url,
-            user=HARNESS,
-            password=secured.password(HARNESS),
-            allow_reconnect=False,
-            connect_timeout=5,
-        )
+        await connect_refused(secured.server.url, user=HARNESS, password=secured.password(HARNESS))
     other_ca = secured.security.directory / "other"
     BusSecurity.make(other_ca)
     wrong = ssl.create_default_context(cafile=str(other_ca / "tls" / "ca.pem"))
     with pytest.raises((ssl.SSLError, OSError, nats.errors.Error)):
-        await nats.connect(
-            secured.server.url,
-            user=HARNESS,
-            password=secured.password(HARNESS),
-            tls=wrong,
-            allow_reconnect=False,
-            connect_timeout=5,
+        await connect_refused(
+            secured.server.url, user=HARNESS, password=secured.password(HARNESS), tls=wrong
         )
     async with joined(secured, HARNESS) as (nc, _):
         assert nc.is_connected
+    # a service given another CA stops at once, saying why
+    assert secured.config.bus.tls is not None
+    tls = msgspec.structs.replace(secured.config.bus.tls, ca=str(other_ca / "tls" / "ca.pem"))
+    bus = msgspec.structs.replace(secured.config.bus, tls=tls)
+    async with AsyncExitStack() as stack:
+        with pytest.raises(ConfigError, match=r"bus\.tls: .*certificate verify failed"):
+            await Bus.connect(bus, Keyring(None), name="collector", stack=stack)
 
 
 def test_a_password_in_the_bus_url_is_refused(tmp_path: Path) -> None:
@@ -362,3 +367,19 @@ async def test_tools_and_the_sandbox_read_the_live_stream_and_cannot_change_it(
         kv = await js.create_key_value(bucket="REPLAY1_targeter", history=1)
         await kv.put("A", b"state")
         assert (await kv.get("A")).value == b"state"
+
+
+async def test_a_tls_bus_that_takes_no_tls_never_gets_the_password(
+    secured: Secured, tmp_path: Path
+) -> None:
+    with EmbeddedNats(tmp_path / "plain") as plain:
+        assert plain.port is not None
+        async with AsyncExitStack() as stack:
+            with pytest.raises(ConfigError, match="does not take TLS"):
+                await Bus.connect(
+                    secured.config.bus,
+                    Keyring(None),
+                    name="collector",
+                    stack=stack,
+                    url=f"tls://127.0.0.1:{plain.port}",
+                )
