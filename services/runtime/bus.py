@@ -210,13 +210,18 @@ class Bus:
         if login is not None:
 
             def password() -> str:
-                # read at CONNECT, once the server has said whether it takes TLS: a tls://
-                # bus that does not (not ours) never gets the password in clear
-                if target.startswith("tls://") and not nc._server_info.get("tls_required"):
-                    raise ConfigError(
-                        f"the bus at {target} does not take TLS: the password of "
-                        f"user {login.user!r} is not sent"
-                    )
+                # Read at CONNECT, once the server has said whether it takes TLS. A tls://
+                # bus that does not (not ours) is refused; the embedded bus's password
+                # goes over TLS only: to a plain server (the one replay starts on a
+                # stopped farm's store, which has no users) none is sent.
+                if not nc._server_info.get("tls_required"):
+                    if target.startswith("tls://"):
+                        raise ConfigError(
+                            f"the bus at {target} does not take TLS: the password of "
+                            f"user {login.user!r} is not sent"
+                        )
+                    if login.embedded:
+                        return ""
                 return login.password
 
             options.update(user=login.user, password=password, inbox_prefix=inbox(login.user))

@@ -28,8 +28,12 @@ config names no ``bus.tls``."""
 
 
 class Credentials(NamedTuple):
+    """A user and its password; ``embedded``: the embedded bus's, found beside the config
+    (sent over TLS only)."""
+
     user: str
     password: str
+    embedded: bool = False
 
 
 def _path(bus: BusConfig, relative: str | Path) -> Path:
@@ -71,7 +75,7 @@ def credentials(bus: BusConfig, user: str) -> Credentials | None:
     if directory is None:
         return None
     name = bus.auth.user if bus.auth is not None and bus.auth.user else user
-    return Credentials(name, read_password(directory, name))
+    return Credentials(name, read_password(directory, name), embedded=bus.auth is None)
 
 
 def write_passwords(directory: Path, users: Iterable[str]) -> list[str]:

@@ -9,6 +9,7 @@ a password, and no one joins over anything but TLS with the CA.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import ssl
 import subprocess
@@ -383,3 +384,35 @@ async def test_a_tls_bus_that_takes_no_tls_never_gets_the_password(
                     stack=stack,
                     url=f"tls://127.0.0.1:{plain.port}",
                 )
+
+
+async def test_the_embedded_bus_password_goes_over_tls_only(tmp_path: Path) -> None:
+    """A process of an embedded farm (no bus.url) joining a plain server (as replay's own on
+    a stopped farm's store, or anyone's on 127.0.0.1:4222) sends its user, not its password:
+    here the plain server is a listener that records what it is told."""
+    config, _ = write_farm(tmp_path / "farm", bus_url=None, clients=1)
+    busauth.write_passwords(config.path(".nats/auth"), ["collector"])
+    secret = (config.path(".nats/auth") / "collector").read_text().strip()
+    told: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def plain_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b'INFO {"server_id":"plain","version":"2.10.0","proto":1,"headers":true}\r\n')
+        await writer.drain()
+        while line := await reader.readline():
+            await told.put(line)
+            if line.startswith(b"PING"):
+                writer.write(b"PONG\r\n")
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(plain_server, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, AsyncExitStack() as stack:
+        await Bus.connect(
+            config.bus, Keyring(None), name="collector", stack=stack, url=f"nats://127.0.0.1:{port}"
+        )
+        connect = await asyncio.wait_for(told.get(), 10)
+    assert connect.startswith(b"CONNECT ")
+    sent = json.loads(connect.removeprefix(b"CONNECT "))
+    assert sent["user"] == "collector" and sent["pass"] == ""
+    assert secret.encode() not in connect
