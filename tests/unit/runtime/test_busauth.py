@@ -44,6 +44,7 @@ def test_passwords_come_from_the_users_files(tmp_path: Path) -> None:
     assert busauth.credentials(override, "agent") == (
         "agent-1",
         (tmp_path / "nats" / "agent-1").read_text().strip(),
+        False,
     )
 
 
@@ -54,7 +55,7 @@ def test_the_embedded_bus_has_its_credentials_beside_the_config(tmp_path: Path) 
     busauth.write_passwords(tmp_path / ".nats" / "auth", ["collector"])
     make_dev_ca(tmp_path / ".nats" / "tls")
     login = busauth.credentials(config, "collector")
-    assert login is not None and login.user == "collector"
+    assert login is not None and login.user == "collector" and login.embedded
     assert isinstance(busauth.ssl_context(config), ssl.SSLContext)
     # a bus of its own (bus.url) never gets the embedded bus's passwords
     elsewhere = msgspec.structs.replace(config, url="tls://10.0.0.1:4222")
