@@ -283,7 +283,9 @@ def _cmdlines(pid: int) -> dict[int, str]:
 
 
 def test_no_credential_reaches_a_childs_command_line_or_the_logs_of_up(tmp_path: Path) -> None:
-    """`up` on an embedded bus, secured by default: users, their permissions, TLS."""
+    """`up` on an embedded bus, secured by default: users, their permissions, TLS. While it
+    runs, a replay sandbox (`up --sandbox`, `replay --sandbox`) joins it too; the server
+    refuses none of them anything (its log, in up's, names no violation)."""
     _, path = write_farm(tmp_path / "farm", bus_url=None, clients=2)
     proc = subprocess.Popen(
         [
@@ -315,6 +317,7 @@ def test_no_credential_reaches_a_childs_command_line_or_the_logs_of_up(tmp_path:
         running = busfile.read(path)
         assert running is not None and running.url.startswith("tls://")
         assert (path.parent / ".nats" / "tls" / "ca.pem").is_file()
+        _sandbox_on(path)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0, "".join(lines[-30:])
         reader.join(5)
@@ -333,6 +336,35 @@ def test_no_credential_reaches_a_childs_command_line_or_the_logs_of_up(tmp_path:
         assert password not in logs, f"{user}'s password in the logs of up"
     assert "@127.0.0.1" not in logs
     assert not conf.exists()  # the server's config, with the passwords, goes with it
+    assert "Violation" not in logs, [line for line in lines if "Violation" in line][:5]
+
+
+def _sandbox_on(path: Path) -> None:
+    """A replay sandbox on the bus of the `up` running ``path``: its services started and
+    stopped cleanly, and the recorded inputs replayed into it."""
+    cli = [sys.executable, "-m", "services.launch.cli"]
+    sandbox = subprocess.Popen(
+        [*cli, "up", "-c", str(path), "--sandbox", "sb1"], stderr=subprocess.PIPE, text=True
+    )
+    lines, started, reader = watch_stderr(sandbox, lambda line: "all services started" in line)
+    try:
+        assert started.wait(60) and sandbox.poll() is None, "".join(lines[-30:])
+        replay = subprocess.run(
+            [*cli, "replay", "-c", str(path), "--from=-60s", "--sandbox", "sb1",
+             "--as-fast-as-possible"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert replay.returncode == 0, replay.stderr[-2000:]
+        assert "replayed" in replay.stdout + replay.stderr
+        sandbox.send_signal(signal.SIGTERM)
+        assert sandbox.wait(60) == 0, "".join(lines[-30:])
+        reader.join(5)
+    finally:
+        if sandbox.poll() is None:
+            sandbox.kill()
+            sandbox.wait()
+        assert sandbox.stderr is not None
+        sandbox.stderr.close()
 
 
 async def _read_live_stream(nc: NatsClient) -> bytes:
