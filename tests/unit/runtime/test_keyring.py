@@ -121,3 +121,29 @@ def test_kind_of_a_subject() -> None:
     assert kind_of("aaa.plan.A") == "plan"
     assert kind_of("a.b.status.nas-01") == "status"
     assert kind_of("nothing") == ""
+
+
+def test_a_rotation_accepts_the_new_key_before_it_signs_and_retires_the_old_after(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "secrets").mkdir()
+    for name in ("evaluator-old", "evaluator-new"):
+        (tmp_path / "secrets" / name).write_text(f"{name}\n")
+    old = {"id": "ev-old", "secret": {"file": "secrets/evaluator-old"}}
+    new = {"id": "ev-new", "secret": {"file": "secrets/evaluator-new"}}
+    steps = ([old], [old, new], [new, old], [new])
+    seen = []
+    for keys in steps:
+        config = _config(tmp_path, service_keys={"evaluator": keys})
+        signer = Keyring.from_config(config, service="evaluator").signer
+        verifier = Keyring.from_config(config, service="targeter")
+        assert signer is not None
+        seen.append((signer.key_id, sorted(verifier.bus_keys)))
+    # the targeter verifies the new key one step before the evaluator signs with it,
+    # and the old one for one step after
+    assert seen == [
+        ("ev-old", ["ev-old", "shared"]),
+        ("ev-old", ["ev-new", "ev-old", "shared"]),
+        ("ev-new", ["ev-new", "ev-old", "shared"]),
+        ("ev-new", ["ev-new", "shared"]),
+    ]
