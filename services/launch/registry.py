@@ -118,18 +118,27 @@ def plan(config: Config, names: Collection[str] | None = None) -> list[Process]:
 
     A replay sandbox runs the sandbox services alone, each told the sandbox's
     prefix. A service that runs per server has a process per reference server;
-    one split by clients is not run in a farm without clients.
+    one split by clients is not run in a farm without clients, and runs one
+    process per agent user of the bus when ``bus.auth.agents`` names them.
     """
     if config.bus.sandbox:
         sandbox = ["--sandbox", config.bus.prefix]
         return [Process(s.name, s.name, sandbox) for s in in_start_order(names) if s.sandbox]
     processes: list[Process] = []
+    agents = config.bus.auth.agents if config.bus.auth is not None else {}
     for s in in_start_order(names):
         if s.up_per_server:
             processes += [
                 Process(f"{s.name}-{server.id}", s.name, ["--only", server.id])
                 for server in config.servers
                 if server.reference
+            ]
+        elif s.split == "clients" and agents:
+            # one process per agent user of the bus (bus.auth.agents), serving its clients
+            processes += [
+                Process(user, s.name, [arg for c in served for arg in ("--only", c)])
+                for user, served in agents.items()
+                if served
             ]
         elif s.split != "clients" or config.clients:
             processes.append(Process(s.name, s.name, []))

@@ -41,3 +41,18 @@ def test_a_run_command_and_an_unknown_service() -> None:
     assert registry.service("evaluator").entry().__module__ == "services.evaluator.service"
     with pytest.raises(KeyError):
         registry.service("nope")
+
+
+def test_up_runs_an_agent_per_agent_user_of_the_bus(tmp_path: Path) -> None:
+    agents = {"site-1": ["nas-01"], "site-2": ["nas-02", "nas-03"]}
+    config, _ = write_farm(
+        tmp_path,
+        bus_url="nats://127.0.0.1:4222",
+        clients=3,
+        bus_auth={"dir": "nats", "agents": agents},
+    )
+    agent_processes = [p for p in registry.plan(config) if p.service == "agent"]
+    assert agent_processes == [
+        registry.Process("site-1", "agent", ["--only", "nas-01"]),
+        registry.Process("site-2", "agent", ["--only", "nas-02", "--only", "nas-03"]),
+    ]
