@@ -17,6 +17,7 @@ from typing import Any
 import tomli_w
 
 from services.runtime.config import Config, load_config
+from services.runtime.permissions import AGENT, USES
 
 STREAM_MAX_BYTES = 64 << 20
 
@@ -68,6 +69,9 @@ def farm_dict(
 ) -> dict[str, Any]:
     """The config of a farm as a dict; writes the secret files it names.
 
+    Every service that publishes signs with a key of its own
+    (``bus.service_keys``); the shared ``bus.key`` signs the rest.
+
     With ``probes``, the collector sends every server synthetic Access-Requests
     as user ``probe`` from ``PROBE_IP`` (the ``latency`` part of health).
     ``bus_auth`` and ``bus_tls`` are the bus's ``auth`` and ``tls`` tables (the
@@ -88,6 +92,12 @@ def farm_dict(
     bus: dict[str, Any] = {
         "prefix": prefix,
         "key": {"id": "k1", "secret": secret("bus.key")},
+        # a key per service, each allowed to sign only what its service publishes
+        "service_keys": {
+            name: [{"id": f"{name}-1", "secret": secret(f"key-{name}")}]
+            for name, use in USES.items()
+            if use.publishes and name != AGENT
+        },
         # JetStream reserves a stream's max_bytes up front: a loopback farm
         # (and every test prefix) needs little, so many can share one server.
         "stream_max_bytes": STREAM_MAX_BYTES,

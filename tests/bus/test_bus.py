@@ -78,12 +78,14 @@ async def test_signed_event_arrives_and_bad_ones_are_dropped(
                 connection_threshold=0.6,
             ),
         )
-        # garbage that is validly signed
+        # garbage that is validly signed, by the key that signs samples
+        signer = bus.keyring.signer_for(subject)
+        assert signer is not None
         await nc.publish(
             subject,
             b"{not json",
             headers={
-                **sign_headers("k1", bus.keyring.bus_keys["k1"], subject, b"{not json"),
+                **sign_headers(signer.key_id, signer.key, subject, b"{not json"),
                 CONTENT_TYPE: codec.JSON_TYPE,
             },
         )

@@ -8,7 +8,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 from schemas.events import HealthReport
-from schemas.signing import SIG_HEADER
+from schemas.signing import KEY_HEADER, SIG_HEADER
 from services.runtime.bus import Bus, Keyring
 from tests.conftest import FarmFactory
 from tests.support.events_doc import code_block
@@ -29,8 +29,10 @@ async def test_verify_example_accepts_a_signed_event_and_refuses_a_tampered_one(
     farm: FarmFactory, tmp_path: Path
 ) -> None:
     config, _ = farm()
-    assert config.bus.key is not None and config.bus.key.secret.file is not None
-    secret_file = config.path(config.bus.key.secret.file)
+    # a health report is signed with the evaluator's own key
+    (key,) = config.bus.service_keys["evaluator"]
+    assert key.secret.file is not None
+    secret_file = config.path(key.secret.file)
     event = HealthReport(
         server="A",
         sample_id="s",
@@ -43,6 +45,7 @@ async def test_verify_example_accepts_a_signed_event_and_refuses_a_tampered_one(
         bus = await Bus.connect(config.bus, Keyring.from_config(config), name="doc", stack=stack)
         subject, elsewhere = bus.subjects.health("A"), bus.subjects.health("B")
         payload, headers = bus.encode(subject, event)
+        assert headers[KEY_HEADER] == key.id
 
     script = tmp_path / "verify_event.py"
     script.write_text(code_block("verify_event.py"))

@@ -136,9 +136,9 @@ async def test_a_client_speaks_only_on_its_own_subjects_and_only_in_finite_numbe
                 connection_threshold=0.6,
             )
             payload = codec.encode(report, "msgpack")
-            assert config.bus.key is not None
-            key = config.read_secret(config.bus.key.secret)
-            headers = sign_headers(config.bus.key.id, key, subjects.health("A"), payload)
+            evaluator = bus.keyring.signer_for(subjects.health("A"))
+            assert evaluator is not None and evaluator.key_id == "evaluator-1"
+            headers = sign_headers(evaluator.key_id, evaluator.key, subjects.health("A"), payload)
             headers[codec.CONTENT_TYPE] = codec.MSGPACK_TYPE
             await bus.nc.publish(subjects.health("A"), payload, headers=headers)
             await bus.nc.flush()

@@ -32,6 +32,7 @@ from services.radius.notice import (
 from services.radius.packet import dictionary
 from services.runtime.bus import Bus
 from services.runtime.config import Config
+from services.runtime.keyring import Keyring
 from services.tools.recording import WindowSpec, load
 from services.tools.replay import replay
 from tests.conftest import FarmFactory
@@ -66,11 +67,11 @@ def nested_msgpack() -> bytes:
 def bus_signed(
     config: Config, subject: str, payload: bytes, content: str = codec.JSON_TYPE
 ) -> dict[str, str]:
-    """Headers signing ``payload`` on ``subject`` with the bus key: only decoding can
-    refuse it."""
-    assert config.bus.key is not None
-    key = config.read_secret(config.bus.key.secret)
-    return sign_headers(config.bus.key.id, key, subject, payload) | {codec.CONTENT_TYPE: content}
+    """Headers signing ``payload`` on ``subject`` with the key of the service that
+    publishes there: only decoding can refuse it."""
+    signer = Keyring.from_config(config).signer_for(subject)
+    assert signer is not None
+    return sign_headers(signer.key_id, signer.key, subject, payload) | {codec.CONTENT_TYPE: content}
 
 
 def test_the_payloads_reach_the_recursion_limit() -> None:

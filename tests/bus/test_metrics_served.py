@@ -61,7 +61,8 @@ async def test_evaluator_serves_its_metrics(farm: FarmFactory) -> None:
 
             # A forged sample, then a good one on the same subscription: once the
             # good one is answered, the forged one has been counted.
-            forged = Signer(config.bus.key.id, b"not the bus key")
+            (collector_key,) = config.bus.service_keys["collector"]
+            forged = Signer(collector_key.id, b"not the collector's key")
             sample = MetricsSample(server="A", seq=1000, status_ok=True, threads_active=HIGH)
             await obs.bus.publish(obs.bus.subjects.metrics("A"), sample, signer=forged)
             await obs.report_of(await obs.sample(HIGH))

@@ -95,10 +95,12 @@ async def _publish_cases(config: Config, bus: Bus) -> None:
     await bus.nc.publish(bus.subjects.health("C"), repeat_payload, headers=repeat_headers)
     await bus.nc.publish(bus.subjects.health("C"), repeat_payload, headers=repeat_headers)
     garbage = b"\xff\x00 not an event"
+    signer = bus.keyring.signer_for(bus.subjects.metrics("A"))
+    assert signer is not None
     await bus.nc.publish(
         bus.subjects.metrics("A"),
         garbage,
-        headers=sign_headers("k1", bus.keyring.bus_keys["k1"], bus.subjects.metrics("A"), garbage),
+        headers=sign_headers(signer.key_id, signer.key, bus.subjects.metrics("A"), garbage),
     )
     notice = FailoverNotice(
         incident_id="i",
@@ -152,7 +154,7 @@ async def test_tail_json_lines_parse_with_the_verdict(farm: FarmFactory) -> None
     assert genuine["subject"] == bus.subjects.health("A")
     assert genuine["verified"] is True and genuine["reason"] is None
     assert genuine["event"]["type"] == "health.report" and genuine["event"]["health"] == 0.15
-    assert genuine["key"] == "k1"
+    assert genuine["key"] == "evaluator-1"  # a health report: the evaluator's own key
     assert (forged["verified"], forged["reason"]) == (False, "bad-signature")
     assert forged["event"]["server"] == "A"
     assert (unsigned["verified"], unsigned["reason"]) == (False, "unsigned")
