@@ -1,6 +1,7 @@
 #!/bin/sh
 # Make the demo secrets of the compose stack: one random 128-bit hex token per file
-# named in farm.toml and docker-compose.yml, the password of each NATS user in
+# named in farm.toml and docker-compose.yml (the signing key of each service that
+# publishes in DIR/keys/<service>), the password of each NATS user in
 # DIR/nats/<user>, and a development CA with the NATS server's certificate in DIR/tls
 # (made by `aaa-failover dev-ca`: AAA_FAILOVER, else the project's .venv, else PATH).
 # Files that exist are kept, so running it again changes nothing; delete a file (or
@@ -29,6 +30,13 @@ client-nas-04
 client-nas-05
 client-nas-06"
 
+# The services with a signing key of their own (farm.toml's bus.service_keys).
+KEYED="collector
+evaluator
+targeter
+notifier
+readmitter"
+
 # The NATS users of farm.toml's bus (bus.auth): each service, each agent container,
 # the operator's tools, replay sandboxes and the harness (administrator).
 USERS="aaa
@@ -45,10 +53,11 @@ sandbox
 harness"
 
 umask 077
-mkdir -p "$dir" "$dir/nats"
-chmod 0700 "$dir" "$dir/nats"
+mkdir -p "$dir" "$dir/nats" "$dir/keys"
+chmod 0700 "$dir" "$dir/nats" "$dir/keys"
 made=0
-for name in $SECRETS $(for user in $USERS; do echo "nats/$user"; done); do
+for name in $SECRETS $(for service in $KEYED; do echo "keys/$service"; done) \
+    $(for user in $USERS; do echo "nats/$user"; done); do
     path="$dir/$name"
     if [ -s "$path" ]; then
         continue
