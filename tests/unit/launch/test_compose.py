@@ -5,10 +5,12 @@ Every compose file of the repository is interpolated as compose does (with its
 defaults, and with the variables set) and validated against the Compose
 Specification's JSON Schema vendored in ``compose/schema/``, which is what
 ``docker compose config`` checks. The rest is what no schema knows: each
-service gets exactly the secrets its part of ``compose/farm.toml`` reads, the
-agents never get the bus key, no two services take one port on the shared host
-network, FreeRADIUS listens where the farm looks for it, and the process
-each server entry matches is the one its container runs. Running the stack
+container holds exactly the secret files its process reads of
+``compose/farm.toml`` (services/launch/reads.py), the shared bus key is the
+reference servers' alone and each service's signing key its own, no two
+services take one port on the shared host network, FreeRADIUS listens where
+the farm looks for it, and the process each server entry matches is the one
+its container runs. Running the stack
 for real is ``tests/containers/`` (``make containers``).
 """
 
@@ -30,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from services.launch import bususers
+from services.launch import bususers, reads
 from services.runtime.config import Config, load_config
 from tests.support import needs
 
@@ -250,30 +252,6 @@ def _mounted_secrets(stack: dict[str, Any], svc: dict[str, Any]) -> dict[str, st
     return mounted
 
 
-def _bus_secrets(config: Config, service: str, only: list[str]) -> set[str]:
-    """The bus's files (as farm.toml names them) that ``service --only ...`` reads: its
-    own NATS user's password and the CA."""
-    assert config.bus.auth is not None and config.bus.tls is not None
-    user = bususers.agent_user(config, only) if service == "agent" else service
-    return {f"{config.bus.auth.dir}/{user}", config.bus.tls.ca}
-
-
-def _needed_secrets(config: Config, service: str, only: list[str]) -> set[str]:
-    """The secret files (as farm.toml names them) that ``service --only ...`` reads."""
-    clients = {c.secret.file for c in config.clients if c.secret.file}
-    if service == "agent":
-        own = {c.secret.file for c in config.select_clients(only) if c.secret.file}
-        return own | _bus_secrets(config, service, only)
-    assert config.bus.key is not None and config.bus.key.secret.file is not None
-    needed = {config.bus.key.secret.file, *clients}
-    if service in ("collector", "aaa"):
-        servers = config.select_servers(only)
-        if service == "aaa":
-            servers = [s for s in servers if s.reference is not None]
-        needed |= {s.status_secret.file for s in servers if s.status_secret.file}
-    return needed | _bus_secrets(config, service, only)
-
-
 def test_every_service_is_on_the_host_network_with_a_health_check_and_a_restart_policy(
     stack: dict[str, Any],
 ) -> None:
@@ -293,20 +271,61 @@ def test_every_service_reads_the_config_mounted_read_only(stack: dict[str, Any])
         assert f"./farm.toml:{CONFIG_IN_CONTAINER}:ro" in svc["volumes"], name
 
 
-def test_each_service_gets_the_secrets_it_reads_and_the_agents_no_bus_key(
+def test_each_container_holds_exactly_the_secrets_its_process_reads(
     stack: dict[str, Any], farm: Config
 ) -> None:
+    """What each container mounts is what its command reads of farm.toml, no more and no
+    less: services/launch/reads.py runs the service's own start-up reads and its keyring
+    on the config (tests/unit/launch/test_reads.py holds that to the services' code)."""
     config_dir = str(Path(CONFIG_IN_CONTAINER).parent)
     for name, svc in _app_services(stack).items():
         service, only = svc["command"][1], _option(svc["command"], "--only")
         mounted = _mounted_secrets(stack, svc)
-        needed = {f"{config_dir}/{file}" for file in _needed_secrets(farm, service, only)}
-        assert needed <= set(mounted), f"{name} lacks {sorted(needed - set(mounted))}"
+        needed = {f"{config_dir}/{file}" for file in reads.files_read(farm, service, only)}
+        assert set(mounted) == needed, (
+            f"{name} lacks {sorted(needed - set(mounted))}, "
+            f"holds unread {sorted(set(mounted) - needed)}"
+        )
         for path, file in mounted.items():
             # the host file a container path shows is the one farm.toml means there
             assert path == f"{config_dir}/{file.removeprefix('./')}", (name, path, file)
-        if service == "agent":
-            assert set(mounted) == needed, f"{name} holds more than its clients' secrets"
+
+
+def test_only_the_reference_servers_hold_the_shared_key_and_each_service_its_own(
+    stack: dict[str, Any], farm: Config
+) -> None:
+    assert farm.bus.key is not None and farm.bus.key.secret.file is not None
+    shared = farm.bus.key.secret.file
+    own = {s: keys[0].secret.file for s, keys in farm.bus.service_keys.items()}
+    assert sorted(own) == ["collector", "evaluator", "notifier", "readmitter", "targeter"]
+    assert len(set(own.values())) == len(own)
+    for name, svc in _app_services(stack).items():
+        service = svc["command"][1]
+        held = {file.removeprefix("./") for file in _mounted_secrets(stack, svc).values()}
+        assert (shared in held) == (service == "aaa"), name
+        if service in own:
+            assert own[service] in held, name
+        signing = {s for s, file in own.items() if file in held}
+        if service in ("aaa", "agent"):
+            assert not signing, f"{name} holds the keys of {sorted(signing)}"
+    collector = {
+        file.removeprefix("./")
+        for file in _mounted_secrets(stack, stack["services"]["collector"]).values()
+    }
+    assert not any("client-" in file for file in collector), collector
+
+
+def test_freeradius_holds_its_status_secret_and_its_client_secret_alone(
+    stack: dict[str, Any], farm: Config
+) -> None:
+    radius = stack["services"]["freeradius"]
+    assert sorted(_mounted_secrets(stack, radius)) == [
+        "/run/secrets/radius-F",
+        "/run/secrets/status-F",
+    ]
+    assert _mounted_secrets(stack, radius)["/run/secrets/status-F"] == "./" + str(
+        farm.server("F").status_secret.file
+    )
 
 
 def _files(directory: Path) -> dict[str, str]:
