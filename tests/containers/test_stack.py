@@ -7,6 +7,9 @@ under CI as anywhere else.
 
 The stack is ``compose/docker-compose.yml`` with the ``demo`` profile and two
 notifier replicas, as the project ``aaa-failover-e2e``, on the host network.
+Every service container must hold exactly the secret files its process reads
+(services/launch/reads.py): its own signing key, the keys it verifies, and
+the shared key only in the reference servers.
 The test watches the bus from the host with the keys of ``compose/farm.toml``
 (the secrets ``compose/make-secrets.sh`` wrote), stalls most of server A's
 workers with a ServerControl as ``aaa-failover demo`` does, and asserts that
@@ -19,6 +22,7 @@ printed.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import socket
@@ -42,6 +46,7 @@ from schemas.events import (
     ReadmitWave,
     ServerControl,
 )
+from services.launch import reads
 from services.runtime.bus import Bus, Keyring
 from services.runtime.config import Config, load_config
 from tests.support.helpers import Recorder
@@ -75,6 +80,14 @@ SERVICES = (
     "agent-3",
 )
 CONTAINERS = len(SERVICES) + NOTIFIERS - 1
+LIST_SECRETS = (
+    "import os\n"
+    "top = '/etc/aaa-failover'\n"
+    "for d, _, files in os.walk(top + '/secrets'):\n"
+    "    for f in files:\n"
+    "        print(os.path.relpath(os.path.join(d, f), top))\n"
+)
+"""Prints every secret file of a container, relative to its config's folder."""
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -296,6 +309,22 @@ def test_every_service_runs_in_its_container_and_is_healthy(stack: Stack) -> Non
     assert users.split() == ["agent-1"]
     tls = _run(stack.podman("exec", agent, "ls", "/etc/aaa-failover/secrets/tls"), 30)
     assert tls.split() == ["ca.pem"]
+
+    # Every service container holds exactly the secret files its process reads.
+    checked = []
+    for name in names:
+        argv = json.loads(
+            _run(stack.podman("inspect", "--format", "{{json .Config.Cmd}}", name), 30)
+        )
+        if argv[:1] != ["run"]:
+            continue
+        service = argv[1]
+        only = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--only"]
+        held = _run(stack.podman("exec", name, "python", "-c", LIST_SECRETS), 30).split()
+        checked.append(name)
+        assert sorted(held) == sorted(reads.files_read(stack.config, service, only)), name
+    # every container but NATS and FreeRADIUS runs a service
+    assert len(checked) == CONTAINERS - 2, (checked, names)
 
 
 async def _watch(stack: Stack, exits: AsyncExitStack, recorder: Recorder) -> Bus:
