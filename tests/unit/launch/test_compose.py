@@ -349,7 +349,7 @@ def test_make_secrets_writes_every_declared_secret(tmp_path: Path, stack: dict[s
     assert all(re.fullmatch(r"[0-9a-f]{32}\n", text) for text in tokens.values()), tokens
     assert len(set(tokens.values())) == len(tokens)
     assert first["tls/ca.pem"].startswith("-----BEGIN CERTIFICATE-----")
-    for folder in (target, target / "nats", target / "tls"):
+    for folder in (target, target / "keys", target / "nats", target / "tls"):
         assert folder.stat().st_mode & 0o777 == 0o700, folder
     subprocess.run(
         ["sh", str(script), str(target)], check=True, capture_output=True, timeout=60, env=env
