@@ -12,6 +12,10 @@ Notices to a client carry, in ``Aaa-Auth``, an authenticator under that
 client's own shared secret over the server's IP, the client's IP and the
 notice bytes (:func:`client_authenticator`), so clients never hold a bus key.
 
+A client's secret rotates as a bus key does: while it does, what it signs
+verifies under any of its secrets (its ``secret`` and its ``verify_secrets``),
+and only ``secret`` signs.
+
 A check that fails raises :class:`schemas.errors.Rejected`, importable from
 here too.
 """
@@ -22,7 +26,7 @@ import hashlib
 import hmac
 import re
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from schemas.errors import Rejected as Rejected  # re-exported: the checks below raise it
 
@@ -39,6 +43,11 @@ DIGEST_FORMAT = re.compile(r"[0-9a-f]{64}")
 KEY_ID_FORMAT = re.compile(r"[\x20-\x7e]{1,128}")
 """What ``Aaa-Key`` holds: a key id of 1-128 printable ASCII characters (a bus key's id or
 ``client:`` and a client id)."""
+
+
+Keys = bytes | tuple[bytes, ...]
+"""What a key id verifies with: one key (every bus key), or several tried in turn (a
+client's secrets while it rotates: its signing secret, then those that only verify)."""
 
 
 def _header_text(value: object, limit: int = 64) -> str:
@@ -76,10 +85,14 @@ def sign_headers(key_id: str, key: bytes, subject: str, payload: bytes) -> dict[
 
 
 def verify(
-    keys: Mapping[str, bytes], headers: Mapping[str, str] | None, subject: str, payload: bytes
+    keys: Mapping[str, Keys], headers: Mapping[str, str] | None, subject: str, payload: bytes
 ) -> str:
     """Check the signature headers of ``payload`` received on ``subject``; return the key id
     that signed it.
+
+    A key id maps to one key, or to a tuple of keys of which any one may have signed
+    (a client's secret during its rotation); one key costs one HMAC and one compare, as it
+    always did.
 
     Raises Rejected with reason ``unsigned``, ``bad-key-id`` (``Aaa-Key`` is not
     1-128 printable ASCII characters), ``unknown-key`` or ``bad-signature``
@@ -98,9 +111,14 @@ def verify(
     key = keys.get(key_id)
     if key is None:
         raise Rejected("unknown-key", key_id)
-    if not hmac.compare_digest(signature(key, subject, payload), sig):
-        raise Rejected("bad-signature", key_id)
-    return key_id
+    if isinstance(key, bytes):
+        if not hmac.compare_digest(signature(key, subject, payload), sig):
+            raise Rejected("bad-signature", key_id)
+        return key_id
+    for candidate in key:
+        if hmac.compare_digest(signature(candidate, subject, payload), sig):
+            return key_id
+    raise Rejected("bad-signature", key_id)
 
 
 def client_key_id(client: str) -> str:
@@ -124,26 +142,31 @@ def client_authenticator(
 
 
 def verify_client_authenticator(
-    secret: bytes,
+    secret: bytes | Sequence[bytes],
     server_ip: str,
     client_ip: str,
     body: bytes,
     authenticator: str | None,
     *,
     legacy: bool = False,
-) -> None:
-    """Raise Rejected unless ``authenticator`` is right for this notice.
+) -> bytes:
+    """Raise Rejected unless ``authenticator`` is right for this notice; return the secret
+    it verified under.
 
-    ``unsigned`` if there is none; ``bad-authenticator`` if it is wrong, or not
-    64 lowercase hex digits (checked before comparing).
+    ``secret`` is the client's secret, or its secrets during a rotation (each tried in
+    turn; one secret costs what it always did). ``unsigned`` if there is no
+    authenticator; ``bad-authenticator`` if it is wrong under every secret, or not 64
+    lowercase hex digits (checked before comparing).
     """
     if not authenticator:
         raise Rejected("unsigned")
     if not is_digest(authenticator):
         raise Rejected("bad-authenticator", f"not hex: {_header_text(authenticator)}")
-    expected = client_authenticator(secret, server_ip, client_ip, body, legacy=legacy)
-    if not hmac.compare_digest(expected, authenticator):
-        raise Rejected("bad-authenticator")
+    for candidate in (secret,) if isinstance(secret, bytes) else secret:
+        expected = client_authenticator(candidate, server_ip, client_ip, body, legacy=legacy)
+        if hmac.compare_digest(expected, authenticator):
+            return candidate
+    raise Rejected("bad-authenticator")
 
 
 class ReplayGuard:

@@ -4,11 +4,14 @@
 every CoA-Request it can authenticate:
 
 - The Request Authenticator and a Message-Authenticator must verify under the
-  client's RADIUS secret. A request that does not (wrong secret, a wrong
-  Message-Authenticator, none at all) is discarded silently, as RFC 5176
-  section 3.5 requires, and counted (``bad-authenticator``,
-  ``missing-message-authenticator``): a NAK would tell an attacker that the
-  port is there and give it a packet under the secret to study.
+  client's RADIUS secret (while it rotates, under one of its secrets, each
+  tried in turn: its ``secret``, then its ``verify_secrets``; the answer goes
+  under the one that verified, which is the one the sender holds). A request
+  that does not (wrong secret, a wrong Message-Authenticator, none at all) is
+  discarded silently, as RFC 5176 section 3.5 requires, and counted
+  (``bad-authenticator``, ``missing-message-authenticator``): a NAK would
+  tell an attacker that the port is there and give it a packet under the
+  secret to study.
 - An authenticated request must carry an Event-Timestamp (RFC 5176 section
   3.4, against replays): without one it gets a CoA-NAK with Error-Cause 402
   (Missing-Attribute), counted ``missing-event-timestamp``; one outside
@@ -42,6 +45,7 @@ import contextlib
 import logging
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 from pyrad import packet
@@ -81,7 +85,7 @@ class CoaListener:
         self,
         ip: str,
         port: int,
-        secret: bytes,
+        secret: bytes | Sequence[bytes],
         on_notice: NoticeCallback,
         *,
         timestamp_window_s: float | None = 300.0,
@@ -91,7 +95,9 @@ class CoaListener:
     ) -> None:
         self.ip = ip
         self.port = port
-        self.secret = secret
+        self.secrets: tuple[bytes, ...] = (secret,) if isinstance(secret, bytes) else tuple(secret)
+        if not self.secrets:
+            raise ValueError("a CoA listener needs a secret")
         self.on_notice = on_notice
         self.timestamp_window_s = timestamp_window_s
         self.duplicate_window_s = duplicate_window_s
@@ -216,11 +222,18 @@ class CoaListener:
     def _authentic(self, data: bytes, addr: Address) -> Any | None:
         """The request in ``data`` if it decodes and authenticates, else None (counted).
 
-        Never raises: whatever the bytes do to pyrad is ``malformed``.
+        The Request Authenticator is checked under each secret in turn; the one that
+        verifies it is the request's secret from then on (its Message-Authenticator, the
+        answer). Never raises: whatever the bytes do to pyrad is ``malformed``.
         """
         try:
-            request = packet.CoAPacket(packet=data, secret=self.secret, dict=self.dictionary)
+            request = packet.CoAPacket(packet=data, secret=self.secrets[0], dict=self.dictionary)
             authentic = bool(request.VerifyCoARequest())
+            for secret in self.secrets[1:]:
+                if authentic:
+                    break
+                request.secret = secret
+                authentic = bool(request.VerifyCoARequest())
             signed = request.message_authenticator is not None
             if authentic and signed:
                 authentic = bool(request.verify_message_authenticator())

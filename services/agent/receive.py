@@ -2,14 +2,15 @@
 
 :func:`verify_notice` is the one check every transport's receiver makes: the
 authenticator must be right for the exact bytes, under the client's own
-shared secret, between the named server's IP and the client's IP; only then
+shared secret (or, while it rotates, one of its ``verify_secrets``), between
+the named server's IP and the client's IP; only then
 are the bytes decoded, and the notice must be a failover or readmission
 notice of that server for this client.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from schemas import codec
 from schemas.events import FailoverNotice, ReadmitNotice
@@ -24,7 +25,7 @@ handled), False if it refused it."""
 
 def verify_notice(
     client: ClientConfig,
-    secret: bytes,
+    secret: bytes | Sequence[bytes],
     servers: Mapping[str, ServerConfig],
     server_id: str,
     payload: bytes,
@@ -32,6 +33,9 @@ def verify_notice(
     content_type: str | None,
 ) -> FailoverNotice | ReadmitNotice:
     """The notice in ``payload`` if it is authentic and meant for ``client``.
+
+    ``secret`` is the client's secret, or all its secrets while it rotates (its
+    ``secret`` first, then its ``verify_secrets``): any one of them verifies.
 
     Raises Rejected with reason ``unknown-server`` (``server_id`` is not in
     ``servers``), ``unsigned`` or ``bad-authenticator`` (the authenticator is

@@ -8,7 +8,9 @@ the client's IP; it is decoded only after that. The client's state machine
 asks to return home on ``request.<home>`` when its timer runs out, sends its
 RADIUS load to the current server (:mod:`services.agent.traffic`) and reports
 ``ClientStatus`` on ``status.<client>`` every second, at each switch and at
-shutdown. Everything it publishes is signed with the client's own secret.
+shutdown. Everything it publishes is signed with the client's own secret;
+what it receives verifies under that secret or, while it rotates, one of the
+client's ``verify_secrets``.
 
 A client with a ``proxy`` section is also a RADIUS proxy in front of its NAS
 devices (:mod:`services.agent.proxy`): notices choose its preferred upstream,
@@ -24,7 +26,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import replace
 
@@ -86,12 +88,18 @@ class ClientAgent:
         rng: Uniform,
         *,
         nas_secret: bytes | None = None,
+        verify_secrets: Sequence[bytes] = (),
         metrics: UpstreamMetrics | None = None,
         memory: MemoryFile | None = None,
     ) -> None:
         self.rt = rt
         self.client = client
         self.secret = secret
+        # what notices and CoA-Requests verify under: the secret alone, or while it
+        # rotates the secret and those that only verify (it signs with ``secret`` alone)
+        self.verifying: bytes | tuple[bytes, ...] = (
+            (secret, *verify_secrets) if verify_secrets else secret
+        )
         self.servers = servers
         # where each server of the configuration is: the only addresses a notice can name
         self.endpoints = {sid: server.endpoint for sid, server in servers.items()}
@@ -293,12 +301,13 @@ class ClientAgent:
         """Handle a notice from any transport; True if it was verified and acted on.
 
         Nothing is decoded before the authenticator under the client's own
-        secret checks out (:func:`services.agent.receive.verify_notice`).
+        secret (or one of its ``verify_secrets``) checks out
+        (:func:`services.agent.receive.verify_notice`).
         """
         try:
             notice = verify_notice(
                 self.client,
-                self.secret,
+                self.verifying,
                 self.servers,
                 server_id,
                 payload,
@@ -363,7 +372,7 @@ class ClientAgent:
         listener: CoaListener | IcmpListener
         if transport == "radius-coa":
             listener = CoaListener(
-                self.client.ip, self.client.coa_port, self.secret, self.on_notice
+                self.client.ip, self.client.coa_port, self.verifying, self.on_notice
             )
         else:
             listener = IcmpListener(self.client.ip, self.on_notice)
@@ -446,6 +455,7 @@ async def run(
     """Run the agent of every client of ``config`` (or of those in ``only``)."""
     clients = config.select_clients(only)
     secrets = {c.id: config.read_secret(c.secret) for c in clients}
+    verify_secrets = {c.id: [config.read_secret(s) for s in c.verify_secrets] for c in clients}
     nas_secrets = {
         c.id: config.read_secret(c.proxy.nas_secret) for c in clients if c.proxy is not None
     }
@@ -469,6 +479,7 @@ async def run(
                 servers,
                 rng,
                 nas_secret=nas_secrets.get(client.id),
+                verify_secrets=verify_secrets[client.id],
                 metrics=metrics,
                 memory=MemoryFile(state_dir / f"{client.id}.json"),
             )

@@ -4,11 +4,12 @@
 ``Keyring.from_config(config, service=name)`` or the agent's own, and each of
 its own ``config.read_secret`` calls: a reference server's clients and status
 secret, the collector's status secrets and probes, the notifier's clients'
-secrets, an agent's clients' and its proxy's) on a copy of the config that
-records every secret asked for instead of reading it. :func:`bus_files` are
-the bus's files it reads as it joins: its NATS user's password and the TLS
-files. :func:`files_read` is both, as the config names the files: what a
-container of that service must hold, and nothing more (compose/).
+secrets, an agent's clients' (with their ``verify_secrets``) and its proxy's)
+on a copy of the config that records every secret asked for instead of
+reading it. :func:`bus_files` are the bus's files it reads as it joins: its
+NATS user's password and the TLS files. :func:`files_read` is both, as the
+config names the files: what a container of that service must hold, and
+nothing more (compose/).
 
 No I/O: no secret is read, no socket opened.
 """
@@ -62,15 +63,19 @@ def _collector(config: Config, only: Sequence[str] | None) -> None:
 
 
 def _notifier(config: Config, only: Sequence[str] | None) -> None:
-    # Notifier.__init__: every client's secret, for notice authenticators and CoA
+    # Notifier.__init__: every client's secret, for notice authenticators and CoA (its
+    # keyring reads the clients' verify_secrets too, for their acks)
     for client in config.clients:
         config.read_secret(client.secret)
 
 
 def _agent(config: Config, only: Sequence[str] | None) -> None:
-    # services.agent.service.run: its clients' secrets (its keyring too), its proxy's
+    # services.agent.service.run: its clients' secrets (its keyring too), the secrets
+    # their notices and CoA also verify under while they rotate, its proxy's
     for client in config.select_clients(only):
         config.read_secret(client.secret)
+        for secret in client.verify_secrets:
+            config.read_secret(secret)
         if client.proxy is not None:
             config.read_secret(client.proxy.nas_secret)
 

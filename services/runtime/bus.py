@@ -36,6 +36,7 @@ from schemas.events import Event
 from schemas.signing import (
     CLIENT_KEY_PREFIX,
     KEY_HEADER,
+    Keys,
     Rejected,
     ReplayGuard,
     sign_headers,
@@ -113,7 +114,7 @@ class DropCounters:
 
 
 def verify_event(
-    keys: Mapping[str, bytes],
+    keys: Mapping[str, Keys],
     headers: Mapping[str, str] | None,
     subject: str,
     payload: bytes,

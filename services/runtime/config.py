@@ -460,11 +460,20 @@ class ClientConfig(Base, frozen=True, kw_only=True):
     ``rate`` is the agent's own synthetic load (Access-Requests per second as
     ``user``), for demos and tests: 2 by default, none by default for a
     client with a ``proxy``, whose load is the NAS traffic it relays.
+
+    ``secret`` is its RADIUS shared secret: it signs what the agent publishes
+    and authenticates notices and CoA to it. ``verify_secrets`` verify and never
+    sign, as ``bus.verify_keys`` do for the bus key: what the agent publishes,
+    the notices it takes and their CoA-Requests verify under any of them, so the
+    secret rotates with no pause (add the new one here everywhere; then make it
+    ``secret`` and move the old one here; then drop the old one). RADIUS to the
+    home servers (the agent's load, its proxy's upstreams) uses ``secret`` alone.
     """
 
     id: str
     ip: str = "127.0.0.1"
     secret: Secret
+    verify_secrets: list[Secret] = msgspec.field(default_factory=list)
     home: str
     alternates: list[str] = msgspec.field(default_factory=list)
     alternates_from: Literal["client", "notice"] = "client"

@@ -13,6 +13,9 @@ Three kinds of key:
   reference servers); never a kind a service signs with its own key.
 - a client's secret (``client:<id>``): acks, statuses and readmission
   requests only, and only its own (the ``client`` field must be ``<id>``).
+  While it rotates, ``client:<id>`` verifies under each of its secrets
+  (``secret``, then ``verify_secrets``); a client with one secret costs one
+  HMAC per event, as a bus key does.
 
 What a process holds (:meth:`Keyring.from_config`): a service, its own
 signing key and the keys of those that publish what it subscribes to, with
@@ -28,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from schemas.signing import CLIENT_KEY_PREFIX, sandbox_key
+from schemas.signing import CLIENT_KEY_PREFIX, Keys, sandbox_key
 from services.runtime.config import BusKey, Config, ConfigError
 from services.runtime.permissions import AGENT, CLIENT_KINDS, SERVER_KINDS, USES
 
@@ -58,7 +61,9 @@ class Keyring:
     ``signer`` signs what ``signers`` (by kind of subject) does not name.
     ``allowed`` lists, for each restricted key id, the kinds of subject it may
     sign (a key not in it may sign any). A client's secret verifies only what
-    that client says of itself, on its own kinds of subject.
+    that client says of itself, on its own kinds of subject: under its secret
+    (``client_keys``) or, while it rotates, one of the secrets that only verify
+    (``client_verify_keys``).
     """
 
     signer: Signer | None
@@ -66,7 +71,8 @@ class Keyring:
     client_keys: dict[str, bytes] = field(default_factory=dict)
     signers: dict[str, Signer] = field(default_factory=dict)
     allowed: dict[str, frozenset[str]] = field(default_factory=dict)
-    _with_clients: dict[str, bytes] | None = field(default=None, init=False, repr=False)
+    client_verify_keys: dict[str, tuple[bytes, ...]] = field(default_factory=dict)
+    _with_clients: dict[str, Keys] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def from_config(cls, config: Config, service: str | None = None) -> Keyring:
@@ -76,9 +82,12 @@ class Keyring:
         keys = _Keys(config)
         if bus.sandbox:
             shared = keys.shared()
-            return cls(Signer(shared[0][0], shared[0][1]), {}, keys.clients()).for_sandbox(
-                bus.prefix
-            )
+            return cls(
+                Signer(shared[0][0], shared[0][1]),
+                {},
+                keys.clients(),
+                client_verify_keys=keys.clients_verify(),
+            ).for_sandbox(bus.prefix)
         if service is None or service not in USES or service == AGENT:
             return keys.everything()
         return keys.of_service(service)
@@ -90,7 +99,12 @@ class Keyring:
         if self.signer is None:
             raise ConfigError("a sandbox's key is derived from the bus key: none is configured")
         key_id, key = sandbox_key(self.signer.key, prefix)
-        return Keyring(Signer(key_id, key), {key_id: key}, dict(self.client_keys))
+        return Keyring(
+            Signer(key_id, key),
+            {key_id: key},
+            dict(self.client_keys),
+            client_verify_keys=dict(self.client_verify_keys),
+        )
 
     def signer_for(self, subject: str) -> Signer | None:
         """The key to sign an event on ``subject`` with."""
@@ -98,13 +112,16 @@ class Keyring:
             return self.signers.get(kind_of(subject), self.signer)
         return self.signer
 
-    def verification_keys(self, accept_clients: bool) -> Mapping[str, bytes]:
-        """The keys an event may be signed with; built once, looked up per event."""
+    def verification_keys(self, accept_clients: bool) -> Mapping[str, Keys]:
+        """The keys an event may be signed with; built once, looked up per event. A client
+        with secrets that only verify maps to all its secrets, its signing one first."""
         if accept_clients:
             if self._with_clients is None:
-                self._with_clients = self.bus_keys | {
-                    CLIENT_KEY_PREFIX + cid: k for cid, k in self.client_keys.items()
-                }
+                with_clients: dict[str, Keys] = dict(self.bus_keys)
+                for cid, key in self.client_keys.items():
+                    more = self.client_verify_keys.get(cid, ())
+                    with_clients[CLIENT_KEY_PREFIX + cid] = (key, *more) if more else key
+                self._with_clients = with_clients
             return self._with_clients
         return self.bus_keys
 
@@ -144,6 +161,14 @@ class _Keys:
     def clients(self) -> dict[str, bytes]:
         return {c.id: self.config.read_secret(c.secret) for c in self.config.clients}
 
+    def clients_verify(self) -> dict[str, tuple[bytes, ...]]:
+        """Each rotating client's secrets that verify but do not sign."""
+        return {
+            c.id: tuple(self.config.read_secret(s) for s in c.verify_secrets)
+            for c in self.config.clients
+            if c.verify_secrets
+        }
+
     def _allowed(self) -> dict[str, frozenset[str]]:
         """Every restricted key id and the kinds it may sign."""
         if not self.owned:
@@ -163,7 +188,14 @@ class _Keys:
             keys.update(read)
             for kind in self.owned[service]:
                 signers[kind] = Signer(*read[0])
-        return Keyring(Signer(*shared[0]), keys, self.clients(), signers, self._allowed())
+        return Keyring(
+            Signer(*shared[0]),
+            keys,
+            self.clients(),
+            signers,
+            self._allowed(),
+            self.clients_verify(),
+        )
 
     def of_service(self, service: str) -> Keyring:
         """What ``service`` holds: its signing key and the keys of what it subscribes to."""
@@ -186,5 +218,7 @@ class _Keys:
         if service in self.bus.service_keys:
             own = self._read(self.bus.service_keys[service])
             signer = Signer(*own[0])
-        clients = self.clients() if subscribes & CLIENT_SIGNED else {}
-        return Keyring(signer, keys, clients, allowed=self._allowed())
+        takes_clients = bool(subscribes & CLIENT_SIGNED)
+        clients = self.clients() if takes_clients else {}
+        verify = self.clients_verify() if takes_clients else {}
+        return Keyring(signer, keys, clients, allowed=self._allowed(), client_verify_keys=verify)

@@ -7,7 +7,10 @@ such answer it retransmits the very same packet (same identifier, same
 Request Authenticator, RFC 5080 section 2.2.1) after each wait of its
 back-off, and gives up after the last one. Answers that do not verify are
 dropped and counted; when an exchange fails they are named in its reason,
-since they mostly mean the two ends hold different secrets.
+since they mostly mean the two ends hold different secrets. While a client's
+secret rotates, the request goes under its ``secret`` and the agent answers
+under the secret that verified the request, that same one: the answer is
+checked under it alone, and the client's ``verify_secrets`` are not needed here.
 
 :class:`CoaTransport` is the notifier's ``radius-coa`` transport on it: one
 exchange task per notice, under the client's RADIUS secret, with the RFC
