@@ -9,7 +9,9 @@ by id, its address taken from the client's own configuration) and arms a
 jittered return timer; a readmission
 notice brings the client home or re-arms the timer. :func:`on_time` says when
 to ask to return home, and brings the client home on its own once the last
-notice's validity is over (so no client is stranded if the system is gone).
+notice's validity is over, at a jittered moment after it (so no client is
+stranded if the system is gone, and the clients of one server do not all
+come back at once).
 """
 
 from __future__ import annotations
@@ -142,7 +144,7 @@ def _failover(
     target = servers[sid]
     if target.server == state.home.server:
         return _at_home(state, target), Answer(True, target.server, "home")
-    stay_until = max(notice.valid_until, state.stay_until or 0.0)
+    stay_until = max(_lease_end(notice, now, state.jitter, rng), state.stay_until or 0.0)
     new = replace(
         state,
         current=target,
@@ -164,9 +166,19 @@ def _readmit(
     new = replace(
         state,
         return_at=now + jittered(notice.retry_after_s, state.jitter, rng),
-        stay_until=max(notice.valid_until, state.stay_until or 0.0),
+        stay_until=max(_lease_end(notice, now, state.jitter, rng), state.stay_until or 0.0),
     )
     return new, Answer(True, state.current.server, "deferred")
+
+
+def _lease_end(
+    notice: FailoverNotice | ReadmitNotice, now: float, jitter: float, rng: Uniform
+) -> float:
+    """When a client that hears nothing more goes home on its own: once ``notice`` is
+    void, and up to ``jitter`` of its validity later, so that the clients of one server,
+    told together, do not all come back together (as Diameter overload reports expire)."""
+    validity = max(0.0, notice.valid_until - now)
+    return notice.valid_until + validity * rng.uniform(0.0, jitter)
 
 
 def _at_home(state: ClientState, home: Endpoint) -> ClientState:

@@ -81,7 +81,7 @@ def test_failover_switches_to_first_alternate_and_arms_return() -> None:
     s = step.state
     assert (s.current, s.home, s.last_seq, s.last_notice_id) == (B, A, 10, notice.id)
     assert s.return_at == pytest.approx(1000.0 + 30.0 * 1.2)
-    assert s.stay_until == 1300.0
+    assert s.stay_until == pytest.approx(1300.0 + 300.0 * 0.2)  # void, then jittered
     assert next_wakeup(s) == pytest.approx(1036.0)
 
 
@@ -226,9 +226,23 @@ def test_timer_asks_to_return_then_keeps_asking() -> None:
     assert tick.state.return_at == pytest.approx(1060.0)
 
 
+def test_clients_told_together_do_not_all_come_home_together() -> None:
+    ends = [
+        on_notice(
+            _state(), _failover(valid_until=1020.0), 1000.0, random.Random(seed), SERVERS
+        ).state.stay_until
+        for seed in range(50)
+    ]
+    assert all(e is not None and 1020.0 <= e <= 1024.0 for e in ends)  # never before void
+    assert len({round(e or 0.0, 3) for e in ends}) > 40
+
+
 def test_client_goes_home_on_its_own_once_the_notice_is_void() -> None:
     on_b = on_notice(_state(), _failover(valid_until=1020.0), 1000.0, Fixed(), SERVERS).state
-    tick = on_time(on_b, 1020.5, Fixed())
+    # void at 1020, home at a moment up to jitter (0.2) of its 20 s validity later
+    assert on_b.stay_until == pytest.approx(1022.0)
+    assert on_time(on_b, 1021.5, Fixed()).action is None
+    tick = on_time(on_b, 1022.5, Fixed())
     assert tick.action == "lease-over"
     assert tick.state.current == A and next_wakeup(tick.state) is None
     assert on_time(tick.state, 2000.0, Fixed()).action is None
