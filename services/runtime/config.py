@@ -592,6 +592,7 @@ class TargeterConfig(Base, frozen=True, kw_only=True):
     max_share: float = 0.5
     gain: float = 1.0
     step_interval_s: float = 5.0
+    replan_after_s: float = 15.0
     default_capacity_rps: float = 1000.0
 
     def __post_init__(self) -> None:
@@ -607,6 +608,8 @@ class TargeterConfig(Base, frozen=True, kw_only=True):
             raise ValueError("gain must be positive")
         if self.step_interval_s < 0:
             raise ValueError("step_interval_s must not be negative")
+        if self.replan_after_s <= 0:
+            raise ValueError("replan_after_s must be positive")
         if self.default_capacity_rps <= 0:
             raise ValueError("default_capacity_rps must be positive")
 

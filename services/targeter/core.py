@@ -25,7 +25,7 @@ from services.runtime.config import Config
 from services.runtime.placement import now_on
 from services.targeter.planning import split_plan
 from services.targeter.registry import ClientRecord, apply_status, merge, moved
-from services.targeter.steps import Tracked, next_step, step_due
+from services.targeter.steps import Tracked, next_step, step_due, unmoved
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,9 @@ class TargeterState:
     tracked: Mapping[str, Tracked] = field(default_factory=dict)
     registry: dict[str, ClientRecord] = field(default_factory=dict)
     reports: dict[str, HealthReport] = field(default_factory=dict)
+    heard: dict[str, float] = field(default_factory=dict)
+    """When each client's latest status was stamped (in memory: statuses come every few
+    seconds), whether or not it changed its record."""
 
     def in_incident(self) -> set[str]:
         """Servers with an incident that is opened or recovering."""
@@ -74,6 +77,7 @@ class TargeterCore:
             return self.on_health(state, event, now)
         if isinstance(event, ClientStatus):
             record = state.registry[event.client]
+            state.heard[event.client] = max(event.time, state.heard.get(event.client, 0.0))
             return self._record(state, apply_status(record, event, self.servers)), []
         placed = now_on(event)
         if isinstance(event, Ack) and placed is not None:
@@ -108,6 +112,13 @@ class TargeterCore:
         tracked = state.tracked.get(report.server)
         if tracked is None or tracked.state != "opened":
             return state, []
+        stuck = unmoved(
+            report.server,
+            tracked,
+            state.registry,
+            state.heard,
+            self.config.targeter.replan_after_s,
+        )
         if not step_due(
             health=report.health,
             failover_threshold=report.failover_threshold,
@@ -115,6 +126,7 @@ class TargeterCore:
             last_plan_at=tracked.last_plan_at,
             now=now,
             step_interval_s=self.config.targeter.step_interval_s,
+            unmoved=bool(stuck),
         ):
             return state, []
         return self._plan(state, report.server, tracked, report.health, now)
@@ -133,6 +145,7 @@ class TargeterCore:
             config=self.config,
             reports=state.reports,
             registry=state.registry,
+            heard=state.heard,
             in_incident=state.in_incident(),
             fallback_health=fallback_health,
             now=now,

@@ -52,6 +52,27 @@ def server_views(
     return views
 
 
+def unmoved(
+    server: str,
+    tracked: Tracked,
+    registry: Mapping[str, ClientRecord],
+    heard: Mapping[str, float],
+    replan_after_s: float,
+) -> set[str]:
+    """The clients planned away from ``server`` that their own statuses (``heard``: when
+    each was last stamped) still put on it ``replan_after_s`` after the last plan: their
+    move was lost (a notice never sent, a notifier killed before it sent it) or refused,
+    and they are planned again."""
+    since = tracked.last_plan_at + replan_after_s
+    return {
+        cid
+        for cid in tracked.planned
+        if (r := registry.get(cid)) is not None
+        and r.current == server
+        and heard.get(cid, 0.0) > since
+    }
+
+
 def step_due(
     *,
     health: float,
@@ -60,15 +81,17 @@ def step_due(
     last_plan_at: float,
     now: float,
     step_interval_s: float,
+    unmoved: bool = False,
 ) -> bool:
-    """Whether a further step is due: health below the threshold, falling, interval passed.
+    """Whether a further step is due: health below the threshold, falling (or clients of
+    the last plans still on the server: ``unmoved``), interval passed.
 
     Falling means no higher than at the last plan (any health when there was
     none); the interval is ``step_interval_s`` since the last plan.
     """
     falling = last_plan_health is None or health <= last_plan_health
     due = now - last_plan_at >= step_interval_s
-    return health < failover_threshold and falling and due
+    return health < failover_threshold and (falling or unmoved) and due
 
 
 def next_step(
@@ -80,15 +103,17 @@ def next_step(
     registry: Mapping[str, ClientRecord],
     in_incident: set[str],
     fallback_health: float,
+    heard: Mapping[str, float] | None = None,
     now: float,
     source: str,
 ) -> tuple[FailoverPlan, Tracked] | None:
     """The next step's plan for ``server`` and what to track after it.
 
     It sheds the clients still on the server that no earlier step planned
-    away, to alternates not in ``in_incident``, and keeps where they are the
-    clients of the server that left it by their own failover. None when every
-    client has been planned away already.
+    away, and those an earlier step planned that are still reported on it
+    (:func:`unmoved`), to alternates not in ``in_incident``, and keeps where
+    they are the clients of the server that left it by their own failover.
+    None when every client has been planned away already.
     """
     report = reports.get(server)
     pressure = Pressure(
@@ -99,7 +124,12 @@ def next_step(
         limiting=report.limiting if report is not None else "",
     )
     planned = set(tracked.planned)
-    remaining = [r for r in registry.values() if r.current == server and r.id not in planned]
+    again = unmoved(server, tracked, registry, heard or {}, config.targeter.replan_after_s)
+    remaining = [
+        r
+        for r in registry.values()
+        if r.current == server and (r.id not in planned or r.id in again)
+    ]
     away = [
         r
         for r in registry.values()

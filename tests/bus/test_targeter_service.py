@@ -200,3 +200,39 @@ async def test_registry_follows_the_clients_and_survives_a_restart(farm: FarmFac
             plan = await f.plan_for("B", incident_id)
             # the restarted targeter knows nas-01 is on B and moves it with B's own
             assert sorted(m.client for m in plan.moves) == ["nas-01", "nas-02", "nas-05"]
+
+
+async def test_a_move_that_never_took_effect_is_planned_again(farm: FarmFactory) -> None:
+    """Seen in chaos runs: the notifier killed as the incident opens, its plan gone, and the
+    targeter, having marked the clients planned, never planned them again. Now clients
+    still reported on the server replan_after_s after the plan are planned again."""
+    config, _ = farm(
+        {"targeter": {**FAST["targeter"], "step_interval_s": 0.2, "replan_after_s": 0.5}},
+        clients=6,
+    )
+    async with AsyncExitStack() as stack, targeter(config):
+        f = await farm_bus(config, stack)
+        await f.wait_ready()
+        await f.health("B", 0.9)
+        await f.health("C", 0.9)
+        await f.health("A", 0.05)
+        incident_id = await f.incident("A", "opened")
+        first = await f.plan_for("A", incident_id)
+        assert sorted(m.client for m in first.moves) == ["nas-01", "nas-04"]
+        # nobody told them: they keep saying they are on A, and health stays as it was
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 3 * TIMEOUT
+        again = None
+        while again is None and loop.time() < deadline:
+            for client in ("nas-01", "nas-04"):
+                await f.status(client, "A")
+            await f.health("A", 0.05)
+            try:
+                plan = await asyncio.wait_for(f.plans.get(), 0.3)
+            except TimeoutError:
+                continue
+            if plan.incident_id == incident_id:
+                again = plan
+        assert again is not None, "the unmoved clients were never planned again"
+        assert again.step == 2
+        assert sorted(m.client for m in again.moves) == ["nas-01", "nas-04"]

@@ -94,3 +94,38 @@ def test_statuses_and_acks_say_where_each_client_is(config: Config) -> None:
     assert back.registry["nas-01"].current == "A"
     refused = Ack(time=T0 + 2, notice_id="n", client="nas-01", server="A", accepted=False)
     assert core.handle(back, refused, T0 + 2)[0] is back
+
+
+def test_a_client_planned_away_but_still_reported_on_the_server_is_planned_again(
+    config: Config,
+) -> None:
+    """A move that never took effect (its notice lost with a killed notifier) is not left
+    standing: once the client's own statuses still put it on the server replan_after_s after
+    the plan, the next step plans it again, even with health no longer falling."""
+    assert config.targeter.replan_after_s == 15.0
+    core = TargeterCore(config, source="t")
+    state, [plan] = core.handle(farm_state(core), incident("opened", T0), T0)
+    first = sorted(m.client for m in plan.moves)
+    # health a little better, and the planned clients report themselves on A, but early
+    t = T0 + 10
+    for cid in first:
+        state, _ = core.handle(state, ClientStatus(time=t, client=cid, home="A", current="A"), t)
+    state, parts = core.handle(state, health("A", 0.06, t), t)
+    assert parts == []  # not falling, and not yet overdue: the notices may be on their way
+    # later still on A: planned again
+    t = T0 + 16
+    for cid in first:
+        state, _ = core.handle(state, ClientStatus(time=t, client=cid, home="A", current="A"), t)
+    state, [again] = core.handle(state, health("A", 0.06, t), t)
+    assert again.step == 2 and set(first) <= {m.client for m in again.moves}
+
+
+def test_a_client_that_moved_as_planned_is_not_planned_again(config: Config) -> None:
+    core = TargeterCore(config, source="t")
+    state, [plan] = core.handle(farm_state(core), incident("opened", T0), T0)
+    first = sorted(m.client for m in plan.moves)
+    t = T0 + 20
+    for cid in first:
+        state, _ = core.handle(state, ClientStatus(time=t, client=cid, home="A", current="B"), t)
+    state, parts = core.handle(state, health("A", 0.01, t), t)
+    assert all(m.client not in first for p in parts for m in p.moves)
