@@ -8,9 +8,14 @@ services/runtime/busfile.py) so that the tools given only ``-c`` find it; the
 file goes when the supervisor stops. Each service runs as
 `python -m services.launch.cli run <service> -c FILE --bus-url URL` (no credential on
 its command line: it reads its own password file); a service that
-exits unexpectedly is restarted with back-off. On SIGINT or SIGTERM the
+exits unexpectedly is restarted with back-off (:class:`Backoff`), and so is the
+embedded server, on the same port and data folder, so every service reconnects
+to it and JetStream keeps its streams. On SIGINT or SIGTERM the
 services are stopped in reverse start order (SIGTERM, then SIGKILL after a
-grace period) and the embedded server last.
+grace period) and the embedded server last. Every child gets SIGTERM when
+`up` dies, even by SIGKILL (Linux: PR_SET_PDEATHSIG, services/runtime/natsserver.py
+``spawn``), and at start `up` stops what a killed `up` of the config left
+running (:func:`leftovers`).
 """
 
 from __future__ import annotations
@@ -20,24 +25,48 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+import psutil
 
 from services.launch import bususers, registry
 from services.runtime import busfile
 from services.runtime.busauth import redact
 from services.runtime.config import Config, ConfigError
 from services.runtime.lifecycle import ShutdownSignals, says_started
-from services.runtime.natsserver import EmbeddedNats
+from services.runtime.natsserver import EmbeddedNats, NatsServerError, spawn
 
 logger = logging.getLogger(__name__)
 
 LogSink = Callable[[str, str], None]
+
+
+@dataclass
+class Backoff:
+    """The delays before restarting a process that keeps exiting: ``initial_s``, doubled
+    at each exit up to ``max_s``, and from ``initial_s`` again once a run lasted
+    ``stable_s`` (a process that crashed once an hour is not made to wait 30 s)."""
+
+    initial_s: float = 0.5
+    max_s: float = 30.0
+    stable_s: float = 60.0
+    failures: int = 0
+
+    def next_delay(self, ran_s: float) -> float:
+        """The delay before the next start of a process that exited after ``ran_s``."""
+        if ran_s >= self.stable_s:
+            self.failures = 0
+        delay = min(self.max_s, self.initial_s * 2.0**self.failures)
+        self.failures += 1
+        return delay
 
 
 class ServiceProcess:
@@ -54,11 +83,13 @@ class ServiceProcess:
         self.ready = threading.Event()
         self.restarts = 0
         self.next_restart = 0.0
+        self.started_at = 0.0
         self._reader: threading.Thread | None = None
 
     def start(self) -> None:
         self.ready.clear()
-        self.proc = subprocess.Popen(
+        self.started_at = time.monotonic()
+        self.proc = spawn(
             self.argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -113,13 +144,18 @@ class Supervisor:
         sink: LogSink | None = None,
         grace_s: float = 10.0,
         max_backoff_s: float = 30.0,
+        stable_s: float = 60.0,
     ) -> None:
         self.config = config
         self.config_path = config_path
         self.sink = sink
         self.grace_s = grace_s
         self.max_backoff_s = max_backoff_s
+        self.stable_s = stable_s
+        self.backoffs: dict[str, Backoff] = {}
         self.nats: EmbeddedNats | None = None
+        self.nats_started_at = 0.0
+        self.nats_next_restart = 0.0
         self.processes: list[ServiceProcess] = []
         self.bus_url = config.bus.url or ""
         self.bus_file: Path | None = None
@@ -128,6 +164,7 @@ class Supervisor:
         """Start the bus (if embedded) and every service; wait until each has started."""
         if not self.bus_url:
             self.nats = bususers.embedded(self.config).start()
+            self.nats_started_at = time.monotonic()
             self.bus_url = self.nats.url
             self.bus_file = busfile.write(self.config_path, self.bus_url)
         env = dict(os.environ)
@@ -146,15 +183,21 @@ class Supervisor:
                     + (f" (exit status {status})" if status is not None else "")
                 )
 
+    def backoff(self, name: str) -> Backoff:
+        if name not in self.backoffs:
+            self.backoffs[name] = Backoff(max_s=self.max_backoff_s, stable_s=self.stable_s)
+        return self.backoffs[name]
+
     def check(self) -> None:
-        """Restart any process that exited, with exponential back-off."""
+        """Restart the embedded bus or any process that exited, with back-off."""
         now = time.monotonic()
+        self._check_nats(now)
         for process in self.processes:
             status = process.exited
             if status is None:
                 continue
             if process.next_restart == 0.0:
-                delay = min(self.max_backoff_s, 0.5 * 2**process.restarts)
+                delay = self.backoff(process.name).next_delay(now - process.started_at)
                 process.next_restart = now + delay
                 logger.warning(
                     "%s exited with status %s; restarting in %.1fs", process.name, status, delay
@@ -163,6 +206,33 @@ class Supervisor:
                 process.restarts += 1
                 process.next_restart = 0.0
                 process.start()
+
+    def _check_nats(self, now: float) -> None:
+        """Start the embedded nats-server again once it died: on its port, its data folder,
+        its users and TLS; the services' connections find it again by themselves."""
+        nats = self.nats
+        if nats is None or (nats.proc is not None and nats.exited is None):
+            return
+        if self.nats_next_restart == 0.0:
+            delay = self.backoff("nats-server").next_delay(now - self.nats_started_at)
+            self.nats_next_restart = now + delay
+            logger.warning(
+                "the embedded nats-server exited with status %s; restarting it on %s in %.1fs",
+                nats.exited,
+                redact(self.bus_url),
+                delay,
+            )
+            return
+        if now < self.nats_next_restart:
+            return
+        self.nats_next_restart = 0.0
+        self.nats_started_at = time.monotonic()
+        try:
+            nats.restart()
+        except NatsServerError as exc:
+            logger.error("the embedded nats-server did not start again: %s", exc)
+            return
+        logger.warning("the embedded nats-server runs again at %s", redact(nats.url))
 
     def stop_process(self, name: str) -> int:
         """Stop one process now (it is not restarted); return its exit status."""
@@ -194,27 +264,205 @@ def _print_sink(name: str, line: str) -> None:
     print(f"{name:>12} | {line}", file=sys.stderr, flush=True)
 
 
+@dataclass(frozen=True)
+class Leftover:
+    """A process found at start that belongs to this config: ``ours`` when a dead `up` of
+    the config left it (a service or nats-server it started), else someone else's."""
+
+    pid: int
+    command: str
+    why: str
+    ours: bool
+
+
+def _config_of(cmdline: list[str], cwd: str) -> tuple[str, Path, list[str]] | None:
+    """``(service, config, rest)`` of an `aaa-failover run SERVICE -c CONFIG ...` command."""
+    try:
+        at = cmdline.index("run")
+    except ValueError:
+        return None
+    if at == 0 or not any(
+        part == "services.launch.cli" or Path(part).name == "aaa-failover" for part in cmdline[:at]
+    ):
+        return None
+    rest = cmdline[at + 2 :]
+    for flag in ("-c", "--config"):
+        if flag in rest[:-1]:
+            path = Path(cwd, rest[rest.index(flag) + 1])
+            return cmdline[at + 1] if len(cmdline) > at + 1 else "", path.resolve(), rest
+    return None
+
+
+def _value(args: list[str], flag: str) -> str | None:
+    return args[args.index(flag) + 1] if flag in args[:-1] else None
+
+
+def _is_up(process: psutil.Process) -> bool:
+    with contextlib.suppress(psutil.Error):
+        cmdline = process.cmdline()
+        return "up" in cmdline and any(
+            part == "services.launch.cli" or Path(part).name == "aaa-failover" for part in cmdline
+        )
+    return False
+
+
+def _ports(config: Config, previous: busfile.BusFile | None) -> set[int]:
+    """The ports a running `up` of ``config`` listens on: its reference servers', its
+    services' metrics ports and, from the bus file, its embedded bus's; none for a sandbox."""
+    ports: set[int] = set()
+    if config.bus.sandbox:
+        return ports  # a sandbox shares the bus of the farm it replays, and serves no port
+    for server in config.servers:
+        if server.reference is not None:
+            ports.update(p for p in (server.auth_port, server.acct_port, server.status_port) if p)
+            if server.acct_port is None:
+                ports.add(server.auth_port + 1)
+    ports.update(p for p in config.metrics.ports.values() if p)
+    if previous is not None:
+        with contextlib.suppress(ValueError):
+            ports.add(int(previous.url.rsplit(":", 1)[1].split("/")[0]))
+    return ports
+
+
+def leftovers(
+    config: Config, config_path: Path, previous: busfile.BusFile | None
+) -> list[Leftover]:
+    """The processes, other than this one's, that run ``config`` or hold its ports.
+
+    A process is ``ours`` (left by a dead `up` of this config) when it runs as `up`
+    starts it (`run SERVICE -c CONFIG --bus-url URL`, URL the bus file's when there
+    is one; or nats-server on the config's ``.nats``) and its parent is no `up`.
+    """
+    config_path = config_path.resolve()
+    data_dir = str(config.path(".nats").resolve())
+    embedded = not config.bus.url  # else the bus is not this config's to stop
+    sandbox = config.bus.sandbox and config.bus.prefix
+    ports = _ports(config, previous)
+    holders: dict[int, set[int]] = {}
+    if ports:
+        with contextlib.suppress(psutil.Error):
+            for conn in psutil.net_connections(kind="inet"):
+                listening = conn.status == psutil.CONN_LISTEN or (
+                    conn.type == socket.SOCK_DGRAM and not conn.raddr
+                )
+                if conn.pid and listening and conn.laddr and conn.laddr.port in ports:
+                    holders.setdefault(conn.pid, set()).add(conn.laddr.port)
+    mine = {os.getpid(), *(p.pid for p in psutil.Process().children(recursive=True))}
+    found: list[Leftover] = []
+    for process in psutil.process_iter():
+        if process.pid in mine:
+            continue
+        try:
+            cmdline = process.cmdline()
+            if not cmdline:
+                continue
+            why = ""
+            started_by_up = False
+            if Path(cmdline[0]).name == "nats-server" and embedded:
+                store = _value(cmdline, "-sd")
+                if store is not None and str(Path(process.cwd(), store).resolve()) == data_dir:
+                    why, started_by_up = f"nats-server on {data_dir}", True
+            else:
+                run = _config_of(cmdline, process.cwd())
+                if (
+                    run is not None
+                    and run[1] == config_path
+                    and _value(run[2], "--sandbox") == (sandbox or None)
+                ):
+                    url = _value(run[2], "--bus-url")
+                    why = f"runs {run[0]} of {config_path}"
+                    started_by_up = url is not None and (previous is None or url == previous.url)
+            if process.pid in holders:
+                held = ", ".join(str(p) for p in sorted(holders[process.pid]))
+                why = f"{why}; holds port {held}" if why else f"holds port {held} of the config"
+            if not why:
+                continue
+            parent = process.parent()
+            ours = started_by_up and (parent is None or not _is_up(parent))
+            found.append(Leftover(process.pid, " ".join(cmdline)[:200], why, ours))
+        except psutil.Error:
+            continue
+    return found
+
+
+def stop_leftovers(found: list[Leftover], grace_s: float) -> None:
+    """SIGTERM each process of ``found``, then SIGKILL those still running after ``grace_s``."""
+    processes = []
+    for leftover in found:
+        with contextlib.suppress(psutil.Error):
+            process = psutil.Process(leftover.pid)
+            process.terminate()
+            processes.append(process)
+    _, alive = psutil.wait_procs(processes, timeout=grace_s)
+    for process in alive:
+        logger.warning("pid %d did not stop in %.0fs: killing it", process.pid, grace_s)
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=grace_s)
+
+
+def clear_leftovers(config: Config, config_path: Path, *, grace_s: float = 10.0) -> bool:
+    """Report what a previous `up` of ``config`` left behind, and stop it when that `up` is
+    dead. False (nothing stopped) when another `up` of the config still runs, or a
+    process that is not a dead `up`'s runs the config or holds one of its ports."""
+    # the bus file is an embedded bus's (a sandbox on a farm's bus does not own it)
+    previous = None if config.bus.url else busfile.recorded(config_path)
+    if previous is not None and busfile.is_alive(previous):
+        logger.error(
+            "another `aaa-failover up` (pid %d) runs %s, its bus at %s: stop it first",
+            previous.pid,
+            config_path,
+            previous.url,
+        )
+        return False
+    if previous is not None:
+        logger.warning(
+            "the `aaa-failover up` (pid %d) that last ran %s is gone without stopping "
+            "(killed?): its bus file %s is stale",
+            previous.pid,
+            config_path,
+            busfile.path_for(config_path),
+        )
+    found = leftovers(config, config_path, previous)
+    theirs = [f for f in found if not f.ours]
+    if theirs:
+        for leftover in theirs:
+            logger.error("pid %d %s: %s", leftover.pid, leftover.why, leftover.command)
+        logger.error(
+            "not starting %s: stop pid %s first (not left by a dead `aaa-failover up`)",
+            config_path,
+            ", ".join(str(f.pid) for f in theirs),
+        )
+        return False
+    if found:
+        for leftover in found:
+            logger.warning(
+                "stopping pid %d, left running by a dead `aaa-failover up`: %s (%s)",
+                leftover.pid,
+                leftover.why,
+                leftover.command,
+            )
+        stop_leftovers(found, grace_s)
+    elif previous is not None:
+        logger.info("nothing the `up` of pid %d started still runs", previous.pid)
+    return True
+
+
 def up(config: Config, config_path: Path) -> int:
     """Run every service of ``config`` until interrupted; exit 0 on a clean stop.
 
-    With an embedded bus, refuses to start (exit 1) while another `up` runs
-    the same config: both would serve every service twice, on one data folder.
+    Refuses to start (exit 1) while another `up` runs the same config (both would
+    serve every service twice, on one data folder), or while a process that is not
+    a dead `up`'s runs a service of it or holds one of its ports (each named); stops
+    first, naming each, the processes a dead (killed) `up` of the config left behind.
     """
     if config.bus.sandbox and not config.bus.url:
         raise ConfigError(
             "a sandbox joins the bus that holds the recording: set bus.url, pass --bus-url, "
             "or start it while `aaa-failover up` runs this config"
         )
-    if not config.bus.url:
-        running = busfile.read(config_path)
-        if running is not None:
-            logger.error(
-                "another `aaa-failover up` (pid %d) runs %s, its bus at %s: stop it first",
-                running.pid,
-                config_path,
-                running.url,
-            )
-            return 1
+    if not clear_leftovers(config, config_path):
+        return 1
     return asyncio.run(_up(Supervisor(config, config_path.resolve(), sink=_print_sink)))
 
 
@@ -225,7 +473,7 @@ async def _up(supervisor: Supervisor) -> int:
             await asyncio.to_thread(supervisor.start)
             logger.info("all services started; bus at %s", redact(supervisor.bus_url))
             while not signals.event.is_set():
-                supervisor.check()
+                await asyncio.to_thread(supervisor.check)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(signals.event.wait(), 0.5)
         finally:

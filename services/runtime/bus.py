@@ -293,12 +293,19 @@ class Bus:
         """Drain subscriptions and pending publishes, then close."""
         if self.nc.is_closed:
             return
-        try:
-            await asyncio.wait_for(self.nc.drain(), timeout=5)
-        except (TimeoutError, nats.errors.Error) as exc:
-            logger.warning("bus drain did not finish: %s", exc)
+        if self.nc.is_connected:
+            try:
+                await asyncio.wait_for(self.nc.drain(), timeout=5)
+            except (TimeoutError, nats.errors.Error) as exc:
+                logger.warning("bus drain did not finish: %s", exc)
         if not self.nc.is_closed:
-            await self.nc.close()
+            # while the bus is away (reconnecting) there is nothing to drain, and the dead
+            # socket may raise as nats-py flushes to it: the close is complete all the same
+            try:
+                await self.nc.close()
+            except (OSError, AttributeError, nats.errors.Error) as exc:
+                logger.warning("bus closed while disconnected: %r", exc)
+                abandon(self.nc)
 
     async def stop_receiving(self) -> None:
         """Stop taking new work: drain every subscription of this bus."""

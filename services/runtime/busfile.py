@@ -83,8 +83,9 @@ def write(config_path: str | Path, url: str) -> Path:
     return path
 
 
-def read(config_path: str | Path) -> BusFile | None:
-    """The bus file of ``config_path`` if an `up` that is still running wrote it, else None."""
+def recorded(config_path: str | Path) -> BusFile | None:
+    """What the bus file of ``config_path`` says, whether its `up` still runs or not
+    (:func:`is_alive` tells); None without a readable file."""
     path = path_for(config_path)
     try:
         data = path.read_bytes()
@@ -94,14 +95,21 @@ def read(config_path: str | Path) -> BusFile | None:
         logger.warning("ignoring the bus file %s: %s", path, exc.strerror)
         return None
     try:
-        found = _decoder.decode(data)
+        return _decoder.decode(data)
     except msgspec.DecodeError as exc:
         logger.warning("ignoring the bus file %s: %s", path, exc)
+        return None
+
+
+def read(config_path: str | Path) -> BusFile | None:
+    """The bus file of ``config_path`` if an `up` that is still running wrote it, else None."""
+    found = recorded(config_path)
+    if found is None:
         return None
     if not is_alive(found):
         logger.info(
             "ignoring the bus file %s: the `up` that wrote it (pid %d) is no longer running",
-            path,
+            path_for(config_path),
             found.pid,
         )
         return None

@@ -8,21 +8,24 @@ real port and readiness are read from the server's own log. Used by
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
 import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 from schemas.errors import AaaFailoverError
 from services.runtime.permissions import Permissions
@@ -35,6 +38,48 @@ _READY = "Server is ready"
 
 class NatsServerError(AaaFailoverError, RuntimeError):
     """The embedded nats-server could not be found or did not start."""
+
+
+PR_SET_PDEATHSIG = 1
+"""prctl(2): the signal a process gets when the thread that started it ends."""
+
+DEATH_SIGNAL = signal.SIGTERM
+"""What a child gets when its parent dies, however it died: a clean stop (services close
+their connection, nats-server syncs its store); the next `up` stops whatever still runs."""
+
+# Linux sends the death signal when the *thread* that forked the child ends, not the
+# process: every child is started from this one thread, which lives as long as the process.
+_spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spawner")
+
+
+def _dies_with(parent: int) -> Callable[[], None] | None:
+    """The preexec_fn that has a child get :data:`DEATH_SIGNAL` when ``parent`` dies
+    (Linux; None elsewhere: there the next `up` finds and stops what is left)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(DEATH_SIGNAL), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: nobody will signal
+            os.kill(os.getpid(), DEATH_SIGNAL)
+
+    return preexec
+
+
+def spawn(argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[str]:
+    """``subprocess.Popen(argv, **kwargs)`` of a child that dies with this process, even
+    when this one is killed with SIGKILL (on Linux: PR_SET_PDEATHSIG)."""
+    preexec = _dies_with(os.getpid())
+
+    def popen() -> subprocess.Popen[str]:
+        return subprocess.Popen(list(argv), preexec_fn=preexec, **kwargs)
+
+    return _spawner.submit(popen).result()
 
 
 def find_binary() -> str:
@@ -176,7 +221,7 @@ class EmbeddedNats:
         if self.secured:
             write_server_config(self.config_file, server_config(self.users, self.tls))
             argv += ["-c", str(self.config_file)]
-        self.proc = subprocess.Popen(
+        self.proc = spawn(
             argv,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -190,7 +235,9 @@ class EmbeddedNats:
         self._reader.start()
         if not ready.wait(self.start_timeout_s) or self.port is None:
             tail = "\n".join(self._log[-10:])
-            self.stop()
+            self._reap()  # its data folder is kept: a restart may try again
+            if self.secured:
+                self.config_file.unlink(missing_ok=True)
             raise NatsServerError(f"nats-server did not become ready:\n{tail}")
         logger.info(
             "embedded nats-server ready at %s (data in %s; %s)",
@@ -226,8 +273,22 @@ class EmbeddedNats:
             if "[FTL]" in line or "[ERR]" in line:
                 logger.warning("nats-server: %s", line)
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop the server (SIGTERM, then SIGKILL) and remove a data dir it made."""
+    @property
+    def exited(self) -> int | None:
+        """The exit status of a server that stopped (or was killed), else None."""
+        return None if self.proc is None else self.proc.poll()
+
+    def restart(self) -> EmbeddedNats:
+        """Start the server again after it died: on the port it had (so every client's
+        reconnection finds it), with the same data folder (JetStream keeps its streams),
+        users and TLS."""
+        if self.port is not None:
+            self.requested_port = self.port
+        self._reap()
+        return self.start()
+
+    def _reap(self, timeout_s: float = 10.0) -> None:
+        """Stop the process (SIGTERM, then SIGKILL), wait for it and read its log to the end."""
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
             proc.terminate()
@@ -241,6 +302,10 @@ class EmbeddedNats:
         if proc is not None and proc.stderr is not None:
             proc.stderr.close()
         self.port = None
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the server (SIGTERM, then SIGKILL) and remove a data dir it made."""
+        self._reap(timeout_s)
         if self.secured:
             self.config_file.unlink(missing_ok=True)  # it holds the users' passwords
         if self._own_dir:
