@@ -12,10 +12,10 @@ exits unexpectedly is restarted with back-off (:class:`Backoff`), and so is the
 embedded server, on the same port and data folder, so every service reconnects
 to it and JetStream keeps its streams. On SIGINT or SIGTERM the
 services are stopped in reverse start order (SIGTERM, then SIGKILL after a
-grace period) and the embedded server last. Every child gets SIGTERM when
-`up` dies, even by SIGKILL (Linux: PR_SET_PDEATHSIG, services/runtime/natsserver.py
-``spawn``), and at start `up` stops what a killed `up` of the config left
-running (:func:`leftovers`).
+grace period) and the embedded server last. When `up` dies, even by SIGKILL,
+its children die with it (Linux: PR_SET_PDEATHSIG, services/runtime/natsserver.py
+``spawn``: SIGKILL to each service, SIGTERM to nats-server), and at start `up`
+stops what a killed `up` of the config left running (:func:`clear_leftovers`).
 """
 
 from __future__ import annotations

@@ -43,18 +43,14 @@ class NatsServerError(AaaFailoverError, RuntimeError):
 PR_SET_PDEATHSIG = 1
 """prctl(2): the signal a process gets when the thread that started it ends."""
 
-DEATH_SIGNAL = signal.SIGTERM
-"""What a child gets when its parent dies, however it died: a clean stop (services close
-their connection, nats-server syncs its store); the next `up` stops whatever still runs."""
-
 # Linux sends the death signal when the *thread* that forked the child ends, not the
 # process: every child is started from this one thread, which lives as long as the process.
 _spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spawner")
 
 
-def _dies_with(parent: int) -> Callable[[], None] | None:
-    """The preexec_fn that has a child get :data:`DEATH_SIGNAL` when ``parent`` dies
-    (Linux; None elsewhere: there the next `up` finds and stops what is left)."""
+def _dies_with(parent: int, death_signal: int) -> Callable[[], None] | None:
+    """The preexec_fn that has a child get ``death_signal`` when ``parent`` dies (Linux;
+    None elsewhere: there the next `up` of the config finds and stops what is left)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -64,17 +60,23 @@ def _dies_with(parent: int) -> Callable[[], None] | None:
         return None
 
     def preexec() -> None:
-        prctl(PR_SET_PDEATHSIG, int(DEATH_SIGNAL), 0, 0, 0)
+        prctl(PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
         if os.getppid() != parent:  # the parent died before prctl: nobody will signal
-            os.kill(os.getpid(), DEATH_SIGNAL)
+            os.kill(os.getpid(), death_signal)
 
     return preexec
 
 
-def spawn(argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[str]:
-    """``subprocess.Popen(argv, **kwargs)`` of a child that dies with this process, even
-    when this one is killed with SIGKILL (on Linux: PR_SET_PDEATHSIG)."""
-    preexec = _dies_with(os.getpid())
+def spawn(
+    argv: Sequence[str], *, death_signal: int = signal.SIGKILL, **kwargs: Any
+) -> subprocess.Popen[str]:
+    """``subprocess.Popen(argv, **kwargs)`` of a child that gets ``death_signal`` when this
+    process dies, even by SIGKILL (Linux: PR_SET_PDEATHSIG).
+
+    SIGKILL by default: a service whose supervisor is gone is stopped for certain, as
+    after a crash (its bus goes at the same moment, so a clean stop could flush nothing).
+    """
+    preexec = _dies_with(os.getpid(), int(death_signal))
 
     def popen() -> subprocess.Popen[str]:
         return subprocess.Popen(list(argv), preexec_fn=preexec, **kwargs)
@@ -223,6 +225,7 @@ class EmbeddedNats:
             argv += ["-c", str(self.config_file)]
         self.proc = spawn(
             argv,
+            death_signal=signal.SIGTERM,  # nats-server syncs its store and exits
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
