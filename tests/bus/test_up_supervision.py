@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-import pytest
 
 from services.launch.farm import write_farm
 from services.runtime import busfile
@@ -146,7 +145,6 @@ def health_report_seen(path: Path, server: str) -> str:
     return "".join(out) if found else ""
 
 
-@pytest.mark.timeout(240)
 def test_a_killed_nats_server_comes_back_on_its_port_and_store_and_the_services_carry_on(
     tmp_path: Path,
 ) -> None:
@@ -198,7 +196,6 @@ def orphan(argv: list[str]) -> int:
     return int(launcher.stdout)
 
 
-@pytest.mark.timeout(240)
 def test_a_killed_up_takes_its_children_and_the_next_up_clears_what_is_left(
     tmp_path: Path,
 ) -> None:
