@@ -324,21 +324,51 @@ def _ports(config: Config, previous: busfile.BusFile | None) -> set[int]:
     return ports
 
 
+def recognise(
+    cmdline: list[str],
+    cwd: str,
+    *,
+    config_path: Path,
+    data_dir: Path | None,
+    sandbox: str | None,
+    bus_url: str | None,
+) -> tuple[str, bool] | None:
+    """What the command line ``cmdline`` (run in ``cwd``) is of the config at
+    ``config_path`` (resolved): ``(what, as_up_starts_it)``, else None.
+
+    A service of the config in the same sandbox (``sandbox``, None for the farm)
+    is started by `up` with ``--bus-url``, the URL of the bus file ``bus_url`` when
+    there is one; the embedded nats-server (``data_dir``: None when the bus is not
+    embedded, so not this config's) stores in the config's ``.nats``.
+    """
+    if not cmdline:
+        return None
+    if Path(cmdline[0]).name == "nats-server":
+        store = _value(cmdline, "-sd")
+        if data_dir is not None and store is not None and Path(cwd, store).resolve() == data_dir:
+            return f"nats-server on {data_dir}", True
+        return None
+    run = _config_of(cmdline, cwd)
+    if run is None or run[1] != config_path or _value(run[2], "--sandbox") != sandbox:
+        return None
+    url = _value(run[2], "--bus-url")
+    return f"runs {run[0]} of {config_path}", url is not None and bus_url in (None, url)
+
+
 def leftovers(
     config: Config, config_path: Path, previous: busfile.BusFile | None
 ) -> list[Leftover]:
     """The processes, other than this one's, that run ``config`` or hold its ports.
 
     A process is ``ours`` (left by a dead `up` of this config) when it runs as `up`
-    starts it (`run SERVICE -c CONFIG --bus-url URL`, URL the bus file's when there
-    is one; or nats-server on the config's ``.nats``) and its parent is no `up`.
+    starts it (:func:`recognise`) and its parent is no `up`.
     """
     config_path = config_path.resolve()
-    data_dir = str(config.path(".nats").resolve())
-    embedded = not config.bus.url  # else the bus is not this config's to stop
-    sandbox = config.bus.sandbox and config.bus.prefix
-    ports = _ports(config, previous)
+    # with a bus.url, the bus is not this config's to stop
+    data_dir = None if config.bus.url else config.path(".nats").resolve()
+    sandbox = config.bus.prefix if config.bus.sandbox else None
     holders: dict[int, set[int]] = {}
+    ports = _ports(config, previous)
     if ports:
         with contextlib.suppress(psutil.Error):
             for conn in psutil.net_connections(kind="inet"):
@@ -354,31 +384,24 @@ def leftovers(
             continue
         try:
             cmdline = process.cmdline()
-            if not cmdline:
-                continue
-            why = ""
-            started_by_up = False
-            if Path(cmdline[0]).name == "nats-server" and embedded:
-                store = _value(cmdline, "-sd")
-                if store is not None and str(Path(process.cwd(), store).resolve()) == data_dir:
-                    why, started_by_up = f"nats-server on {data_dir}", True
-            else:
-                run = _config_of(cmdline, process.cwd())
-                if (
-                    run is not None
-                    and run[1] == config_path
-                    and _value(run[2], "--sandbox") == (sandbox or None)
-                ):
-                    url = _value(run[2], "--bus-url")
-                    why = f"runs {run[0]} of {config_path}"
-                    started_by_up = url is not None and (previous is None or url == previous.url)
+            known = None
+            if cmdline and ("run" in cmdline or Path(cmdline[0]).name == "nats-server"):
+                known = recognise(
+                    cmdline,
+                    process.cwd(),
+                    config_path=config_path,
+                    data_dir=data_dir,
+                    sandbox=sandbox,
+                    bus_url=previous.url if previous is not None else None,
+                )
+            why, as_up_starts_it = known or ("", False)
             if process.pid in holders:
                 held = ", ".join(str(p) for p in sorted(holders[process.pid]))
                 why = f"{why}; holds port {held}" if why else f"holds port {held} of the config"
             if not why:
                 continue
             parent = process.parent()
-            ours = started_by_up and (parent is None or not _is_up(parent))
+            ours = as_up_starts_it and (parent is None or not _is_up(parent))
             found.append(Leftover(process.pid, " ".join(cmdline)[:200], why, ours))
         except psutil.Error:
             continue
