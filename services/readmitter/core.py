@@ -2,7 +2,7 @@
 
 :meth:`ReadmitterCore.handle` takes what the readmitter hears (a
 ``HealthReport``, an ``Incident``, a ``FailoverPlan``, a client's
-``ReadmitRequest``) and :class:`WaveDue`, the wave loop of a server waking,
+``ReadmitRequest`` or ``ClientStatus``) and :class:`WaveDue`, the wave loop of a server waking,
 and returns the new :class:`ReadmitterState` and the ``ReadmitWave``s to
 publish. Every ReadmitWave is built here, by :meth:`ReadmitterCore.wave`.
 After a :class:`WaveDue` the state's ``timers`` say when that server's loop
@@ -17,10 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import msgspec
 
 from schemas.events import (
+    ClientStatus,
     Event,
     FailoverPlan,
     HealthReport,
@@ -31,6 +33,7 @@ from schemas.events import (
 from services.readmitter import waves
 from services.readmitter.waves import Readmission
 from services.runtime.config import Config
+from services.runtime.placement import homes
 
 
 class Health(msgspec.Struct, frozen=True, kw_only=True):
@@ -73,6 +76,11 @@ class ReadmitterCore:
     config: Config
     source: str
 
+    @cached_property
+    def homes(self) -> dict[str, str]:
+        """Each client of the config and its home server."""
+        return homes(self.config)
+
     def handle(
         self, state: ReadmitterState, event: Event | WaveDue, now: float
     ) -> tuple[ReadmitterState, list[ReadmitWave]]:
@@ -97,7 +105,26 @@ class ReadmitterCore:
             return self._set(state, after), []
         if isinstance(event, ReadmitRequest):
             return self.on_request(state, event, now)
+        if isinstance(event, ClientStatus):
+            return self.on_status(state, event), []
         return state, []
+
+    def on_status(self, state: ReadmitterState, status: ClientStatus) -> ReadmitterState:
+        """A client says where it is. One of a server in incident, away from it, that no plan
+        this readmitter heard moved (a plan missed while it was down) is away all the same, so
+        it is readmitted in a wave and the incident does not close while it is away."""
+        home = self.homes.get(status.client)
+        if home is None or not status.current or status.current == home:
+            return state
+        current = state.readmissions.get(home)
+        if current is None or current.state == "closed" or current.final_sent:
+            return state
+        if status.client in current.away or status.client in current.readmitted:
+            return state
+        after = waves.record_plan(
+            current, server=home, incident_id=current.incident_id, clients=[status.client]
+        )
+        return self._set(state, after)
 
     def on_request(
         self, state: ReadmitterState, request: ReadmitRequest, now: float

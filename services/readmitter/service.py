@@ -1,7 +1,9 @@
 """The readmitter: brings moved clients back to their server in waves.
 
 It follows each server's incidents (``incident.*``), the clients its failover
-plans moved (``plan.*``) and its latest health (``health.*``). While an
+plans moved (``plan.*``), where the clients say they are (``status.*``: a
+client away from a server in incident is readmitted even if the plan that
+moved it was missed) and its latest health (``health.*``). While an
 incident is recovering, a wave loop per server publishes ``ReadmitWave`` on
 ``readmit.<server>`` every ``readmitter.wave_interval_s``, each only if the
 latest health is at or above the connection threshold; the last one is
@@ -31,6 +33,7 @@ import nats.errors
 import prometheus_client
 
 from schemas.events import (
+    ClientStatus,
     Event,
     FailoverPlan,
     HealthReport,
@@ -42,7 +45,7 @@ from services.readmitter.core import ReadmitterCore, ReadmitterState, WaveDue
 from services.readmitter.waves import Readmission
 from services.runtime.config import Config, subject_tokens
 from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
-from services.runtime.middleware import guard, known_client, known_server
+from services.runtime.middleware import guard, known_client, known_server, taking
 from services.runtime.placement import homes
 from services.runtime.state import StateStore
 
@@ -155,6 +158,14 @@ class Readmitter:
             away = len(self.states[event.server].away)
             logger.info("plan %s: %d clients away from %s", event.plan_id, away, event.server)
             await self._persist(event.server)
+
+    async def on_status(self, event: ClientStatus) -> None:
+        """A client away from its server in incident that no plan heard here moved."""
+        server = self.homes[event.client]
+        changed, _ = self._decide(server, event)
+        if changed:
+            logger.info("%s is away from %s: readmitted in a wave", event.client, server)
+            await self._persist(server)
 
     async def on_request(self, event: ReadmitRequest) -> None:
         server = event.server
@@ -305,6 +316,17 @@ async def run(
                 accept_clients=True,
                 guards=[server, client, home],
             )
+
+        # where clients are: one away from a server in incident that no plan heard here
+        # moved (a plan missed while this readmitter was down) is readmitted all the same
+        await rt.bus.subscribe(
+            subjects.status("*"),
+            readmitter.on_status,
+            types=(ClientStatus,),
+            queue=QUEUE,
+            accept_clients=True,
+            guards=[client, taking(lambda status: readmitter.homes[status.client] in servers)],
+        )
 
         async def report_at_stop() -> None:
             logger.info("readmitter stopped: %s", readmitter.stats())

@@ -99,7 +99,7 @@ USES: Mapping[str, BusUse] = {
     ),
     "readmitter": BusUse(
         publishes=("readmit",),
-        subscribes=("health", "incident", "plan", "request"),
+        subscribes=("health", "incident", "plan", "request", "status"),
         buckets=("readmitter",),
         stream=True,
     ),

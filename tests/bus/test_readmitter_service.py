@@ -12,6 +12,7 @@ import msgspec
 from nats.js.kv import KeyValue
 
 from schemas.events import (
+    ClientStatus,
     FailoverPlan,
     HealthReport,
     Incident,
@@ -101,6 +102,12 @@ class Harness:
         await self.bus.publish(
             self.bus.subjects.request(server), event, signer=self.signer(signer or client)
         )
+
+    async def status(self, client: str, current: str) -> None:
+        """``client`` says, under its own secret, that it is on ``current``."""
+        home = self.config.client(client).home
+        event = ClientStatus(client=client, home=home, current=current)
+        await self.bus.publish(self.bus.subjects.status(client), event, signer=self.signer(client))
 
     async def state(
         self, predicate: Callable[[Readmission], bool], server: str = "A", within: float = 5.0
@@ -277,3 +284,25 @@ async def test_client_request_deferred_while_opened_granted_when_healthy(
         stored = await harness.state(lambda s: "nas-01" not in s.away)
         assert stored.away == ("nas-04",)
         await harness.no_wave(within=0.3)
+
+
+async def test_a_client_away_that_no_plan_here_moved_is_readmitted_before_the_incident_closes(
+    farm: FarmFactory,
+) -> None:
+    """Seen in chaos runs: a readmitter killed as the incident opened missed the plans, and
+    the incident closed with clients away (home later on their own timers, all at once).
+    Where the clients say they are now counts: a client of A away from it is readmitted."""
+    config, _ = farm(_settings(0.3), clients=6)
+    async with _harness(config) as harness, _readmitter(harness):
+        await harness.health(0.9)
+        await harness.incident("opened")
+        # the plan that moved nas-01 and nas-04 (homed on A) went by unheard
+        for client in ("nas-01", "nas-04"):
+            await harness.status(client, "B")
+        await harness.status("nas-02", "C")  # away from its home B, which has no incident
+        await harness.state(lambda s: set(s.away) == {"nas-01", "nas-04"})
+        await harness.incident("recovering")
+        waves = [await harness.next_wave()]
+        while not waves[-1].final:
+            waves.append(await harness.next_wave())
+    assert sorted(c for w in waves for c in w.clients) == ["nas-01", "nas-04"]

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from schemas.events import FailoverPlan, HealthReport, Incident, Move, ReadmitRequest
+from schemas.events import (
+    ClientStatus,
+    FailoverPlan,
+    HealthReport,
+    Incident,
+    Move,
+    ReadmitRequest,
+)
 from services.launch.farm import write_farm
 from services.readmitter.core import ReadmitterCore, ReadmitterState, WaveDue
 
@@ -88,3 +95,31 @@ def test_a_request_is_deferred_while_opened_then_granted(core: ReadmitterCore) -
     state, [granted] = core.handle(state, request, T0 + 3)
     assert (granted.clients, granted.deferred, granted.final) == (["nas-01"], [], False)
     assert state.readmissions["A"].away == () and state.readmissions["A"].readmitted == ("nas-01",)
+
+
+def test_a_client_away_from_a_server_in_incident_is_away_without_a_plan(
+    core: ReadmitterCore,
+) -> None:
+    state, _ = core.handle(ReadmitterState(), incident("opened"), T0)
+    # nas-01 (home A) says it is on B: no plan heard here moved it, it is away all the same
+    state, out = core.handle(state, ClientStatus(client="nas-01", home="A", current="B"), T0)
+    assert out == [] and state.readmissions["A"].away == ("nas-01",)
+    # at home, or of a server with no incident, or unknown: nothing changes
+    for status in (
+        ClientStatus(client="nas-04", home="A", current="A"),
+        ClientStatus(client="nas-02", home="B", current="C"),
+        ClientStatus(client="nas-99", home="A", current="B"),
+    ):
+        assert core.handle(state, status, T0)[0] is state
+
+
+def test_a_client_already_readmitted_is_not_put_away_again_by_a_late_status(
+    core: ReadmitterCore,
+) -> None:
+    state = away(core)
+    state, _ = core.handle(state, health(0.9), T0)
+    state, [wave] = core.handle(state, WaveDue(server="A"), T0 + 1)
+    assert wave.clients == ["nas-01"]
+    # its last status before it heard the wave still says B
+    late = ClientStatus(client="nas-01", home="A", current="B")
+    assert core.handle(state, late, T0 + 1.1)[0] is state
