@@ -217,8 +217,8 @@ class Supervisor:
             delay = self.backoff("nats-server").next_delay(now - self.nats_started_at)
             self.nats_next_restart = now + delay
             logger.warning(
-                "the embedded nats-server exited with status %s; restarting it on %s in %.1fs",
-                nats.exited,
+                "the embedded nats-server %s; restarting it on %s in %.1fs",
+                "did not start" if nats.proc is None else f"exited with status {nats.exited}",
                 redact(self.bus_url),
                 delay,
             )
