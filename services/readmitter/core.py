@@ -89,7 +89,8 @@ class ReadmitterCore:
             return self.wave_due(state, event.server, now)
         if isinstance(event, HealthReport):
             latest = Health(health=event.health, connection_threshold=event.connection_threshold)
-            return replace(state, health={**state.health, event.server: latest}), []
+            state = replace(state, health={**state.health, event.server: latest})
+            return self._closed_by_report(state, event), []
         if isinstance(event, Incident):
             current = state.readmissions.get(event.server)
             after = waves.on_incident(
@@ -108,6 +109,20 @@ class ReadmitterCore:
         if isinstance(event, ClientStatus):
             return self.on_status(state, event), []
         return state, []
+
+    def _closed_by_report(self, state: ReadmitterState, report: HealthReport) -> ReadmitterState:
+        """After its final wave, an incident the evaluator reports healthy again is closed,
+        whether or not its ``Incident`` closed was heard (it may have gone out while this
+        readmitter was down): the final wave is then not sent again."""
+        current = state.readmissions.get(report.server)
+        if current is None or not current.final_sent or current.state != "recovering":
+            return state
+        if report.state != "healthy":
+            return state
+        closed = waves.on_incident(
+            current, server=report.server, incident_id=current.incident_id, state="closed"
+        )
+        return self._set(state, closed)
 
     def on_status(self, state: ReadmitterState, status: ClientStatus) -> ReadmitterState:
         """A client says where it is. One of a server in incident, away from it, that no plan
@@ -193,7 +208,8 @@ class ReadmitterCore:
             timer = Timer(wake_at=wake_at, reason=decision.reason, paused=True)
             return self._timer(state, server, timer), []
         sent = waves.record_wave(current, decision, now=now)
-        next_at = None if decision.final else now + settings.wave_interval_s
+        # after the final wave too: it goes again until the incident is known closed
+        next_at = now + settings.wave_interval_s
         state = self._timer(self._set(state, sent), server, Timer(wake_at=next_at, reason=""))
         wave = self.wave(
             state,

@@ -132,8 +132,11 @@ class Readmitter:
     # --- handlers -------------------------------------------------------
 
     async def on_health(self, event: HealthReport) -> None:
-        self._decide(event.server, event)
+        changed, _ = self._decide(event.server, event)
         self._wake[event.server].set()
+        if changed:  # the evaluator reports healthy again after the final wave: closed
+            logger.info("incident of %s closed, as its health reports say", event.server)
+            await self._persist(event.server)
 
     async def on_incident(self, event: Incident) -> None:
         server = event.server
@@ -184,7 +187,7 @@ class Readmitter:
     def _ensure_loop(self, server: str) -> None:
         """Start the wave loop of ``server`` if it is recovering and none runs."""
         state = self.states.get(server)
-        if state is None or state.state != "recovering" or state.final_sent:
+        if state is None or state.state != "recovering":
             return
         task = self._loops.get(server)
         if task is not None and not task.done():
@@ -231,8 +234,7 @@ class Readmitter:
             return max(interval, 0.1)
         await self._persist(server)
         if wave.final:
-            logger.info("readmission of %s finished with wave %d", server, wave.wave)
-            return None
+            logger.info("readmission of %s: final wave %d (%s)", server, wave.wave, wave.reason)
         return interval
 
     async def _send_wave(self, event: ReadmitWave) -> bool:

@@ -14,7 +14,9 @@ Rules:
   clients, first moved first back.
 - The wave that empties ``away`` is ``final``; if nothing is away when
   recovery starts, the final wave is empty (the evaluator closes the incident
-  on a final wave).
+  on a final wave). Until the incident is known closed, the final wave is
+  sent again every ``wave_interval_s``, with no clients: an evaluator that
+  was down when it first went out closes the incident when it is back.
 - A client's own request is granted when the server has no incident in
   progress (or it is recovering) and health is at or above the connection
   threshold; otherwise it is deferred.
@@ -132,7 +134,7 @@ def next_wave(
     """
     if wave_size < 1:
         raise ValueError("wave_size must be at least 1")
-    if current.final_sent:
+    if current.final_sent and current.state != "recovering":
         return Done(reason=f"final wave of incident {current.incident_id} sent")
     if current.state != "recovering":
         return Paused(reason=f"incident {current.incident_id} is {current.state}")
@@ -140,6 +142,9 @@ def next_wave(
         due = current.last_wave_at + wave_interval_s
         if now < due:
             return Wait(until=due, reason=f"next wave due {due - now:.2f}s from now")
+    if current.final_sent:
+        reason = f"final wave again: incident {current.incident_id} not known closed yet"
+        return Wave(wave=current.next_wave - 1, clients=(), final=True, reason=reason)
     if health is None:
         return Paused(reason="no health report yet")
     if health < connection_threshold:

@@ -306,3 +306,29 @@ async def test_a_client_away_that_no_plan_here_moved_is_readmitted_before_the_in
         while not waves[-1].final:
             waves.append(await harness.next_wave())
     assert sorted(c for w in waves for c in w.clients) == ["nas-01", "nas-04"]
+
+
+async def test_the_final_wave_goes_again_until_the_incident_is_known_closed(
+    farm: FarmFactory,
+) -> None:
+    """Seen in chaos runs: the evaluator killed just before the final wave never heard it,
+    and the incident stayed recovering for good. The final wave now goes again, with no
+    clients, until the incident is closed (or the evaluator's reports say healthy)."""
+    config, _ = farm(_settings(0.3), clients=6)
+    async with _harness(config) as harness, _readmitter(harness):
+        await harness.health(0.9)
+        await harness.incident("opened")
+        await harness.plan(["nas-01"])
+        await harness.state(lambda s: s.away == ("nas-01",))
+        await harness.incident("recovering")
+        first = await harness.next_wave()
+        assert (first.clients, first.final) == (["nas-01"], True)
+        # nobody closes the incident: the same final wave again, with no one in it
+        again = await harness.next_wave()
+        assert (again.wave, again.clients, again.final) == (first.wave, [], True)
+        await harness.incident("closed")
+        await harness.state(lambda s: s.state == "closed")
+        while not harness.waves["A"].empty():  # one may have crossed the closing
+            late = harness.waves["A"].get_nowait()
+            assert (late.clients, late.final) == ([], True)
+        await harness.no_wave(within=1.0)

@@ -67,8 +67,23 @@ def test_waves_of_wave_size_then_the_final_one(core: ReadmitterCore) -> None:
     assert none == [] and state.timers["A"].wake_at == T0 + 3
     state, [last] = core.handle(state, WaveDue(server="A"), T0 + 3)
     assert (last.wave, last.clients, last.final) == (2, ["nas-04"], True)
-    assert state.timers["A"].wake_at is None
-    state, done = core.handle(state, WaveDue(server="A"), T0 + 9)
+    # the final wave goes again until the incident is known closed (an evaluator that
+    # was down when it first went out closes it then)
+    assert state.timers["A"].wake_at == T0 + 5
+    state, [again] = core.handle(state, WaveDue(server="A"), T0 + 9)
+    assert (again.wave, again.clients, again.final) == (2, [], True)
+    # the evaluator's reports say healthy again: closed, though its Incident went unheard
+    healthy = HealthReport(
+        server="A",
+        sample_id="s",
+        health=0.95,
+        failover_threshold=0.2,
+        connection_threshold=0.6,
+        state="healthy",
+    )
+    state, _ = core.handle(state, healthy, T0 + 10)
+    assert state.readmissions["A"].state == "closed"
+    state, done = core.handle(state, WaveDue(server="A"), T0 + 12)
     assert done == [] and state.timers["A"].wake_at is None
 
 
