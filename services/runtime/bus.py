@@ -49,6 +49,7 @@ from services.runtime.keyring import Keyring as Keyring  # re-exported: every bu
 from services.runtime.keyring import Signer as Signer
 from services.runtime.middleware import Guard, admits, kind
 from services.runtime.permissions import inbox, user_for
+from services.runtime.ratelimit import LogLimiter
 
 logger = logging.getLogger(__name__)
 
@@ -230,6 +231,9 @@ class Bus:
             options["tls"] = tls
 
         joined = False
+        # while the bus is away nats-py reports every failed attempt (two a second): the
+        # first of each kind is logged, the rest counted ("... and N more like it")
+        errors = LogLimiter(logger, interval_s=30.0)
 
         async def on_error(exc: Exception) -> None:
             if not joined:
@@ -240,7 +244,7 @@ class Bus:
                     raise BusAuthError(f"the bus at {target} refused {who}: {exc}")
                 if isinstance(exc, ssl.SSLError):
                     raise ConfigError(f"bus.tls: the bus at {target}: {exc}")
-            logger.warning("bus error: %s", exc)
+            errors.warning(type(exc).__name__, "bus error: %s", exc)
 
         closing = False
 
@@ -249,6 +253,7 @@ class Bus:
                 logger.warning("bus disconnected from %s", target)
 
         async def on_reconnect() -> None:
+            errors.flush(force=True)
             logger.info("bus reconnected to %s", target)
 
         try:

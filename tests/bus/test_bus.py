@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +14,9 @@ from schemas import codec
 from schemas.codec import CONTENT_TYPE
 from schemas.events import HealthReport, MetricsSample
 from schemas.signing import KEY_HEADER, SIG_HEADER, sign_headers
+from services.launch.farm import write_farm
 from services.runtime.bus import Bus, Keyring, Signer
+from services.runtime.natsserver import EmbeddedNats
 from tests.conftest import FarmFactory
 
 
@@ -184,3 +187,19 @@ async def test_guards_and_handlers_drop_through_the_one_path(farm: FarmFactory) 
         assert bus.counters.accepted == 3 and bus.counters.handler_errors == 0
         assert bus.counters.handled == {"MetricsSample": 1}
         assert bus.stats()["handled"] == {"MetricsSample": 1}
+
+
+async def test_a_bus_gone_away_is_logged_once_per_kind_of_error_not_per_attempt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """nats-py reports every failed attempt to reconnect, two a second: 932 warnings in
+    50 s were seen. The first of each kind is logged, the rest counted."""
+    caplog.set_level(logging.WARNING, logger="services.runtime.bus")
+    with EmbeddedNats(tmp_path / "nats") as server:
+        config, _ = write_farm(tmp_path / "farm", bus_url=server.url, clients=0)
+        async with AsyncExitStack() as stack:
+            await Bus.connect(config.bus, Keyring.from_config(config), name="test", stack=stack)
+            server.stop()
+            await asyncio.sleep(3.0)  # some six attempts to reconnect
+            errors = [r for r in caplog.records if r.getMessage().startswith("bus error")]
+    assert 1 <= len(errors) <= 2, [r.getMessage() for r in errors]
