@@ -11,14 +11,20 @@ import re
 TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 WILDCARD = "*"
 
-NAMED_BY_KIND = {
-    **dict.fromkeys(("notice", "delivery", "ack", "status"), "client"),
-    **dict.fromkeys(
-        ("metrics", "health", "incident", "plan", "request", "readmit", "control"), "server"
-    ),
-}
+SERVER_KINDS = frozenset({"metrics", "health", "incident", "plan", "request", "readmit", "control"})
+"""Kinds of subject whose last token is a server id."""
+CLIENT_KINDS = frozenset({"notice", "delivery", "ack", "status"})
+"""Kinds of subject whose last token is a client id."""
+
+NAMED_BY_KIND = dict.fromkeys(CLIENT_KINDS, "client") | dict.fromkeys(SERVER_KINDS, "server")
 """What the last token of each kind of subject names: ``aaa.status.nas-01`` is about the
 client ``nas-01``, ``aaa.plan.A`` about the server ``A``; the event on it must name the same."""
+
+
+def kind_of(subject: str) -> str:
+    """The kind of ``subject``: ``plan`` for ``aaa.plan.A`` (the token before the last)."""
+    parts = subject.rsplit(".", 2)
+    return parts[1] if len(parts) == 3 else ""
 
 
 def named_in(subject: str) -> tuple[str, str] | None:

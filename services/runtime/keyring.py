@@ -32,18 +32,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from schemas.signing import CLIENT_KEY_PREFIX, Keys, sandbox_key
+from schemas.subjects import CLIENT_KINDS, SERVER_KINDS, kind_of
 from services.runtime.config import BusKey, Config, ConfigError
-from services.runtime.permissions import AGENT, CLIENT_KINDS, SERVER_KINDS, USES
+from services.runtime.permissions import AGENT, USES
 
 ALL_KINDS = frozenset(CLIENT_KINDS | SERVER_KINDS)
 CLIENT_SIGNED = frozenset(USES[AGENT].publishes)
 """The kinds of subject a client's own secret may sign: its acks, status and requests."""
-
-
-def kind_of(subject: str) -> str:
-    """The kind of ``subject``: ``plan`` for ``aaa.plan.A`` (the token before the last)."""
-    parts = subject.rsplit(".", 2)
-    return parts[1] if len(parts) == 3 else ""
 
 
 @dataclass(frozen=True)

@@ -32,12 +32,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from schemas.subjects import Subjects
-
-SERVER_KINDS = frozenset({"metrics", "health", "incident", "plan", "request", "readmit", "control"})
-"""Kinds of subject whose last token is a server id."""
-CLIENT_KINDS = frozenset({"notice", "delivery", "ack", "status"})
-"""Kinds of subject whose last token is a client id."""
+from schemas.subjects import CLIENT_KINDS, Subjects
 
 ANY = "*"
 

@@ -40,14 +40,12 @@ from schemas.events import (
     ServerControl,
 )
 from schemas.signing import AUTH_HEADER, KEY_HEADER, SERVER_HEADER, Rejected
+from schemas.subjects import CLIENT_KINDS, SERVER_KINDS
 from services.runtime.bus import Bus, Keyring
 from services.runtime.config import Config
 from services.runtime.lifecycle import ShutdownTrigger, wait_for_shutdown
 
 logger = logging.getLogger(__name__)
-
-SERVER_KINDS = frozenset({"metrics", "health", "incident", "plan", "request", "readmit", "control"})
-CLIENT_KINDS = frozenset({"notice", "delivery", "ack", "status"})
 
 _json = msgspec.json.Encoder()
 

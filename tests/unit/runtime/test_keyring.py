@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import tomli_w
 
+from schemas.subjects import kind_of
 from services.runtime.config import Config, ConfigError, load_config
-from services.runtime.keyring import Keyring, kind_of
+from services.runtime.keyring import Keyring
 
 SIGNING = ("collector", "evaluator", "targeter", "notifier", "readmitter")
 
