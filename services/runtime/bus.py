@@ -44,7 +44,7 @@ from schemas.signing import (
 )
 from schemas.subjects import Subjects, named_in
 from services.runtime import busauth
-from services.runtime.config import BusConfig, ConfigError
+from services.runtime.config import BusConfig, ConfigError, split_urls
 from services.runtime.keyring import Keyring as Keyring  # re-exported: every bus user needs it
 from services.runtime.keyring import Signer as Signer
 from services.runtime.middleware import Guard, admits, kind
@@ -167,12 +167,14 @@ class Bus:
         replay_window_s: float = 30.0,
         sandbox: bool = False,
         name: str = "",
+        replicas: int = 1,
     ) -> None:
         self.nc = nc
         self.subjects = subjects
         self.keyring = keyring
         self.codec_name = codec_name
         self.name = name
+        self.replicas = replicas
         # nothing stamped before this bus existed: it may have been seen before a restart
         self.guard = ReplayGuard(replay_window_s, check_time=not sandbox, since=time.time())
         self.counters = DropCounters()
@@ -258,7 +260,7 @@ class Bus:
 
         try:
             await nc.connect(
-                servers=[target],
+                servers=split_urls(target),
                 name=name,
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
@@ -284,6 +286,7 @@ class Bus:
             replay_window_s=bus.replay_window_s,
             sandbox=bus.sandbox,
             name=name,
+            replicas=bus.replicas,
         )
 
         async def close() -> None:
@@ -337,6 +340,7 @@ class Bus:
             storage=StorageType.FILE,
             max_age=max_age_s,
             max_bytes=max_bytes,
+            num_replicas=self.replicas,
         )
         try:
             await self.js.add_stream(config)
@@ -349,7 +353,9 @@ class Bus:
         try:
             return await self.js.key_value(name)
         except nats.js.errors.BucketNotFoundError:
-            return await self.js.create_key_value(bucket=name, history=1)
+            return await self.js.create_key_value(
+                bucket=name, history=1, replicas=self.replicas
+            )
 
     # --- publish --------------------------------------------------------
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
-from services.runtime.config import BusConfig, ConfigError, url_userinfo
+from services.runtime.config import BusConfig, ConfigError, split_urls, url_userinfo
 
 EMBEDDED_AUTH = Path(".nats") / "auth"
 """Where `up`'s embedded bus keeps its users' passwords, from the config file's folder."""
@@ -135,8 +135,11 @@ def ssl_context(bus: BusConfig) -> ssl.SSLContext | None:
 
 def check_url(url: str) -> str:
     """``url`` if it holds no user or password; else ConfigError (the password would
-    reach the command lines of child processes and the logs)."""
-    if url_userinfo(url):
+    reach the command lines of child processes and the logs). A cluster's URLs,
+    separated by commas, are checked each."""
+    if not split_urls(url):
+        raise ConfigError(f"bus URL {url!r} names no server")
+    if any(url_userinfo(part) for part in split_urls(url)):
         raise ConfigError(
             f"bus URL {redact(url)}: a user or password does not go in the URL; "
             "name the password files in bus.auth"
@@ -146,6 +149,8 @@ def check_url(url: str) -> str:
 
 def redact(url: str) -> str:
     """``url`` without any user or password, for logs."""
+    if "," in url:
+        return ",".join(redact(part) for part in split_urls(url))
     if not url_userinfo(url):
         return url
     parts = urlsplit(url)

@@ -90,6 +90,11 @@ class BusTls(Base, frozen=True, kw_only=True):
 USER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
+def split_urls(url: str) -> list[str]:
+    """The servers named by a bus URL: one, or a cluster's nodes separated by commas."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 def url_userinfo(url: str) -> bool:
     """Whether the URL carries a user or password (``nats://user:pass@host``)."""
     netloc = url.split("://", 1)[-1].split("/", 1)[0]
@@ -97,7 +102,14 @@ def url_userinfo(url: str) -> bool:
 
 
 class BusConfig(Base, frozen=True, kw_only=True):
-    """The NATS bus. With no ``url``, `aaa-failover up` starts an embedded server."""
+    """The NATS bus. With no ``url``, `aaa-failover up` starts an embedded server.
+
+    ``url`` may name every node of a cluster, separated by commas
+    (``nats://n1:4222,nats://n2:4222,nats://n3:4222``): a service connects to
+    one and moves to another when it is lost. ``replicas`` is how many nodes
+    hold the stream and every bucket (3 on a 3-node cluster, so losing any one
+    loses nothing).
+    """
 
     url: str | None = None
     prefix: str = "aaa"
@@ -109,6 +121,7 @@ class BusConfig(Base, frozen=True, kw_only=True):
     stream_max_age_s: float = 7 * 24 * 3600.0
     stream_max_bytes: int = 1 << 30
     connect_timeout_s: float = 5.0
+    replicas: int = 1
     sandbox: bool = False
     auth: BusAuth | None = None
     tls: BusTls | None = None
@@ -122,7 +135,9 @@ class BusConfig(Base, frozen=True, kw_only=True):
                 raise ValueError(f"prefix {self.prefix!r} must be dot-separated tokens")
         if self.replay_window_s <= 0:
             raise ValueError("replay_window_s must be positive")
-        if self.url is not None and url_userinfo(self.url):
+        if not 1 <= self.replicas <= 5:
+            raise ValueError("replicas must be from 1 to 5 (JetStream's limit)")
+        if self.url is not None and any(url_userinfo(u) for u in split_urls(self.url)):
             raise ValueError(
                 "url must not hold a user or password: name the password files in bus.auth"
             )
