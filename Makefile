@@ -16,7 +16,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test check bench schema lock clean fuzz
+.PHONY: demo test check bench schema lock clean fuzz chaos
 
 $(UV): requirements/uv.txt
 	$(PYTHON) -m venv $(UV_HOME)
@@ -45,6 +45,13 @@ check: $(STAMP)
 FUZZ_CASES ?= 100000
 fuzz: $(STAMP)
 	AAA_FUZZ_CASES=$(FUZZ_CASES) $(BIN)/pytest -m fuzz tests/fuzz --timeout 1800 -q
+
+# The chaos matrix: during an incident of the demo's farm, at each moment (it opens,
+# mid-overload, the first wave, before the final wave) each service, the nats-server, `up` and
+# a cluster node SIGKILLed and started again, the recorded stream checked (tests/chaos). About
+# half a minute a case; the ordinary suite runs a rotating share (tests/bus/test_chaos_rotation.py).
+chaos: $(STAMP)
+	$(BIN)/pytest -m chaos tests/chaos --timeout 900 -rA --durations=0
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py $(if $(QUICK),--quick)
