@@ -164,10 +164,15 @@ class EmbeddedNats:
 
     With ``users``, the server refuses any connection without one of their
     passwords and allows each only its permissions; with ``tls``, it takes
-    TLS connections only. Both go in a config file (``config_file``, else
-    ``nats-server.conf`` in the data folder) readable by its owner alone,
+    TLS connections only. ``settings`` are more of nats-server's configuration
+    (a cluster node's ``server_name``, ``cluster`` and ``http``:
+    services/runtime/natscluster.py). All go in a config file (``config_file``,
+    else ``nats-server.conf`` in the data folder) readable by its owner alone,
     never on the server's command line.
     """
+
+    expected_errors: tuple[str, ...] = ()
+    """Error lines of the server's log that are not worth a warning here."""
 
     def __init__(
         self,
@@ -179,6 +184,7 @@ class EmbeddedNats:
         users: Sequence[ServerUser] = (),
         tls: ServerTls | None = None,
         config_file: Path | None = None,
+        settings: Mapping[str, object] | None = None,
     ) -> None:
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="aaa-nats-"))
@@ -187,6 +193,7 @@ class EmbeddedNats:
         self.start_timeout_s = start_timeout_s
         self.users = tuple(users)
         self.tls = tls
+        self.settings = dict(settings or {})
         self.config_file = config_file or self.data_dir / "nats-server.conf"
         self.port: int | None = None
         self.proc: subprocess.Popen[str] | None = None
@@ -220,8 +227,9 @@ class EmbeddedNats:
             "-js",
             "-sd", str(self.data_dir),
         ]  # fmt: skip
-        if self.secured:
-            write_server_config(self.config_file, server_config(self.users, self.tls))
+        config = {**server_config(self.users, self.tls), **self.settings}
+        if config:
+            write_server_config(self.config_file, config)
             argv += ["-c", str(self.config_file)]
         self.proc = spawn(
             argv,
@@ -239,7 +247,7 @@ class EmbeddedNats:
         if not ready.wait(self.start_timeout_s) or self.port is None:
             tail = "\n".join(self._log[-10:])
             self._reap()  # its data folder is kept: a restart may try again
-            if self.secured:
+            if config:
                 self.config_file.unlink(missing_ok=True)
             raise NatsServerError(f"nats-server did not become ready:\n{tail}")
         logger.info(
@@ -273,7 +281,9 @@ class EmbeddedNats:
                 self.port = int(match.group(1))
             if _READY in line:
                 ready.set()
-            if "[FTL]" in line or "[ERR]" in line:
+            if ("[FTL]" in line or "[ERR]" in line) and not any(
+                expected in line for expected in self.expected_errors
+            ):
                 logger.warning("nats-server: %s", line)
 
     @property
@@ -309,7 +319,7 @@ class EmbeddedNats:
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and remove a data dir it made."""
         self._reap(timeout_s)
-        if self.secured:
+        if self.secured or self.settings:
             self.config_file.unlink(missing_ok=True)  # it holds the users' passwords
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)

@@ -14,6 +14,7 @@ from typing import Any
 
 from services.launch.bususers import server_users
 from services.launch.devca import make_dev_ca
+from services.runtime.natscluster import NatsCluster
 from services.runtime.natsserver import EmbeddedNats, ServerTls
 from services.runtime.permissions import users
 
@@ -48,14 +49,26 @@ class BusSecurity:
     def password(self, user: str) -> str:
         return (self.auth_dir / user).read_text().strip()
 
+    @property
+    def server_tls(self) -> ServerTls:
+        return ServerTls(
+            cert=self.tls_dir / "server.pem",
+            key=self.tls_dir / "server-key.pem",
+            ca=self.tls_dir / "ca.pem",
+        )
+
     def server(self, data_dir: Path, *, prefix: str | None = None) -> EmbeddedNats:
         """A nats-server (not started) with every user (of ``prefix``, else of any) and TLS."""
         return EmbeddedNats(
-            data_dir,
-            users=server_users(users(prefix), self.auth_dir),
-            tls=ServerTls(
-                cert=self.tls_dir / "server.pem",
-                key=self.tls_dir / "server-key.pem",
-                ca=self.tls_dir / "ca.pem",
-            ),
+            data_dir, users=server_users(users(prefix), self.auth_dir), tls=self.server_tls
+        )
+
+    def cluster(self, directory: Path, *, size: int = 3) -> NatsCluster:
+        """A cluster of ``size`` nats-servers (not started), each with every user of any
+        prefix and TLS, as the session's server has."""
+        return NatsCluster(
+            directory,
+            size=size,
+            users=server_users(users(None), self.auth_dir),
+            tls=self.server_tls,
         )
