@@ -535,10 +535,10 @@ async def run_case(directory: Path, kills: list[Kill]) -> Outcome:
         steady = time.time()
         await observer.until(lambda: len(observer.statuses_since(steady)) == CLIENTS, 30)
 
+        onset = time.time()
         async with asyncio.TaskGroup() as chaos:
             for kill in kills:
-                chaos.create_task(_strike(kill, farm, observer, fired, started_at))
-            onset = time.time()
+                chaos.create_task(_strike(kill, farm, observer, fired, started_at, onset))
             stall = ServerControl(server=OVERLOADED, stalled_workers=server.reference.workers - 1)
             await _publish(observer, stall, 60)
             await _hold(observer, onset)
@@ -580,7 +580,7 @@ async def _hold(observer: Observer, onset: float) -> None:
     (up to ``MOMENT_TIMEOUT_S``)."""
 
     def moved() -> bool:
-        ids = incident_ids(observer.events, OVERLOADED)
+        ids = incident_ids([e for e in observer.events if e.time >= onset], OVERLOADED)
         if not ids:
             return False
         targeted = targeted_by(observer.events, ids[0])
@@ -593,13 +593,26 @@ async def _hold(observer: Observer, onset: float) -> None:
 
 
 async def _strike(
-    kill: Kill, farm: Farm, observer: Observer, fired: dict[str, str], started_at: float
+    kill: Kill,
+    farm: Farm,
+    observer: Observer,
+    fired: dict[str, str],
+    started_at: float,
+    onset: float,
 ) -> None:
-    """Wait for the moment of ``kill``; SIGKILL its target, and start it again later."""
+    """Wait for the moment of ``kill`` (of the incident opened after ``onset``); SIGKILL its
+    target, and start it again later."""
     wave_size = observer.config.readmitter.wave_size
 
     def cue() -> str | None:
-        return reached(kill.moment, observer.events, OVERLOADED, time.time(), wave_size=wave_size)
+        return reached(
+            kill.moment,
+            observer.events,
+            OVERLOADED,
+            time.time(),
+            wave_size=wave_size,
+            since=onset,
+        )
 
     what = await observer.until(cue, MOMENT_TIMEOUT_S)
     if not what:

@@ -47,19 +47,31 @@ class Kill:
         return f"{self.target}@{self.moment}"
 
 
-def _first_incident(events: Sequence[Event], server: str) -> str | None:
+def _first_incident(events: Sequence[Event], server: str, since: float) -> str | None:
     for event in events:
-        if isinstance(event, Incident) and event.server == server and event.state == "opened":
+        if (
+            isinstance(event, Incident)
+            and event.server == server
+            and event.state == "opened"
+            and event.time >= since
+        ):
             return event.incident_id
     return None
 
 
 def reached(
-    moment: Moment, events: Sequence[Event], server: str, now: float, *, wave_size: int
+    moment: Moment,
+    events: Sequence[Event],
+    server: str,
+    now: float,
+    *,
+    wave_size: int,
+    since: float = 0.0,
 ) -> str | None:
-    """What shows that ``moment`` of the first incident of ``server`` has come, in words;
+    """What shows that ``moment`` of the first incident of ``server`` opened at or after
+    ``since`` (the overload's onset: not one of a farm still starting) has come, in words;
     None while it has not."""
-    incident_id = _first_incident(events, server)
+    incident_id = _first_incident(events, server, since)
     if incident_id is None:
         return None
     if moment == "opens":

@@ -75,3 +75,10 @@ def test_the_rotation_kills_every_target_and_spreads_the_moments() -> None:
             assert targets <= {UP} or targets <= {CLUSTER_NODE} or not targets & {UP, CLUSTER_NODE}
         assert len(Counter(k.moment for k in kills)) == len(MOMENTS)
     assert rotation(0) != rotation(1)
+
+
+def test_an_incident_opened_before_the_overload_is_not_the_one_watched() -> None:
+    early = Incident(incident_id="e", server="A", state="opened", health=0.1, opened_at=1, time=1)
+    wave = ReadmitWave(incident_id="e", server="A", wave=1, final=True, time=2)
+    assert reached("first-wave", [early, wave], "A", 3.0, wave_size=3, since=2.5) is None
+    assert reached("first-wave", [early, wave], "A", 3.0, wave_size=3) is not None
