@@ -47,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="serve Prometheus /metrics on port N (0: a free one), overriding [metrics] ports",
     )
+    run.add_argument(
+        "--bus-replicas",
+        type=int,
+        metavar="N",
+        help="how many nodes of a NATS cluster hold the stream and every bucket, "
+        "overriding bus.replicas",
+    )
     _sandbox_option(run)
 
     up = sub.add_parser("up", help="run every service of a config under one supervisor")
@@ -153,6 +160,18 @@ def _parser() -> argparse.ArgumentParser:
     server.add_argument("--listen", default="127.0.0.1", help="address (default 127.0.0.1)")
     server.add_argument("--port", type=int, default=4222)
     server.add_argument("--http-port", type=int, help="monitoring port (default: none)")
+    server.add_argument("--name", help="this node's name in a cluster (needed with --cluster-port)")
+    server.add_argument(
+        "--cluster-port", type=int, help="where this node takes the other nodes' routes"
+    )
+    server.add_argument(
+        "--route",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="another node of the cluster, nats-route://HOST:PORT (once per node)",
+    )
+    server.add_argument("--cluster-name", default="aaa", help="the cluster's name (default aaa)")
     server.add_argument(
         "--conf",
         type=Path,
@@ -301,7 +320,13 @@ def _bus_server(args: argparse.Namespace) -> int:
     import tempfile
 
     from services.launch import bususers
-    from services.runtime.natsserver import find_binary, server_config, write_server_config
+    from services.runtime.natscluster import cluster_settings
+    from services.runtime.natsserver import (
+        NatsServerError,
+        find_binary,
+        server_config,
+        write_server_config,
+    )
 
     config = load_config(args.config)
     if config.bus.auth is None:
@@ -309,8 +334,20 @@ def _bus_server(args: argparse.Namespace) -> int:
     users = bususers.server_users(
         bususers.farm_users(config), config.path(config.bus.auth.dir), create=False
     )
+    settings = server_config(users, bususers.server_tls(config))
+    if args.cluster_port is not None:
+        if not args.name:
+            raise ConfigError("bus-server: a node of a cluster needs --name")
+        try:
+            settings |= cluster_settings(
+                args.name, args.cluster_name, f"{args.listen}:{args.cluster_port}", args.route
+            )
+        except NatsServerError as exc:
+            raise ConfigError(f"bus-server: {exc}") from None
+    elif args.route or args.name:
+        raise ConfigError("bus-server: --name and --route need --cluster-port")
     conf = args.conf or Path(tempfile.mkdtemp(prefix="aaa-nats-")) / "nats-server.conf"
-    write_server_config(conf, server_config(users, bususers.server_tls(config)))
+    write_server_config(conf, settings)
     argv = [
         find_binary(),
         "-c", str(conf),
@@ -339,6 +376,11 @@ def _run(args: argparse.Namespace) -> int:
         if not 0 <= args.metrics_port <= 65535:
             raise ConfigError("--metrics-port must be in [0, 65535]")
         config = config.with_metrics_port(args.service, args.metrics_port)
+    if args.bus_replicas is not None:
+        if not 1 <= args.bus_replicas <= 5:
+            raise ConfigError("--bus-replicas must be from 1 to 5 (JetStream's limit)")
+        bus = msgspec.structs.replace(config.bus, replicas=args.bus_replicas)
+        config = msgspec.structs.replace(config, bus=bus)
     asyncio.run(service.entry()(config, bus_url=_bus_url(args, config), only=args.only))
     return 0
 

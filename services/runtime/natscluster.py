@@ -60,19 +60,30 @@ def free_tcp_ports(host: str, count: int) -> list[int]:
         return ports
 
 
+def cluster_settings(
+    server_name: str, cluster: str, listen: str, routes: Sequence[str]
+) -> dict[str, object]:
+    """The part of a node's nats-server config that makes it one of ``cluster``: its own
+    name (JetStream's replicas are placed by it), where it takes the other nodes' routes
+    (``host:port``), and the routes to them (``nats-route://host:port``)."""
+    for route in routes:
+        if not route.startswith("nats-route://"):
+            raise NatsServerError(f"route {route!r}: expected nats-route://HOST:PORT")
+    return {
+        "server_name": server_name,
+        "cluster": {"name": cluster, "listen": listen, "routes": list(routes)},
+    }
+
+
 def node_settings(
     name: str, cluster: str, host: str, ports: NodePorts, peers: Sequence[NodePorts]
 ) -> dict[str, object]:
-    """The cluster part of one node's nats-server config: its name, its route listener and
-    routes to ``peers``, and its monitoring endpoint (where :func:`jsz` reads)."""
+    """The cluster part of one node's nats-server config on ``host``: its name, its route
+    listener and routes to ``peers``, and its monitoring endpoint."""
+    routes = [f"nats-route://{host}:{peer.cluster}" for peer in peers]
     return {
-        "server_name": name,
+        **cluster_settings(name, cluster, f"{host}:{ports.cluster}", routes),
         "http": f"{host}:{ports.http}",
-        "cluster": {
-            "name": cluster,
-            "listen": f"{host}:{ports.cluster}",
-            "routes": [f"nats-route://{host}:{peer.cluster}" for peer in peers],
-        },
     }
 
 

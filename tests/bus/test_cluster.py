@@ -13,6 +13,9 @@ service dies, and the stream and every bucket still hold what they held before t
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
@@ -34,16 +37,25 @@ from schemas.events import (
     ReadmitWave,
     ServerControl,
 )
+from services.launch.bususers import farm_users
 from services.launch.farm import STREAM_MAX_BYTES, write_farm
 from services.launch.supervisor import Supervisor
 from services.runtime.bus import Bus
+from services.runtime.busauth import write_passwords
 from services.runtime.config import Config
-from services.runtime.natscluster import ClusterNode, NatsCluster
+from services.runtime.natscluster import (
+    ClusterNode,
+    NatsCluster,
+    NodePorts,
+    free_tcp_ports,
+    monitoring,
+)
 from services.runtime.permissions import USES
 from services.tools.recording import read_window
 from tests.support.bussecurity import BusSecurity
 from tests.support.helpers import Recorder, operator_bus
 
+CLI = [sys.executable, "-m", "services.launch.cli"]
 REPLICAS = 3
 DOWN_S = 2.0
 """How long a killed node stays dead before it is started again."""
@@ -342,3 +354,97 @@ async def test_an_incident_carries_on_when_the_node_leading_the_stream_is_killed
         f"incident closed by {closed_s:.1f}s; "
         f"stream {before.state.messages} -> {after.state.messages} messages"
     )
+
+
+def test_three_bus_servers_of_a_farm_make_one_cluster_that_its_services_replicate_on(
+    bus_security: BusSecurity, tmp_path: Path, prefix: str
+) -> None:
+    """As compose/docker-compose.cluster.yml runs it: `aaa-failover bus-server` three times,
+    each with its node's name, ports and routes, and a service told `--bus-replicas 3`."""
+    host = "127.0.0.1"
+    free = free_tcp_ports(host, 9)
+    nodes = [NodePorts(*free[3 * i : 3 * i + 3]) for i in range(3)]
+    tls = bus_security.tls | {
+        "server_cert": str(bus_security.tls_dir / "server.pem"),
+        "server_key": str(bus_security.tls_dir / "server-key.pem"),
+    }
+    urls = ",".join(f"tls://{host}:{node.client}" for node in nodes)
+    config, path = write_farm(
+        tmp_path / "farm",
+        bus_url=urls,
+        prefix=prefix,
+        bus_auth={"dir": str(tmp_path / "auth")},
+        bus_tls=tls,
+        clients=1,
+    )
+    write_passwords(tmp_path / "auth", farm_users(config))
+    assert config.bus.replicas == 1  # the command line says 3
+    started: list[subprocess.Popen[str]] = []
+    try:
+        for i, node in enumerate(nodes):
+            routes = [f"--route=nats-route://{host}:{n.cluster}" for n in nodes if n is not node]
+            argv = [
+                *CLI, "bus-server", "-c", str(path), "--store", str(tmp_path / f"n{i}"),
+                "--port", str(node.client), "--http-port", str(node.http),
+                "--cluster-port", str(node.cluster), f"--name=n{i}", *routes,
+                "--conf", str(tmp_path / f"n{i}.conf"),
+            ]  # fmt: skip
+            started.append(subprocess.Popen(argv, stderr=subprocess.DEVNULL, text=True))
+
+        def leaders() -> set[str]:
+            found = set()
+            for node in nodes:
+                _, body = monitoring(host, node.http, "/jsz")
+                found.add(((body or {}).get("meta_cluster") or {}).get("leader") or "")
+            return found
+
+        def elected() -> bool:
+            assert all(proc.poll() is None for proc in started), "a bus-server exited"
+            return len(leaders()) == 1 and "" not in leaders()
+
+        assert wait_until(elected, WAIT_S), "the nodes elected no JetStream meta leader"
+        collector = subprocess.Popen(
+            [*CLI, "run", "collector", "-c", str(path), "--bus-replicas", "3"],
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        started.append(collector)
+
+        def replicated() -> bool:
+            for node in nodes:
+                _, body = monitoring(host, node.http, "/jsz?accounts=true&streams=true&config=true")
+                details = [
+                    s
+                    for account in (body or {}).get("account_details") or []
+                    for s in account.get("stream_detail") or []
+                ]
+                if not any(
+                    s["name"] == prefix.upper() and s["config"]["num_replicas"] == REPLICAS
+                    for s in details
+                ):
+                    return False
+            return True
+
+        assert wait_until(replicated, WAIT_S), "the stream is not on every node at R3"
+        collector.send_signal(signal.SIGTERM)
+        assert collector.wait(30) == 0
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in started:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def wait_until(condition: Any, timeout_s: float) -> bool:
+    """Whether ``condition()`` held within ``timeout_s`` (polled)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return bool(condition())
