@@ -73,7 +73,6 @@ from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
 logger = logging.getLogger(__name__)
 
 NAME = "agent"
-STATUS_INTERVAL_S = 1.0
 
 
 class ClientAgent:
@@ -95,6 +94,7 @@ class ClientAgent:
         self.rt = rt
         self.client = client
         self.secret = secret
+        self.status_interval_s = rt.config.agent.status_interval_s
         # what notices and CoA-Requests verify under: the secret alone, or while it
         # rotates the secret and those that only verify (it signs with ``secret`` alone)
         self.verifying: bytes | tuple[bytes, ...] = (
@@ -188,7 +188,7 @@ class ClientAgent:
             sent += self.proxy.counters.accepted
         now = time.monotonic()
         last, self._rate_mark = self._rate_mark, (now, sent)
-        if last is None or now - last[0] < 0.5 * STATUS_INTERVAL_S:
+        if last is None or now - last[0] < 0.5 * self.status_interval_s:
             return None
         return (sent - last[1]) / (now - last[0])
 
@@ -416,7 +416,7 @@ class ClientAgent:
             if self._status_due or loop.time() >= next_status:
                 self._status_due = False
                 await self.publish_status()
-                next_status = max(next_status + STATUS_INTERVAL_S, loop.time())
+                next_status = max(next_status + self.status_interval_s, loop.time())
             timeout = next_status - loop.time()
             wakeup = next_wakeup(self.state)
             if wakeup is not None:

@@ -674,13 +674,18 @@ class AgentConfig(Base, frozen=True, kw_only=True):
     ``state_dir`` (relative to the config file) holds one file per client
     with what it must remember across a restart: where it is, the last notice
     and sequence number it accepted, its timers. Written before each ack.
+    ``status_interval_s``: how often each client's ``ClientStatus`` goes out
+    (a change of upstream sends one at once too).
     """
 
     state_dir: str = "agent-state"
+    status_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.state_dir.strip():
             raise ValueError("state_dir must name a folder")
+        if self.status_interval_s <= 0:
+            raise ValueError("status_interval_s must be positive")
 
 
 class MetricsConfig(Base, frozen=True, kw_only=True):

@@ -70,3 +70,11 @@ def test_defaults_are_sane(tmp_path: Path) -> None:
     assert config.evaluator.failover_threshold < config.evaluator.connection_threshold
     assert config.bus.prefix == "aaa"
     assert config.server("A").reference is not None
+
+
+def test_agent_status_interval_must_be_positive(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _write(tmp_path, agent={"status_interval_s": 0})
+    line = _error_line(capsys, path)
+    assert "status_interval_s must be positive" in line
