@@ -28,6 +28,7 @@ ORDER = (
     "planner",
     "proxy",
     "growth",
+    "soak",
 )
 
 
