@@ -24,7 +24,12 @@ def farm_users(config: Config, *, any_prefix: bool = False) -> dict[str, Permiss
     agents = config.bus.auth.agents if config.bus.auth is not None else None
     clients = [Client(c.id, c.home) for c in config.clients]
     try:
-        return users(None if any_prefix else config.bus.prefix, clients, agents)
+        return users(
+            None if any_prefix else config.bus.prefix,
+            clients,
+            agents,
+            servers=[s.id for s in config.servers],
+        )
     except ValueError as exc:
         raise ConfigError(f"bus.auth.agents: {exc}") from None
 

@@ -179,6 +179,7 @@ class Bus:
         self.guard = ReplayGuard(replay_window_s, check_time=not sandbox, since=time.time())
         self.counters = DropCounters()
         self._subs: list[Subscription] = []
+        self._consumers: list[tuple[Callable[[], None], asyncio.Future[None], Subscription]] = []
         self._js: JetStreamContext | None = None
 
     # --- connection -----------------------------------------------------
@@ -315,8 +316,28 @@ class Bus:
                 logger.warning("bus closed while disconnected: %r", exc)
                 abandon(self.nc)
 
+    def adopt(
+        self, sub: Subscription, stop: Callable[[], None], running: asyncio.Future[None]
+    ) -> None:
+        """Stop a durable consumer (services/runtime/durable.py) with the subscriptions:
+        ``stop`` it, wait for ``running`` to finish the message in hand, then unsubscribe
+        its inbox ``sub`` (what else came there is offered again by the stream)."""
+        self._consumers.append((stop, running, sub))
+
     async def stop_receiving(self) -> None:
-        """Stop taking new work: drain every subscription of this bus."""
+        """Stop taking new work: stop the durable consumers once the message each has in
+        hand is handled and acknowledged, and drain every subscription of this bus."""
+        consumers, self._consumers = self._consumers, []
+        for stop, _, _ in consumers:
+            stop()
+        if consumers:
+            await asyncio.wait([running for _, running, _ in consumers], timeout=10)
+        for _, running, inbox_sub in consumers:
+            running.cancel()
+            try:
+                await inbox_sub.unsubscribe()
+            except nats.errors.Error as exc:
+                logger.debug("unsubscribing %s: %s", inbox_sub.subject, exc)
         subs, self._subs = self._subs, []
         for sub in subs:
             try:
@@ -351,11 +372,18 @@ class Bus:
         """The key-value bucket ``<PREFIX>_<bucket>``, created if missing."""
         name = f"{self.subjects.stream_name()}_{bucket}"
         try:
-            return await self.js.key_value(name)
+            kv = await self.js.key_value(name)
         except nats.js.errors.BucketNotFoundError:
-            return await self.js.create_key_value(
-                bucket=name, history=1, replicas=self.replicas
+            return await self.js.create_key_value(bucket=name, history=1, replicas=self.replicas)
+        # a bucket made on one server keeps one copy when the farm moves to a cluster
+        info = await self.js.stream_info(f"KV_{name}")
+        if info.config.num_replicas != self.replicas:
+            logger.info(
+                "bucket %s: %s replicas, now %d", name, info.config.num_replicas, self.replicas
             )
+            info.config.num_replicas = self.replicas
+            await self.js.update_stream(info.config)
+        return kv
 
     # --- publish --------------------------------------------------------
 
@@ -415,10 +443,14 @@ class Bus:
 
     # --- subscribe ------------------------------------------------------
 
+    def verify(self, msg: Msg, accept_clients: bool = False) -> Event:
+        """Verify and decode one message (no replay check); raise Rejected if bad."""
+        keys = self.keyring.verification_keys(accept_clients)
+        return verify_event(keys, msg.headers, msg.subject, msg.data, self.keyring.may_sign)
+
     def check(self, msg: Msg, accept_clients: bool = False) -> Event:
         """Verify, decode and replay-check one message; raise Rejected if bad."""
-        keys = self.keyring.verification_keys(accept_clients)
-        event = verify_event(keys, msg.headers, msg.subject, msg.data, self.keyring.may_sign)
+        event = self.verify(msg, accept_clients)
         self.guard.check(event.id, event.time, time.time())
         return event
 
@@ -457,38 +489,53 @@ class Bus:
         events signed by a client's own secret through (acks, readmit
         requests).
         """
-        handled_in = self.counters.handled_in
-
-        def dropped(msg: Msg, rejected: Rejected) -> None:
-            key = str((msg.headers or {}).get(KEY_HEADER, "-"))
-            shown = key if len(key) <= 64 else key[:61] + "..."  # a header can be anything
-            self.drop(rejected.reason, rejected.detail, subject=msg.subject, key=repr(shown)[1:-1])
 
         async def on_message(msg: Msg) -> None:
-            self.counters.received += 1
-            try:
-                event = self.check(msg, accept_clients)
-                if not isinstance(event, types):
-                    raise Rejected("unexpected-type", type(event).__name__)
-            except Rejected as rejected:
-                dropped(msg, rejected)
-                return
-            self.counters.accepted += 1
-            try:
-                if guards and not admits(guards, event):
-                    return
-                started = time.perf_counter()
-                await handler(event)
-                handled_in(type(event).__name__, time.perf_counter() - started)
-            except Rejected as rejected:
-                dropped(msg, rejected)
-            except Exception:
-                self.counters.handler_errors += 1
-                logger.exception("handler for %s failed on %s", subject, kind(event))
+            await self.deliver(msg, handler, types, guards, lambda: self.check(msg, accept_clients))
 
         sub = await self.nc.subscribe(subject, queue=queue, cb=on_message)
         self._subs.append(sub)
         return sub
+
+    async def deliver(
+        self,
+        msg: Msg,
+        handler: Handler[E],
+        types: tuple[type[E], ...],
+        guards: Sequence[Guard],
+        checked: Callable[[], Event],
+    ) -> bool:
+        """Run one received message through ``checked`` (the bus's checks, which raise
+        Rejected), the type filter, ``guards`` and ``handler``. True if the handler
+        finished or the message was dropped for good; False if the handler failed
+        (a stored message is then offered again)."""
+        self.counters.received += 1
+        try:
+            event = checked()
+            if not isinstance(event, types):
+                raise Rejected("unexpected-type", type(event).__name__)
+        except Rejected as rejected:
+            self._dropped(msg, rejected)
+            return True
+        self.counters.accepted += 1
+        try:
+            if guards and not admits(guards, event):
+                return True
+            started = time.perf_counter()
+            await handler(event)
+            self.counters.handled_in(type(event).__name__, time.perf_counter() - started)
+        except Rejected as rejected:
+            self._dropped(msg, rejected)
+        except Exception:
+            self.counters.handler_errors += 1
+            logger.exception("handler for %s failed on %s", msg.subject, kind(event))
+            return False
+        return True
+
+    def _dropped(self, msg: Msg, rejected: Rejected) -> None:
+        key = str((msg.headers or {}).get(KEY_HEADER, "-"))
+        shown = key if len(key) <= 64 else key[:61] + "..."  # a header can be anything
+        self.drop(rejected.reason, rejected.detail, subject=msg.subject, key=repr(shown)[1:-1])
 
     async def subscribe_raw(
         self, subject: str, handler: Callable[[Msg], Awaitable[None]]

@@ -57,11 +57,14 @@ class BusUse:
     ``buckets``: its KV buckets (``<STREAM>_<bucket>``). ``stream``: it makes
     sure the prefix's stream exists. ``own_clients``: its subjects are those of
     the clients it serves (client kinds by client id; server kinds by each
-    client's home server), not every server's and client's.
+    client's home server), not every server's and client's. ``consumes``: the
+    kinds (of those it subscribes to) it takes through durable consumers of its
+    own (services/runtime/durable.py).
     """
 
     publishes: tuple[str, ...] = ()
     subscribes: tuple[str, ...] = ()
+    consumes: tuple[str, ...] = ()
     buckets: tuple[str, ...] = ()
     stream: bool = False
     own_clients: bool = False
@@ -77,24 +80,28 @@ USES: Mapping[str, BusUse] = {
     "evaluator": BusUse(
         publishes=("health", "incident"),
         subscribes=("metrics", "readmit", "status"),
+        consumes=("readmit",),
         buckets=("evaluator",),
         stream=True,
     ),
     "targeter": BusUse(
         publishes=("plan",),
         subscribes=("incident", "health", "status", "ack"),
+        consumes=("incident",),
         buckets=("targeter", "registry"),
         stream=True,
     ),
     "notifier": BusUse(
         publishes=("notice", "delivery"),
         subscribes=("plan", "readmit", "ack"),
+        consumes=("plan", "readmit"),
         buckets=("notifier",),
         stream=True,
     ),
     "readmitter": BusUse(
         publishes=("readmit",),
         subscribes=("health", "incident", "plan", "request", "status"),
+        consumes=("incident", "plan"),
         buckets=("readmitter",),
         stream=True,
     ),
@@ -175,6 +182,12 @@ class Scope:
         return ANY if self.any else f"KV_{self.stream}_{bucket}"
 
 
+def durable_name(service: str, kind: str, token: str = ANY) -> str:
+    """The durable consumer of ``service`` for ``kind``: of every server (``token`` ``*``),
+    or of one (a replica given ``--only``)."""
+    return f"{service}-{kind}" if token == ANY else f"{service}-{kind}-{token}"
+
+
 def inbox(user: str) -> str:
     """The inbox prefix of ``user``'s connection: its replies come only there."""
     return f"{INBOX}.{user}"
@@ -182,13 +195,14 @@ def inbox(user: str) -> str:
 
 def _kv_api(scope: Scope, bucket: str) -> list[str]:
     """What nats-py's KeyValue calls publish for one bucket: open or create it
-    (stream info, create), get (direct get or message get), put, delete and purge
+    (stream info, create; update, to its number of replicas), get (direct get or message get), put, delete and purge
     (``$KV.<bucket>.<key>``), and keys (an ordered push consumer: create, info,
     delete, its flow control replies)."""
     name, stream = scope.bucket(bucket), scope.bucket_stream(bucket)
     return [
         f"$JS.API.STREAM.INFO.{stream}",
         f"$JS.API.STREAM.CREATE.{stream}",
+        f"$JS.API.STREAM.UPDATE.{stream}",
         f"$JS.API.DIRECT.GET.{stream}.>",
         f"$JS.API.STREAM.MSG.GET.{stream}",
         f"$JS.API.CONSUMER.CREATE.{stream}",
@@ -224,6 +238,25 @@ def _stream_reading(scope: Scope) -> list[str]:
     ]
 
 
+def _consumer_api(
+    scope: Scope, service: str, kinds: Iterable[str], servers: Sequence[str] | None
+) -> list[str]:
+    """Create, pull from and acknowledge the service's own durable consumers, each filtered
+    on one kind of subject it may subscribe to (of every server, or of one)."""
+    s = scope.stream
+    out: list[str] = []
+    for kind in kinds:
+        for token in [ANY, *(servers or ())]:
+            name = durable_name(service, kind, token)
+            out += [
+                f"$JS.API.CONSUMER.CREATE.{s}.{name}.{scope.subject(kind, token)}",
+                f"$JS.API.CONSUMER.INFO.{s}.{name}",
+                f"$JS.API.CONSUMER.MSG.NEXT.{s}.{name}",
+                f"$JS.ACK.{s}.{name}.>",
+            ]
+    return out
+
+
 def _tokens(kind: str, use: BusUse, clients: Sequence[Client] | None) -> list[str]:
     if not use.own_clients or clients is None:
         return [ANY]
@@ -237,12 +270,19 @@ def _unique(items: Iterable[str]) -> tuple[str, ...]:
 
 
 def service_permissions(
-    use: BusUse, scope: Scope, user: str, clients: Sequence[Client] | None = None
+    use: BusUse,
+    scope: Scope,
+    user: str,
+    clients: Sequence[Client] | None = None,
+    servers: Sequence[str] | None = None,
 ) -> Permissions:
     """The permissions of a service's user: its kinds of subject (of its own clients, for
-    a service that serves some), and the JetStream API of its stream and buckets.
+    a service that serves some), and the JetStream API of its stream, its buckets and
+    its durable consumers.
 
     ``clients``: the clients a service with ``own_clients`` serves (None: any client).
+    ``servers``: the farm's servers, whose own consumers a replica given ``--only``
+    uses (None: only the consumers of every server).
     """
     publish = [scope.subject(k, t) for k in use.publishes for t in _tokens(k, use, clients)]
     subscribe = [scope.subject(k, t) for k in use.subscribes for t in _tokens(k, use, clients)]
@@ -251,6 +291,7 @@ def service_permissions(
             publish += _stream_api(scope)
         for bucket in use.buckets:
             publish += _kv_api(scope, bucket)
+        publish += _consumer_api(scope, user, use.consumes, servers)
         subscribe.append(f"{inbox(user)}.>")
     return Permissions(_unique(publish), _unique(subscribe))
 
@@ -285,6 +326,7 @@ def users(
     prefix: str | None,
     clients: Sequence[Client] | None = None,
     agents: Mapping[str, Sequence[str]] | None = None,
+    servers: Sequence[str] | None = None,
 ) -> dict[str, Permissions]:
     """Every user of a bus and its permissions.
 
@@ -292,14 +334,15 @@ def users(
     ``clients``: the farm's clients (None: any client). ``agents``: agent users
     and the clients each serves (``bus.auth.agents``); without them one user,
     ``agent``, serves every client. Raises ValueError for an agent user given
-    a client the farm does not have.
+    a client the farm does not have. ``servers``: the farm's servers (see
+    :func:`service_permissions`).
     """
     scope = Scope(prefix)
     out: dict[str, Permissions] = {}
     for name, use in USES.items():
         if name == AGENT:
             continue
-        out[name] = service_permissions(use, scope, name)
+        out[name] = service_permissions(use, scope, name, servers=servers)
     for user, served in agent_users(clients, agents).items():
         out[user] = service_permissions(USES[AGENT], scope, user, served)
     out[TOOLS] = tools_permissions(scope)

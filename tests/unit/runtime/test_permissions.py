@@ -155,6 +155,35 @@ def test_a_stateful_service_has_the_jetstream_api_of_its_own_stream_and_buckets_
     assert not allowed(targeter, "_INBOX.evaluator.abc.1", publish=False)
 
 
+def test_a_service_creates_pulls_from_and_acks_only_its_own_durable_consumers() -> None:
+    got = users("aaa", CLIENTS, servers=["A", "B"])
+    notifier, readmitter = got["notifier"], got["readmitter"]
+    for subject in (
+        "$JS.API.CONSUMER.CREATE.AAA.notifier-plan.aaa.plan.*",
+        "$JS.API.CONSUMER.MSG.NEXT.AAA.notifier-plan",
+        "$JS.ACK.AAA.notifier-plan.1.5.5.1700000000000000000.0",
+        "$JS.API.CONSUMER.CREATE.AAA.notifier-readmit.aaa.readmit.*",
+    ):
+        assert allowed(notifier, subject), subject
+    for subject in (
+        # another service's consumer, or one of its own on a kind it may not read
+        "$JS.API.CONSUMER.MSG.NEXT.AAA.readmitter-plan",
+        "$JS.ACK.AAA.readmitter-plan.1.5.5.1700000000000000000.0",
+        "$JS.API.CONSUMER.CREATE.AAA.notifier-plan.aaa.metrics.*",
+        "$JS.API.CONSUMER.CREATE.AAA.notifier-metrics.aaa.metrics.*",
+        "$JS.API.CONSUMER.DELETE.AAA.readmitter-plan",
+    ):
+        assert not allowed(notifier, subject), subject
+    # a replica given --only A has the consumers of A's subjects
+    assert allowed(readmitter, "$JS.API.CONSUMER.CREATE.AAA.readmitter-plan-A.aaa.plan.A")
+    assert allowed(readmitter, "$JS.API.CONSUMER.MSG.NEXT.AAA.readmitter-incident-B")
+    assert not allowed(readmitter, "$JS.API.CONSUMER.CREATE.AAA.readmitter-plan-A.aaa.plan.B")
+    assert not any(
+        allowed(got[name], "$JS.API.CONSUMER.MSG.NEXT.AAA.notifier-plan")
+        for name in ("collector", "evaluator", "targeter", "readmitter", AGENT)
+    )
+
+
 def test_tools_read_everything_and_write_nothing() -> None:
     tools = users("aaa", CLIENTS)[TOOLS]
     assert allowed(tools, "aaa.>", publish=False)

@@ -1,0 +1,208 @@
+"""Decisions that survive a crash: durable JetStream consumers and acknowledged publishes.
+
+An incident, a plan or a wave is a decision: lost, it strands clients. So a
+service takes them from the stream through a durable consumer of its own
+(``<service>-<kind>``, or ``<service>-<kind>-<server>`` for a replica given
+``--only``) rather than a plain subscription: a message published while the
+service was down waits for it, and one it was handling when it died comes
+again. A message is acknowledged only once its handler has returned, that is
+once the service's state is written; a handler that fails has it offered
+again after :data:`RETRY_S`. Replicas that pull from the same consumer share
+its messages, as a queue group shares a subject's.
+
+What is offered again must be harmless twice: handlers are idempotent by
+event id (a plan's notices, a wave's, an incident's state). The checks are
+the bus's, except the replay window, which is measured from the moment the
+stream stored the message, not from now: a decision that waited for a
+restart is still fresh, while one an attacker publishes again later is stale
+(within the stream's duplicate window, the same ``Nats-Msg-Id`` is not even
+stored twice).
+
+:func:`publish_stored` publishes a decision and waits for the stream's
+acknowledgement, trying again (same id, so stored once) while the bus is
+away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import TypeVar
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from schemas.events import Event
+from schemas.signing import Rejected
+from services.runtime.bus import Bus, Handler
+from services.runtime.middleware import Guard
+
+logger = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=Event)
+
+ACK_WAIT_S = 5.0
+"""How long a delivered message may go unacknowledged before the stream offers it again
+(a handler still at work says so every :data:`PROGRESS_S`)."""
+PROGRESS_S = 2.0
+RETRY_S = 1.0
+"""After a handler failed, when its message is offered again."""
+MAX_DELIVER = 20
+"""How often one message is offered before the stream gives it up (a handler that fails on
+it every time is logged each time and counted in ``handler_errors``)."""
+FETCH_WAIT_S = 1.0
+PUBLISH_TIMEOUT_S = 2.0
+PUBLISH_GIVE_UP_S = 60.0
+
+
+def check_stored(event_time: float, stored_at: float, window_s: float) -> None:
+    """Raise Rejected unless the event was stamped within ``window_s`` of the moment the
+    stream stored it (``stale`` before, ``future`` after)."""
+    if not event_time >= stored_at - window_s:  # NaN too
+        raise Rejected("stale", f"stamped {stored_at - event_time:.1f}s before it was stored")
+    if event_time > stored_at + window_s:
+        raise Rejected("future", f"stamped {event_time - stored_at:.1f}s after it was stored")
+
+
+class Consumer:
+    """One durable consumer: fetch, check, handle, then acknowledge, until stopped."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        name: str,
+        handler: Handler[E],
+        types: tuple[type[E], ...],
+        guards: Sequence[Guard],
+        accept_clients: bool,
+    ) -> None:
+        self.bus = bus
+        self.name = name
+        self.handler = handler
+        self.types = types
+        self.guards = guards
+        self.accept_clients = accept_clients
+        self.stopping = asyncio.Event()
+        self.sub: nats.js.JetStreamContext.PullSubscription | None = None
+
+    def check(self, msg: Msg) -> Event:
+        """The bus's checks of a stored message (see the module's docstring)."""
+        bus = self.bus
+        event = bus.verify(msg, self.accept_clients)
+        if bus.guard.check_time:
+            check_stored(event.time, msg.metadata.timestamp.timestamp(), bus.guard.window_s)
+        return event
+
+    async def handle(self, msg: Msg) -> None:
+        """Handle one message and acknowledge it; offer it again if the handler failed."""
+        work = asyncio.ensure_future(
+            self.bus.deliver(msg, self.handler, self.types, self.guards, lambda: self.check(msg))
+        )
+        while True:
+            done, _ = await asyncio.wait({work}, timeout=PROGRESS_S)
+            if done:
+                break
+            await _quietly(msg.in_progress())
+        if work.result():
+            await _quietly(msg.ack())
+        else:
+            await _quietly(msg.nak(delay=RETRY_S))
+
+    async def run(self) -> None:
+        """Fetch and handle messages one at a time until :meth:`stop`."""
+        assert self.sub is not None
+        while not self.stopping.is_set():
+            try:
+                msgs = await self.sub.fetch(1, timeout=FETCH_WAIT_S)
+            except nats.errors.TimeoutError:
+                continue
+            except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
+                if self.bus.nc.is_closed:
+                    return
+                logger.debug("consumer %s: %r", self.name, exc)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                await self.handle(msg)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+async def _quietly(reply: object) -> None:
+    """Send an acknowledgement; one lost (the bus away) only means the message comes again."""
+    try:
+        await reply  # type: ignore[misc]
+    except (nats.errors.Error, OSError) as exc:
+        logger.debug("acknowledgement not sent: %r", exc)
+
+
+async def consume(
+    bus: Bus,
+    subject: str,
+    handler: Handler[E],
+    *,
+    types: tuple[type[E], ...],
+    durable: str,
+    accept_clients: bool = False,
+    guards: Sequence[Guard] = (),
+) -> Consumer:
+    """Create (or find again) the durable consumer ``durable`` of ``subject`` on the prefix's
+    stream, and start handling its messages (stopped with the bus's other subscriptions).
+
+    A consumer made for the first time starts with what is published from now on;
+    found again, with the first message it has not acknowledged.
+    """
+    stream = bus.subjects.stream_name()
+    config = ConsumerConfig(
+        name=durable,
+        durable_name=durable,
+        filter_subject=subject,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.NEW,
+        ack_wait=ACK_WAIT_S,
+        max_deliver=MAX_DELIVER,
+    )
+    try:
+        await bus.js.add_consumer(stream, config)
+    except nats.js.errors.BadRequestError as exc:
+        # made before with other settings (an older version): keep its place, take ours
+        logger.info("consumer %s exists with other settings (%s): updating it", durable, exc)
+        await bus.js.add_consumer(stream, config)
+    consumer = Consumer(bus, durable, handler, types, guards, accept_clients)
+    consumer.sub = await bus.js.pull_subscribe_bind(durable=durable, stream=stream)
+    bus.adopt(consumer.sub._sub, consumer.stop, asyncio.ensure_future(consumer.run()))
+    return consumer
+
+
+async def publish_stored(
+    bus: Bus,
+    subject: str,
+    event: Event,
+    *,
+    give_up_s: float = PUBLISH_GIVE_UP_S,
+) -> None:
+    """Publish ``event`` on ``subject`` and wait until the stream has stored it.
+
+    While the stream does not answer (the bus away, a cluster electing a
+    leader), the same bytes go again, every second, for up to ``give_up_s``;
+    the stream stores them once (``Nats-Msg-Id`` is the event's id). Then the
+    last error is raised.
+    """
+    payload, headers = bus.encode(subject, event)
+    deadline = time.monotonic() + give_up_s
+    while True:
+        try:
+            await bus.js.publish(subject, payload, timeout=PUBLISH_TIMEOUT_S, headers=headers)
+        except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
+            if time.monotonic() >= deadline:
+                raise
+            logger.warning("%s not stored yet (%r): trying again", subject, exc)
+            await asyncio.sleep(RETRY_S)
+            continue
+        bus.counters.published += 1
+        return

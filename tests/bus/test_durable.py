@@ -1,0 +1,118 @@
+"""Durable consumers on a real nats-server: what waits for a service, and what comes again."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import AsyncExitStack
+
+import msgspec
+
+from schemas.events import Incident
+from services.runtime.bus import Bus, Keyring
+from services.runtime.config import Config
+from services.runtime.durable import consume, publish_stored
+from tests.conftest import FarmFactory
+
+
+def _incident(state: str = "opened", **kwargs: object) -> Incident:
+    return Incident(
+        server="A",
+        incident_id="i-1",
+        state=state,  # type: ignore[arg-type]
+        health=0.1,
+        opened_at=1.0,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+async def _bus(config: Config, stack: AsyncExitStack, name: str = "t") -> Bus:
+    bus = await Bus.connect(config.bus, Keyring.from_config(config), name=name, stack=stack)
+    await bus.ensure_stream(max_age_s=600, max_bytes=1 << 24)
+    return bus
+
+
+async def _taking(
+    config: Config, got: asyncio.Queue[Incident], *, fail_first: bool = False
+) -> AsyncExitStack:
+    """A consumer ``c-incident`` of incident.A that puts what it handles on ``got``."""
+    stack = AsyncExitStack()
+    bus = await _bus(config, stack, "consumer")
+    failed: list[str] = []
+
+    async def handler(incident: Incident) -> None:
+        if fail_first and not failed:
+            failed.append(incident.id)
+            raise RuntimeError("the store is away")
+        await got.put(incident)
+
+    await consume(
+        bus, bus.subjects.incident("A"), handler, types=(Incident,), durable="c-incident"
+    )
+    stack.push_async_callback(bus.stop_receiving)
+    return stack
+
+
+async def test_decisions_published_while_the_service_is_down_wait_for_it_in_order(
+    farm: FarmFactory,
+) -> None:
+    # a replay window of 1 s: what waits longer than that for a restart is still taken,
+    # since its age is counted from the moment the stream stored it
+    config, _ = farm({"bus": {"replay_window_s": 1.0}})
+    got: asyncio.Queue[Incident] = asyncio.Queue()
+    async with AsyncExitStack() as stack:
+        publisher = await _bus(config, stack)
+        subject = publisher.subjects.incident("A")
+        first = await _taking(config, got)
+        opened = _incident("opened")
+        await publish_stored(publisher, subject, opened)
+        assert (await asyncio.wait_for(got.get(), 10)).id == opened.id
+        await first.aclose()  # the service stops
+
+        waiting = [_incident("recovering"), _incident("closed")]
+        for incident in waiting:
+            await publish_stored(publisher, subject, incident)
+        await asyncio.sleep(2.0)
+        async with await _taking(config, got):
+            taken = [await asyncio.wait_for(got.get(), 10) for _ in waiting]
+            await asyncio.sleep(0.5)
+        assert [i.id for i in taken] == [i.id for i in waiting]
+        assert got.empty()  # what was acknowledged before the stop did not come again
+
+
+async def test_a_decision_whose_handler_failed_comes_again(farm: FarmFactory) -> None:
+    config, _ = farm()
+    got: asyncio.Queue[Incident] = asyncio.Queue()
+    async with AsyncExitStack() as stack:
+        publisher = await _bus(config, stack)
+        async with await _taking(config, got, fail_first=True):
+            opened = _incident()
+            await publish_stored(publisher, publisher.subjects.incident("A"), opened)
+            assert (await asyncio.wait_for(got.get(), 15)).id == opened.id
+
+
+async def test_a_stored_decision_published_again_later_is_stale_and_the_same_id_is_stored_once(
+    farm: FarmFactory,
+) -> None:
+    config, _ = farm({"bus": {"replay_window_s": 1.0}})
+    got: asyncio.Queue[Incident] = asyncio.Queue()
+    async with AsyncExitStack() as stack:
+        publisher = await _bus(config, stack)
+        subject = publisher.subjects.incident("A")
+        async with await _taking(config, got) as consumer_stack:
+            del consumer_stack
+            opened = _incident()
+            await publish_stored(publisher, subject, opened)
+            assert (await asyncio.wait_for(got.get(), 10)).id == opened.id
+            # the same event again at once: the stream stores one id once
+            await publish_stored(publisher, subject, opened)
+            # an event stamped long before it reaches the stream (a recorded one sent
+            # again by whoever can publish there) is stale
+            old = msgspec.structs.replace(_incident("closed"), time=time.time() - 60)
+            await publish_stored(publisher, subject, old)
+            fresh = _incident("recovering")
+            await publish_stored(publisher, subject, fresh)
+            assert (await asyncio.wait_for(got.get(), 10)).id == fresh.id
+            assert got.empty()
+        info = await publisher.js.stream_info(publisher.subjects.stream_name())
+        assert info.state.messages == 3  # opened once, the old one, the fresh one
