@@ -94,6 +94,12 @@ class TargeterCore:
         previous = state.tracked.get(incident.server)
         if previous is not None and incident.time < previous.time:
             raise Rejected("out-of-order", f"incident {incident.incident_id}: older than stored")
+        if previous is not None and (previous.incident_id, previous.state, previous.time) == (
+            incident.incident_id,
+            incident.state,
+            incident.time,
+        ):
+            return state, []  # the same change again (offered again after a restart)
         tracked = Tracked(
             incident_id=incident.incident_id, state=incident.state, time=incident.time
         )

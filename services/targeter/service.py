@@ -23,13 +23,16 @@ import logging
 import time
 from dataclasses import replace
 
+import msgspec
 from prometheus_client import Counter, Histogram
 
 from schemas.events import Ack, ClientStatus, FailoverPlan, HealthReport, Incident
 from services.runtime.config import Config
+from services.runtime.durable import consume, publish_stored
 from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
 from services.runtime.metrics import LATENCY_BUCKETS
 from services.runtime.middleware import known_client, known_server
+from services.runtime.permissions import durable_name
 from services.runtime.state import StateStore
 from services.targeter.core import TargeterCore, TargeterState
 from services.targeter.registry import ClientRecord
@@ -104,29 +107,69 @@ class Targeter:
     async def on_incident(self, incident: Incident) -> None:
         started = time.perf_counter()
         self.state, parts = self.core.handle(self.state, incident, time.time())
-        if parts or incident.state != "opened":
-            await self.incidents.put(incident.server, self.state.tracked[incident.server])
-        await self._publish(incident.server, parts, started)
+        await self._step(incident.server, parts, started, changed=incident.state != "opened")
 
     async def on_health(self, report: HealthReport) -> None:
         started = time.perf_counter()
         self.state, parts = self.core.handle(self.state, report, time.time())
-        if parts:
-            await self.incidents.put(report.server, self.state.tracked[report.server])
-        await self._publish(report.server, parts, started)
+        await self._step(report.server, parts, started)
 
-    async def _publish(self, server: str, parts: list[FailoverPlan], started: float) -> None:
-        """Publish the parts of a step's plan (none: no step was taken)."""
-        if not parts:
+    async def _step(
+        self, server: str, parts: list[FailoverPlan], started: float, *, changed: bool = False
+    ) -> None:
+        """Write out what changed for ``server``, and a step's plan with it (its outbox),
+        then publish the plan and clear the outbox."""
+        tracked = self.state.tracked.get(server)
+        if tracked is None:
             return
-        plan = parts[0]
-        logger.info("plan %s of %s: %s", plan.plan_id, server, plan.reason)
-        for part in parts:
-            await self.rt.bus.publish(self.rt.bus.subjects.plan(server), part)
-        moves = sum(len(part.moves) for part in parts)
-        if moves:
-            self.moved_total.labels(server).inc(moves)
-        self.plan_latency.observe(time.perf_counter() - started)
+        if parts:
+            tracked = msgspec.structs.replace(tracked, outbox=(*tracked.outbox, *parts))
+            self._keep(server, tracked)
+        if parts or changed:
+            await self.incidents.put(server, tracked)
+        if tracked.outbox:
+            await self._send_outbox(server)
+        if parts:
+            plan = parts[0]
+            logger.info("plan %s of %s: %s", plan.plan_id, server, plan.reason)
+            moves = sum(len(part.moves) for part in parts)
+            if moves:
+                self.moved_total.labels(server).inc(moves)
+            self.plan_latency.observe(time.perf_counter() - started)
+
+    async def _send_outbox(self, server: str) -> None:
+        """Publish ``server``'s written plan parts until the stream has stored each, then
+        clear them from its record. What the stream does not take stays in the outbox,
+        for the next event of that server (or the next start) to send."""
+        tracked = self.state.tracked[server]
+        sent = 0
+        try:
+            for part in tracked.outbox:
+                await publish_stored(self.rt.bus, self.rt.bus.subjects.plan(server), part)
+                sent += 1
+        finally:
+            current = self.state.tracked[server]
+            done = {part.id for part in tracked.outbox[:sent]}
+            cleared = msgspec.structs.replace(
+                current, outbox=tuple(p for p in current.outbox if p.id not in done)
+            )
+            self._keep(server, cleared)
+            if sent:
+                await self.incidents.put(server, cleared)
+
+    def _keep(self, server: str, tracked: Tracked) -> None:
+        self.state = replace(self.state, tracked={**self.state.tracked, server: tracked})
+
+    async def send_outboxes(self) -> None:
+        """Publish the plans a previous life wrote out but may not have published."""
+        for server, tracked in list(self.state.tracked.items()):
+            if tracked.outbox:
+                logger.info(
+                    "publishing %d plan parts of %s written before a restart",
+                    len(tracked.outbox),
+                    server,
+                )
+                await self._send_outbox(server)
 
 
 async def run(
@@ -145,11 +188,17 @@ async def run(
             await StateStore.open(rt.bus, "registry", ClientRecord),
         )
         await targeter.load()
+        await targeter.send_outboxes()
         subjects = rt.bus.subjects
         server = [known_server(targeter.core.servers)]
         client = [known_client({c.id for c in config.clients})]
-        await rt.bus.subscribe(
-            subjects.incident("*"), targeter.on_incident, types=(Incident,), guards=server
+        await consume(
+            rt.bus,
+            subjects.incident("*"),
+            targeter.on_incident,
+            types=(Incident,),
+            durable=durable_name(NAME, "incident"),
+            guards=server,
         )
         await rt.bus.subscribe(
             subjects.health("*"), targeter.on_health, types=(HealthReport,), guards=server

@@ -19,7 +19,13 @@ from services.targeter.registry import ClientRecord
 
 
 class Tracked(msgspec.Struct, frozen=True, kw_only=True):
-    """One server's last incident state, and the steps planned in it."""
+    """One server's last incident state, and the steps planned in it.
+
+    ``outbox``: the parts of the last step's plan, written with the step before
+    they are published and cleared once the stream has stored them, so a
+    targeter that dies in between publishes them (with the same ids) when it
+    starts again.
+    """
 
     incident_id: str
     state: IncidentState
@@ -28,6 +34,7 @@ class Tracked(msgspec.Struct, frozen=True, kw_only=True):
     planned: tuple[str, ...] = ()
     last_plan_at: float = 0.0
     last_plan_health: float | None = None
+    outbox: tuple[FailoverPlan, ...] = ()
 
 
 def server_views(

@@ -72,6 +72,17 @@ def test_an_opened_incident_plans_the_servers_clients_away(config: Config) -> No
     assert info.value.reason == "out-of-order"
 
 
+def test_the_same_incident_change_offered_again_plans_nothing_more(config: Config) -> None:
+    """A durable consumer offers an Incident again when the targeter died before acking it:
+    the step it planned then is in its written state (and outbox), not planned twice."""
+    core = TargeterCore(config, source="test")
+    opened = incident("opened", T0)
+    state, [_] = core.handle(farm_state(core), opened, T0)
+    again, parts = core.handle(state, opened, T0 + 2)
+    assert parts == []
+    assert again.tracked["A"].step == 1 and again.tracked["A"].planned == state.tracked["A"].planned
+
+
 def test_a_further_step_only_when_due(config: Config) -> None:
     assert config.targeter.step_interval_s == 5.0
     core = TargeterCore(config, source="t")
