@@ -30,7 +30,7 @@ from typing import Literal
 
 import msgspec
 
-from schemas.events import IncidentState, new_id
+from schemas.events import Incident, IncidentState, new_id
 from services.runtime.config import EvaluatorConfig
 
 Phase = Literal["healthy", "overloaded", "recovering"]
@@ -54,6 +54,9 @@ class ServerState(msgspec.Struct, frozen=True, kw_only=True):
     # Added with predictive onset; the defaults let states stored before it load.
     predicted: int = 0
     recent: tuple[Point, ...] = ()
+    # Stored only: the changes written with this state that the stream may not have yet
+    # (services/evaluator/service.py publishes them, then clears them).
+    outbox: tuple[Incident, ...] = ()
 
     def __post_init__(self) -> None:
         in_incident = self.phase != "healthy"

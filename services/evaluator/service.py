@@ -19,15 +19,18 @@ import time
 from collections.abc import Mapping
 from dataclasses import replace
 
+import msgspec
 from prometheus_client import Gauge, Histogram
 
 from schemas.events import ClientStatus, HealthReport, Incident, MetricsSample, ReadmitWave
 from services.evaluator.core import EvaluatorCore
 from services.evaluator.incidents import ServerState
 from services.runtime.config import Config, ServerConfig, subject_tokens
+from services.runtime.durable import consume, publish_stored
 from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
 from services.runtime.metrics import LATENCY_BUCKETS
 from services.runtime.middleware import known_server, taking
+from services.runtime.permissions import durable_name
 from services.runtime.state import StateStore
 
 logger = logging.getLogger(__name__)
@@ -50,6 +53,7 @@ class Evaluator:
         self.core = EvaluatorCore(rt.config.evaluator, servers, source=NAME)
         self.state = self.core.initial()
         self._lock = asyncio.Lock()
+        self.unsent: dict[str, tuple[Incident, ...]] = {}
         registry = rt.metrics.registry
         self.health_gauge = Gauge(
             "aaa_failover_health",
@@ -93,6 +97,9 @@ class Evaluator:
             if state.server != sid:
                 self.store.bad(sid, f"it names {state.server}")
                 continue
+            if state.outbox:
+                self.unsent[sid] = state.outbox
+                state = msgspec.structs.replace(state, outbox=())
             machines[sid] = state
             self._observe(state)
             if state.incident_id is not None:
@@ -137,8 +144,11 @@ class Evaluator:
                 await self._announce(incident)
 
     async def _announce(self, incident: Incident) -> None:
-        """Persist the server's machine state, then publish ``incident``."""
-        await self.store.put(incident.server, self.states[incident.server])
+        """Write the server's machine state with ``incident`` in its outbox, publish the
+        incident until the stream has it, then write the state without it: a change is
+        never lost between the two (the next start publishes what it finds there)."""
+        state = self.states[incident.server]
+        await self.store.put(incident.server, msgspec.structs.replace(state, outbox=(incident,)))
         logger.info(
             "incident %s of %s %s (health %.3f, relapses %d): %s",
             incident.incident_id,
@@ -148,7 +158,22 @@ class Evaluator:
             incident.relapses,
             incident.reason,
         )
-        await self.rt.bus.publish(self.rt.bus.subjects.incident(incident.server), incident)
+        await publish_stored(self.rt.bus, self.rt.bus.subjects.incident(incident.server), incident)
+        await self.store.put(incident.server, self.states[incident.server])
+
+    async def send_outboxes(self) -> None:
+        """Publish the changes a previous life wrote out but may not have published."""
+        unsent, self.unsent = self.unsent, {}
+        for sid, incidents in unsent.items():
+            for incident in incidents:
+                logger.info(
+                    "publishing incident %s of %s (%s), written before a restart",
+                    incident.incident_id,
+                    sid,
+                    incident.state,
+                )
+                await publish_stored(self.rt.bus, self.rt.bus.subjects.incident(sid), incident)
+            await self.store.put(sid, self.states[sid])
 
 
 async def run(
@@ -168,6 +193,7 @@ async def run(
     async def setup(rt: Runtime) -> None:
         evaluator = Evaluator(rt, await StateStore.open(rt.bus, NAME, ServerState), servers)
         await evaluator.load()
+        await evaluator.send_outboxes()
         subjects = rt.bus.subjects
         known = known_server(servers)
         for token in subject_tokens(only):
@@ -178,11 +204,12 @@ async def run(
                 queue=NAME,
                 guards=[known],
             )
-            await rt.bus.subscribe(
+            await consume(
+                rt.bus,
                 subjects.readmit(token),
                 evaluator.on_wave,
                 types=(ReadmitWave,),
-                queue=NAME,
+                durable=durable_name(NAME, "readmit", token),
                 guards=[taking(lambda wave: wave.final), known],
             )
         # every replica hears every client: any of them may score any server's sample
