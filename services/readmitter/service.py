@@ -30,6 +30,7 @@ from typing import Any
 
 import msgspec
 import nats.errors
+import nats.js.errors
 import prometheus_client
 
 from schemas.events import (
@@ -44,8 +45,10 @@ from schemas.events import (
 from services.readmitter.core import ReadmitterCore, ReadmitterState, WaveDue
 from services.readmitter.waves import Readmission
 from services.runtime.config import Config, subject_tokens
+from services.runtime.durable import consume, publish_stored
 from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
 from services.runtime.middleware import guard, known_client, known_server, taking
+from services.runtime.permissions import durable_name
 from services.runtime.placement import homes
 from services.runtime.state import StateStore
 
@@ -72,6 +75,7 @@ class Readmitter:
         self._wake: dict[str, asyncio.Event] = {s: asyncio.Event() for s in servers}
         self._locks: dict[str, asyncio.Lock] = {s: asyncio.Lock() for s in servers}
         self._last_pause: dict[str, str] = {}
+        self._outbox: dict[str, tuple[ReadmitWave, ...]] = {}
         registry = rt.metrics.registry
         self.readmitted_total = prometheus_client.Counter(
             "aaa_failover_clients_readmitted",
@@ -95,6 +99,9 @@ class Readmitter:
         for state in (await self.store.load_all()).values():
             if state.server not in self.servers:
                 continue
+            if state.outbox:
+                self._outbox[state.server] = state.outbox
+                state = msgspec.structs.replace(state, outbox=())
             self.state = replace(
                 self.state, readmissions={**self.state.readmissions, state.server: state}
             )
@@ -108,12 +115,28 @@ class Readmitter:
             self._ensure_loop(state.server)
 
     async def _persist(self, server: str) -> None:
-        """Write the current state of ``server`` (the latest one, whoever asks)."""
+        """Write the current state of ``server`` (the latest one, whoever asks), with the
+        waves decided but not yet known stored in the stream (its outbox)."""
         async with self._locks[server]:
             state = self.states.get(server)
             if state is None:
                 return
-            await self.store.put(server, state)
+            outbox = self._outbox.get(server, ())
+            await self.store.put(server, msgspec.structs.replace(state, outbox=outbox))
+
+    async def _send_outbox(self, server: str) -> bool:
+        """Publish ``server``'s written waves until the stream has stored each (the same
+        ids, so stored once), then write the state without them. False if the stream
+        did not take them: they stay for the next try."""
+        outbox = self._outbox.get(server, ())
+        if not outbox:
+            return True
+        for wave in outbox:
+            if not await self._send_wave(wave):
+                return False
+        self._outbox[server] = ()
+        await self._persist(server)
+        return True
 
     def _decide(
         self, server: str, event: Event | WaveDue, now: float | None = None
@@ -211,7 +234,8 @@ class Readmitter:
     async def _wave_step(self, server: str) -> float | None:
         """Do what is due for ``server`` now; how long to wait next, None to stop."""
         interval = self.config.readmitter.wave_interval_s
-        before = self.states.get(server)
+        if not await self._send_outbox(server):
+            return max(interval, 0.1)
         now = time.time()
         _, waves_out = self._decide(server, WaveDue(server=server), now)
         timer = self.state.timers[server]
@@ -225,14 +249,10 @@ class Readmitter:
             return timer.wake_at - now
         self._last_pause[server] = ""
         [wave] = waves_out
-        sent = self.states.get(server)
-        if not await self._send_wave(wave):
-            if self.states.get(server) is sent and before is not None:
-                self.state = replace(
-                    self.state, readmissions={**self.state.readmissions, server: before}
-                )
-            return max(interval, 0.1)
+        self._outbox[server] = (*self._outbox.get(server, ()), wave)
         await self._persist(server)
+        if not await self._send_outbox(server):
+            return max(interval, 0.1)
         if wave.final:
             logger.info("readmission of %s: final wave %d (%s)", server, wave.wave, wave.reason)
         return interval
@@ -248,8 +268,8 @@ class Readmitter:
             " (final)" if event.final else "",
         )
         try:
-            await self.rt.bus.publish(self.rt.bus.subjects.readmit(server), event)
-        except (nats.errors.Error, TimeoutError) as exc:
+            await publish_stored(self.rt.bus, self.rt.bus.subjects.readmit(server), event)
+        except (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError) as exc:
             logger.error("could not publish wave %d of %s: %s", event.wave, server, exc)
             return False
         self.waves_sent += 1
@@ -296,18 +316,20 @@ async def run(
                 queue=QUEUE,
                 guards=[server],
             )
-            await rt.bus.subscribe(
+            await consume(
+                rt.bus,
                 subjects.incident(token),
                 readmitter.on_incident,
                 types=(Incident,),
-                queue=QUEUE,
+                durable=durable_name(NAME, "incident", token),
                 guards=[server],
             )
-            await rt.bus.subscribe(
+            await consume(
+                rt.bus,
                 subjects.plan(token),
                 readmitter.on_plan,
                 types=(FailoverPlan,),
-                queue=QUEUE,
+                durable=durable_name(NAME, "plan", token),
                 guards=[server],
             )
             await rt.bus.subscribe(

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import msgspec
 
-from schemas.events import IncidentState
+from schemas.events import IncidentState, ReadmitWave
 
 
 class Readmission(msgspec.Struct, frozen=True, kw_only=True):
@@ -40,6 +40,9 @@ class Readmission(msgspec.Struct, frozen=True, kw_only=True):
     next_wave: int = 1
     last_wave_at: float | None = None
     final_sent: bool = False
+    # Stored only: the waves written with this state that the stream may not have yet
+    # (services/readmitter/service.py publishes them, then clears them).
+    outbox: tuple[ReadmitWave, ...] = ()
 
 
 class Wave(msgspec.Struct, frozen=True, kw_only=True):

@@ -296,6 +296,7 @@ async def test_a_client_away_that_no_plan_here_moved_is_readmitted_before_the_in
     async with _harness(config) as harness, _readmitter(harness):
         await harness.health(0.9)
         await harness.incident("opened")
+        await harness.state(lambda s: s.state == "opened")
         # the plan that moved nas-01 and nas-04 (homed on A) went by unheard
         for client in ("nas-01", "nas-04"):
             await harness.status(client, "B")
