@@ -17,6 +17,8 @@ limits (the same for the bus, where each try is one transmission).
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -118,6 +120,11 @@ class DeliveryTracker:
         self.pending[notice_id] = pending
         return pending, self._delivery(pending, "sent", now)
 
+    def wait_after(self, rounds: int) -> float:
+        """How long to wait for the Ack of a notice sent ``rounds`` times: the ack timeout,
+        doubled at each re-send (so a client that is restarting hears one of them)."""
+        return float(self.ack_timeout_s * 2 ** min(rounds - 1, 16))
+
     def restore(self, pending: Pending) -> None:
         """Track again a notice that was in flight before a restart."""
         self.pending[pending.notice_id] = pending
@@ -194,7 +201,7 @@ class DeliveryTracker:
             else:
                 pending.attempts += 1
                 pending.rounds += 1
-                pending.deadline = now + self.ack_timeout_s
+                pending.deadline = now + self.wait_after(pending.rounds)
                 actions.append(Retry(pending, self._delivery(pending, "retried", now)))
         return actions
 
@@ -204,6 +211,22 @@ class DeliveryTracker:
             (p.deadline for p in self.pending.values() if p.notice_id not in self.exchanging),
             default=None,
         )
+
+
+def notice_id(decision_id: str, client: str) -> str:
+    """The id of the notice a plan's or a wave's event ``decision_id`` sends ``client``: the
+    same each time that decision is handled (offered again after a restart), so the
+    agent takes it once and the notifier tracks it once."""
+    return hashlib.blake2b(f"{decision_id}/{client}".encode(), digest_size=16).hexdigest()
+
+
+def orphaned(
+    stored: Iterable[Pending], tracked: Mapping[str, Pending], now: float, grace_s: float
+) -> list[Pending]:
+    """The stored notices in flight that no live notifier tends: not tracked here, and
+    their ack timeout passed over ``grace_s`` ago (the notifier holding one re-sends or
+    fails it at its timeout and writes it again, or forgets it once acked)."""
+    return [p for p in stored if p.notice_id not in tracked and p.deadline < now - grace_s]
 
 
 class Sequencer:

@@ -33,6 +33,7 @@ import logging
 import time
 from collections.abc import Callable
 
+import nats.errors
 import prometheus_client
 
 from schemas.events import (
@@ -44,13 +45,22 @@ from schemas.events import (
     ReadmitWave,
 )
 from schemas.signing import AUTH_HEADER, SERVER_HEADER, client_authenticator
-from services.notifier.deliveries import DeliveryTracker, Failed, Pending, Sequencer
+from services.notifier.deliveries import (
+    DeliveryTracker,
+    Failed,
+    Pending,
+    Sequencer,
+    notice_id,
+    orphaned,
+)
 from services.notifier.transports.bus import BusTransport
 from services.notifier.transports.coa import CoaTransport
 from services.notifier.transports.icmp import IcmpTransport
 from services.notifier.transports.protocol import Transport
 from services.runtime.config import ClientConfig, Config, ServerConfig
+from services.runtime.durable import consume
 from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
+from services.runtime.permissions import durable_name
 from services.runtime.state import StateStore
 
 logger = logging.getLogger(__name__)
@@ -267,7 +277,11 @@ class Notifier:
                     self.drop("bad-alternate", f"plan {plan.plan_id} offers {sid!r}")
                     continue
                 alternates.append(sid)
+            nid = notice_id(plan.id, client.id)
+            if nid in self.tracker.pending:
+                continue  # this plan, offered again: its notice is in flight already
             notice = FailoverNotice(
+                id=nid,
                 incident_id=plan.incident_id,
                 server=server.id,
                 client=client.id,
@@ -296,7 +310,11 @@ class Notifier:
                 if client.home != server.id:
                     self.drop("not-home", f"wave of {server.id} names {cid!r} of {client.home}")
                     continue
+                nid = notice_id(wave.id, client.id)
+                if nid in self.tracker.pending:
+                    continue  # this wave, offered again: its notice is in flight already
                 notice = ReadmitNotice(
+                    id=nid,
                     incident_id=wave.incident_id,
                     server=server.id,
                     client=client.id,
@@ -329,6 +347,24 @@ class Notifier:
         await self.report(delivery)
 
     # --- retries --------------------------------------------------------
+
+    async def adopt_orphans(self) -> None:
+        """Now and then, take over the stored notices in flight that no live
+        notifier tends (a replica that died holding them)."""
+        grace = 2 * self.config.notifier.ack_timeout_s + 1.0
+        while await self.rt.sleep(max(grace, 5.0)):
+            try:
+                stored = await self.store.load_all()
+            except (nats.errors.Error, TimeoutError) as exc:
+                # the store away (a cluster electing a leader): the next look will do
+                logger.warning("could not look for notices of a notifier gone: %r", exc)
+                continue
+            adopted = orphaned(stored.values(), self.tracker.pending, time.time(), grace)
+            for pending in adopted:
+                self.tracker.restore(pending)
+            if adopted:
+                logger.info("took over %d notices in flight of a notifier gone", len(adopted))
+                self.wake.set()
 
     async def retry_loop(self) -> None:
         """Re-send unacknowledged notices and give up on them after the last retry."""
@@ -371,11 +407,20 @@ async def run(
         await notifier.load()
         await notifier.open_transports()
         subjects = rt.bus.subjects
-        await rt.bus.subscribe(
-            subjects.plan("*"), notifier.on_plan, types=(FailoverPlan,), queue=NAME
+        # replicas share these consumers: each plan and wave is handled by one of them
+        await consume(
+            rt.bus,
+            subjects.plan("*"),
+            notifier.on_plan,
+            types=(FailoverPlan,),
+            durable=durable_name(NAME, "plan"),
         )
-        await rt.bus.subscribe(
-            subjects.readmit("*"), notifier.on_wave, types=(ReadmitWave,), queue=NAME
+        await consume(
+            rt.bus,
+            subjects.readmit("*"),
+            notifier.on_wave,
+            types=(ReadmitWave,),
+            durable=durable_name(NAME, "readmit"),
         )
         # Not a queue group: every replica hears every Ack and the one holding
         # the notice settles it.
@@ -383,6 +428,7 @@ async def run(
             subjects.ack("*"), notifier.on_ack, types=(Ack,), accept_clients=True
         )
         rt.spawn(notifier.retry_loop(), "retries")
+        rt.spawn(notifier.adopt_orphans(), "orphans")
         for transport in notifier.transports.values():
             rt.spawn(transport.run(), transport.name)
             rt.stack.callback(transport.close)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from services.notifier.deliveries import DeliveryTracker, Failed, Retry, Sequencer
+from services.notifier.deliveries import (
+    DeliveryTracker,
+    Failed,
+    Retry,
+    Sequencer,
+    notice_id,
+    orphaned,
+)
 
 
 def _send(tracker: DeliveryTracker, notice_id: str = "n1", now: float = 100.0) -> None:
@@ -46,7 +53,7 @@ def test_ack_from_another_client_or_of_unknown_notice_is_ignored() -> None:
     assert len(tracker) == 1
 
 
-def test_retries_resend_same_bytes_then_fail() -> None:
+def test_retries_resend_same_bytes_waiting_twice_as_long_each_time_then_fail() -> None:
     tracker = DeliveryTracker(ack_timeout_s=1.0, retries=2)
     _send(tracker)
     first = tracker.due(101.0)
@@ -54,15 +61,16 @@ def test_retries_resend_same_bytes_then_fail() -> None:
     assert first[0].pending.payload == b'{"x":1}'
     assert first[0].pending.headers == {"Aaa-Auth": "abc"}
     assert (first[0].delivery.outcome, first[0].delivery.attempts) == ("retried", 2)
-    assert tracker.due(101.5) == []
-    second = tracker.due(102.0)
+    assert tracker.due(102.5) == []  # the second wait is 2 s
+    second = tracker.due(103.0)
     assert isinstance(second[0], Retry) and second[0].delivery.attempts == 3
-    last = tracker.due(103.0)
+    assert tracker.due(106.5) == []  # the third, 4 s
+    last = tracker.due(107.0)
     assert len(last) == 1 and isinstance(last[0], Failed)
     assert (last[0].delivery.outcome, last[0].delivery.attempts) == ("failed", 3)
     assert len(tracker) == 0
     # an ack after the failure changes nothing
-    assert tracker.acked("n1", "nas-01", 103.5) is None
+    assert tracker.acked("n1", "nas-01", 107.5) is None
 
 
 def test_no_retries_fails_after_first_timeout() -> None:
@@ -111,3 +119,22 @@ def test_sequence_grows_strictly_per_client() -> None:
     assert seq.next("b", 1000.0) == a1
     # a new sequencer (a restart) later on the clock goes on above the old numbers
     assert Sequencer().next("a", 1001.0) > a3
+
+
+def test_a_decision_handled_twice_gives_each_client_the_same_notice_id() -> None:
+    assert notice_id("plan-1", "nas-01") == notice_id("plan-1", "nas-01")
+    assert notice_id("plan-1", "nas-01") != notice_id("plan-1", "nas-02")
+    assert notice_id("plan-1", "nas-01") != notice_id("plan-2", "nas-01")
+    assert len(notice_id("plan-1", "nas-01")) == 32
+
+
+def test_only_notices_no_notifier_tends_are_orphaned() -> None:
+    mine = DeliveryTracker(ack_timeout_s=1.0, retries=3)
+    _send(mine, "tended", now=100.0)
+    peer = DeliveryTracker(ack_timeout_s=1.0, retries=3)
+    _send(peer, "peer-alive", now=109.0)  # its holder re-sent it lately: deadline 110
+    _send(peer, "peer-dead", now=100.0)  # nobody re-sent it: deadline 101
+    stored = [*mine.pending.values(), *peer.pending.values()]
+    found = orphaned(stored, mine.pending, now=110.0, grace_s=3.0)
+    assert [p.notice_id for p in found] == ["peer-dead"]
+    assert orphaned(stored, mine.pending, now=103.5, grace_s=3.0) == []
