@@ -196,8 +196,8 @@ def inbox(user: str) -> str:
 def _kv_api(scope: Scope, bucket: str) -> list[str]:
     """What nats-py's KeyValue calls publish for one bucket: open or create it
     (stream info, create; update, to its number of replicas), get (direct get or
-    message get), put, delete and purge (``$KV.<bucket>.<key>``), and keys (an ordered push consumer: create, info,
-    delete, its flow control replies)."""
+    message get), put, delete and purge (``$KV.<bucket>.<key>``), and keys (an
+    ordered push consumer: create, info, delete, its flow control replies)."""
     name, stream = scope.bucket(bucket), scope.bucket_stream(bucket)
     return [
         f"$JS.API.STREAM.INFO.{stream}",

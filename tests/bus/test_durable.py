@@ -46,9 +46,7 @@ async def _taking(
             raise RuntimeError("the store is away")
         await got.put(incident)
 
-    await consume(
-        bus, bus.subjects.incident("A"), handler, types=(Incident,), durable="c-incident"
-    )
+    await consume(bus, bus.subjects.incident("A"), handler, types=(Incident,), durable="c-incident")
     stack.push_async_callback(bus.stop_receiving)
     return stack
 
