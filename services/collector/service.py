@@ -239,5 +239,5 @@ async def run(
         rt.spawn(collect(rt, probes, seqs), "collect")
 
     await run_service(
-        "collector", config, setup, shutdown_trigger=shutdown_trigger, bus_url=bus_url
+        "collector", config, setup, shutdown_trigger=shutdown_trigger, bus_url=bus_url, only=only
     )

@@ -217,4 +217,6 @@ async def run(
             subjects.status("*"), evaluator.on_status, types=(ClientStatus,), accept_clients=True
         )
 
-    await run_service(NAME, config, setup, shutdown_trigger=shutdown_trigger, bus_url=bus_url)
+    await run_service(
+        NAME, config, setup, shutdown_trigger=shutdown_trigger, bus_url=bus_url, only=only
+    )

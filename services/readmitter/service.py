@@ -357,4 +357,6 @@ async def run(
 
         rt.stack.push_async_callback(report_at_stop)
 
-    await run_service(NAME, config, setup, shutdown_trigger=shutdown_trigger, bus_url=bus_url)
+    await run_service(
+        NAME, config, setup, shutdown_trigger=shutdown_trigger, bus_url=bus_url, only=only
+    )

@@ -385,6 +385,16 @@ class Bus:
             await self.js.update_stream(info.config)
         return kv
 
+    async def lease_bucket(self, lease_s: float) -> KeyValue:
+        """The bucket of leases (services/runtime/lease.py): entries live ``lease_s``."""
+        name = f"{self.subjects.stream_name()}_leases"
+        try:
+            return await self.js.key_value(name)
+        except nats.js.errors.BucketNotFoundError:
+            return await self.js.create_key_value(
+                bucket=name, history=1, ttl=lease_s, replicas=self.replicas
+            )
+
     # --- publish --------------------------------------------------------
 
     def encode(

@@ -108,7 +108,9 @@ class BusConfig(Base, frozen=True, kw_only=True):
     (``nats://n1:4222,nats://n2:4222,nats://n3:4222``): a service connects to
     one and moves to another when it is lost. ``replicas`` is how many nodes
     hold the stream and every bucket (3 on a 3-node cluster, so losing any one
-    loses nothing).
+    loses nothing). ``lease_s``: how long the lease of a service of which exactly one
+    replica acts outlives its holder (services/runtime/lease.py): the longest a
+    standby waits to take over from one that died.
     """
 
     url: str | None = None
@@ -122,6 +124,7 @@ class BusConfig(Base, frozen=True, kw_only=True):
     stream_max_bytes: int = 1 << 30
     connect_timeout_s: float = 5.0
     replicas: int = 1
+    lease_s: float = 3.0
     sandbox: bool = False
     auth: BusAuth | None = None
     tls: BusTls | None = None
@@ -135,6 +138,8 @@ class BusConfig(Base, frozen=True, kw_only=True):
                 raise ValueError(f"prefix {self.prefix!r} must be dot-separated tokens")
         if self.replay_window_s <= 0:
             raise ValueError("replay_window_s must be positive")
+        if not 0.5 <= self.lease_s <= 300:
+            raise ValueError("lease_s must be from 0.5 to 300 seconds")
         if not 1 <= self.replicas <= 5:
             raise ValueError("replicas must be from 1 to 5 (JetStream's limit)")
         if self.url is not None and any(url_userinfo(u) for u in split_urls(self.url)):

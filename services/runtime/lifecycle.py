@@ -13,17 +13,19 @@ process's output reads the line logged at that moment (:func:`says_started`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
 from services.runtime.bus import Bus, Keyring
 from services.runtime.config import Config
+from services.runtime.lease import Lease, holder_name, role
 from services.runtime.metrics import ServiceMetrics
-from services.runtime.permissions import uses_stream
+from services.runtime.permissions import leased, uses_stream
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +143,19 @@ class Runtime:
 SetUp = Callable[[Runtime], Awaitable[None]]
 
 
+async def _first(work: Coroutine[Any, Any, None], stopped: asyncio.Future[Any]) -> bool:
+    """Run ``work`` until it returns (True) or ``stopped`` is done first (False)."""
+    task = asyncio.ensure_future(work)
+    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
+
+
 async def run_service(
     name: str,
     config: Config,
@@ -150,8 +165,15 @@ async def run_service(
     bus_url: str | None = None,
     keyring: Keyring | None = None,
     grace_s: float = 5.0,
+    only: Sequence[str] | None = None,
 ) -> None:
     """Connect ``name`` to the bus, run ``setup``, and serve until shutdown.
+
+    A service of which exactly one replica acts (services/runtime/permissions.py,
+    ``leased``) first waits, as a standby, until it holds the lease of its role
+    (``name``, with the servers of ``only``: services/runtime/lease.py), keeps it
+    while it runs (stopping with :class:`~services.runtime.lease.LeaseLost` if it
+    loses it) and gives it up when it stops.
 
     With a port for ``name`` in ``config.metrics`` (see
     :meth:`Config.with_metrics_port`), /metrics is served from set-up until
@@ -177,8 +199,24 @@ async def run_service(
             metrics.serve(config.metrics.listen, port)
             stack.push_async_callback(metrics.stop)
         runtime = Runtime(name, config, bus, stack, metrics)
+        stopped = asyncio.ensure_future(shutdown_trigger())
+        stack.callback(stopped.cancel)
+        lease = None
+        if leased(name):
+            lease = Lease(
+                await bus.lease_bucket(config.bus.lease_s),
+                role(name, only),
+                holder_name(),
+                config.bus.lease_s,
+            )
+            if not await _first(lease.take(), stopped):
+                logger.info("%s stopped before it held its lease", name)
+                return
+            stack.push_async_callback(lease.release)
         async with asyncio.TaskGroup() as tg:
             runtime._tg = tg
+            if lease is not None:
+                keeping = tg.create_task(lease.keep(), name=f"{name}:lease")
             await setup(runtime)
             # The server has every subscription once this round trip is back:
             # from here on, nothing published to this service is missed.
@@ -187,8 +225,10 @@ async def run_service(
             started = _started.get()
             if started is not None:
                 started.set()
-            await wait_for_shutdown(shutdown_trigger)
+            await stopped
             logger.info("%s stopping", name)
             await bus.stop_receiving()
             await runtime._stop_loops(grace_s)
+            if lease is not None:
+                keeping.cancel()
         logger.info("%s stopped: %s", name, bus.stats())

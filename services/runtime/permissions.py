@@ -59,12 +59,14 @@ class BusUse:
     the clients it serves (client kinds by client id; server kinds by each
     client's home server), not every server's and client's. ``consumes``: the
     kinds (of those it subscribes to) it takes through durable consumers of its
-    own (services/runtime/durable.py).
+    own (services/runtime/durable.py). ``leased``: exactly one replica acts, the
+    one holding its lease (services/runtime/lease.py).
     """
 
     publishes: tuple[str, ...] = ()
     subscribes: tuple[str, ...] = ()
     consumes: tuple[str, ...] = ()
+    leased: bool = False
     buckets: tuple[str, ...] = ()
     stream: bool = False
     own_clients: bool = False
@@ -76,13 +78,14 @@ class BusUse:
 
 USES: Mapping[str, BusUse] = {
     "aaa": BusUse(subscribes=("control",)),
-    "collector": BusUse(publishes=("metrics",), buckets=("collector",), stream=True),
+    "collector": BusUse(publishes=("metrics",), buckets=("collector",), stream=True, leased=True),
     "evaluator": BusUse(
         publishes=("health", "incident"),
         subscribes=("metrics", "readmit", "status"),
         consumes=("readmit",),
         buckets=("evaluator",),
         stream=True,
+        leased=True,
     ),
     "targeter": BusUse(
         publishes=("plan",),
@@ -90,6 +93,7 @@ USES: Mapping[str, BusUse] = {
         consumes=("incident",),
         buckets=("targeter", "registry"),
         stream=True,
+        leased=True,
     ),
     "notifier": BusUse(
         publishes=("notice", "delivery"),
@@ -104,12 +108,19 @@ USES: Mapping[str, BusUse] = {
         consumes=("incident", "plan"),
         buckets=("readmitter",),
         stream=True,
+        leased=True,
     ),
     "agent": BusUse(
         publishes=("ack", "status", "request"), subscribes=("notice",), own_clients=True
     ),
 }
 """Every service's use of the bus, by service name (the registry's names)."""
+
+
+def leased(service: str) -> bool:
+    """Whether exactly one replica of ``service`` acts, under a lease."""
+    use = USES.get(service)
+    return use is not None and use.leased
 
 
 def uses_stream(service: str) -> bool:
@@ -214,6 +225,20 @@ def _kv_api(scope: Scope, bucket: str) -> list[str]:
     ]
 
 
+def _lease_api(scope: Scope, service: str) -> list[str]:
+    """Open or create the bucket of leases and read any lease; write only its own (the
+    key of its role: ``<service>``, or ``<service>.<servers>`` with ``--only``)."""
+    name, stream = scope.bucket("leases"), scope.bucket_stream("leases")
+    return [
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.STREAM.CREATE.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$KV.{name}.{service}",
+        f"$KV.{name}.{service}.>",
+    ]
+
+
 def _stream_api(scope: Scope) -> list[str]:
     """Create, update and look at the prefix's stream (``Bus.ensure_stream``)."""
     return [
@@ -292,6 +317,8 @@ def service_permissions(
         for bucket in use.buckets:
             publish += _kv_api(scope, bucket)
         publish += _consumer_api(scope, user, use.consumes, servers)
+        if use.leased:
+            publish += _lease_api(scope, user)
         subscribe.append(f"{inbox(user)}.>")
     return Permissions(_unique(publish), _unique(subscribe))
 
@@ -346,7 +373,7 @@ def users(
     for user, served in agent_users(clients, agents).items():
         out[user] = service_permissions(USES[AGENT], scope, user, served)
     out[TOOLS] = tools_permissions(scope)
-    buckets = [b for use in USES.values() for b in use.buckets]
+    buckets = [b for use in USES.values() for b in use.buckets] + ["leases"]
     out[SANDBOX] = sandbox_permissions(scope, buckets)
     out[HARNESS] = Permissions(None, None)
     return out
