@@ -276,6 +276,8 @@ class Ack(Event, frozen=True, kw_only=True, tag="ack"):
 
     ``draining`` counts the EAP conversations in progress on the server the
     client left: they finish there, and the move is complete when they have.
+    ``again``: the answer to the same notice heard again (a re-send), given as
+    before; the client did nothing this time.
     """
 
     notice_id: str
@@ -285,6 +287,7 @@ class Ack(Event, frozen=True, kw_only=True, tag="ack"):
     now_on: str = ""
     reason: str = ""
     draining: int = 0
+    again: bool = False
 
 
 class ReadmitRequest(Event, frozen=True, kw_only=True, tag="readmit.request"):

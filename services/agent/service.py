@@ -239,7 +239,12 @@ class ClientAgent:
         await self._publish(self.rt.bus.subjects.status(self.client.id), status)
 
     async def _ack(
-        self, notice: FailoverNotice | ReadmitNotice, answer: Answer, draining: int = 0
+        self,
+        notice: FailoverNotice | ReadmitNotice,
+        answer: Answer,
+        draining: int = 0,
+        *,
+        again: bool = False,
     ) -> None:
         ack = Ack(
             notice_id=notice.id,
@@ -249,6 +254,7 @@ class ClientAgent:
             now_on=answer.now_on,
             reason=answer.reason,
             draining=draining,
+            again=again,
             source=self.rt.bus.name,
         )
         await self._publish(self.rt.bus.subjects.ack(self.client.id), ack)
@@ -341,7 +347,7 @@ class ClientAgent:
             draining = 0
             if step.switched and self.proxy is not None:
                 draining = self.proxy.conversations.held_by(was_on, time.monotonic())
-            await self._ack(notice, step.ack, draining)
+            await self._ack(notice, step.ack, draining, again=step.reack)
         if step.switched:
             self._status_due = False
             await self.publish_status()
