@@ -175,7 +175,7 @@ async def _switches_and_rejects(h: Harness, metrics_url: str) -> None:
         (replayed.id, False, "old-seq"),
         (good.id, True, ""),
     ]
-    assert answers[2].now_on == "C"
+    assert answers[2].now_on == "C" and not answers[2].again
     status = await h.status(lambda s: s.current == "C")
     assert status.notices_rejected == 4
 
@@ -183,6 +183,7 @@ async def _switches_and_rejects(h: Harness, metrics_url: str) -> None:
     await h.send(good)
     again = await h.ack()
     assert (again.notice_id, again.accepted, again.now_on) == (good.id, True, "C")
+    assert again.again
     later = await h.status(lambda s: True, within=3)
     assert (later.current, later.notices_rejected) == ("C", 4)
     assert h.acks.empty()
