@@ -71,13 +71,16 @@ class Script:
             self.ack(notice, "B")
         return notice
 
-    def ack(self, notice: FailoverNotice | ReadmitNotice, now_on: str) -> Ack:
+    def ack(
+        self, notice: FailoverNotice | ReadmitNotice, now_on: str, *, again: bool = False
+    ) -> Ack:
         event = Ack(
             notice_id=notice.id,
             client=notice.client,
             server="A",
             accepted=True,
             now_on=now_on,
+            again=again,
             time=self._at(),
         )
         self.events.append(event)
@@ -274,6 +277,23 @@ def test_a_client_planned_again_after_its_move_failed_is_no_double() -> None:
     assert check_incidents(s.events, "A") == {}
 
 
+def test_a_re_ack_of_an_old_move_is_no_move_standing_when_planned_again() -> None:
+    s = Script()
+    s.incident("opened")
+    s.plan("n1")
+    old = s.failover("n1")
+    s.wave(1, "n1")
+    s.readmit("n1", 1)  # home
+    s.ack(old, "B", again=True)  # the old notice heard again: answered as before
+    s.plan("n1", step=2)
+    s.failover("n1")
+    s.incident("recovering")
+    s.wave(2, "n1", final=True)
+    s.readmit("n1", 2)
+    s.incident("closed")
+    assert check_incidents(s.events, "A") == {}
+
+
 def test_a_wave_number_with_two_lists_of_clients_fails() -> None:
     s = clean_incident()
     again = s.wave(1, "n2")
@@ -299,13 +319,21 @@ def test_a_client_in_two_waves_fails() -> None:
     assert "readmitted twice" in findings["waves once"][0]
 
 
-def test_a_notice_accepted_more_often_than_sent_fails_and_a_resend_does_not() -> None:
+def test_a_notice_accepted_twice_as_a_first_answer_fails() -> None:
     s = clean_incident()
     notice = next(e for e in s.events if isinstance(e, FailoverNotice))
-    s.ack(notice, "B")
+    first = next(e for e in s.events if isinstance(e, Ack) and e.notice_id == notice.id)
+    second = s.ack(notice, "C")  # again=False: the client acted on it a second time
     findings = check_incidents(s.events, "A")
     assert list(findings) == ["acked once"]
-    assert notice.id in findings["acked once"][0]
+    [message] = findings["acked once"]
+    assert notice.id in message and first.id in message and second.id in message
+    assert notice.client in message
+
+
+def test_a_double_is_caught_whatever_the_notifier_says_it_sent() -> None:
+    s = clean_incident()
+    notice = next(e for e in s.events if isinstance(e, FailoverNotice))
     s.add(
         Delivery(
             notice_id=notice.id,
@@ -317,6 +345,17 @@ def test_a_notice_accepted_more_often_than_sent_fails_and_a_resend_does_not() ->
             time=s._at(),
         )
     )
+    s.ack(notice, "B")  # sent twice, but acted on twice: still a double
+    assert list(check_incidents(s.events, "A")) == ["acked once"]
+
+
+def test_re_acks_of_a_notice_heard_again_are_no_double() -> None:
+    s = clean_incident()
+    failover = next(e for e in s.events if isinstance(e, FailoverNotice))
+    readmit = next(e for e in s.events if isinstance(e, ReadmitNotice))
+    for _ in range(3):  # re-sends the stream may hold no Delivery of
+        s.ack(failover, "B", again=True)
+        s.ack(readmit, "A", again=True)
     assert check_incidents(s.events, "A") == {}
 
 
