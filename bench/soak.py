@@ -97,7 +97,12 @@ from services.launch.demo import DEMO_SETTINGS, LogFiles  # noqa: E402
 from services.launch.farm import write_farm  # noqa: E402
 from services.launch.supervisor import ServiceProcess  # noqa: E402
 from services.runtime.bus import Bus, Keyring  # noqa: E402
-from services.runtime.config import DEFAULT_CLIENT_RATE, Config  # noqa: E402
+from services.runtime.config import (  # noqa: E402
+    DEFAULT_CLIENT_RATE,
+    AgentConfig,
+    CollectorConfig,
+    Config,
+)
 from services.runtime.natsserver import EmbeddedNats  # noqa: E402
 from services.runtime.permissions import USES  # noqa: E402
 
@@ -109,9 +114,9 @@ AGENTS = 3
 WORKERS = 8
 
 NORMAL: dict[str, float] = {
-    "collector_interval_s": 0.5,
-    "status_timeout_s": 0.25,
-    "agent_status_interval_s": 1.0,
+    "collector_interval_s": CollectorConfig().interval_s,
+    "status_timeout_s": CollectorConfig().status_timeout_s,
+    "agent_status_interval_s": AgentConfig().status_interval_s,
     "client_rate": DEFAULT_CLIENT_RATE,
 }
 """The normal rate: the product's defaults (collector, agent) and the default client load."""
@@ -815,13 +820,17 @@ def chosen_mode(args: argparse.Namespace) -> Mode:
 
 
 def run_phase(label: str, factor: float, mode: Mode) -> dict[str, Any]:
-    """One run in a fresh temporary folder, removed afterwards (kept if the run failed)."""
+    """One run in a fresh temporary folder, removed afterwards (kept with its logs if the
+    run failed, removed if it was interrupted)."""
     tmp = Path(tempfile.mkdtemp(prefix=f"aaa-bench-soak-{label}-"))
     started = time.monotonic()
     try:
         result = asyncio.run(phase(label, factor, mode, tmp))
     except Exception:
         print(f"{label}: failed; its logs stay in {tmp / 'logs'}", file=sys.stderr, flush=True)
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
     shutil.rmtree(tmp, ignore_errors=True)
     result["duration_s"] = time.monotonic() - started
@@ -843,7 +852,11 @@ def main(argv: list[str] | None = None) -> int:
         if label == "1x" and args.no_baseline:
             continue
         print(f"{label}: running", flush=True)
-        runs[label] = run_phase(label, factor, mode)
+        try:
+            runs[label] = run_phase(label, factor, mode)
+        except KeyboardInterrupt:
+            print(f"{label}: interrupted; every process of the farm was stopped", flush=True)
+            return 130
     checked = goals(runs)
     results = {
         "parameters": {
