@@ -39,7 +39,9 @@ Measured, per process (the nats-server too):
   any service starts, so it knows how many messages went on each subject. What a
   process should have received is the messages on the subjects it subscribes to
   (``services/runtime/permissions.py`` ``USES``, restricted to the servers or clients
-  of its ``--only``) heard before it was told to stop; lost is what it did not
+  of its ``--only``; of the kinds it consumes from the stream, one per ``Nats-Msg-Id``,
+  as the stream keeps an event sent again once) heard before it was told to stop;
+  lost is what it did not
   receive of those (those heard later are shown apart, as ``after stop``). Besides,
   every message published (by every process and the benchmark) must have been heard.
   So that nothing is published to a service that does not listen yet, each group of
@@ -93,6 +95,7 @@ if str(ROOT) not in sys.path:
 
 from bench.common import RESULTS, goal_line, start_services, stop_services, table, write  # noqa: E402
 from schemas.events import ClientStatus, Incident, ServerControl  # noqa: E402
+from schemas.subjects import kind_of  # noqa: E402
 from services.launch.demo import DEMO_SETTINGS, LogFiles  # noqa: E402
 from services.launch.farm import write_farm  # noqa: E402
 from services.launch.supervisor import ServiceProcess  # noqa: E402
@@ -107,6 +110,9 @@ from services.runtime.natsserver import EmbeddedNats  # noqa: E402
 from services.runtime.permissions import USES  # noqa: E402
 
 NAME = "soak"
+MSG_ID = "Nats-Msg-Id"
+CONSUMED = frozenset(kind for use in USES.values() for kind in use.consumes)
+"""Kinds of subject some service reads from the stream (a durable consumer), not as sent."""
 FACTOR = 10
 SERVERS = ("A", "B", "C")
 CLIENTS = 21
@@ -257,12 +263,23 @@ class Stall:
     all_home: bool = False
 
 
+@dataclass(frozen=True)
+class Heard:
+    """Messages heard per subject, and per subject of a kind consumed from the stream the
+    messages the stream keeps (one per ``Nats-Msg-Id``: it stores an event sent again once)."""
+
+    subjects: Mapping[str, int]
+    stored: Mapping[str, int]
+
+
 @dataclass
 class Watch:
     """What the benchmark heard on the bus: messages per subject, statuses, incidents."""
 
     config: Config
     subjects: Counter[str] = field(default_factory=Counter)
+    stored: Counter[str] = field(default_factory=Counter)
+    ids: dict[str, set[str]] = field(default_factory=dict)
     statuses: dict[str, ClientStatus] = field(default_factory=dict)
     incidents: dict[str, list[Incident]] = field(default_factory=dict)
     heard_at: float = field(default_factory=time.monotonic)
@@ -271,6 +288,16 @@ class Watch:
     async def on_message(self, msg: Any) -> None:
         self.subjects[msg.subject] += 1
         self.heard_at = time.monotonic()
+        if kind_of(msg.subject) in CONSUMED:
+            seen = self.ids.setdefault(msg.subject, set())
+            msg_id = (msg.headers or {}).get(MSG_ID) or str(len(seen))
+            if msg_id not in seen:
+                seen.add(msg_id)
+                self.stored[msg.subject] += 1
+
+    def snapshot(self) -> Heard:
+        """The messages heard so far per subject, and those the stream keeps."""
+        return Heard(Counter(self.subjects), Counter(self.stored))
 
     async def on_status(self, event: ClientStatus) -> None:
         self.statuses[event.client] = event
@@ -289,10 +316,14 @@ class Watch:
         return [i for i, events in self.incidents.items() if events[-1].state != "closed"]
 
     def opened_on(self, server: str, since: float) -> str | None:
-        """The first incident of ``server`` opened at or after ``since`` (UNIX time)."""
+        """The first incident of ``server`` open at ``since`` (UNIX time) or opened after."""
         for incident_id, events in self.incidents.items():
-            first = events[0]
-            if first.server == server and first.state == "opened" and first.time >= since:
+            first, closed = events[0], self.closed(incident_id)
+            if (
+                first.server == server
+                and first.state == "opened"
+                and (first.time >= since or closed is None or closed >= since)
+            ):
                 return incident_id
         return None
 
@@ -394,14 +425,18 @@ async def incidents(
         at = max(at + INCIDENT_EVERY_S, time.monotonic() - started)
 
 
-def expected(subjects: Mapping[str, int], prefix: str, planned: Planned) -> int:
-    """Of the messages per subject ``subjects``, those on the subjects ``planned``
-    subscribes to."""
-    kinds = set(USES[planned.service].subscribes)
+def expected(heard: Heard, prefix: str, planned: Planned) -> int:
+    """Of the messages ``heard``, those ``planned`` should receive: on the subjects it
+    subscribes to, and of those it consumes from the stream the ones the stream keeps."""
+    use = USES[planned.service]
     total = 0
-    for subject, count in subjects.items():
+    for subject, count in heard.subjects.items():
         kind, _, token = subject[len(prefix) + 1 :].partition(".")
-        if kind in kinds and (planned.only is None or token in planned.only):
+        if planned.only is not None and token not in planned.only:
+            continue
+        if kind in use.consumes:
+            total += heard.stored.get(subject, 0)
+        elif kind in use.subscribes:
             total += count
     return total
 
@@ -410,7 +445,7 @@ def events(
     watch: Watch,
     processes: Sequence[Planned],
     stopped: Mapping[str, Any],
-    told_to_stop: Mapping[str, Mapping[str, int]],
+    told_to_stop: Mapping[str, Heard],
 ) -> dict[str, Any]:
     """Per process: the messages on its subjects heard before it was told to stop (it
     must have received each), those heard after (it may have), what it received, lost
@@ -422,8 +457,8 @@ def events(
         if stats is None:
             per[planned.name] = {"reported": False}
             continue
-        should = expected(told_to_stop.get(planned.name, watch.subjects), prefix, planned)
-        later = expected(watch.subjects, prefix, planned) - should
+        should = expected(told_to_stop.get(planned.name, watch.snapshot()), prefix, planned)
+        later = expected(watch.snapshot(), prefix, planned) - should
         per[planned.name] = {
             "reported": True,
             "published": stats["published"],
@@ -582,7 +617,7 @@ async def stop_in_order(
     watch: Watch,
     processes: Sequence[ServiceProcess],
     edge: set[str],
-    told_to_stop: dict[str, Counter[str]],
+    told_to_stop: dict[str, Heard],
 ) -> dict[str, int]:
     """Stop the edge publishers, wait until the bus is quiet, then stop the rest; each
     process's exit status. ``told_to_stop`` gets the messages heard per subject when each
@@ -593,7 +628,7 @@ async def stop_in_order(
     for group in (first, rest):
         if group is rest and not await watch.quiet():
             print("soak: the bus was not quiet after the agents and collector stopped")
-        heard = Counter(watch.subjects)
+        heard = watch.snapshot()
         told_to_stop.update((p.name, heard) for p in group)
         statuses |= await asyncio.to_thread(stop_services, group)
     return statuses
@@ -604,7 +639,7 @@ async def phase(label: str, factor: float, mode: Mode, workdir: Path) -> dict[st
     nats = EmbeddedNats(workdir / "nats")
     logs = Logs(workdir / "logs")
     processes: list[ServiceProcess] = []
-    told_to_stop: dict[str, Counter[str]] = {}
+    told_to_stop: dict[str, Heard] = {}
     try:
         nats.start()
         assert nats.proc is not None
