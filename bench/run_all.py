@@ -27,6 +27,7 @@ ORDER = (
     "watching",
     "planner",
     "proxy",
+    "takeover",
     "growth",
     "soak",
 )
