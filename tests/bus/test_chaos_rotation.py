@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.chaos import ClusterFarm, run_case
-from tests.support.chaos_moments import CLUSTER_NODE, Kill, rotation, rotation_day
+from tests.support.chaos import run_case
+from tests.support.chaos_moments import Kill, rotation, rotation_day
 
 RUNS = rotation(rotation_day())
 
@@ -21,8 +21,6 @@ RUNS = rotation(rotation_day())
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("kills", RUNS, ids=lambda kills: "+".join(str(k) for k in kills))
 async def test_a_rotating_share_of_the_chaos_matrix(tmp_path: Path, kills: list[Kill]) -> None:
-    if any(k.target == CLUSTER_NODE for k in kills) and not ClusterFarm.available():
-        pytest.skip(f"no 3-node cluster runner ({ClusterFarm.RUNNER}) in the harness yet")
     outcome = await run_case(tmp_path, kills)
     print(outcome.report())
     assert outcome.ok, outcome.report()

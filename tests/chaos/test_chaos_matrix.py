@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.chaos import ClusterFarm, run_case
-from tests.support.chaos_moments import CLUSTER_NODE, MOMENTS, TARGETS, Kill, Moment
+from tests.support.chaos import run_case
+from tests.support.chaos_moments import MOMENTS, TARGETS, Kill, Moment
 
 pytestmark = [pytest.mark.chaos, pytest.mark.nats, pytest.mark.slow]
 
@@ -22,8 +22,6 @@ pytestmark = [pytest.mark.chaos, pytest.mark.nats, pytest.mark.slow]
 @pytest.mark.parametrize("moment", MOMENTS)
 @pytest.mark.parametrize("target", TARGETS)
 async def test_killed_and_started_again(tmp_path: Path, target: str, moment: Moment) -> None:
-    if target == CLUSTER_NODE and not ClusterFarm.available():
-        pytest.skip(f"no 3-node cluster runner ({ClusterFarm.RUNNER}) in the harness yet")
     outcome = await run_case(tmp_path, [Kill(target, moment)])
     print(outcome.report())
     assert outcome.ok, outcome.report()

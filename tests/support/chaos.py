@@ -14,9 +14,10 @@ The farm runs one of three ways (:func:`farm_for`):
   and each process of the registry's plan, every one in its own process group;
 - :class:`UpFarm`: `aaa-failover up` runs it all; killing ``up`` kills its children
   (they die with it), and the next ``up`` starts on the same store;
-- :class:`ClusterFarm`: the farm on a 3-node nats-server cluster, one node killed.
-  It needs the cluster support of services/runtime; until that exists it raises
-  :class:`ClusterUnavailable` and the tests skip it.
+- :class:`ClusterFarm`: each process as :class:`ProcessFarm` has it, on a 3-node
+  nats-server cluster (services/runtime/natscluster.py) with ``bus.replicas`` 3; the
+  target is one node (the one leading the prefix's stream), killed and started again
+  on its ports and store. The stream is read back once that node has caught up.
 
 Every process is started with ``natsserver.spawn`` (it dies with the test's process)
 and killed, with its whole group, when the case ends, whatever happened.
@@ -26,12 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+import tomllib
 from collections import Counter
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -41,15 +43,28 @@ from typing import IO, Any, Protocol
 
 import psutil
 
-from schemas.events import ClientStatus, Event, Incident, ReadmitWave, ServerControl
+from schemas.events import (
+    Ack,
+    ClientStatus,
+    Event,
+    FailoverNotice,
+    FailoverPlan,
+    Incident,
+    ReadmitNotice,
+    ReadmitWave,
+    ServerControl,
+)
+from schemas.subjects import Subjects
 from services.launch import bususers, registry
 from services.launch.demo import DEMO_SETTINGS
+from services.launch.devca import make_dev_ca
 from services.launch.farm import farm_dict, write_config
 from services.runtime import busfile
 from services.runtime.bus import Bus, Keyring
 from services.runtime.config import Config, load_config
 from services.runtime.lifecycle import says_started
-from services.runtime.natsserver import EmbeddedNats, spawn
+from services.runtime.natscluster import ClusterNode, NatsCluster
+from services.runtime.natsserver import EmbeddedNats, ServerTls, spawn
 from services.runtime.permissions import HARNESS
 from services.tools.recording import events_of, read_window
 from services.tools.tail import by_reason, skipped
@@ -83,11 +98,16 @@ CLIENT_SETTINGS = {"return_after_s": 60.0}
 """A client asks to return on its own only long after a readmission should have brought it
 back (a ReadmitRequest fails the case): its own timer is the fallback, not the path."""
 
+CLUSTER_SIZE = 3
+REPLICAS = 3
+CATCH_UP_TIMEOUT_S = 120.0
+"""How long a restarted cluster node may take to hold again all the others hold."""
+
 CLI = [sys.executable, "-m", "services.launch.cli"]
 
+logger = logging.getLogger(__name__)
 
-class ClusterUnavailable(RuntimeError):
-    """The farm cannot run on a 3-node cluster: services/runtime has no cluster yet."""
+Notice = FailoverNotice | ReadmitNotice
 
 
 def _kill_tree(proc: subprocess.Popen[Any] | None) -> None:
@@ -124,12 +144,27 @@ def _wait_for_line(path: Path, check: Callable[[str], bool], count: int, timeout
 class Farm(Protocol):
     """A running farm a case kills parts of."""
 
+    config: Config
+    """The farm's config as its processes read it (the bus it is on)."""
     logs: Path
 
     def start(self) -> None: ...
     def url(self) -> str: ...
-    def kill(self, target: str) -> None: ...
+    def kill(self, target: str) -> str | None:
+        """SIGKILL ``target``; what was killed, in words, when there is more to say."""
+        ...
+
     def restart(self, target: str) -> None: ...
+    def whole(self) -> None:
+        """Wait until the bus holds again everything it took (a restarted node caught
+        up), so that what is read back from it is the whole recording."""
+        ...
+
+    def exited(self) -> dict[str, int]:
+        """The processes that exited by themselves (not killed by the case) and their
+        exit status: nothing starts them again."""
+        ...
+
     def stop(self) -> None:
         """Stop every process (cleanly when it can), leaving nothing running."""
         ...
@@ -139,10 +174,13 @@ class ProcessFarm:
     """The embedded nats-server and every process of the farm, each started by the harness."""
 
     def __init__(self, config: Config, path: Path, logs: Path) -> None:
+        self._processes(config, path, logs)
+        self.nats: EmbeddedNats = bususers.embedded(config)
+
+    def _processes(self, config: Config, path: Path, logs: Path) -> None:
         self.config = config
         self.path = path
         self.logs = logs
-        self.nats: EmbeddedNats = bususers.embedded(config)
         self.argv: dict[str, list[str]] = {}
         self.service: dict[str, str] = {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -151,13 +189,17 @@ class ProcessFarm:
     def url(self) -> str:
         return self.nats.url
 
+    def _start_bus(self) -> None:
+        self.nats.start()
+
+    def _stop_bus(self) -> None:
+        self.nats.stop()
+
     def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.nats.start()
+        self._start_bus()
         for name, service, args in registry.plan(self.config):
-            self.argv[name] = registry.run_argv(
-                service, self.path, bus_url=self.nats.url, args=args
-            )
+            self.argv[name] = registry.run_argv(service, self.path, bus_url=self.url(), args=args)
             self.service[name] = service
             self._start(name)
         for name in self.argv:
@@ -185,14 +227,15 @@ class ProcessFarm:
             raise KeyError(f"no process of {target} in this farm")
         return found
 
-    def kill(self, target: str) -> None:
+    def kill(self, target: str) -> str | None:
         if target == NATS:
             assert self.nats.proc is not None
             os.kill(self.nats.proc.pid, signal.SIGKILL)
             self.nats.proc.wait(10)
-            return
+            return None
         for name in self.names(target):
             _kill_tree(self.procs[name])
+        return None
 
     def restart(self, target: str) -> None:
         if target == NATS:
@@ -200,6 +243,15 @@ class ProcessFarm:
             return
         for name in self.names(target):
             self._start(name)
+
+    def whole(self) -> None:
+        return None  # one server: what it took is in its store
+
+    def exited(self) -> dict[str, int]:
+        # a process the case killed was started again: its latest run is the one to ask
+        return {
+            name: proc.returncode for name, proc in self.procs.items() if proc.poll() is not None
+        }
 
     def stop(self) -> None:
         try:
@@ -213,7 +265,7 @@ class ProcessFarm:
         finally:
             for proc in self.procs.values():
                 _kill_tree(proc)
-            self.nats.stop()
+            self._stop_bus()
             for out in self._files:
                 out.close()
 
@@ -255,7 +307,7 @@ class UpFarm:
         assert self.proc is not None
         self._children = psutil.Process(self.proc.pid).children(recursive=True)
 
-    def kill(self, target: str) -> None:
+    def kill(self, target: str) -> str | None:
         assert target == UP, target
         assert self.proc is not None
         os.kill(self.proc.pid, signal.SIGKILL)
@@ -263,10 +315,19 @@ class UpFarm:
         # its children die with it (PR_SET_PDEATHSIG): wait until they have
         _, alive = psutil.wait_procs(self._children, timeout=30)
         assert not alive, f"`up` was killed but its children live on: {alive}"
+        return None
 
     def restart(self, target: str) -> None:
         assert target == UP, target
         self.start()
+
+    def whole(self) -> None:
+        return None  # one server: what it took is in its store
+
+    def exited(self) -> dict[str, int]:
+        if self.proc is None or self.proc.poll() is None:
+            return {}
+        return {"up": self.proc.returncode}
 
     def stop(self) -> None:
         try:
@@ -283,46 +344,97 @@ class UpFarm:
                 out.close()
 
 
-class ClusterFarm:
+class ClusterFarm(ProcessFarm):
     """The farm on a 3-node nats-server cluster (``bus.url`` naming every node,
-    ``bus.replicas`` 3), each service its own process; the target is one node, killed and
-    started again on its port, store and routes.
+    ``bus.replicas`` 3), each service its own process as in :class:`ProcessFarm`; the
+    target is one node, killed with SIGKILL and started again on its ports, store and
+    routes.
 
-    Waits on the cluster support of services/runtime (``RUNNER``, a runner of the three
-    nodes, and ``bus.replicas``); until the harness runs the farm on it (``implemented``),
-    :meth:`start` raises :class:`ClusterUnavailable` and the tests skip the case.
+    The nodes have the farm's users (passwords in ``cluster/auth``) and TLS (a
+    development CA in ``cluster/tls``), as the embedded server has them; the config file
+    is written again to name them and every node. The node killed is the one leading the
+    prefix's stream (as the running nodes' ``/jsz`` report it), else any running one.
     """
 
-    RUNNER = "services.runtime.natscluster"
-    implemented = False
-
     def __init__(self, config: Config, path: Path, logs: Path) -> None:
-        self.config = config
-        self.path = path
-        self.logs = logs
-
-    @classmethod
-    def available(cls) -> bool:
-        """Whether a case can kill a cluster node: the runner is there and used here."""
-        return cls.implemented and importlib.util.find_spec(cls.RUNNER) is not None
-
-    def start(self) -> None:
-        raise ClusterUnavailable(
-            f"no 3-node cluster runner in services/runtime ({self.RUNNER}) yet: "
-            "the cluster-node case waits for it"
+        home = path.parent / "cluster"
+        tls_dir, auth_dir = home / "tls", home / "auth"
+        if not (tls_dir / "ca.pem").is_file():
+            make_dev_ca(tls_dir)
+        users = bususers.server_users(bususers.farm_users(config), auth_dir)
+        self.cluster = NatsCluster(
+            home / "nodes",
+            size=CLUSTER_SIZE,
+            name="chaos",
+            users=users,
+            tls=ServerTls(
+                cert=tls_dir / "server.pem", key=tls_dir / "server-key.pem", ca=tls_dir / "ca.pem"
+            ),
+            start_timeout_s=START_TIMEOUT_S,
         )
+        data = tomllib.loads(path.read_text())
+        data["bus"] = {
+            **data["bus"],
+            "url": self.cluster.urls,
+            "replicas": REPLICAS,
+            "auth": {"dir": str(auth_dir)},
+            "tls": {"ca": str(tls_dir / "ca.pem")},
+        }
+        write_config(path.parent, data, path.name)
+        self._processes(load_config(path), path, logs)
+        self.stream = Subjects(self.config.bus.prefix).stream_name()
+        self.killed: ClusterNode | None = None
 
     def url(self) -> str:
-        raise ClusterUnavailable(self.RUNNER)
+        return self.cluster.urls
 
-    def kill(self, target: str) -> None:
-        raise ClusterUnavailable(self.RUNNER)
+    def _start_bus(self) -> None:
+        self.cluster.start()
+
+    def _stop_bus(self) -> None:
+        try:
+            self.cluster.stop()
+        finally:
+            self.logs.mkdir(parents=True, exist_ok=True)
+            for node in self.cluster.nodes:  # the nodes' logs, beside the services'
+                (self.logs / f"{node.name}.log").write_text(node.log_tail(10_000) + "\n")
+
+    def stream_leader(self) -> tuple[ClusterNode, str]:
+        """The running node that leads the prefix's stream, and how it was found; any
+        running node when no running node names a running leader."""
+        running = [node for node in self.cluster.nodes if node.running]
+        named: dict[str, list[str]] = {}
+        for node in running:
+            try:
+                detail = node.streams().get(self.stream) or {}
+            except Exception as exc:  # a node that does not answer names no one
+                logger.info("node %s: no /jsz: %s", node.name, exc)
+                continue
+            leader = (detail.get("cluster") or {}).get("leader")
+            if leader:
+                named.setdefault(str(leader), []).append(node.name)
+        for leader, by in sorted(named.items(), key=lambda item: -len(item[1])):
+            if any(node.name == leader for node in running):
+                return self.cluster.node(leader), f"leader of {self.stream} (per {by})"
+        assert running, "no cluster node is running"
+        return running[0], f"no running leader of {self.stream} named ({named}): any node"
+
+    def kill(self, target: str) -> str | None:
+        assert target == CLUSTER_NODE, target
+        assert self.killed is None or self.killed.running, "a node is still down"
+        node, why = self.stream_leader()
+        node.kill()
+        self.killed = node
+        return f"node {node.name}, {why}"
 
     def restart(self, target: str) -> None:
-        raise ClusterUnavailable(self.RUNNER)
+        assert target == CLUSTER_NODE, target
+        assert self.killed is not None, "no node was killed"
+        self.killed.restart()
 
-    def stop(self) -> None:
-        return None
+    def whole(self) -> None:
+        if self.killed is not None:
+            self.cluster.wait_caught_up(self.killed, CATCH_UP_TIMEOUT_S)
 
 
 def farm_for(kills: list[Kill], config: Config, path: Path, logs: Path) -> Farm:
@@ -435,6 +547,11 @@ class Outcome:
     logs: Path
     seconds: float
     settled: bool
+    exited: dict[str, int] = field(default_factory=dict)
+    """The processes that exited by themselves before the end, with their exit status."""
+    unrecorded: list[Event] = field(default_factory=list)
+    """Events the harness heard live that the stream does not hold (not checked: the
+    recording is what the checks read)."""
 
     def report(self) -> str:
         lines = [
@@ -448,6 +565,21 @@ class Outcome:
                 f"  the incident did not close with every client home within "
                 f"{SETTLE_TIMEOUT_S:.0f}s of the release"
             )
+        if self.exited:
+            lines.append(
+                "  processes that exited by themselves (not started again): "
+                + ", ".join(f"{name} (exit {code})" for name, code in sorted(self.exited.items()))
+            )
+        if self.unrecorded:
+            kinds = Counter(type(e).__name__ for e in self.unrecorded)
+            lines.append(
+                f"  heard live but not in the stream: {len(self.unrecorded)} events ("
+                + ", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items()))
+                + ")"
+            )
+            for event in self.unrecorded:
+                if isinstance(event, Ack | Notice | Incident | FailoverPlan | ReadmitWave):
+                    lines.append(f"    - {_describe(event)}")
         if self.skipped:
             lines.append(f"  stored messages that did not verify: {by_reason(self.skipped)}")
         for check, messages in self.findings.items():
@@ -462,6 +594,16 @@ class Outcome:
             and not self.skipped
             and all(not what.startswith("never") for what in self.fired.values())
         )
+
+
+def _describe(event: Event) -> str:
+    """One decision or answer, for a report: its type, id and what it is about."""
+    text = f"{type(event).__name__} {event.id}"
+    if isinstance(event, Ack):
+        return f"{text} of notice {event.notice_id} by {event.client} (again={event.again})"
+    if isinstance(event, Notice):
+        return f"{text} to {event.client}"
+    return text
 
 
 def summary(events: list[Event], server: str) -> list[str]:
@@ -520,11 +662,14 @@ async def run_case(directory: Path, kills: list[Kill]) -> Outcome:
     config, path = write_chaos_farm(directory)
     logs = directory / "logs"
     farm = farm_for(kills, config, path, logs)
+    config = farm.config  # a cluster's farm names its nodes
     observer = Observer(config)
     fired: dict[str, str] = {}
     started_at = time.time()
     settled = False
     recorded: list[Any] = []
+    exited: dict[str, int] = {}
+    read_at = 0.0
     try:
         await asyncio.to_thread(farm.start)
         await observer.join(farm.url())
@@ -552,17 +697,22 @@ async def run_case(directory: Path, kills: list[Kill]) -> Outcome:
             )
 
         settled = bool(await observer.until(done, SETTLE_TIMEOUT_S))
+        await asyncio.to_thread(farm.whole)  # the stream holds again all it took
         if not settled:
             await observer.catch_up(started_at)  # what the live subscription may have missed
             settled = done()
         ended = time.time()
         await observer.until(lambda: len(observer.statuses_since(ended)) == CLIENTS, 15)
         assert observer.bus is not None
-        recorded = await read_window(observer.bus, started_at, time.time() + 60)
+        read_at = time.time()
+        recorded = await read_window(observer.bus, started_at, read_at + 60)
     finally:
         await observer.leave()
+        with contextlib.suppress(Exception):
+            exited = farm.exited()
         await asyncio.to_thread(farm.stop)
     events = events_of(recorded)
+    stored = {e.id for e in events}
     return Outcome(
         kills=kills,
         events=events,
@@ -572,6 +722,13 @@ async def run_case(directory: Path, kills: list[Kill]) -> Outcome:
         logs=logs,
         seconds=time.monotonic() - began,
         settled=settled,
+        exited=exited,
+        # heard a second or more before the stream was read: it had had the time to store it
+        unrecorded=[
+            e
+            for e in observer.events
+            if e.id not in stored and started_at <= e.time < read_at - 1.0
+        ],
     )
 
 
@@ -619,8 +776,8 @@ async def _strike(
         fired[str(kill)] = f"never came within {MOMENT_TIMEOUT_S:.0f}s: nothing killed"
         return
     at = time.time() - started_at
-    await asyncio.to_thread(farm.kill, kill.target)
-    fired[str(kill)] = f"{what}; killed at +{at:.1f}s"
+    which = await asyncio.to_thread(farm.kill, kill.target)
+    fired[str(kill)] = f"{what}; killed {f'{which} ' if which else ''}at +{at:.1f}s"
     await asyncio.sleep(RESTART_AFTER_S)
     await asyncio.to_thread(farm.restart, kill.target)
     fired[str(kill)] += f", running again at +{time.time() - started_at:.1f}s"
