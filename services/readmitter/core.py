@@ -22,7 +22,9 @@ from functools import cached_property
 import msgspec
 
 from schemas.events import (
+    Ack,
     ClientStatus,
+    Delivery,
     Event,
     FailoverPlan,
     HealthReport,
@@ -107,8 +109,30 @@ class ReadmitterCore:
         if isinstance(event, ReadmitRequest):
             return self.on_request(state, event, now)
         if isinstance(event, ClientStatus):
-            return self.on_status(state, event), []
+            state = self.on_status(state, event)
+            return self.heard_on(state, event.client, event.current), []
+        if isinstance(event, Ack):
+            return self.heard_on(state, event.client, event.now_on), []
+        if isinstance(event, Delivery):
+            return self.on_delivery(state, event), []
         return state, []
+
+    def heard_on(self, state: ReadmitterState, client: str, server: str) -> ReadmitterState:
+        """``client`` says it is on ``server``: if that is its home, it has returned."""
+        home = self.homes.get(client)
+        current = state.readmissions.get(home) if home is not None else None
+        if current is None or server != home:
+            return state
+        return self._set(state, waves.arrived(current, client))
+
+    def on_delivery(self, state: ReadmitterState, delivery: Delivery) -> ReadmitterState:
+        """A readmission notice the notifier gave up on: its client is away again."""
+        if delivery.outcome != "failed" or not delivery.notice_type.startswith("notice.readmit"):
+            return state
+        current = state.readmissions.get(delivery.server)
+        if current is None or self.homes.get(delivery.client) != delivery.server:
+            return state
+        return self._set(state, waves.not_returned(current, delivery.client))
 
     def _closed_by_report(self, state: ReadmitterState, report: HealthReport) -> ReadmitterState:
         """After its final wave, an incident the evaluator reports healthy again is closed,
@@ -197,6 +221,7 @@ class ReadmitterCore:
             connection_threshold=self.threshold(state, server),
             wave_size=settings.wave_size,
             wave_interval_s=settings.wave_interval_s,
+            confirm_timeout_s=settings.confirm_timeout_s,
         )
         if isinstance(decision, waves.Done):
             return self._timer(state, server, Timer(wake_at=None, reason=decision.reason)), []
@@ -208,6 +233,11 @@ class ReadmitterCore:
             timer = Timer(wake_at=wake_at, reason=decision.reason, paused=True)
             return self._timer(state, server, timer), []
         sent = waves.record_wave(current, decision, now=now)
+        # a client homed elsewhere gets no readmission notice to this server (the notifier
+        # drops it): nothing to wait for
+        if any(self.homes.get(c) != server for c in sent.returning):
+            returning = tuple(c for c in sent.returning if self.homes.get(c) == server)
+            sent = msgspec.structs.replace(sent, returning=returning)
         # after the final wave too: it goes again until the incident is known closed
         next_at = now + settings.wave_interval_s
         state = self._timer(self._set(state, sent), server, Timer(wake_at=next_at, reason=""))

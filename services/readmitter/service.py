@@ -34,7 +34,9 @@ import nats.js.errors
 import prometheus_client
 
 from schemas.events import (
+    Ack,
     ClientStatus,
+    Delivery,
     Event,
     FailoverPlan,
     HealthReport,
@@ -185,13 +187,21 @@ class Readmitter:
             logger.info("plan %s: %d clients away from %s", event.plan_id, away, event.server)
             await self._persist(event.server)
 
-    async def on_status(self, event: ClientStatus) -> None:
-        """A client away from its server in incident that no plan heard here moved."""
+    async def on_client(self, event: ClientStatus | Ack | Delivery) -> None:
+        """Where a client says it is (status, ack), or a readmission notice that failed: a
+        client away that no plan heard here moved, one readmitted now home, or one that
+        did not get its notice and is away again."""
         server = self.homes[event.client]
+        before = self.states.get(server)
         changed, _ = self._decide(server, event)
-        if changed:
+        if not changed or before is None:
+            return
+        after = self.states[server]
+        if event.client in after.away and event.client not in before.away:
             logger.info("%s is away from %s: readmitted in a wave", event.client, server)
-            await self._persist(server)
+        elif event.client in before.returning and event.client not in after.returning:
+            logger.info("%s is home on %s", event.client, server)
+        await self._persist(server)
 
     async def on_request(self, event: ReadmitRequest) -> None:
         server = event.server
@@ -343,13 +353,31 @@ async def run(
 
         # where clients are: one away from a server in incident that no plan heard here
         # moved (a plan missed while this readmitter was down) is readmitted all the same
+        # and whether the clients a wave readmitted are home (their acks), or did not get
+        # its notice (the notifier's failed deliveries)
+        mine = taking(lambda event: readmitter.homes[event.client] in servers)
         await rt.bus.subscribe(
             subjects.status("*"),
-            readmitter.on_status,
+            readmitter.on_client,
             types=(ClientStatus,),
             queue=QUEUE,
             accept_clients=True,
-            guards=[client, taking(lambda status: readmitter.homes[status.client] in servers)],
+            guards=[client, mine],
+        )
+        await rt.bus.subscribe(
+            subjects.ack("*"),
+            readmitter.on_client,
+            types=(Ack,),
+            queue=QUEUE,
+            accept_clients=True,
+            guards=[client, mine],
+        )
+        await rt.bus.subscribe(
+            subjects.delivery("*"),
+            readmitter.on_client,
+            types=(Delivery,),
+            queue=QUEUE,
+            guards=[client, mine],
         )
 
         async def report_at_stop() -> None:

@@ -12,11 +12,17 @@ Rules:
   ``wave_interval_s`` after the previous wave, and only when the latest health
   is at or above the connection threshold; it holds at most ``wave_size``
   clients, first moved first back.
-- The wave that empties ``away`` is ``final``; if nothing is away when
-  recovery starts, the final wave is empty (the evaluator closes the incident
-  on a final wave). Until the incident is known closed, the final wave is
-  sent again every ``wave_interval_s``, with no clients: an evaluator that
-  was down when it first went out closes the incident when it is back.
+- A client a wave readmits is ``returning`` until it is heard home (its ack
+  or status says it is on its home server). One whose readmission notice
+  failed (the notifier gave up) is away again, for a later wave.
+- The final wave holds no clients (the evaluator closes the incident on it):
+  it goes once nobody is away and every returning client is heard home, or
+  ``confirm_timeout_s`` after the last wave if some never are (an agent gone
+  for good; its client returns by its own notice validity). So an incident
+  never closes while a client it readmitted may still be away. Until the
+  incident is known closed, the final wave is sent again every
+  ``wave_interval_s``: an evaluator that was down when it first went out
+  closes the incident when it is back.
 - A client's own request is granted when the server has no incident in
   progress (or it is recovering) and health is at or above the connection
   threshold; otherwise it is deferred.
@@ -40,6 +46,7 @@ class Readmission(msgspec.Struct, frozen=True, kw_only=True):
     next_wave: int = 1
     last_wave_at: float | None = None
     final_sent: bool = False
+    returning: tuple[str, ...] = ()
     # Stored only: the waves written with this state that the stream may not have yet
     # (services/readmitter/service.py publishes them, then clears them).
     outbox: tuple[ReadmitWave, ...] = ()
@@ -117,7 +124,10 @@ def record_plan(
             away.append(client)
     moved = set(clients)
     readmitted = tuple(c for c in current.readmitted if c not in moved)
-    return msgspec.structs.replace(current, away=tuple(away), readmitted=readmitted)
+    returning = tuple(c for c in current.returning if c not in moved)
+    return msgspec.structs.replace(
+        current, away=tuple(away), readmitted=readmitted, returning=returning
+    )
 
 
 def next_wave(
@@ -128,12 +138,14 @@ def next_wave(
     connection_threshold: float,
     wave_size: int,
     wave_interval_s: float,
+    confirm_timeout_s: float = 30.0,
 ) -> Decision:
     """What to do about the next wave of ``current`` at time ``now``.
 
-    The incident state is checked first, then the spacing since the last wave,
-    then the latest health, so the health that lets a wave go is the one
-    known when the wave is due.
+    The incident state is checked first, then the spacing since the last wave
+    (not before the final wave, which readmits no one: only before it goes
+    again), then the latest health, so the health that lets a wave go is the
+    one known when the wave is due.
     """
     if wave_size < 1:
         raise ValueError("wave_size must be at least 1")
@@ -141,29 +153,71 @@ def next_wave(
         return Done(reason=f"final wave of incident {current.incident_id} sent")
     if current.state != "recovering":
         return Paused(reason=f"incident {current.incident_id} is {current.state}")
-    if current.last_wave_at is not None:
-        due = current.last_wave_at + wave_interval_s
-        if now < due:
-            return Wait(until=due, reason=f"next wave due {due - now:.2f}s from now")
+    due = None if current.last_wave_at is None else current.last_wave_at + wave_interval_s
+    spacing = None
+    if due is not None and now < due:
+        spacing = Wait(until=due, reason=f"next wave due {due - now:.2f}s from now")
     if current.final_sent:
+        if spacing is not None:
+            return spacing
         reason = f"final wave again: incident {current.incident_id} not known closed yet"
         return Wave(wave=current.next_wave - 1, clients=(), final=True, reason=reason)
+    if current.away and spacing is not None:
+        return spacing
     if health is None:
         return Paused(reason="no health report yet")
     if health < connection_threshold:
         return Paused(
             reason=f"health {health:.2f} below connection threshold {connection_threshold:.2f}"
         )
-    clients = current.away[:wave_size]
-    final = len(current.away) <= wave_size
+    above = f"health {health:.2f} >= connection threshold {connection_threshold:.2f}"
     if not current.away:
-        why = "no clients away"
-    elif final:
+        return _final(current, now=now, confirm_timeout_s=confirm_timeout_s, above=above)
+    clients = current.away[:wave_size]
+    if len(clients) == len(current.away):
         why = f"last {len(clients)} of the clients away"
     else:
         why = f"{len(clients)} of {len(current.away)} clients away"
-    reason = f"health {health:.2f} >= connection threshold {connection_threshold:.2f}; {why}"
-    return Wave(wave=current.next_wave, clients=clients, final=final, reason=reason)
+    return Wave(wave=current.next_wave, clients=clients, final=False, reason=f"{above}; {why}")
+
+
+def _final(current: Readmission, *, now: float, confirm_timeout_s: float, above: str) -> Decision:
+    """Nobody is away: the final wave once every returning client is heard home (or the
+    wait for them is over), else the wait."""
+    if not current.returning:
+        why = "every client readmitted is home" if current.readmitted else "no clients away"
+        return Wave(wave=current.next_wave, clients=(), final=True, reason=f"{above}; {why}")
+    until = (current.last_wave_at or now) + confirm_timeout_s
+    if now < until:
+        return Wait(
+            until=until,
+            reason=f"{len(current.returning)} clients readmitted, not heard home yet",
+        )
+    unheard = ", ".join(current.returning)
+    reason = f"{above}; not heard home {confirm_timeout_s:g}s after their wave: {unheard}"
+    return Wave(wave=current.next_wave, clients=(), final=True, reason=reason)
+
+
+def arrived(current: Readmission, client: str) -> Readmission:
+    """The state once ``client`` is heard on its home server."""
+    if client not in current.returning:
+        return current
+    returning = tuple(c for c in current.returning if c != client)
+    return msgspec.structs.replace(current, returning=returning)
+
+
+def not_returned(current: Readmission, client: str) -> Readmission:
+    """The state once ``client``'s readmission notice failed: away again, for a later wave
+    (the final wave goes again only after it, if it had gone)."""
+    if client not in current.returning or current.state == "closed":
+        return current
+    return msgspec.structs.replace(
+        current,
+        away=(*current.away, client),
+        returning=tuple(c for c in current.returning if c != client),
+        readmitted=tuple(c for c in current.readmitted if c != client),
+        final_sent=False,
+    )
 
 
 def record_wave(current: Readmission, wave: Wave, *, now: float) -> Readmission:
@@ -171,10 +225,13 @@ def record_wave(current: Readmission, wave: Wave, *, now: float) -> Readmission:
     sent = set(wave.clients)
     readmitted = list(current.readmitted)
     readmitted.extend(c for c in wave.clients if c not in readmitted)
+    returning = list(current.returning)
+    returning.extend(c for c in wave.clients if c not in returning)
     return msgspec.structs.replace(
         current,
         away=tuple(c for c in current.away if c not in sent),
         readmitted=tuple(readmitted),
+        returning=tuple(returning),
         next_wave=max(current.next_wave, wave.wave + 1),
         last_wave_at=now,
         final_sent=current.final_sent or wave.final,

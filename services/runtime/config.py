@@ -108,9 +108,11 @@ class BusConfig(Base, frozen=True, kw_only=True):
     (``nats://n1:4222,nats://n2:4222,nats://n3:4222``): a service connects to
     one and moves to another when it is lost. ``replicas`` is how many nodes
     hold the stream and every bucket (3 on a 3-node cluster, so losing any one
-    loses nothing). ``lease_s``: how long the lease of a service of which exactly one
-    replica acts outlives its holder (services/runtime/lease.py): the longest a
-    standby waits to take over from one that died.
+    loses nothing). ``lease_s``: how long the lease of a service of which exactly
+    one replica acts outlives its holder (services/runtime/lease.py): a standby
+    takes over from one that died about that long after its last renewal
+    (nats-server expires the entry up to a quarter of a second late, and the
+    standby looks every quarter of a second).
     """
 
     url: str | None = None
@@ -662,15 +664,22 @@ class NotifierConfig(Base, frozen=True, kw_only=True):
 
 
 class ReadmitterConfig(Base, frozen=True, kw_only=True):
+    """Readmission in waves (services/readmitter/waves.py). ``confirm_timeout_s``: how
+    long after its wave a readmitted client not yet heard home holds the final wave
+    (which closes the incident) back."""
+
     wave_size: int = 5
     wave_interval_s: float = 5.0
     retry_after_s: float = 10.0
+    confirm_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.wave_size < 1:
             raise ValueError("wave_size must be at least 1")
         if self.wave_interval_s < 0:
             raise ValueError("wave_interval_s must not be negative")
+        if self.confirm_timeout_s < 0:
+            raise ValueError("confirm_timeout_s must not be negative")
 
 
 class AgentConfig(Base, frozen=True, kw_only=True):
@@ -760,7 +769,10 @@ class Config(Base, frozen=True, kw_only=True):
         their original times) and still reject repeated ids. ``prefix`` must
         not overlap the live prefix, so nothing replayed reaches live subjects,
         and every client is reached over the bus alone: a sandbox's notifier
-        sends no CoA or ICMP to real clients.
+        sends no CoA or ICMP to real clients. Its readmitter does not wait for
+        readmitted clients to be heard home before the final wave
+        (``confirm_timeout_s`` 0): its clients are a recording, which says
+        nothing of the sandbox's own waves.
         """
         if overlaps(prefix, self.bus.prefix):
             raise ConfigError(
@@ -771,7 +783,8 @@ class Config(Base, frozen=True, kw_only=True):
         except ValueError as exc:
             raise ConfigError(f"sandbox prefix: {exc}") from None
         clients = [msgspec.structs.replace(c, transport="nats") for c in self.clients]
-        return msgspec.structs.replace(self, bus=bus, clients=clients)
+        readmitter = msgspec.structs.replace(self.readmitter, confirm_timeout_s=0.0)
+        return msgspec.structs.replace(self, bus=bus, clients=clients, readmitter=readmitter)
 
     def select_servers(self, only: Sequence[str] | None) -> list[ServerConfig]:
         """The servers named in ``only`` (every server without it); ConfigError if unknown."""

@@ -104,7 +104,7 @@ USES: Mapping[str, BusUse] = {
     ),
     "readmitter": BusUse(
         publishes=("readmit",),
-        subscribes=("health", "incident", "plan", "request", "status"),
+        subscribes=("health", "incident", "plan", "request", "status", "ack", "delivery"),
         consumes=("incident", "plan"),
         buckets=("readmitter",),
         stream=True,

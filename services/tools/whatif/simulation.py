@@ -128,9 +128,13 @@ class _Farm:
         if isinstance(event, MetricsSample | ReadmitWave):
             self.evaluated, out = self.evaluator.handle(self.evaluated, event, now)
             self._each(out, now)
-        if isinstance(event, HealthReport | Incident | FailoverPlan | WaveDue):
+        if isinstance(event, HealthReport | Incident | FailoverPlan | Ack | WaveDue):
+            before = self.readmitted.readmissions
             self.readmitted, waves = self.readmitter.handle(self.readmitted, event, now)
             self._each(waves, now)
+            if isinstance(event, Ack) and self.readmitted.readmissions is not before:
+                # a client heard home wakes its server's wave loop, as in the service
+                self.deliver(WaveDue(server=event.server), now)
         if isinstance(event, HealthReport | Incident | Ack):
             self.targeted, plans = self.targeter.handle(self.targeted, event, now)
             self._each(plans, now)

@@ -171,6 +171,7 @@ def test_each_service_reads_its_key_the_keys_it_verifies_and_the_shared_key_only
             keys["readmitter"],
             keys["evaluator"],
             keys["targeter"],
+            keys["notifier"],  # its deliveries: a readmission notice that failed
         }
         | clients
     )

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from schemas.events import (
+    Ack,
     ClientStatus,
+    Delivery,
     FailoverPlan,
     HealthReport,
     Incident,
@@ -47,6 +50,36 @@ def plan(*clients: str) -> FailoverPlan:
     return FailoverPlan(incident_id="inc-1", server="A", moves=moves)
 
 
+def ack(client: str, now_on: str) -> Ack:
+    return Ack(notice_id="n", client=client, server="A", accepted=True, now_on=now_on)
+
+
+def status(client: str, current: str) -> ClientStatus:
+    return ClientStatus(client=client, home="A", current=current)
+
+
+def test_a_failed_readmission_notice_puts_its_client_away_again(core: ReadmitterCore) -> None:
+    state, _ = core.handle(away(core), health(0.9), T0)
+    state, [first] = core.handle(state, WaveDue(server="A"), T0 + 1)
+    assert first.clients == ["nas-01"]
+    failed = Delivery(
+        notice_id="n",
+        notice_type="notice.readmit.v2",
+        client="nas-01",
+        server="A",
+        outcome="failed",
+        attempts=4,
+    )
+    state, _ = core.handle(state, failed, T0 + 2)
+    assert state.readmissions["A"].away == ("nas-04", "nas-01")
+    # a failover notice that failed, or a readmission one that was acked, changes nothing
+    for other in (
+        msgspec.structs.replace(failed, notice_type="notice.failover.v2", client="nas-04"),
+        msgspec.structs.replace(failed, outcome="acked", client="nas-04"),
+    ):
+        assert core.handle(state, other, T0 + 2)[0] is state
+
+
 def away(core: ReadmitterCore) -> ReadmitterState:
     state = ReadmitterState()
     for event in (incident("opened"), plan("nas-01", "nas-04"), incident("recovering")):
@@ -66,12 +99,20 @@ def test_waves_of_wave_size_then_the_final_one(core: ReadmitterCore) -> None:
     state, none = core.handle(state, WaveDue(server="A"), T0 + 2)
     assert none == [] and state.timers["A"].wake_at == T0 + 3
     state, [last] = core.handle(state, WaveDue(server="A"), T0 + 3)
-    assert (last.wave, last.clients, last.final) == (2, ["nas-04"], True)
+    assert (last.wave, last.clients, last.final) == (2, ["nas-04"], False)
+    # the final wave waits for both to be heard home: nas-01 by its ack, nas-04 by its status
+    state, _ = core.handle(state, ack("nas-01", "A"), T0 + 3.1)
+    state, none = core.handle(state, WaveDue(server="A"), T0 + 3.2)
+    assert none == [] and state.readmissions["A"].returning == ("nas-04",)
+    state, _ = core.handle(state, status("nas-04", "A"), T0 + 3.3)
+    state, [final] = core.handle(state, WaveDue(server="A"), T0 + 3.4)
+    assert (final.wave, final.clients, final.final) == (3, [], True)
+    assert "every client readmitted is home" in final.reason
     # the final wave goes again until the incident is known closed (an evaluator that
     # was down when it first went out closes it then)
-    assert state.timers["A"].wake_at == T0 + 5
+    assert state.timers["A"].wake_at == T0 + 5.4
     state, [again] = core.handle(state, WaveDue(server="A"), T0 + 9)
-    assert (again.wave, again.clients, again.final) == (2, [], True)
+    assert (again.wave, again.clients, again.final) == (3, [], True)
     # the evaluator's reports say healthy again: closed, though its Incident went unheard
     healthy = HealthReport(
         server="A",

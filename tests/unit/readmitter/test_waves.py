@@ -14,7 +14,9 @@ from services.readmitter.waves import (
     Wait,
     Wave,
     answer_request,
+    arrived,
     next_wave,
+    not_returned,
     on_incident,
     record_plan,
     record_wave,
@@ -68,16 +70,18 @@ def test_waves_have_wave_size_in_plan_order_and_are_spaced() -> None:
             now = decision.until
             continue
         assert isinstance(decision, Wave)
-        if sent:
+        if sent and decision.clients:
             assert now - (state.last_wave_at or 0.0) >= 5.0
         sent.append(decision)
         state = record_wave(state, decision, now=now)
+        for client in decision.clients:  # each says it is home
+            state = arrived(state, client)
         if decision.final:
             break
-    assert [w.clients for w in sent] == [("c1", "c2"), ("c3", "c4"), ("c5",)]
-    assert [w.wave for w in sent] == [1, 2, 3]
-    assert [w.final for w in sent] == [False, False, True]
-    assert state.away == ()
+    assert [w.clients for w in sent] == [("c1", "c2"), ("c3", "c4"), ("c5",), ()]
+    assert [w.wave for w in sent] == [1, 2, 3, 4]
+    assert [w.final for w in sent] == [False, False, False, True]
+    assert state.away == () and state.returning == ()
     assert state.readmitted == tuple(CLIENTS)
 
 
@@ -139,11 +143,48 @@ def test_nothing_away_gives_one_empty_final_wave() -> None:
     assert isinstance(_decide(closed, 300.0), Done)
 
 
-def test_exactly_wave_size_away_is_one_final_wave() -> None:
+def test_the_final_wave_waits_until_the_last_readmitted_are_heard_home() -> None:
+    """The incident closes on the final wave: never while a client it readmitted may still
+    be away (its agent restarting, say)."""
     wave = _decide(_recovering(["c1", "c2"]), 100.0)
     assert isinstance(wave, Wave)
-    assert wave.clients == ("c1", "c2")
-    assert wave.final
+    assert (wave.clients, wave.final) == (("c1", "c2"), False)
+    state = record_wave(_recovering(["c1", "c2"]), wave, now=100.0)
+    assert state.returning == ("c1", "c2")
+    state = arrived(state, "c1")
+    waiting = _decide(state, 101.0)
+    assert isinstance(waiting, Wait) and waiting.until == pytest.approx(130.0)
+    assert "1 clients readmitted, not heard home" in waiting.reason
+    state = arrived(state, "c2")
+    final = _decide(state, 101.0)  # at once: an empty wave adds no load
+    assert isinstance(final, Wave)
+    assert (final.clients, final.final, final.wave) == ((), True, 2)
+    assert "every client readmitted is home" in final.reason
+
+
+def test_a_client_never_heard_home_holds_the_final_wave_back_only_so_long() -> None:
+    state = _recovering(["c1"])
+    wave = _decide(state, 100.0)
+    assert isinstance(wave, Wave)
+    state = record_wave(state, wave, now=100.0)
+    assert isinstance(_decide(state, 129.9), Wait)
+    final = _decide(state, 130.0)
+    assert isinstance(final, Wave) and final.final and final.clients == ()
+    assert "not heard home 30s after their wave: c1" in final.reason
+
+
+def test_a_client_whose_readmission_notice_failed_is_away_again_for_a_later_wave() -> None:
+    state = _recovering(["c1", "c2"])
+    wave = _decide(state, 100.0)
+    assert isinstance(wave, Wave)
+    state = record_wave(state, wave, now=100.0)
+    state = arrived(state, "c1")
+    state = not_returned(state, "c2")
+    assert (state.away, state.returning, state.readmitted) == (("c2",), (), ("c1",))
+    again = _decide(state, 105.0)
+    assert isinstance(again, Wave) and again.clients == ("c2",) and not again.final
+    # a failure of a client not returning changes nothing
+    assert not_returned(state, "c1") is state
 
 
 def test_relapse_stops_waves_and_keeps_the_rest_away() -> None:
@@ -274,8 +315,11 @@ def test_waves_readmit_every_moved_client_exactly_once(
             assert len(decision.clients) <= size
             sent.append(decision)
             state = record_wave(state, decision, now=now)
+            for client in decision.clients:
+                state = arrived(state, client)
             if decision.final:
                 break
+    assert sent[-1].clients == ()
     readmitted = [c for wave in sent for c in wave.clients]
     assert readmitted == moved
     assert sorted(readmitted) == sorted(set(moved))

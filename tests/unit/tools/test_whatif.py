@@ -148,6 +148,15 @@ def recording(config: Config) -> list[Event]:
             wave=1,
             clients=["nas-01", "nas-04", "nas-07"],
             health=1.0,
+        ),
+        ReadmitWave(
+            time=T0 + 12.025,
+            source="readmitter",
+            incident_id="inc-A1",
+            server="A",
+            wave=2,
+            clients=[],
+            health=1.0,
             final=True,
         ),
         incident(T0 + 12.03, "closed", 1.0),
@@ -187,11 +196,12 @@ def test_recorded_reads_the_decisions_of_the_incident(config: Config) -> None:
         clients_moved=["nas-01", "nas-04", "nas-07"],
         steps=2,
         waves=[
-            WaveOutcome(at=T0 + 12.02, wave=1, clients=["nas-01", "nas-04", "nas-07"], final=True)
+            WaveOutcome(at=T0 + 12.02, wave=1, clients=["nas-01", "nas-04", "nas-07"]),
+            WaveOutcome(at=T0 + 12.025, wave=2, clients=[], final=True),
         ],
         re_overloads=0,
         recovering_at=T0 + 12,
-        closed_at=T0 + 12.02,
+        closed_at=T0 + 12.025,
         further_incidents=0,
         failover_threshold=0.2,
         connection_threshold=0.6,
@@ -231,7 +241,10 @@ def test_a_lower_failover_threshold_detects_the_onset_later(config: Config) -> N
     # no further step: 5 s later health is above the threshold.
     assert sim.clients_moved == ["nas-01", "nas-04"]
     assert sim.steps == 1
-    assert sim.waves == [WaveOutcome(at=T0 + 12, wave=1, clients=["nas-01", "nas-04"], final=True)]
+    assert sim.waves == [
+        WaveOutcome(at=T0 + 12, wave=1, clients=["nas-01", "nas-04"]),
+        WaveOutcome(at=T0 + 12, wave=2, clients=[], final=True),  # both heard home at once
+    ]
     onset = next(line for line in text.splitlines() if line.startswith("onset detected"))
     assert onset.split()[2:] == ["3.0", "s", "5.0", "s"]
     assert (
@@ -272,12 +285,15 @@ def test_waves_follow_the_wave_size_and_interval(
     assert sim.waves == [
         WaveOutcome(at=T0 + times[0], wave=1, clients=["nas-01"]),
         WaveOutcome(at=T0 + times[1], wave=2, clients=["nas-04"]),
-        WaveOutcome(at=T0 + times[2], wave=3, clients=["nas-07"], final=True),
+        WaveOutcome(at=T0 + times[2], wave=3, clients=["nas-07"]),
+        WaveOutcome(at=T0 + times[2], wave=4, clients=[], final=True),
     ]
     assert sim.closed_at == T0 + times[2]
     row = next(line for line in text.splitlines() if line.startswith("  wave 3"))
-    assert row.split()[2:] == ["-", f"{times[2]:.1f}", "s:", "1:", "nas-07", "(final)"]
-    assert "3 readmission waves instead of 1" in text
+    assert row.split()[2:] == ["-", f"{times[2]:.1f}", "s:", "1:", "nas-07"]
+    final = next(line for line in text.splitlines() if line.startswith("  wave 4"))
+    assert final.split()[-1] == "(final)"
+    assert "4 readmission waves instead of 2" in text
     assert f"the incident closes {times[2] - 12.0:.1f} s later" in text
 
 
@@ -405,6 +421,7 @@ def test_a_relapse_is_counted_and_sheds_again(config: Config) -> None:
         (17, ["nas-04"]),
         (19, ["nas-07"]),
         (21, ["nas-01"]),
+        (21, []),
     ]
     assert sim.closed_at == T0 + 21
     assert sim.further_incidents == 0
