@@ -101,7 +101,9 @@ class ReadmitterCore:
             return self._set(state, after), []
         if isinstance(event, FailoverPlan):
             current = state.readmissions.get(event.server)
-            clients = [move.client for move in event.moves]
+            # a client homed elsewhere (on this server by its own failover) goes home, not
+            # back here: no wave of this server can readmit it (the notifier would drop it)
+            clients = [m.client for m in event.moves if self.homes.get(m.client) == event.server]
             after = waves.record_plan(
                 current, server=event.server, incident_id=event.incident_id, clients=clients
             )

@@ -30,7 +30,8 @@ from tests.conftest import FarmFactory
 from tests.support.helpers import operator_bus
 
 THRESHOLD = 0.6
-MOVED = ["nas-01", "nas-02", "nas-03", "nas-04", "nas-05"]
+# homed on A in a farm of 16 clients (every third from nas-01); nas-16 too
+MOVED = ["nas-01", "nas-04", "nas-07", "nas-10", "nas-13"]
 
 
 def _settings(interval: float) -> dict[str, Any]:
@@ -185,7 +186,7 @@ async def _start_recovery(harness: Harness, health: float) -> None:
 
 async def test_waves_of_wave_size_are_spaced_and_end_final(farm: FarmFactory) -> None:
     interval = 0.3
-    config, _ = farm(_settings(interval), clients=6)
+    config, _ = farm(_settings(interval), clients=16)
     async with _harness(config) as harness, _readmitter(harness):
         await _start_recovery(harness, 0.9)
         waves = [await harness.next_wave()]
@@ -193,9 +194,9 @@ async def test_waves_of_wave_size_are_spaced_and_end_final(farm: FarmFactory) ->
             waves.append(await harness.next_wave())
 
     assert [w.clients for w in waves] == [
-        ["nas-01", "nas-02"],
-        ["nas-03", "nas-04"],
-        ["nas-05"],
+        ["nas-01", "nas-04"],
+        ["nas-07", "nas-10"],
+        ["nas-13"],
         [],  # the final wave: every client readmitted is home
     ]
     assert [w.wave for w in waves] == [1, 2, 3, 4]
@@ -207,11 +208,11 @@ async def test_waves_of_wave_size_are_spaced_and_end_final(farm: FarmFactory) ->
 
 async def test_waves_pause_below_connection_threshold_and_resume(farm: FarmFactory) -> None:
     interval = 0.4
-    config, _ = farm(_settings(interval), clients=6)
+    config, _ = farm(_settings(interval), clients=16)
     async with _harness(config) as harness, _readmitter(harness):
         await _start_recovery(harness, 0.9)
         first = await harness.next_wave()
-        assert first.clients == ["nas-01", "nas-02"]
+        assert first.clients == ["nas-01", "nas-04"]
         await harness.health(THRESHOLD - 0.2)
         await harness.no_wave(within=3 * interval)
         await harness.health(THRESHOLD + 0.1)
@@ -220,47 +221,47 @@ async def test_waves_pause_below_connection_threshold_and_resume(farm: FarmFacto
 
     assert second.time - first.time >= 3 * interval
     assert second.health == THRESHOLD + 0.1
-    assert (second.wave, second.clients, second.final) == (2, ["nas-03", "nas-04"], False)
-    assert (third.wave, third.clients, third.final) == (3, ["nas-05"], False)
+    assert (second.wave, second.clients, second.final) == (2, ["nas-07", "nas-10"], False)
+    assert (third.wave, third.clients, third.final) == (3, ["nas-13"], False)
 
 
 async def test_relapse_stops_waves_until_recovering_again(farm: FarmFactory) -> None:
     interval = 0.3
-    config, _ = farm(_settings(interval), clients=8)
+    config, _ = farm(_settings(interval), clients=16)
     async with _harness(config) as harness, _readmitter(harness):
         await _start_recovery(harness, 0.9)
         first = await harness.next_wave()
         await harness.incident("opened")
-        await harness.plan(["nas-06"])
-        await harness.state(lambda s: s.state == "opened" and "nas-06" in s.away)
+        await harness.plan(["nas-16"])
+        await harness.state(lambda s: s.state == "opened" and "nas-16" in s.away)
         await harness.no_wave(within=3 * interval)
         await harness.incident("recovering")
         rest = [await harness.next_wave()]
         while not rest[-1].final:
             rest.append(await harness.next_wave())
 
-    assert first.clients == ["nas-01", "nas-02"]
-    assert [w.clients for w in rest] == [["nas-03", "nas-04"], ["nas-05", "nas-06"], []]
+    assert first.clients == ["nas-01", "nas-04"]
+    assert [w.clients for w in rest] == [["nas-07", "nas-10"], ["nas-13", "nas-16"], []]
     assert [w.wave for w in rest] == [2, 3, 4]
 
 
 async def test_restart_resumes_readmission_from_stored_state(farm: FarmFactory) -> None:
-    config, _ = farm(_settings(0.3), clients=6)
+    config, _ = farm(_settings(0.3), clients=16)
     async with _harness(config) as harness:
         async with _readmitter(harness):
             await _start_recovery(harness, 0.9)
             first = await harness.next_wave()
             await harness.health(0.1)
-            await harness.state(lambda s: s.readmitted == ("nas-01", "nas-02"))
+            await harness.state(lambda s: s.readmitted == ("nas-01", "nas-04"))
         async with _readmitter(harness):
             await harness.no_wave(within=0.6)
             await harness.health(0.9)
             second = await harness.next_wave()
             third = await harness.next_wave()
 
-    assert first.clients == ["nas-01", "nas-02"]
-    assert (second.wave, second.clients, second.final) == (2, ["nas-03", "nas-04"], False)
-    assert (third.wave, third.clients, third.final) == (3, ["nas-05"], False)
+    assert first.clients == ["nas-01", "nas-04"]
+    assert (second.wave, second.clients, second.final) == (2, ["nas-07", "nas-10"], False)
+    assert (third.wave, third.clients, third.final) == (3, ["nas-13"], False)
 
 
 async def test_client_request_deferred_while_opened_granted_when_healthy(

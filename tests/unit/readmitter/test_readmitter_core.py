@@ -179,3 +179,14 @@ def test_a_client_already_readmitted_is_not_put_away_again_by_a_late_status(
     # its last status before it heard the wave still says B
     late = ClientStatus(client="nas-01", home="A", current="B")
     assert core.handle(state, late, T0 + 1.1)[0] is state
+
+
+def test_a_client_homed_elsewhere_that_a_plan_moves_is_not_waited_for(
+    core: ReadmitterCore,
+) -> None:
+    """nas-02 is homed on B: on A by its own failover, A's plan moves it away, and it goes
+    home to B; no wave of A can readmit it (the notifier would drop such a notice)."""
+    state = ReadmitterState()
+    for event in (incident("opened"), plan("nas-01", "nas-02"), incident("recovering")):
+        state, _ = core.handle(state, event, T0)
+    assert state.readmissions["A"].away == ("nas-01",)
