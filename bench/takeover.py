@@ -30,7 +30,7 @@ many samples were never scored in it. Over the whole
 run it counts samples scored twice (a HealthReport's ``sample_id`` heard
 twice: must be 0) and samples never scored outside any gap.
 
-It runs at ``bus.lease_s`` 3 (the default) and 1, each under its own prefix
+It runs at ``bus.lease_s`` 3 and 1 (the default is 10), each under its own prefix
 (its own lease bucket) on the same nats-server.
 """
 

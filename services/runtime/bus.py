@@ -389,11 +389,18 @@ class Bus:
         """The bucket of leases (services/runtime/lease.py): entries live ``lease_s``."""
         name = f"{self.subjects.stream_name()}_leases"
         try:
-            return await self.js.key_value(name)
+            kv = await self.js.key_value(name)
         except nats.js.errors.BucketNotFoundError:
             return await self.js.create_key_value(
                 bucket=name, history=1, ttl=lease_s, replicas=self.replicas
             )
+        # made with another bus.lease_s: an entry lives as long as the bucket says
+        info = await self.js.stream_info(f"KV_{name}")
+        if info.config.max_age != lease_s:
+            logger.info("leases: entries lived %ss, now %ss", info.config.max_age, lease_s)
+            info.config.max_age = lease_s
+            await self.js.update_stream(info.config)
+        return kv
 
     # --- publish --------------------------------------------------------
 

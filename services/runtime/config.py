@@ -112,7 +112,10 @@ class BusConfig(Base, frozen=True, kw_only=True):
     one replica acts outlives its holder (services/runtime/lease.py): a standby
     takes over from one that died about that long after its last renewal
     (nats-server expires the entry up to a quarter of a second late, and the
-    standby looks every quarter of a second).
+    standby looks every quarter of a second). A holder that cannot renew it for
+    that long stops, so it must outlast the bus being away: a nats-server
+    restarted, or a cluster electing the leader of the leases' bucket (5 s
+    measured).
     """
 
     url: str | None = None
@@ -126,7 +129,7 @@ class BusConfig(Base, frozen=True, kw_only=True):
     stream_max_bytes: int = 1 << 30
     connect_timeout_s: float = 5.0
     replicas: int = 1
-    lease_s: float = 3.0
+    lease_s: float = 10.0
     sandbox: bool = False
     auth: BusAuth | None = None
     tls: BusTls | None = None

@@ -232,6 +232,7 @@ def _lease_api(scope: Scope, service: str) -> list[str]:
     return [
         f"$JS.API.STREAM.INFO.{stream}",
         f"$JS.API.STREAM.CREATE.{stream}",
+        f"$JS.API.STREAM.UPDATE.{stream}",
         f"$JS.API.DIRECT.GET.{stream}.>",
         f"$JS.API.STREAM.MSG.GET.{stream}",
         f"$KV.{name}.{service}",
