@@ -550,8 +550,9 @@ class Outcome:
     exited: dict[str, int] = field(default_factory=dict)
     """The processes that exited by themselves before the end, with their exit status."""
     unrecorded: list[Event] = field(default_factory=list)
-    """Events the harness heard live that the stream does not hold (not checked: the
-    recording is what the checks read)."""
+    """Events the harness heard live that the stream does not hold: a decision among them
+    is lost; the others (acks, notices, statuses, deliveries) count with the recording
+    (:func:`findings_of`)."""
 
     def report(self) -> str:
         lines = [
@@ -713,23 +714,41 @@ async def run_case(directory: Path, kills: list[Kill]) -> Outcome:
         await asyncio.to_thread(farm.stop)
     events = events_of(recorded)
     stored = {e.id for e in events}
+    # heard a second or more before the stream was read: it had had the time to store it
+    unrecorded = [
+        e for e in observer.events if e.id not in stored and started_at <= e.time < read_at - 1.0
+    ]
     return Outcome(
         kills=kills,
         events=events,
-        findings=check_incidents(events, OVERLOADED),
+        findings=findings_of(events, unrecorded),
         fired=fired,
         skipped=skipped(recorded),
         logs=logs,
         seconds=time.monotonic() - began,
         settled=settled,
         exited=exited,
-        # heard a second or more before the stream was read: it had had the time to store it
-        unrecorded=[
-            e
-            for e in observer.events
-            if e.id not in stored and started_at <= e.time < read_at - 1.0
-        ],
+        unrecorded=unrecorded,
     )
+
+
+DECISIONS = (Incident, FailoverPlan, ReadmitWave)
+"""What the stream must hold, whatever was killed: each is published until it is stored."""
+
+
+def findings_of(stored: list[Event], unrecorded: list[Event]) -> Findings:
+    """The checks over what the stream holds, with what the clients and the notifier said
+    that it missed (an ack or a notice sent while a cluster elects the stream's leader is
+    heard, not stored: they are not retried until stored, as decisions are); and any
+    decision heard but not stored, which is lost."""
+    lost = [e for e in unrecorded if isinstance(e, DECISIONS)]
+    heard = [e for e in unrecorded if not isinstance(e, DECISIONS)]
+    findings = check_incidents(sorted([*stored, *heard], key=lambda e: e.time), OVERLOADED)
+    if lost:
+        findings["decisions stored"] = [
+            f"{type(e).__name__} {e.id} at {e.time:.3f} was heard, not stored" for e in lost
+        ]
+    return findings
 
 
 async def _hold(observer: Observer, onset: float) -> None:

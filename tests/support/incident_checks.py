@@ -150,8 +150,20 @@ def check_home_by_waves(events: Sequence[Event], incident_id: str) -> list[str]:
         return []
     server = plans[0].server
     at = _Clock(_opened_at(events, incident_id))
+    homes = {s.client: s.home for s in _of(events, ClientStatus)}
     out = []
     for client, (when, how) in sorted(moved_at(events, incident_id).items()):
+        home = homes.get(client, server)
+        if home != server:
+            # on the server by its own failover, moved off it by the plan: it goes home to
+            # its own server, which no wave of this one can readmit it to
+            last = [s for s in _of(events, ClientStatus) if s.client == client][-1:]
+            if last and last[0].current != home:
+                out.append(
+                    f"{client}: homed on {home}, ended on {last[0].current} "
+                    f"(last status {last[0].id} at {at(last[0].time)})"
+                )
+            continue
         grants = [
             n
             for n in _of(events, ReadmitNotice)

@@ -16,6 +16,7 @@ from schemas.events import (
     ReadmitRequest,
     ReadmitWave,
 )
+from tests.support.chaos import findings_of
 from tests.support.incident_checks import check_incidents
 
 INCIDENT = "inc1"
@@ -404,3 +405,33 @@ def test_a_wave_client_with_no_notice_is_lost() -> None:
     assert "nothing lost" in findings
     assert wave.id in findings["nothing lost"][0]
     assert "no granted ReadmitNotice" in findings["home by waves"][0]
+
+
+def test_a_client_homed_elsewhere_moved_off_the_server_needs_no_wave_only_to_end_home() -> None:
+    """On A by its own failover, homed on B: A's plan moves it off A and it goes home to B;
+    no wave of A readmits it, and none is asked of it. Ending away from B still fails."""
+    s = Script()
+    s.incident("opened")
+    s.add(ClientStatus(client="n9", home="B", current="A", time=s._at()))
+    s.plan("n9")
+    s.failover("n9")
+    s.add(ClientStatus(client="n9", home="B", current="B", time=s._at()))
+    s.incident("recovering")
+    s.wave(1, final=True)
+    s.incident("closed")
+    assert "home by waves" not in check_incidents(s.events, "A")
+    s.add(ClientStatus(client="n9", home="B", current="C", time=s._at()))
+    assert "homed on B, ended on C" in check_incidents(s.events, "A")["home by waves"][0]
+
+
+def test_what_the_stream_missed_counts_for_the_clients_but_a_decision_missed_is_lost() -> None:
+    """A cluster electing the stream's leader stores neither the acks nor the notices sent
+    meanwhile (heard live all the same); decisions are published until stored."""
+    s = clean_incident()
+    acks = [e for e in s.events if isinstance(e, Ack)]
+    stored = [e for e in s.events if not isinstance(e, Ack)]
+    assert check_incidents(stored, "A")  # without the acks, clients seem never to move
+    assert findings_of(stored, acks) == {}
+    wave = next(e for e in stored if isinstance(e, ReadmitWave))
+    without_wave = [e for e in s.events if e is not wave]
+    assert list(findings_of(without_wave, [wave])) == ["decisions stored"]
