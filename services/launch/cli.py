@@ -15,6 +15,7 @@ from services.launch import registry
 from services.runtime import busfile
 from services.runtime.busauth import check_url
 from services.runtime.config import Config, ConfigError, load_config
+from services.runtime.lease import LeaseLost
 from services.runtime.logs import configure_logging
 from services.tools.errors import ToolError
 from services.tools.recording import RecordingError, WindowSpec, load, parse_time
@@ -279,6 +280,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ToolError as exc:
         print(f"aaa-failover {args.command}: {exc}", file=sys.stderr)
         return 2
+    except LeaseLost as exc:
+        # EX_TEMPFAIL: started again, it waits as a standby until it holds the lease
+        print(f"aaa-failover {args.command}: {exc}", file=sys.stderr)
+        return 75
     except KeyboardInterrupt:
         return 130
     return 2

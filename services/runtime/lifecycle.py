@@ -23,7 +23,7 @@ from typing import Any
 
 from services.runtime.bus import Bus, Keyring
 from services.runtime.config import Config
-from services.runtime.lease import Lease, holder_name, role
+from services.runtime.lease import Lease, LeaseLost, holder_name, role
 from services.runtime.metrics import ServiceMetrics
 from services.runtime.permissions import leased, uses_stream
 
@@ -213,22 +213,38 @@ async def run_service(
                 logger.info("%s stopped before it held its lease", name)
                 return
             stack.push_async_callback(lease.release)
-        async with asyncio.TaskGroup() as tg:
-            runtime._tg = tg
-            if lease is not None:
-                keeping = tg.create_task(lease.keep(), name=f"{name}:lease")
-            await setup(runtime)
-            # The server has every subscription once this round trip is back:
-            # from here on, nothing published to this service is missed.
-            await bus.nc.flush()
-            logger.info("%s started", name)
-            started = _started.get()
-            if started is not None:
-                started.set()
-            await stopped
-            logger.info("%s stopping", name)
-            await bus.stop_receiving()
-            await runtime._stop_loops(grace_s)
-            if lease is not None:
-                keeping.cancel()
+        try:
+            await _serve(runtime, setup, stopped, lease, grace_s)
+        except* LeaseLost as lost:
+            # one line, not a task group's traceback: the supervisor starts it again
+            raise lost.exceptions[0] from None
         logger.info("%s stopped: %s", name, bus.stats())
+
+
+async def _serve(
+    runtime: Runtime,
+    setup: SetUp,
+    stopped: asyncio.Future[Any],
+    lease: Lease | None,
+    grace_s: float,
+) -> None:
+    """Set the service up, run it until ``stopped``, then stop it in order."""
+    name, bus = runtime.name, runtime.bus
+    async with asyncio.TaskGroup() as tg:
+        runtime._tg = tg
+        if lease is not None:
+            keeping = tg.create_task(lease.keep(), name=f"{name}:lease")
+        await setup(runtime)
+        # The server has every subscription once this round trip is back:
+        # from here on, nothing published to this service is missed.
+        await bus.nc.flush()
+        logger.info("%s started", name)
+        started = _started.get()
+        if started is not None:
+            started.set()
+        await stopped
+        logger.info("%s stopping", name)
+        await bus.stop_receiving()
+        await runtime._stop_loops(grace_s)
+        if lease is not None:
+            keeping.cancel()

@@ -24,10 +24,11 @@ from pathlib import Path
 
 from schemas import codec
 from schemas.events import FailoverNotice, FailoverPlan, HealthReport, MetricsSample, Move
+from services.evaluator.service import run as run_evaluator
 from services.launch.registry import run_argv
 from services.runtime.bus import Bus, Keyring
 from services.runtime.durable import publish_stored
-from services.runtime.lease import holder_name
+from services.runtime.lease import LeaseLost, holder_name
 from services.runtime.lifecycle import says_started
 from tests.conftest import FarmFactory
 from tests.support.helpers import watch_stderr
@@ -220,3 +221,25 @@ async def test_notifier_replicas_share_the_plans_and_each_move_is_noticed_once(
                 await _until(lambda: _all_noticed(notices, want))
     assert set(notices) == want, sorted(want - set(notices))
     assert all(n == 1 for n in notices.values()), {k: n for k, n in notices.items() if n > 1}
+
+
+async def test_a_holder_that_finds_its_lease_taken_stops_acting(farm: FarmFactory) -> None:
+    """Another holder wrote the lease (a standby that took it while this one was cut off):
+    this one stops at its next renewal with LeaseLost, which the command line turns into
+    exit status 75 for its supervisor to start it again, as a standby."""
+    config, _ = farm({"bus": {"lease_s": 1.0}}, clients=2)
+    async with AsyncExitStack() as stack:
+        bus = await Bus.connect(config.bus, Keyring.from_config(config), name="t", stack=stack)
+        stop = asyncio.Event()
+        service = asyncio.ensure_future(run_evaluator(config, shutdown_trigger=stop.wait))
+        kv = await bus.lease_bucket(1.0)
+        await _until(lambda: _holder_is(bus, holder_name()), 20)
+        await kv.put("evaluator", b"elsewhere/9")
+        try:
+            await asyncio.wait_for(service, 10)
+        except LeaseLost as lost:
+            assert "taken by another replica" in str(lost)
+        else:
+            raise AssertionError("the evaluator went on after its lease was taken")
+        finally:
+            stop.set()
