@@ -37,11 +37,17 @@ LEASE_S = 2.0
 
 
 @contextmanager
-def _replica(path: Path, replica: int) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+def _replica(
+    path: Path, replica: int, service: str = "evaluator", *, started_s: float = 0.0
+) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """``service`` as replica ``replica`` in its own process (up to ``started_s`` for it to
+    say it has started), and its log lines so far."""
     env = {**os.environ, "AAA_FAILOVER_REPLICA": str(replica)}
-    proc = subprocess.Popen(run_argv("evaluator", path), stderr=subprocess.PIPE, text=True, env=env)
-    lines, _, _ = watch_stderr(proc, says_started)
+    proc = subprocess.Popen(run_argv(service, path), stderr=subprocess.PIPE, text=True, env=env)
+    lines, started, _ = watch_stderr(proc, says_started)
     try:
+        if started_s:
+            assert started.wait(started_s), "".join(lines)
         yield proc, lines
     finally:
         if proc.poll() is None:
@@ -160,22 +166,6 @@ async def _scored_after(scores: Scores, moment: float) -> bool:
     return scores.first_after(moment) is not None
 
 
-@contextmanager
-def _notifier(path: Path, replica: int) -> Iterator[subprocess.Popen[str]]:
-    env = {**os.environ, "AAA_FAILOVER_REPLICA": str(replica)}
-    proc = subprocess.Popen(run_argv("notifier", path), stderr=subprocess.PIPE, text=True, env=env)
-    lines, started, _ = watch_stderr(proc, says_started)
-    try:
-        assert started.wait(30), "".join(lines)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        assert proc.stderr is not None
-        proc.stderr.close()
-
-
 async def test_notifier_replicas_share_the_plans_and_each_move_is_noticed_once(
     farm: FarmFactory,
 ) -> None:
@@ -211,7 +201,10 @@ async def test_notifier_replicas_share_the_plans_and_each_move_is_noticed_once(
                 )
                 plans.append(incident)
 
-        with _notifier(path, 1) as one, _notifier(path, 2):
+        with (
+            _replica(path, 1, "notifier", started_s=30) as (one, _),
+            _replica(path, 2, "notifier", started_s=30),
+        ):
             await plan(10)
             one.send_signal(signal.SIGKILL)
             one.wait(10)
