@@ -11,6 +11,7 @@ agent would take A back after three probe answers.
 from __future__ import annotations
 
 import asyncio
+import time
 from contextlib import AsyncExitStack, suppress
 from pathlib import Path
 from typing import Any
@@ -129,12 +130,19 @@ async def test_a_client_gone_by_itself_is_kept_away_and_readmitted_in_a_wave(
                 ]
                 # A answers its probes (Status-Server) while it stays stalled: back alive in
                 # the agent's pool, yet the plan keeps the client on B
-                await recorder.until(lambda: _a_alive_again(recorder), 10, "A alive again")
+                # (changes of its pool before the plan's notice came do not count: under
+                # load the pool may have taken A back and left it again meanwhile)
+                await recorder.until(
+                    lambda: _a_alive_again(recorder, after=plan.time), 10, "A alive again"
+                )
                 assert _on(recorder) == "B"
+                released = time.time()
                 await bus.publish(
                     bus.subjects.control("A"), ServerControl(server="A", stalled_workers=0)
                 )
-                await recorder.until(lambda: _on(recorder) == "A", 20, "nas-01 back on A")
+                await recorder.until(
+                    lambda: _on(recorder, after=released) == "A", 20, "nas-01 back on A"
+                )
             finally:
                 stop_load.set()
                 await load
@@ -146,12 +154,16 @@ async def test_a_client_gone_by_itself_is_kept_away_and_readmitted_in_a_wave(
     assert back >= waves[0].time
 
 
-def _on(recorder: Recorder) -> str | None:
+def _on(recorder: Recorder, after: float = 0.0) -> str | None:
+    """Where nas-01's latest status (sent after ``after``) says it is."""
     status = recorder.latest_status().get("nas-01")
-    return status.current if status is not None else None
+    return status.current if status is not None and status.time > after else None
 
 
-def _a_alive_again(recorder: Recorder) -> bool:
+def _a_alive_again(recorder: Recorder, after: float) -> bool:
     return any(
-        c.server == "A" and c.after == "alive" for s in recorder.of(ClientStatus) for c in s.changes
+        c.server == "A" and c.after == "alive"
+        for s in recorder.of(ClientStatus)
+        if s.time > after
+        for c in s.changes
     )
