@@ -1,6 +1,6 @@
 """The ordinary suite's share of the chaos matrix: every target killed once, on a rotation.
 
-Each run is a chaos case of tests/support/chaos.py with one or two kills; which target goes
+Each run is a chaos case of tests/support/chaos.py with up to four kills; which target goes
 with which moment turns with the day (``AAA_CHAOS_ROTATION`` picks a day), so the moments
 move round the targets from one day to the next. The whole matrix is `make chaos`
 (tests/chaos).

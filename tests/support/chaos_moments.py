@@ -126,19 +126,23 @@ def rotation_day() -> int:
     return int(text) if text else datetime.date.today().toordinal()
 
 
+PER_RUN = len(MOMENTS)
+"""Kills in one run of the rotation: one at each moment."""
+
+
 def rotation(day: int) -> list[list[Kill]]:
-    """The runs of the ordinary suite on ``day``: the service targets and nats-server two to
+    """The runs of the ordinary suite on ``day``: the service targets and nats-server four to
     a run (in an order that turns with the day), then `up` alone and a cluster node alone;
-    the two kills of a run at different moments, each target's moment moving on each day."""
+    the kills of a run each at its own moment, each target's moment moving on each day."""
     processes = (*SERVICE_TARGETS, NATS)
     turn = day % len(processes)
     order = processes[turn:] + processes[:turn]
     runs: list[list[Kill]] = []
-    for i in range(0, len(order), 2):
+    for i in range(0, len(order), PER_RUN):
         runs.append(
             [
-                Kill(target, MOMENTS[(day + i + j) % len(MOMENTS)])
-                for j, target in enumerate(order[i : i + 2])
+                Kill(target, MOMENTS[(day + j) % len(MOMENTS)])
+                for j, target in enumerate(order[i : i + PER_RUN])
             ]
         )
     runs.append([Kill(UP, MOMENTS[day % len(MOMENTS)])])
