@@ -276,6 +276,7 @@ async def test_an_incident_carries_on_when_the_node_leading_the_stream_is_killed
             recorded = await read_window(bus, started - 1, snapshot)
             heads = await bucket_heads(bus)
             kept = {f"{stream}_{b}" for use in USES.values() for b in use.buckets}
+            kept.add(f"{stream}_leases")  # the leased services' (services/runtime/lease.py)
             assert set(heads) == kept, sorted(heads)
             killed = await stream_leader(bus, stream, cluster)
             on_killed = await asyncio.to_thread(killed.connections)
