@@ -759,6 +759,11 @@ async def _hold(observer: Observer, onset: float) -> None:
         ids = incident_ids([e for e in observer.events if e.time >= onset], OVERLOADED)
         if not ids:
             return False
+        if any(
+            isinstance(e, Incident) and e.incident_id == ids[0] and e.state == "closed"
+            for e in observer.events
+        ):
+            return True  # over before any plan (`up` killed as it opened restarts A, unstalled)
         targeted = targeted_by(observer.events, ids[0])
         return bool(targeted) and set(targeted) <= set(moved_at(observer.events, ids[0]))
 
