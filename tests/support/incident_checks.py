@@ -42,6 +42,7 @@ from schemas.events import (
     ReadmitRequest,
     ReadmitWave,
 )
+from services.notifier.deliveries import notice_id
 
 E = TypeVar("E", bound=Event)
 
@@ -92,6 +93,19 @@ def targeted_by(events: Sequence[Event], incident_id: str) -> dict[str, Failover
 
 def _accepted_acks(events: Sequence[Event], notice_ids: set[str]) -> list[Ack]:
     return [a for a in _of(events, Ack) if a.accepted and a.notice_id in notice_ids]
+
+
+def wave_notices(events: Sequence[Event], incident_id: str) -> dict[str, tuple[ReadmitWave, str]]:
+    """Each wave's notice to each of its clients, by the id the notifier gives it (from the
+    wave's event id and the client: services/notifier/deliveries.py). A client's ack of
+    that id shows the notice reached it, even where neither the stream nor a listener has
+    the notice itself (sent as a cluster's stream leader was killed)."""
+    return {
+        notice_id(w.id, client): (w, client)
+        for w in _of(events, ReadmitWave)
+        if w.incident_id == incident_id and w.wave >= 1
+        for client in w.clients
+    }
 
 
 def moved_at(events: Sequence[Event], incident_id: str) -> dict[str, tuple[float, str]]:
@@ -157,11 +171,11 @@ def check_home_by_waves(events: Sequence[Event], incident_id: str) -> list[str]:
         if home != server:
             # on the server by its own failover, moved off it by the plan: it goes home to
             # its own server, which no wave of this one can readmit it to
-            last = [s for s in _of(events, ClientStatus) if s.client == client][-1:]
-            if last and last[0].current != home:
+            latest = [s for s in _of(events, ClientStatus) if s.client == client][-1:]
+            if latest and latest[0].current != home:
                 out.append(
-                    f"{client}: homed on {home}, ended on {last[0].current} "
-                    f"(last status {last[0].id} at {at(last[0].time)})"
+                    f"{client}: homed on {home}, ended on {latest[0].current} "
+                    f"(last status {latest[0].id} at {at(latest[0].time)})"
                 )
             continue
         grants = [
@@ -169,9 +183,12 @@ def check_home_by_waves(events: Sequence[Event], incident_id: str) -> list[str]:
             for n in _of(events, ReadmitNotice)
             if n.incident_id == incident_id and n.client == client and n.granted and n.wave >= 1
         ]
+        derived = {
+            nid: w for nid, (w, c) in wave_notices(events, incident_id).items() if c == client
+        }
         acks = [
             a
-            for a in _accepted_acks(events, {n.id for n in grants})
+            for a in _accepted_acks(events, {n.id for n in grants} | set(derived))
             if a.client == client and a.now_on == server
         ]
         in_waves = sorted(
@@ -195,7 +212,8 @@ def check_home_by_waves(events: Sequence[Event], incident_id: str) -> list[str]:
                     f"{client}: asked to return by its own timer: ReadmitRequest {request.id} "
                     f"at {at(request.time)} (moved at {at(when)})"
                 )
-        first_told = min((n.time for n in grants), default=None)
+        told_by_ack = [derived[a.notice_id].time for a in acks if a.notice_id in derived]
+        first_told = min([n.time for n in grants] + told_by_ack, default=None)
         for status in _of(events, ClientStatus):
             if status.client != client or status.time <= when or status.current != server:
                 continue
@@ -388,6 +406,10 @@ def check_nothing_lost(events: Sequence[Event], incident_id: str) -> list[str]:
                     f"{plan.step}, {at(plan.time)}) but no FailoverNotice to it followed"
                 )
     told: set[tuple[int, str]] = set()
+    acked = {a.notice_id for a in _of(events, Ack)}
+    for nid, (wave, client) in wave_notices(events, incident_id).items():
+        if nid in acked:
+            told.add((wave.wave, client))  # its ack shows the notice reached it
     for wave in _of(events, ReadmitWave):
         if wave.incident_id != incident_id or wave.wave < 1:
             continue

@@ -16,6 +16,7 @@ from schemas.events import (
     ReadmitRequest,
     ReadmitWave,
 )
+from services.notifier.deliveries import notice_id
 from tests.support.chaos import findings_of
 from tests.support.incident_checks import check_incidents
 
@@ -435,3 +436,33 @@ def test_what_the_stream_missed_counts_for_the_clients_but_a_decision_missed_is_
     wave = next(e for e in stored if isinstance(e, ReadmitWave))
     without_wave = [e for e in s.events if e is not wave]
     assert list(findings_of(without_wave, [wave])) == ["decisions stored"]
+
+
+def test_a_wave_notice_neither_stored_nor_heard_is_shown_sent_by_the_ack_of_its_id() -> None:
+    """The notifier names a wave's notice to a client after the wave and the client: a
+    client's ack of that id shows the notice reached it (sent as the node leading the
+    stream was killed: no copy of it anywhere but the ack)."""
+    s = Script()
+    s.status("n1", "A")
+    s.incident("opened")
+    s.plan("n1")
+    s.failover("n1")
+    s.status("n1", "B")
+    s.incident("recovering")
+    wave = s.wave(1, "n1")
+    s.add(
+        Ack(
+            notice_id=notice_id(wave.id, "n1"),
+            client="n1",
+            server="A",
+            accepted=True,
+            now_on="A",
+            time=s._at(),
+        )
+    )
+    s.status("n1", "A")
+    s.wave(2, final=True)
+    s.incident("closed")
+    assert check_incidents(s.events, "A") == {}
+    unacked = [e for e in s.events if not (isinstance(e, Ack) and e.now_on == "A")]
+    assert {"home by waves", "nothing lost"} <= set(check_incidents(unacked, "A"))
