@@ -1,4 +1,4 @@
-"""The ordinary suite's share of the chaos matrix: every target killed once, on a rotation.
+"""The ordinary suite's share of the chaos matrix: every process killed once, on a rotation.
 
 Each run is a chaos case of tests/support/chaos.py with up to four kills; which target goes
 with which moment turns with the day (``AAA_CHAOS_ROTATION`` picks a day), so the moments

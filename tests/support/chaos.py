@@ -35,7 +35,7 @@ import sys
 import time
 import tomllib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -736,7 +736,7 @@ DECISIONS = (Incident, FailoverPlan, ReadmitWave)
 """What the stream must hold, whatever was killed: each is published until it is stored."""
 
 
-def findings_of(stored: list[Event], unrecorded: list[Event]) -> Findings:
+def findings_of(stored: Sequence[Event], unrecorded: Sequence[Event]) -> Findings:
     """The checks over what the stream holds, with what the clients and the notifier said
     that it missed (an ack or a notice sent while a cluster elects the stream's leader is
     heard, not stored: they are not retried until stored, as decisions are); and any

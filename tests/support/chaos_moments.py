@@ -132,8 +132,10 @@ PER_RUN = len(MOMENTS)
 
 def rotation(day: int) -> list[list[Kill]]:
     """The runs of the ordinary suite on ``day``: the service targets and nats-server four to
-    a run (in an order that turns with the day), then `up` alone and a cluster node alone;
-    the kills of a run each at its own moment, each target's moment moving on each day."""
+    a run (in an order that turns with the day), then `up` alone; the kills of a run each at
+    its own moment, each target's moment moving on each day. A cluster node is killed
+    mid-incident in the ordinary suite by tests/bus/test_cluster.py, at every moment by
+    `make chaos`."""
     processes = (*SERVICE_TARGETS, NATS)
     turn = day % len(processes)
     order = processes[turn:] + processes[:turn]
@@ -146,5 +148,4 @@ def rotation(day: int) -> list[list[Kill]]:
             ]
         )
     runs.append([Kill(UP, MOMENTS[day % len(MOMENTS)])])
-    runs.append([Kill(CLUSTER_NODE, MOMENTS[(day + 1) % len(MOMENTS)])])
     return runs
