@@ -56,8 +56,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common
+from bench.detection import good_sample
 from schemas import codec
-from schemas.events import HealthReport, MetricsSample
+from schemas.events import HealthReport
 from services.launch.farm import farm_dict, write_config
 from services.launch.registry import run_argv
 from services.launch.supervisor import Backoff, ServiceProcess
@@ -81,24 +82,6 @@ STOP_TIMEOUT_S = 15.0
 IN_FLIGHT_S = 0.5
 """A sample published this long before an event and never scored counts in its gap."""
 HOST = holder_name().rsplit("/", 1)[0]
-
-
-def sample(seq: int) -> MetricsSample:
-    """A sample of ``A`` with room to spare (no incident opens)."""
-    return MetricsSample(
-        source="bench",
-        server="A",
-        seq=seq,
-        status_ok=True,
-        threads_active=1,
-        threads_total=8,
-        threads_max=8,
-        queue_len=0,
-        memory_percent=20.0,
-        cpu_percent=10.0,
-        process_count=120,
-        sources={"threads": "status-server", "memory": "host", "cpu": "process"},
-    )
 
 
 def build_config(directory: Path, bus_url: str, prefix: str, lease_s: float) -> Path:
@@ -252,7 +235,7 @@ class Farm:
         seq = 0
         while not stop.is_set():
             seq += 1
-            event = sample(seq)
+            event = good_sample("A", seq)  # room to spare: no incident opens
             await self.bus.publish(subject, event)
             self.heard.sent.append((time.monotonic(), event.id))
             await asyncio.sleep(max(0.0, start + seq * INTERVAL_S - time.monotonic()))
