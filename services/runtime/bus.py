@@ -507,8 +507,11 @@ class Bus:
         requests).
         """
 
+        def checked(msg: Msg) -> Event:
+            return self.check(msg, accept_clients)
+
         async def on_message(msg: Msg) -> None:
-            await self.deliver(msg, handler, types, guards, lambda: self.check(msg, accept_clients))
+            await self.deliver(msg, handler, types, guards, checked)
 
         sub = await self.nc.subscribe(subject, queue=queue, cb=on_message)
         self._subs.append(sub)
@@ -520,7 +523,7 @@ class Bus:
         handler: Handler[E],
         types: tuple[type[E], ...],
         guards: Sequence[Guard],
-        checked: Callable[[], Event],
+        checked: Callable[[Msg], Event],
     ) -> bool:
         """Run one received message through ``checked`` (the bus's checks, which raise
         Rejected), the type filter, ``guards`` and ``handler``. True if the handler
@@ -528,7 +531,7 @@ class Bus:
         (a stored message is then offered again)."""
         self.counters.received += 1
         try:
-            event = checked()
+            event = checked(msg)
             if not isinstance(event, types):
                 raise Rejected("unexpected-type", type(event).__name__)
         except Rejected as rejected:

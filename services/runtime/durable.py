@@ -39,6 +39,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from schemas.events import Event
 from schemas.signing import Rejected
 from services.runtime.bus import Bus, Handler
+from services.runtime.config import ConfigError
 from services.runtime.middleware import Guard
 
 logger = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ class Consumer:
     async def handle(self, msg: Msg) -> None:
         """Handle one message and acknowledge it; offer it again if the handler failed."""
         work = asyncio.ensure_future(
-            self.bus.deliver(msg, self.handler, self.types, self.guards, lambda: self.check(msg))
+            self.bus.deliver(msg, self.handler, self.types, self.guards, self.check)
         )
         while True:
             done, _ = await asyncio.wait({work}, timeout=PROGRESS_S)
@@ -167,12 +168,16 @@ async def consume(
         ack_wait=ACK_WAIT_S,
         max_deliver=MAX_DELIVER,
     )
+    # made before, it is updated to these settings where nats-server allows, and keeps
+    # its place; where it does not (another deliver policy), the error says so
     try:
         await bus.js.add_consumer(stream, config)
     except nats.js.errors.BadRequestError as exc:
-        # made before with other settings (an older version): keep its place, take ours
-        logger.info("consumer %s exists with other settings (%s): updating it", durable, exc)
-        await bus.js.add_consumer(stream, config)
+        raise ConfigError(
+            f"durable consumer {durable} of stream {stream} exists with settings that cannot "
+            f"change ({exc.description}): delete it (nats consumer rm {stream} {durable}) "
+            "to start it afresh"
+        ) from None
     consumer = Consumer(bus, durable, handler, types, guards, accept_clients)
     consumer.sub = await bus.js.pull_subscribe_bind(durable=durable, stream=stream)
     bus.adopt(consumer.sub._sub, consumer.stop, asyncio.ensure_future(consumer.run()))

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import psutil
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "bench" / "soak.py"
+from tests.support.benchruns import processes_mentioning, run_bench
+
 SERVICES = {
     "aaa-A",
     "aaa-B",
@@ -28,30 +24,10 @@ SERVICES = {
 }
 
 
-def children_running_config(folder: str) -> list[str]:
-    """Command lines of processes still running with ``folder`` in them."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        line = " ".join(proc.info["cmdline"] or [])
-        if folder in line:
-            found.append(line)
-    return found
-
-
 @pytest.mark.nats
 @pytest.mark.timeout(150)
 def test_soak_reports_memory_events_and_requests_of_each_process(tmp_path: Path) -> None:
-    scratch = tmp_path / "scratch"  # the benchmark's farms and logs, here to look for leftovers
-    scratch.mkdir()
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--duration", "12", "--out", str(tmp_path)],
-        cwd=ROOT,
-        env={**os.environ, "TMPDIR": str(scratch)},
-        capture_output=True,
-        text=True,
-        timeout=140,
-        check=False,
-    )
+    done, scratch = run_bench("soak", ["--duration", "12"], tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     results = json.loads((tmp_path / "soak.json").read_text())
     assert results["benchmark"] == "soak" and results["machine"]["commit"]
@@ -85,4 +61,4 @@ def test_soak_reports_memory_events_and_requests_of_each_process(tmp_path: Path)
     assert set(summary["slope_ratio"]) == SERVICES | {"nats-server"}
     assert results["goals"][0]["name"] == "no event lost at 10x"
     assert done.stdout.count("goal ") == len(results["goals"]) == 4
-    assert not children_running_config(str(scratch))
+    assert not processes_mentioning(scratch)

@@ -3,46 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import psutil
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "bench" / "takeover.py"
+from tests.support.benchruns import processes_mentioning, run_bench
+
 SCENARIOS = ("standby", "restart", "handover")
-
-
-def processes_mentioning(folder: str) -> list[str]:
-    """Command lines of processes still running with ``folder`` in them."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            line = " ".join(proc.info["cmdline"] or [])
-        except psutil.Error:
-            continue
-        if folder in line:
-            found.append(line)
-    return found
 
 
 @pytest.mark.nats
 @pytest.mark.timeout(150)
 def test_takeover_quick_reports_each_gap_and_no_sample_scored_twice(tmp_path: Path) -> None:
-    scratch = tmp_path / "scratch"  # the benchmark's farms, here to look for leftovers
-    scratch.mkdir()
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--repeats", "1", "--out", str(tmp_path)],
-        cwd=ROOT,
-        env={**os.environ, "TMPDIR": str(scratch)},
-        capture_output=True,
-        text=True,
-        timeout=140,
-        check=False,
-    )
+    done, scratch = run_bench("takeover", ["--quick", "--repeats", "1"], tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     results = json.loads((tmp_path / "takeover.json").read_text())
     assert results["benchmark"] == "takeover" and results["machine"]["commit"]
@@ -76,4 +49,4 @@ def test_takeover_quick_reports_each_gap_and_no_sample_scored_twice(tmp_path: Pa
     names = [goal["name"] for goal in results["goals"]]
     assert names[0] == "samples scored twice" and results["goals"][0]["value"] == 0
     assert len(names) == 3 and done.stdout.count("goal ") == 3
-    assert not processes_mentioning(str(scratch))
+    assert not processes_mentioning(scratch)

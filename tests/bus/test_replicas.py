@@ -116,7 +116,7 @@ async def test_one_replica_scores_each_sample_and_the_other_takes_over_when_it_d
                 assert holder in (f"{me}/1", f"{me}/2")
                 leader, standby = (first, second) if holder == f"{me}/1" else (second, first)
                 standby_name = f"{me}/2" if holder == f"{me}/1" else f"{me}/1"
-                await asyncio.sleep(1.0)
+                await _more_reports(scores)  # the holder at work
 
                 leader.send_signal(signal.SIGKILL)
                 killed = time.monotonic()
@@ -125,11 +125,11 @@ async def test_one_replica_scores_each_sample_and_the_other_takes_over_when_it_d
                 taken = scores.first_after(killed)
                 assert taken is not None
                 print(f"takeover after kill -9: {taken - killed:.2f} s (lease_s {LEASE_S})")
-                await asyncio.sleep(1.0)
+                await _more_reports(scores)
 
                 # the old holder comes back as a standby and the new one stops cleanly
                 with _replica(path, 1 if leader is first else 2) as (back, back_log):
-                    await asyncio.sleep(1.5)
+                    await _until(lambda: _logged(back_log, "standby:"))
                     standby.send_signal(signal.SIGTERM)
                     stopped = time.monotonic()
                     assert standby.wait(15) == 0
@@ -137,7 +137,7 @@ async def test_one_replica_scores_each_sample_and_the_other_takes_over_when_it_d
                     handed = scores.first_after(stopped)
                     assert handed is not None
                     print(f"handover after SIGTERM: {handed - stopped:.2f} s")
-                    await asyncio.sleep(1.0)
+                    await _more_reports(scores)
                     back.send_signal(signal.SIGTERM)
                     assert back.wait(15) == 0, "".join(back_log)
             finally:
@@ -152,6 +152,20 @@ async def test_one_replica_scores_each_sample_and_the_other_takes_over_when_it_d
 
 async def _all_noticed(notices: Counter[tuple[str, str]], want: set[tuple[str, str]]) -> bool:
     return set(notices) == want
+
+
+async def _more_reports(scores: Scores, n: int = 20) -> None:
+    """Wait until ``n`` more reports have come: the replica holding the lease at work."""
+    at_least = len(scores.times) + n
+
+    async def enough() -> bool:
+        return len(scores.times) >= at_least
+
+    await _until(enough)
+
+
+async def _logged(lines: list[str], text: str) -> bool:
+    return any(text in line for line in lines)
 
 
 async def _has(bus: Bus, scores: Scores) -> bool:
