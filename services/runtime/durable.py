@@ -95,7 +95,11 @@ class Consumer:
         bus = self.bus
         event = bus.verify(msg, self.accept_clients)
         if bus.guard.check_time:
-            check_stored(event.time, msg.metadata.timestamp.timestamp(), bus.guard.window_s)
+            try:
+                stored_at = msg.metadata.timestamp.timestamp()
+            except Exception as exc:  # not a JetStream delivery's reply subject
+                raise Rejected("bad-metadata", f"{msg.reply!r}: {exc}") from None
+            check_stored(event.time, stored_at, bus.guard.window_s)
         return event
 
     async def handle(self, msg: Msg) -> None:
