@@ -32,7 +32,7 @@ from schemas.events import (
     ReadmitRequest,
     ReadmitWave,
 )
-from services.readmitter import waves
+from services.readmitter import sizing, waves
 from services.readmitter.waves import Readmission
 from services.runtime.config import Config
 from services.runtime.placement import homes
@@ -64,11 +64,13 @@ class Timer(msgspec.Struct, frozen=True, kw_only=True):
 
 @dataclass(frozen=True)
 class ReadmitterState:
-    """Each server's readmission, its latest health, and its wave loop's timer."""
+    """Each server's readmission, its latest health, and its wave loop's timer; the
+    request rates the clients' statuses measured (which size adaptive waves)."""
 
     readmissions: Mapping[str, Readmission] = field(default_factory=dict)
     health: Mapping[str, Health] = field(default_factory=dict)
     timers: Mapping[str, Timer] = field(default_factory=dict)
+    rates: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,15 @@ class ReadmitterCore:
         """Each client of the config and its home server."""
         return homes(self.config)
 
+    @cached_property
+    def configured_rates(self) -> dict[str, float]:
+        """Each client's request rate as the config expects it (0: not known)."""
+        return {c.id: c.own_rate for c in self.config.clients}
+
+    def rate(self, state: ReadmitterState, client: str) -> float:
+        """``client``'s request rate: measured by its agent, else configured (0: unknown)."""
+        return state.rates.get(client, self.configured_rates.get(client, 0.0))
+
     def handle(
         self, state: ReadmitterState, event: Event | WaveDue, now: float
     ) -> tuple[ReadmitterState, list[ReadmitWave]]:
@@ -92,6 +103,9 @@ class ReadmitterCore:
         if isinstance(event, HealthReport):
             latest = Health(health=event.health, connection_threshold=event.connection_threshold)
             state = replace(state, health={**state.health, event.server: latest})
+            current = state.readmissions.get(event.server)
+            if current is not None:
+                state = self._set(state, waves.observe(current, event.health))
             return self._closed_by_report(state, event), []
         if isinstance(event, Incident):
             current = state.readmissions.get(event.server)
@@ -111,6 +125,8 @@ class ReadmitterCore:
         if isinstance(event, ReadmitRequest):
             return self.on_request(state, event, now)
         if isinstance(event, ClientStatus):
+            if event.rate is not None and state.rates.get(event.client) != event.rate:
+                state = replace(state, rates={**state.rates, event.client: event.rate})
             state = self.on_status(state, event)
             return self.heard_on(state, event.client, event.current), []
         if isinstance(event, Ack):
@@ -174,11 +190,15 @@ class ReadmitterCore:
         server, client = request.server, request.client
         current = state.readmissions.get(server)
         health = state.health.get(server)
+        settings = self.config.readmitter
         answer, after = waves.answer_request(
             current,
             client=client,
             health=health.health if health else None,
             connection_threshold=self.threshold(state, server),
+            now=now,
+            wave_interval_s=settings.wave_interval_s,
+            retry_after_s=settings.retry_after_s,
         )
         incident_id = current.incident_id if current is not None else ""
         if answer.granted:
@@ -199,7 +219,7 @@ class ReadmitterCore:
                 0,
                 now,
                 deferred=[client],
-                retry_after_s=self.config.readmitter.retry_after_s,
+                retry_after_s=answer.retry_after_s,
                 reason=f"requested by {client}, deferred: {answer.reason}",
             )
         if after is not None:
@@ -216,12 +236,25 @@ class ReadmitterCore:
             why = f"incident is {current.state}" if current else "no incident"
             return self._timer(state, server, Timer(wake_at=None, reason=why)), []
         health = state.health.get(server)
+        latest = health.health if health else None
+        threshold = self.threshold(state, server)
+        order = waves.queue(current)
+        away_loads = sizing.loads(order, {c: self.rate(state, c) for c in order})
+        size: sizing.Size | sizing.Measuring = sizing.Size(clients=1, reason="")
+        if latest is not None and order:
+            size = sizing.next_size(
+                current.costs,
+                settings=settings,
+                health=latest,
+                connection_threshold=threshold,
+                away_loads=away_loads,
+            )
         decision = waves.next_wave(
             current,
             now=now,
-            health=health.health if health else None,
-            connection_threshold=self.threshold(state, server),
-            wave_size=settings.wave_size,
+            health=latest,
+            connection_threshold=threshold,
+            size=size,
             wave_interval_s=settings.wave_interval_s,
             confirm_timeout_s=settings.confirm_timeout_s,
         )
@@ -234,7 +267,8 @@ class ReadmitterCore:
             wake_at = now + max(settings.wave_interval_s, 0.1)
             timer = Timer(wake_at=wake_at, reason=decision.reason, paused=True)
             return self._timer(state, server, timer), []
-        sent = waves.record_wave(current, decision, now=now)
+        brought = sum(away_loads[: len(decision.clients)])
+        sent = waves.record_wave(current, decision, now=now, load=brought, health=latest)
         # a client homed elsewhere gets no readmission notice to this server (the notifier
         # drops it): nothing to wait for
         if any(self.homes.get(c) != server for c in sent.returning):

@@ -157,9 +157,14 @@ class Readmitter:
     # --- handlers -------------------------------------------------------
 
     async def on_health(self, event: HealthReport) -> None:
-        changed, _ = self._decide(event.server, event)
+        before = self.states.get(event.server)
+        self._decide(event.server, event)
         self._wake[event.server].set()
-        if changed:  # the evaluator reports healthy again after the final wave: closed
+        after = self.states.get(event.server)
+        # each report also measures the last wave's cost: kept with the next write, not
+        # written each time; a change of state is (the evaluator reports healthy again
+        # after the final wave: the incident is closed)
+        if before is not None and after is not None and after.state != before.state:
             logger.info("incident of %s closed, as its health reports say", event.server)
             await self._persist(event.server)
 

@@ -10,8 +10,10 @@ Rules:
 
 - A wave goes out only while the incident is ``recovering``, not sooner than
   ``wave_interval_s`` after the previous wave, and only when the latest health
-  is at or above the connection threshold; it holds at most ``wave_size``
-  clients, first moved first back.
+  is at or above the connection threshold. Its size is decided by
+  :mod:`services.readmitter.sizing` (fixed, or by what the previous wave
+  cost); its clients are those that asked to return first, in the order they
+  asked, then the others, first moved first back.
 - A client a wave readmits is ``returning`` until it is heard home (its ack
   or status says it is on its home server). One whose readmission notice
   failed (the notifier gave up) is away again, for a later wave.
@@ -24,8 +26,11 @@ Rules:
   ``wave_interval_s``: an evaluator that was down when it first went out
   closes the incident when it is back.
 - A client's own request is granted when the server has no incident in
-  progress (or it is recovering) and health is at or above the connection
-  threshold; otherwise it is deferred.
+  progress and health is at or above the connection threshold. During an
+  incident it is deferred: while the incident is opened or health is low, for
+  ``retry_after_s``; while it is recovering, a client still away is put
+  first in the next wave and told to ask again a wave interval after that
+  wave is due, so staging is kept and the asking clients come back first.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from __future__ import annotations
 import msgspec
 
 from schemas.events import IncidentState, ReadmitWave
+from services.readmitter.sizing import Measuring, Size, WaveCost, observed
 
 
 class Readmission(msgspec.Struct, frozen=True, kw_only=True):
@@ -47,6 +53,8 @@ class Readmission(msgspec.Struct, frozen=True, kw_only=True):
     last_wave_at: float | None = None
     final_sent: bool = False
     returning: tuple[str, ...] = ()
+    asked: tuple[str, ...] = ()
+    costs: tuple[WaveCost, ...] = ()
     # Stored only: the waves written with this state that the stream may not have yet
     # (services/readmitter/service.py publishes them, then clears them).
     outbox: tuple[ReadmitWave, ...] = ()
@@ -84,10 +92,11 @@ Decision = Wave | Wait | Paused | Done
 
 
 class RequestAnswer(msgspec.Struct, frozen=True, kw_only=True):
-    """The answer to one client's own readmission request."""
+    """The answer to one client's own readmission request (if deferred, when to ask again)."""
 
     granted: bool
     reason: str
+    retry_after_s: float = 0.0
 
 
 def on_incident(
@@ -97,13 +106,14 @@ def on_incident(
 
     A new incident id starts a new readmission; clients still away from an
     earlier incident stay away (they are readmitted with the new one). A
-    relapse to ``opened`` re-arms the final wave.
+    relapse to ``opened`` re-arms the final wave and forgets what the waves
+    cost, so readmission starts small again.
     """
     if current is None or current.incident_id != incident_id:
         away = current.away if current is not None else ()
         return Readmission(server=server, incident_id=incident_id, state=state, away=away)
     if state == "opened":
-        return msgspec.structs.replace(current, state=state, final_sent=False)
+        return msgspec.structs.replace(current, state=state, final_sent=False, costs=())
     return msgspec.structs.replace(current, state=state)
 
 
@@ -136,19 +146,19 @@ def next_wave(
     now: float,
     health: float | None,
     connection_threshold: float,
-    wave_size: int,
+    size: Size | Measuring,
     wave_interval_s: float,
     confirm_timeout_s: float = 30.0,
 ) -> Decision:
-    """What to do about the next wave of ``current`` at time ``now``.
+    """What to do about the next wave of ``current`` at time ``now``, of ``size``.
 
     The incident state is checked first, then the spacing since the last wave
     (not before the final wave, which readmits no one: only before it goes
-    again), then the latest health, so the health that lets a wave go is the
-    one known when the wave is due.
+    again), then the latest health, then whether the size is known, so the
+    health that lets a wave go is the one known when the wave is due.
     """
-    if wave_size < 1:
-        raise ValueError("wave_size must be at least 1")
+    if isinstance(size, Size) and size.clients < 1:
+        raise ValueError("a wave must bring at least 1 client")
     if current.final_sent and current.state != "recovering":
         return Done(reason=f"final wave of incident {current.incident_id} sent")
     if current.state != "recovering":
@@ -173,12 +183,33 @@ def next_wave(
     above = f"health {health:.2f} >= connection threshold {connection_threshold:.2f}"
     if not current.away:
         return _final(current, now=now, confirm_timeout_s=confirm_timeout_s, above=above)
-    clients = current.away[:wave_size]
+    if isinstance(size, Measuring):
+        return Paused(reason=size.reason)
+    clients = queue(current)[: size.clients]
     if len(clients) == len(current.away):
         why = f"last {len(clients)} of the clients away"
     else:
         why = f"{len(clients)} of {len(current.away)} clients away"
-    return Wave(wave=current.next_wave, clients=clients, final=False, reason=f"{above}; {why}")
+    asked = sum(1 for c in clients if c in current.asked)
+    if asked:
+        why += f" ({asked} that asked first)"
+    reason = f"{above}; {why}; {size.reason}"
+    return Wave(wave=current.next_wave, clients=clients, final=False, reason=reason)
+
+
+def queue(current: Readmission) -> tuple[str, ...]:
+    """The clients away in the order waves bring them back: those that asked first."""
+    asked = tuple(c for c in current.asked if c in current.away)
+    return (*asked, *(c for c in current.away if c not in asked))
+
+
+def observe(current: Readmission, health: float) -> Readmission:
+    """The state after a health report: one more measure of the last wave's cost, while
+    the incident is recovering and the wave brought clients back."""
+    if current.state != "recovering" or not current.costs or current.final_sent:
+        return current
+    *before, last = current.costs
+    return msgspec.structs.replace(current, costs=(*before, observed(last, health)))
 
 
 def _final(current: Readmission, *, now: float, confirm_timeout_s: float, above: str) -> Decision:
@@ -220,9 +251,21 @@ def not_returned(current: Readmission, client: str) -> Readmission:
     )
 
 
-def record_wave(current: Readmission, wave: Wave, *, now: float) -> Readmission:
-    """The state after ``wave`` went out at ``now``."""
+def record_wave(
+    current: Readmission,
+    wave: Wave,
+    *,
+    now: float,
+    load: float = 0.0,
+    health: float | None = None,
+) -> Readmission:
+    """The state after ``wave`` went out at ``now``, with ``health`` the latest before it
+    and ``load`` the request rate its clients bring (the start of its cost)."""
     sent = set(wave.clients)
+    costs = current.costs
+    if wave.clients:
+        cost = WaveCost(wave=wave.wave, clients=len(wave.clients), load=load, health_before=health)
+        costs = (*costs, cost)
     readmitted = list(current.readmitted)
     readmitted.extend(c for c in wave.clients if c not in readmitted)
     returning = list(current.returning)
@@ -230,11 +273,13 @@ def record_wave(current: Readmission, wave: Wave, *, now: float) -> Readmission:
     return msgspec.structs.replace(
         current,
         away=tuple(c for c in current.away if c not in sent),
+        asked=tuple(c for c in current.asked if c not in sent),
         readmitted=tuple(readmitted),
         returning=tuple(returning),
         next_wave=max(current.next_wave, wave.wave + 1),
         last_wave_at=now,
         final_sent=current.final_sent or wave.final,
+        costs=costs,
     )
 
 
@@ -244,24 +289,39 @@ def answer_request(
     client: str,
     health: float | None,
     connection_threshold: float,
+    now: float,
+    wave_interval_s: float,
+    retry_after_s: float,
 ) -> tuple[RequestAnswer, Readmission | None]:
     """Grant or defer ``client``'s own request to return; the state after it.
 
-    Granted when no incident is in progress (no state, or closed) or the
-    incident is recovering, and the latest health is at or above the
-    connection threshold. A granted client leaves ``away`` and, if it was
-    away, counts as readmitted.
+    Granted when no incident is in progress (no state, or closed), or the
+    incident is recovering and the client is not among those away, and the
+    latest health is at or above the connection threshold. A client away
+    from a recovering incident is deferred to the next wave, first in it.
     """
+
+    def deferred(reason: str, retry: float = retry_after_s) -> RequestAnswer:
+        return RequestAnswer(granted=False, reason=reason, retry_after_s=retry)
+
     if current is not None and current.state == "opened":
-        reason = f"incident {current.incident_id} is opened"
-        return RequestAnswer(granted=False, reason=reason), current
+        return deferred(f"incident {current.incident_id} is opened"), current
     if health is None:
-        return RequestAnswer(granted=False, reason="no health report yet"), current
+        return deferred("no health report yet"), current
     if health < connection_threshold:
         reason = f"health {health:.2f} below connection threshold {connection_threshold:.2f}"
-        return RequestAnswer(granted=False, reason=reason), current
+        return deferred(reason), current
+    if current is not None and current.state == "recovering" and client in current.away:
+        due = now if current.last_wave_at is None else current.last_wave_at + wave_interval_s
+        retry = max(due - now, 0.0) + max(wave_interval_s, 1.0)
+        asked = current.asked if client in current.asked else (*current.asked, client)
+        reason = (
+            f"incident {current.incident_id} recovering in waves: {client} is first in the "
+            f"next wave ({len(asked)} asked)"
+        )
+        return deferred(reason, retry), msgspec.structs.replace(current, asked=asked)
     if current is not None and current.state == "recovering":
-        reason = f"incident {current.incident_id} recovering"
+        reason = f"incident {current.incident_id} recovering, {client} not among those away"
     else:
         reason = "no incident in progress"
     reason += f"; health {health:.2f} >= connection threshold {connection_threshold:.2f}"

@@ -667,11 +667,25 @@ class NotifierConfig(Base, frozen=True, kw_only=True):
 
 
 class ReadmitterConfig(Base, frozen=True, kw_only=True):
-    """Readmission in waves (services/readmitter/waves.py). ``confirm_timeout_s``: how
-    long after its wave a readmitted client not yet heard home holds the final wave
-    (which closes the incident) back."""
+    """Readmission in waves (services/readmitter/waves.py, services/readmitter/sizing.py).
 
+    ``sizing``: ``adaptive`` sizes each wave by what the previous one cost
+    (``first_wave_size`` first, then at most ``growth`` times the previous
+    wave and at most ``max_wave_size``, so that health is expected to stay
+    ``margin`` above the connection threshold); ``fixed`` sends ``wave_size``
+    clients a wave. ``settle_reports``: the health reports an adaptive wave
+    waits for after the previous one, to measure its cost. ``confirm_timeout_s``:
+    how long after its wave a readmitted client not yet heard home holds the
+    final wave (which closes the incident) back.
+    """
+
+    sizing: Literal["adaptive", "fixed"] = "adaptive"
     wave_size: int = 5
+    first_wave_size: int = 2
+    max_wave_size: int = 100
+    growth: float = 4.0
+    margin: float = 0.1
+    settle_reports: int = 2
     wave_interval_s: float = 5.0
     retry_after_s: float = 10.0
     confirm_timeout_s: float = 30.0
@@ -679,8 +693,18 @@ class ReadmitterConfig(Base, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if self.wave_size < 1:
             raise ValueError("wave_size must be at least 1")
+        if not 1 <= self.first_wave_size <= self.max_wave_size:
+            raise ValueError("first_wave_size must be at least 1 and at most max_wave_size")
+        if self.growth < 1:
+            raise ValueError("growth must be at least 1")
+        if not 0 <= self.margin < 1:
+            raise ValueError("margin must be in [0, 1)")
+        if self.settle_reports < 1:
+            raise ValueError("settle_reports must be at least 1")
         if self.wave_interval_s < 0:
             raise ValueError("wave_interval_s must not be negative")
+        if self.retry_after_s <= 0:
+            raise ValueError("retry_after_s must be positive")
         if self.confirm_timeout_s < 0:
             raise ValueError("confirm_timeout_s must not be negative")
 

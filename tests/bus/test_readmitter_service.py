@@ -35,7 +35,14 @@ MOVED = ["nas-01", "nas-04", "nas-07", "nas-10", "nas-13"]
 
 
 def _settings(interval: float) -> dict[str, Any]:
-    return {"readmitter": {"wave_size": 2, "wave_interval_s": interval, "retry_after_s": 7.0}}
+    return {
+        "readmitter": {
+            "sizing": "fixed",
+            "wave_size": 2,
+            "wave_interval_s": interval,
+            "retry_after_s": 7.0,
+        }
+    }
 
 
 class Harness:

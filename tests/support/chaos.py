@@ -91,9 +91,11 @@ to be home: generous, the machine is shared; a case that runs out is checked all
 
 SETTINGS: dict[str, Any] = {
     **DEMO_SETTINGS,
-    "readmitter": {**DEMO_SETTINGS["readmitter"], "wave_interval_s": 1.5},
+    "readmitter": {**DEMO_SETTINGS["readmitter"], "sizing": "fixed", "wave_interval_s": 1.5},
 }
-"""The demo's settings, waves a little closer together."""
+"""The demo's settings, waves a little closer together and of a fixed size, so that the
+moment before the final wave is known from the clients left (what the waves cost does not
+change what a kill may lose: tests/unit/readmitter/test_sizing.py has the sizing)."""
 CLIENT_SETTINGS = {"return_after_s": 60.0}
 """A client asks to return on its own only long after a readmission should have brought it
 back (a ReadmitRequest fails the case): its own timer is the fallback, not the path."""

@@ -20,6 +20,7 @@ from schemas.events import (
 )
 from services.launch.farm import write_farm
 from services.readmitter.core import ReadmitterCore, ReadmitterState, WaveDue
+from services.readmitter.waves import Readmission
 
 T0 = 1_700_000_000.0
 
@@ -28,7 +29,14 @@ T0 = 1_700_000_000.0
 def core(tmp_path: Path) -> ReadmitterCore:
     cfg, _ = write_farm(
         tmp_path / "farm",
-        {"readmitter": {"wave_size": 1, "wave_interval_s": 2.0, "retry_after_s": 7.0}},
+        {
+            "readmitter": {
+                "sizing": "fixed",
+                "wave_size": 1,
+                "wave_interval_s": 2.0,
+                "retry_after_s": 7.0,
+            }
+        },
         bus_url=None,
         clients=6,
     )
@@ -148,7 +156,12 @@ def test_a_request_is_deferred_while_opened_then_granted(core: ReadmitterCore) -
     assert (deferred.wave, deferred.clients, deferred.deferred) == (0, [], ["nas-01"])
     assert deferred.retry_after_s == 7.0 and deferred.incident_id == "inc-1"
     state, _ = core.handle(state, incident("recovering"), T0 + 2)
-    state, [granted] = core.handle(state, request, T0 + 3)
+    # recovering: staged, it goes first in the next wave
+    state, [staged] = core.handle(state, request, T0 + 3)
+    assert (staged.clients, staged.deferred) == ([], ["nas-01"])
+    assert state.readmissions["A"].asked == ("nas-01",)
+    state, _ = core.handle(state, incident("closed"), T0 + 4)
+    state, [granted] = core.handle(state, request, T0 + 5)
     assert (granted.clients, granted.deferred, granted.final) == (["nas-01"], [], False)
     assert state.readmissions["A"].away == () and state.readmissions["A"].readmitted == ("nas-01",)
 
@@ -190,3 +203,50 @@ def test_a_client_homed_elsewhere_that_a_plan_moves_is_not_waited_for(
     for event in (incident("opened"), plan("nas-01", "nas-02"), incident("recovering")):
         state, _ = core.handle(state, event, T0)
     assert state.readmissions["A"].away == ("nas-01",)
+
+
+def test_adaptive_waves_are_sized_by_what_the_last_one_cost(tmp_path: Path) -> None:
+    cfg, _ = write_farm(
+        tmp_path / "farm",
+        {"readmitter": {"wave_interval_s": 1.0, "first_wave_size": 1, "growth": 2.0}},
+        bus_url=None,
+        clients=30,
+    )
+    core = ReadmitterCore(cfg, source="t")
+    mine = [c.id for c in cfg.clients if c.home == "A"]
+    state = ReadmitterState()
+    for event in (incident("opened"), plan(*mine), incident("recovering"), health(0.95)):
+        state, _ = core.handle(state, event, T0)
+    for client in mine:  # each agent measures 2 requests/s
+        status = ClientStatus(client=client, home="A", current="B", rate=2.0)
+        state, _ = core.handle(state, status, T0)
+    state, [first] = core.handle(state, WaveDue(server="A"), T0)
+    assert first.clients == mine[:1] and "first wave: small" in first.reason
+    # not before its cost is measured: two reports after it
+    state, out = core.handle(state, WaveDue(server="A"), T0 + 1)
+    assert out == [] and "measuring wave 1" in state.timers["A"].reason
+    for at in (T0 + 1.1, T0 + 1.2):
+        state, _ = core.handle(state, health(0.95), at)
+    state, [second] = core.handle(state, WaveDue(server="A"), T0 + 1.3)
+    assert len(second.clients) == 2 and "no measurable health" in second.reason
+    # the second wave's 4 requests/s cost 0.05 of health: 0.0125 per request/s; at 0.9,
+    # 0.2 above 0.7 fits 16 requests/s, 8 clients, but at most 2x the last wave
+    for at in (T0 + 2.4, T0 + 2.5):
+        state, _ = core.handle(state, health(0.9), at)
+    state, [third] = core.handle(state, WaveDue(server="A"), T0 + 2.6)
+    assert len(third.clients) == 4 and "0.0125 health per request/s" in third.reason
+    # the third dipped below 0.7: the fourth is halved
+    for at in (T0 + 3.7, T0 + 3.8):
+        state, _ = core.handle(state, health(0.68), at)
+    state, [fourth] = core.handle(state, WaveDue(server="A"), T0 + 3.9)
+    assert len(fourth.clients) == 2 and "halved to 2" in fourth.reason
+    costs = state.readmissions["A"].costs
+    assert [(c.wave, c.clients, c.load) for c in costs] == [
+        (1, 1, 2.0),
+        (2, 2, 4.0),
+        (3, 4, 8.0),
+        (4, 2, 4.0),
+    ]
+    # a restarted readmitter has what the waves cost
+    stored = msgspec.json.decode(msgspec.json.encode(state.readmissions["A"]), type=Readmission)
+    assert stored.costs == costs

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from services.readmitter.sizing import Size
 from services.readmitter.waves import (
     Done,
     Paused,
@@ -44,7 +45,7 @@ def _decide(
         now=now,
         health=health,
         connection_threshold=THRESHOLD,
-        wave_size=size,
+        size=Size(clients=size, reason=f"fixed waves of {size}"),
         wave_interval_s=interval,
     )
 
@@ -234,8 +235,18 @@ def test_state_round_trips_through_json() -> None:
     assert msgspec.json.decode(data, type=Readmission) == state
 
 
-def _ask(state: Readmission | None, health: float | None, client: str = "c1"):  # type: ignore[no-untyped-def]
-    return answer_request(state, client=client, health=health, connection_threshold=THRESHOLD)
+def _ask(  # type: ignore[no-untyped-def]
+    state: Readmission | None, health: float | None, client: str = "c1", now: float = 100.0
+):
+    return answer_request(
+        state,
+        client=client,
+        health=health,
+        connection_threshold=THRESHOLD,
+        now=now,
+        wave_interval_s=5.0,
+        retry_after_s=7.0,
+    )
 
 
 def test_request_granted_without_incident_when_healthy() -> None:
@@ -266,21 +277,41 @@ def test_request_deferred_while_opened_even_when_healthy() -> None:
     assert state == opened
 
 
-def test_request_during_recovering_counts_as_readmitted() -> None:
-    state = _recovering(["c1", "c2", "c3"])
-    answer, after = _ask(state, 0.8, client="c2")
-    assert answer.granted
-    assert after is not None
-    assert after.away == ("c1", "c3")
-    assert after.readmitted == ("c2",)
+def test_a_request_while_recovering_is_deferred_to_the_next_wave_first_in_it() -> None:
+    state = record_wave(
+        _recovering(["c1", "c2", "c3", "c4"]),
+        Wave(wave=1, clients=("c1",), final=False, reason=""),
+        now=98.0,
+    )
+    answer, after = _ask(state, 0.8, client="c4", now=100.0)
+    # told to wait: the next wave is due at 103, and it asks again a wave interval later
+    assert not answer.granted and answer.retry_after_s == pytest.approx(3.0 + 5.0)
+    assert after is not None and after.asked == ("c4",) and after.away == state.away
+    _, after = _ask(after, 0.8, client="c3", now=101.0)
+    assert after is not None and after.asked == ("c4", "c3")
+    wave = _decide(after, 103.0, size=3)
+    assert isinstance(wave, Wave) and wave.clients == ("c4", "c3", "c2")
+    assert "2 that asked first" in wave.reason
+    after = record_wave(after, wave, now=103.0)
+    assert after.asked == () and after.away == ()
+    # a low health defers it for retry_after_s instead, and records nothing
     deferred, unchanged = _ask(state, 0.3, client="c2")
-    assert not deferred.granted
+    assert not deferred.granted and deferred.retry_after_s == 7.0
     assert unchanged == state
 
 
-def test_request_emptying_away_leads_to_an_empty_final_wave() -> None:
-    _, state = _ask(_recovering(["c1"]), 0.8)
-    assert state is not None
+def test_a_request_while_recovering_of_a_client_not_away_is_granted() -> None:
+    state = _recovering(["c1"])
+    answer, after = _ask(state, 0.8, client="c9")
+    assert answer.granted and "not among those away" in answer.reason
+    assert after == state
+
+
+def test_the_last_client_home_by_its_wave_leads_to_an_empty_final_wave() -> None:
+    state = record_wave(
+        _recovering(["c1"]), Wave(wave=1, clients=("c1",), final=False, reason=""), now=90.0
+    )
+    state = arrived(state, "c1")
     wave = _decide(state, 100.0)
     assert isinstance(wave, Wave)
     assert wave.clients == ()

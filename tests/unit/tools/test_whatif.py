@@ -140,26 +140,37 @@ def recording(config: Config) -> list[Event]:
         plan(T0 + 3.02, 1, ["nas-01", "nas-04"]),
         plan(T0 + 8.02, 2, ["nas-07"]),
         incident(T0 + 12.01, "recovering", 1.0),
+        # adaptive waves: a small first one, then (its cost measured, a wave interval
+        # later) the rest, then the final one
         ReadmitWave(
             time=T0 + 12.02,
             source="readmitter",
             incident_id="inc-A1",
             server="A",
             wave=1,
-            clients=["nas-01", "nas-04", "nas-07"],
+            clients=["nas-01", "nas-04"],
             health=1.0,
         ),
         ReadmitWave(
-            time=T0 + 12.025,
+            time=T0 + 17.02,
             source="readmitter",
             incident_id="inc-A1",
             server="A",
             wave=2,
+            clients=["nas-07"],
+            health=1.0,
+        ),
+        ReadmitWave(
+            time=T0 + 17.025,
+            source="readmitter",
+            incident_id="inc-A1",
+            server="A",
+            wave=3,
             clients=[],
             health=1.0,
             final=True,
         ),
-        incident(T0 + 12.03, "closed", 1.0),
+        incident(T0 + 17.03, "closed", 1.0),
     ]
     return by_time(events)
 
@@ -196,12 +207,13 @@ def test_recorded_reads_the_decisions_of_the_incident(config: Config) -> None:
         clients_moved=["nas-01", "nas-04", "nas-07"],
         steps=2,
         waves=[
-            WaveOutcome(at=T0 + 12.02, wave=1, clients=["nas-01", "nas-04", "nas-07"]),
-            WaveOutcome(at=T0 + 12.025, wave=2, clients=[], final=True),
+            WaveOutcome(at=T0 + 12.02, wave=1, clients=["nas-01", "nas-04"]),
+            WaveOutcome(at=T0 + 17.02, wave=2, clients=["nas-07"]),
+            WaveOutcome(at=T0 + 17.025, wave=3, clients=[], final=True),
         ],
         re_overloads=0,
         recovering_at=T0 + 12,
-        closed_at=T0 + 12.025,
+        closed_at=T0 + 17.025,
         further_incidents=0,
         failover_threshold=0.2,
         connection_threshold=0.6,
@@ -249,7 +261,8 @@ def test_a_lower_failover_threshold_detects_the_onset_later(config: Config) -> N
     assert onset.split()[2:] == ["3.0", "s", "5.0", "s"]
     assert (
         "With evaluator.failover_threshold=0.1 the onset is detected 2.0 s later. "
-        "2 clients move instead of 3 and in 1 step instead of 2." in text
+        "2 clients move instead of 3, in 1 step instead of 2, 2 readmission waves instead "
+        "of 3 and the incident closes 5.0 s earlier." in text
     )
 
 
@@ -280,7 +293,11 @@ def test_a_threshold_below_the_lowest_health_never_detects_the_onset(config: Con
 def test_waves_follow_the_wave_size_and_interval(
     config: Config, interval: str, times: list[int]
 ) -> None:
-    settings = ["readmitter.wave_size=1", f"readmitter.wave_interval_s={interval}"]
+    settings = [
+        "readmitter.sizing=fixed",
+        "readmitter.wave_size=1",
+        f"readmitter.wave_interval_s={interval}",
+    ]
     sim, text = text_of(config, settings, recording(config))
     assert sim.waves == [
         WaveOutcome(at=T0 + times[0], wave=1, clients=["nas-01"]),
@@ -289,12 +306,11 @@ def test_waves_follow_the_wave_size_and_interval(
         WaveOutcome(at=T0 + times[2], wave=4, clients=[], final=True),
     ]
     assert sim.closed_at == T0 + times[2]
-    row = next(line for line in text.splitlines() if line.startswith("  wave 3"))
-    assert row.split()[2:] == ["-", f"{times[2]:.1f}", "s:", "1:", "nas-07"]
     final = next(line for line in text.splitlines() if line.startswith("  wave 4"))
-    assert final.split()[-1] == "(final)"
-    assert "4 readmission waves instead of 2" in text
-    assert f"the incident closes {times[2] - 12.0:.1f} s later" in text
+    assert final.split()[2] == "-" and final.split()[-1] == "(final)"
+    assert "4 readmission waves instead of 3" in text
+    if times[2] != 17:
+        assert f"the incident closes {abs(times[2] - 17.0):.1f} s earlier" in text
 
 
 # A slow ramp: one more worker busy each second from 1, then the queue fills.
@@ -408,7 +424,10 @@ def test_a_relapse_is_counted_and_sheds_again(config: Config) -> None:
     # After the recovery at 12 and the first wave, two lows at 13 and 14 relapse.
     load = [*INCIDENT, IDLE, LOWER, LOWER, *[IDLE] * 10]
     events = by_time([*statuses(config, T0 - 5), *samples(load)])
-    cfg = apply_settings(config, ["readmitter.wave_size=1", "readmitter.wave_interval_s=2"])
+    cfg = apply_settings(
+        config,
+        ["readmitter.sizing=fixed", "readmitter.wave_size=1", "readmitter.wave_interval_s=2"],
+    )
     sim = simulate(cfg, events, "A")
     assert sim.re_overloads == 1
     # Step 3 at the relapse: nas-01 (back on A) is first of the clients on A again.
@@ -432,7 +451,7 @@ def test_a_later_incident_is_counted_not_reported(config: Config) -> None:
     events = by_time([*statuses(config, T0 - 5), *samples(load)])
     sim = simulate(config, events, "A")
     assert sim.incident_id == "what-if-1"
-    assert sim.closed_at == T0 + 12
+    assert sim.closed_at == T0 + 17
     assert sim.further_incidents == 1
 
 
@@ -470,7 +489,7 @@ def test_to_json_holds_both_outcomes_and_the_summary(config: Config) -> None:
     assert data["settings"] == settings
     assert data["note"] == HEALTH_NOTE
     assert data["simulated"]["onset_at"] == T0 + 5
-    assert data["recorded"]["waves"][0]["clients"] == ["nas-01", "nas-04", "nas-07"]
+    assert data["recorded"]["waves"][0]["clients"] == ["nas-01", "nas-04"]
     assert data["summary"].startswith("With evaluator.failover_threshold=0.1 the onset")
     assert msgspec.json.decode(msgspec.json.encode(data)) == data
 

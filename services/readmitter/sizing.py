@@ -1,0 +1,148 @@
+"""How many clients the next readmission wave brings back: pure, over plain data.
+
+``fixed`` sizing sends ``wave_size`` clients every wave. ``adaptive`` sizing
+measures what each wave cost and sizes the next one by it, as a slow start
+that learns the server's slope:
+
+- The first wave is small (``first_wave_size``).
+- A wave's cost is the health it took per request/s it brought: the health
+  when it went out, less the mean of the health reports since, over the
+  request rate of its clients. A drop under ``NOISE`` is no measurable cost.
+- The next wave waits for ``settle_reports`` reports after the previous one,
+  so that its cost is measured.
+- Its clients are as many, in wave order, as their rates fit in the load
+  that keeps health ``margin`` above the connection threshold at that cost.
+  With no measurable cost yet, it is ``growth`` times the previous wave;
+  never more than that, nor more than ``max_wave_size``.
+- A wave after which health dipped below the connection threshold plus
+  ``margin`` halves the next (the health check of :mod:`waves` pauses them
+  below the threshold itself).
+
+A client's rate is its measured one (its agent's status), else its
+configured one; a client of unknown rate counts as the mean of those known,
+or 1 request/s when none is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import msgspec
+
+from services.runtime.config import ReadmitterConfig
+
+NOISE = 0.02
+"""A health drop smaller than this is within a sample's noise: no measurable cost."""
+
+
+class WaveCost(msgspec.Struct, frozen=True, kw_only=True):
+    """What one wave brought back and what health did after it."""
+
+    wave: int
+    clients: int
+    load: float
+    health_before: float | None
+    reports: int = 0
+    health_sum: float = 0.0
+    lowest: float | None = None
+
+    @property
+    def health_after(self) -> float | None:
+        """The mean health of the reports since the wave went out."""
+        return self.health_sum / self.reports if self.reports else None
+
+    def per_load(self) -> float | None:
+        """Health lost per request/s brought; None when the drop is not measurable."""
+        after = self.health_after
+        if self.health_before is None or after is None or self.load <= 0:
+            return None
+        drop = self.health_before - after
+        return drop / self.load if drop >= NOISE else None
+
+
+class Size(msgspec.Struct, frozen=True, kw_only=True):
+    """The next wave brings back ``clients`` clients, for ``reason``."""
+
+    clients: int
+    reason: str
+
+
+class Measuring(msgspec.Struct, frozen=True, kw_only=True):
+    """The previous wave's cost is not measured yet: no wave before it is."""
+
+    reason: str
+
+
+def observed(cost: WaveCost, health: float) -> WaveCost:
+    """``cost`` with one more health report after its wave."""
+    lowest = health if cost.lowest is None else min(cost.lowest, health)
+    return msgspec.structs.replace(
+        cost, reports=cost.reports + 1, health_sum=cost.health_sum + health, lowest=lowest
+    )
+
+
+def loads(clients: Sequence[str], rates: Mapping[str, float]) -> list[float]:
+    """Each of ``clients``' request rate: known, else the mean of those known (else 1)."""
+    known = [rates[c] for c in clients if rates.get(c, 0.0) > 0]
+    default = sum(known) / len(known) if known else 1.0
+    return [rates[c] if rates.get(c, 0.0) > 0 else default for c in clients]
+
+
+def next_size(
+    costs: Sequence[WaveCost],
+    *,
+    settings: ReadmitterConfig,
+    health: float,
+    connection_threshold: float,
+    away_loads: Sequence[float],
+) -> Size | Measuring:
+    """The size of the next wave, given the waves so far and the latest ``health``.
+
+    ``away_loads`` are the rates of the clients still away, in wave order.
+    """
+    if settings.sizing == "fixed":
+        return Size(clients=settings.wave_size, reason=f"fixed waves of {settings.wave_size}")
+    if not costs:
+        return Size(clients=settings.first_wave_size, reason="first wave: small")
+    last = costs[-1]
+    if last.reports < settings.settle_reports:
+        return Measuring(
+            reason=f"measuring wave {last.wave}: {last.reports} of "
+            f"{settings.settle_reports} health reports since it went out"
+        )
+    most = min(settings.max_wave_size, max(1, math.floor(last.clients * settings.growth)))
+    floor = connection_threshold + settings.margin
+    if last.lowest is not None and last.lowest < floor:
+        size = max(1, min(most, last.clients // 2))
+        return Size(
+            clients=size,
+            reason=f"wave {last.wave} took health down to {last.lowest:.2f}, "
+            f"below {floor:.2f}: halved to {size}",
+        )
+    cost = next((c.per_load() for c in reversed(costs) if c.per_load() is not None), None)
+    if cost is None:
+        return Size(
+            clients=most,
+            reason=f"wave {last.wave} ({last.clients} clients) cost no measurable health: "
+            f"{settings.growth:g}x, at most {settings.max_wave_size}",
+        )
+    budget = max(0.0, health - floor) / cost
+    fit = _fitting(away_loads, budget)
+    size = max(1, min(most, fit))
+    capped = f", capped at {most}" if fit > most else ""
+    return Size(
+        clients=size,
+        reason=f"health {health:.2f} less {floor:.2f} at {cost:.4f} health per request/s "
+        f"fits {budget:.1f} request/s: {size} clients{capped}",
+    )
+
+
+def _fitting(away_loads: Sequence[float], budget: float) -> int:
+    """How many of ``away_loads``, in order, fit in ``budget`` together."""
+    total = 0.0
+    for count, load in enumerate(away_loads):
+        total += load
+        if total > budget:
+            return count
+    return len(away_loads)
