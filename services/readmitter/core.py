@@ -268,7 +268,11 @@ class ReadmitterCore:
             timer = Timer(wake_at=wake_at, reason=decision.reason, paused=True)
             return self._timer(state, server, timer), []
         brought = sum(away_loads[: len(decision.clients)])
-        sent = waves.record_wave(current, decision, now=now, load=brought, health=latest)
+        # the level the wave starts from: the mean since the wave before, if measured
+        before = current.costs[-1].health_after if current.costs else None
+        sent = waves.record_wave(
+            current, decision, now=now, load=brought, health=latest if before is None else before
+        )
         # a client homed elsewhere gets no readmission notice to this server (the notifier
         # drops it): nothing to wait for
         if any(self.homes.get(c) != server for c in sent.returning):

@@ -6,17 +6,19 @@ that learns the server's slope:
 
 - The first wave is small (``first_wave_size``).
 - A wave's cost is the health it took per request/s it brought: the health
-  when it went out, less the mean of the health reports since, over the
-  request rate of its clients. A drop under ``NOISE`` is no measurable cost.
+  when it went out (the mean after the wave before, if there was one), less
+  the mean of the health reports since, over the request rate of its
+  clients. A drop under ``NOISE`` is no measurable cost. Means, because one
+  report is one sample of a busy count.
 - The next wave waits for ``settle_reports`` reports after the previous one,
   so that its cost is measured.
 - Its clients are as many, in wave order, as their rates fit in the load
   that keeps health ``margin`` above the connection threshold at that cost.
   With no measurable cost yet, it is ``growth`` times the previous wave;
   never more than that, nor more than ``max_wave_size``.
-- A wave after which health dipped below the connection threshold plus
-  ``margin`` halves the next (the health check of :mod:`waves` pauses them
-  below the threshold itself).
+- A wave after which health (the mean since) dipped below the connection
+  threshold plus ``margin`` halves the next (the health check of
+  :mod:`waves` pauses them below the threshold itself).
 
 A client's rate is its measured one (its agent's status), else its
 configured one; a client of unknown rate counts as the mean of those known,
@@ -45,7 +47,6 @@ class WaveCost(msgspec.Struct, frozen=True, kw_only=True):
     health_before: float | None
     reports: int = 0
     health_sum: float = 0.0
-    lowest: float | None = None
 
     @property
     def health_after(self) -> float | None:
@@ -76,9 +77,8 @@ class Measuring(msgspec.Struct, frozen=True, kw_only=True):
 
 def observed(cost: WaveCost, health: float) -> WaveCost:
     """``cost`` with one more health report after its wave."""
-    lowest = health if cost.lowest is None else min(cost.lowest, health)
     return msgspec.structs.replace(
-        cost, reports=cost.reports + 1, health_sum=cost.health_sum + health, lowest=lowest
+        cost, reports=cost.reports + 1, health_sum=cost.health_sum + health
     )
 
 
@@ -113,11 +113,12 @@ def next_size(
         )
     most = min(settings.max_wave_size, max(1, math.floor(last.clients * settings.growth)))
     floor = connection_threshold + settings.margin
-    if last.lowest is not None and last.lowest < floor:
+    after = last.health_after
+    if after is not None and after < floor:
         size = max(1, min(most, last.clients // 2))
         return Size(
             clients=size,
-            reason=f"wave {last.wave} took health down to {last.lowest:.2f}, "
+            reason=f"wave {last.wave} took health down to {after:.2f}, "
             f"below {floor:.2f}: halved to {size}",
         )
     cost = next((c.per_load() for c in reversed(costs) if c.per_load() is not None), None)
