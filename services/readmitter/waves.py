@@ -30,7 +30,8 @@ Rules:
   incident it is deferred: while the incident is opened or health is low, for
   ``retry_after_s``; while it is recovering, a client still away is put
   first in the next wave and told to ask again a wave interval after that
-  wave is due, so staging is kept and the asking clients come back first.
+  wave is due, so staging is kept and the asking clients come back first
+  (one that asked while the incident was opened is first in the first wave).
 """
 
 from __future__ import annotations
@@ -298,14 +299,18 @@ def answer_request(
     Granted when no incident is in progress (no state, or closed), or the
     incident is recovering and the client is not among those away, and the
     latest health is at or above the connection threshold. A client away
-    from a recovering incident is deferred to the next wave, first in it.
+    from a recovering incident is deferred to the next wave, first in it; one
+    away from an opened incident is deferred, and first in its first wave.
     """
 
     def deferred(reason: str, retry: float = retry_after_s) -> RequestAnswer:
         return RequestAnswer(granted=False, reason=reason, retry_after_s=retry)
 
     if current is not None and current.state == "opened":
-        return deferred(f"incident {current.incident_id} is opened"), current
+        reason = f"incident {current.incident_id} is opened"
+        if client in current.away and client not in current.asked:
+            current = msgspec.structs.replace(current, asked=(*current.asked, client))
+        return deferred(reason), current
     if health is None:
         return deferred("no health report yet"), current
     if health < connection_threshold:

@@ -270,11 +270,17 @@ def test_request_deferred_without_incident_when_unhealthy_or_unknown() -> None:
 
 
 def test_request_deferred_while_opened_even_when_healthy() -> None:
-    opened = record_plan(None, server="A", incident_id="i1", clients=["c1"])
+    opened = record_plan(None, server="A", incident_id="i1", clients=["c2", "c1"])
     answer, state = _ask(opened, 0.99)
-    assert not answer.granted
+    assert not answer.granted and answer.retry_after_s == 7.0
     assert "opened" in answer.reason
-    assert state == opened
+    # it asked: first in the first wave
+    assert state is not None and state.asked == ("c1",)
+    wave = _decide(on_incident(state, server="A", incident_id="i1", state="recovering"), 1.0)
+    assert isinstance(wave, Wave) and wave.clients == ("c1", "c2")
+    # asking again changes nothing; a client not away is not recorded
+    assert _ask(state, 0.99)[1] == state
+    assert _ask(opened, 0.99, client="c9")[1] == opened
 
 
 def test_a_request_while_recovering_is_deferred_to_the_next_wave_first_in_it() -> None:
