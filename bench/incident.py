@@ -90,11 +90,9 @@ QUICK = {"clients": 21, "rate": 2.0, "warmup_s": 1.5, "overload_s": 4.0, "settle
 
 SCENARIOS = ("client-side", "aaa-failover")
 
-SETTINGS: dict[str, Any] = {
-    **DEMO_SETTINGS,
-    # waves of ten: the farm has five times the demo's clients
-    "readmitter": {**DEMO_SETTINGS["readmitter"], "wave_size": 10},
-}
+SETTINGS: dict[str, Any] = DEMO_SETTINGS
+"""The demo's settings; readmission in adaptive waves (the default), which grow with the
+farm's five times the demo's clients as A shows room for them."""
 
 
 def proxy_defaults() -> dict[str, float | int]:

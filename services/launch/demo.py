@@ -48,7 +48,7 @@ DEMO_SETTINGS: dict[str, Any] = {
     },
     "targeter": {"max_share": 1.0, "step_interval_s": 1.0},
     "notifier": {"ack_timeout_s": 1.0, "retries": 3},
-    "readmitter": {"wave_size": 3, "wave_interval_s": 2.0, "retry_after_s": 5.0},
+    "readmitter": {"wave_interval_s": 2.0, "retry_after_s": 5.0},
 }
 
 

@@ -46,7 +46,7 @@ from schemas.events import (
 )
 from services.readmitter.core import ReadmitterCore, ReadmitterState, WaveDue
 from services.readmitter.waves import Readmission
-from services.runtime.config import Config, subject_tokens
+from services.runtime.config import Config, ReadmitterConfig, subject_tokens
 from services.runtime.durable import consume, publish_stored
 from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
 from services.runtime.middleware import guard, known_client, known_server, taking
@@ -306,6 +306,15 @@ async def run(
 ) -> None:
     """Run the readmitter (for the servers in ``only``, or every server)."""
     servers = {s.id for s in config.select_servers(only)}
+    settings = config.readmitter
+    if settings.sizing == "adaptive" and settings.wave_size != ReadmitterConfig().wave_size:
+        logger.warning(
+            'readmitter.wave_size = %d is used only with sizing = "fixed"; waves are '
+            "adaptive (first_wave_size %d, growth %g)",
+            settings.wave_size,
+            settings.first_wave_size,
+            settings.growth,
+        )
 
     async def setup(rt: Runtime) -> None:
         readmitter = Readmitter(rt, await StateStore.open(rt.bus, BUCKET, Readmission), servers)

@@ -29,7 +29,7 @@ SETTINGS: dict[str, Any] = {
     "evaluator": {"failover_samples": 2, "recovery_samples": 2},
     "targeter": {"max_share": 1.0, "gain": 10.0},
     "notifier": {"ack_timeout_s": 1.0, "retries": 3},
-    "readmitter": {"wave_size": 1, "wave_interval_s": WAVE_INTERVAL_S},
+    "readmitter": {"first_wave_size": 1, "wave_interval_s": WAVE_INTERVAL_S},
 }
 
 

@@ -46,7 +46,7 @@ SETTINGS: dict[str, Any] = {
     "evaluator": {"failover_samples": 4, "recovery_samples": 2},
     "targeter": {"max_share": 1.0},
     "notifier": {"ack_timeout_s": 1.0},
-    "readmitter": {"wave_size": 1, "wave_interval_s": 0.5},
+    "readmitter": {"first_wave_size": 1, "wave_interval_s": 0.5},
 }
 
 

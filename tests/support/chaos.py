@@ -91,7 +91,12 @@ to be home: generous, the machine is shared; a case that runs out is checked all
 
 SETTINGS: dict[str, Any] = {
     **DEMO_SETTINGS,
-    "readmitter": {**DEMO_SETTINGS["readmitter"], "sizing": "fixed", "wave_interval_s": 1.5},
+    "readmitter": {
+        **DEMO_SETTINGS["readmitter"],
+        "sizing": "fixed",
+        "wave_size": 3,
+        "wave_interval_s": 1.5,
+    },
 }
 """The demo's settings, waves a little closer together and of a fixed size, so that the
 moment before the final wave is known from the clients left (what the waves cost does not
