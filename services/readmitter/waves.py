@@ -42,6 +42,10 @@ from schemas.events import IncidentState, ReadmitWave
 from services.readmitter.sizing import Measuring, Size, WaveCost, observed
 
 
+KEPT_COSTS = 8
+"""The waves whose cost a readmission keeps (the latest; sizing reads the last measured)."""
+
+
 class Readmission(msgspec.Struct, frozen=True, kw_only=True):
     """The readmission state of one server's current (or last) incident."""
 
@@ -266,7 +270,7 @@ def record_wave(
     costs = current.costs
     if wave.clients:
         cost = WaveCost(wave=wave.wave, clients=len(wave.clients), load=load, health_before=health)
-        costs = (*costs, cost)
+        costs = (*costs, cost)[-KEPT_COSTS:]
     readmitted = list(current.readmitted)
     readmitted.extend(c for c in wave.clients if c not in readmitted)
     returning = list(current.returning)
