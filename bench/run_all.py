@@ -22,6 +22,7 @@ ORDER = (
     "fanout",
     "throughput",
     "incident",
+    "readmission",
     "freeradius_incident",
     "eap",
     "watching",
