@@ -6,18 +6,22 @@ that learns the server's slope:
 
 - The first wave is small (``first_wave_size``).
 - A wave's cost is the health it took per request/s it brought: the health
-  when it went out (the mean after the wave before, if there was one), less
-  the mean of the health reports since, over the request rate of its
-  clients. A drop under ``NOISE`` is no measurable cost. Means, because one
-  report is one sample of a busy count.
+  when it went out (the level after the wave before, if there was one), less
+  the level since, over the request rate of its clients. The level is the
+  mean of the latest ``RECENT`` reports: means, because one report is one
+  sample of a busy count; the latest, because a wave's load shows in the
+  reports only as its clients' requests arrive (on a reference server about
+  1.5 s), so the first reports after it read short. A drop under ``NOISE``
+  is no measurable cost.
 - The next wave waits for ``settle_reports`` reports after the previous one,
   so that its cost is measured.
 - Its clients are as many, in wave order, as their rates fit in the load
-  that keeps health ``margin`` above the connection threshold at that cost.
-  With no measurable cost yet, it is ``growth`` times the previous wave;
-  never more than that, nor more than ``max_wave_size``.
-- A wave after which health (the mean since) dipped below the connection
-  threshold plus ``margin`` halves the next (the health check of
+  that keeps health ``margin`` above the connection threshold at that cost;
+  when health is within the margin already, in half the room left above the
+  threshold. With no measurable cost yet, it is ``growth`` times the
+  previous wave; never more than that, nor more than ``max_wave_size``.
+- A wave after which health (its level since) dipped below the connection
+  threshold plus ``margin`` also halves the next (the health check of
   :mod:`waves` pauses them below the threshold itself).
 
 A client's rate is its measured one (its agent's status), else its
@@ -37,6 +41,9 @@ from services.runtime.config import ReadmitterConfig
 NOISE = 0.02
 """A health drop smaller than this is within a sample's noise: no measurable cost."""
 
+RECENT = 3
+"""The latest reports after a wave whose mean is its level of health."""
+
 
 class WaveCost(msgspec.Struct, frozen=True, kw_only=True):
     """What one wave brought back and what health did after it."""
@@ -46,12 +53,12 @@ class WaveCost(msgspec.Struct, frozen=True, kw_only=True):
     load: float
     health_before: float | None
     reports: int = 0
-    health_sum: float = 0.0
+    recent: tuple[float, ...] = ()
 
     @property
     def health_after(self) -> float | None:
-        """The mean health of the reports since the wave went out."""
-        return self.health_sum / self.reports if self.reports else None
+        """The level of health since the wave: the mean of the latest reports."""
+        return sum(self.recent) / len(self.recent) if self.recent else None
 
     def per_load(self) -> float | None:
         """Health lost per request/s brought; None when the drop is not measurable."""
@@ -77,9 +84,8 @@ class Measuring(msgspec.Struct, frozen=True, kw_only=True):
 
 def observed(cost: WaveCost, health: float) -> WaveCost:
     """``cost`` with one more health report after its wave."""
-    return msgspec.structs.replace(
-        cost, reports=cost.reports + 1, health_sum=cost.health_sum + health
-    )
+    recent = (*cost.recent, health)[-RECENT:]
+    return msgspec.structs.replace(cost, reports=cost.reports + 1, recent=recent)
 
 
 def loads(clients: Sequence[str], rates: Mapping[str, float]) -> list[float]:
@@ -114,28 +120,34 @@ def next_size(
     most = min(settings.max_wave_size, max(1, math.floor(last.clients * settings.growth)))
     floor = connection_threshold + settings.margin
     after = last.health_after
+    dipped = ""
     if after is not None and after < floor:
-        size = max(1, min(most, last.clients // 2))
-        return Size(
-            clients=size,
-            reason=f"wave {last.wave} took health down to {after:.2f}, "
-            f"below {floor:.2f}: halved to {size}",
-        )
+        most = max(1, min(most, last.clients // 2))
+        dipped = f"wave {last.wave} took health down to {after:.2f}, below {floor:.2f}: "
     cost = next((c.per_load() for c in reversed(costs) if c.per_load() is not None), None)
     if cost is None:
+        if dipped:
+            return Size(clients=most, reason=f"{dipped}halved to {most}")
         return Size(
             clients=most,
             reason=f"wave {last.wave} ({last.clients} clients) cost no measurable health: "
             f"{settings.growth:g}x, at most {settings.max_wave_size}",
         )
-    budget = max(0.0, health - floor) / cost
+    if health >= floor:
+        room, towards = health - floor, f"less {floor:.2f}"
+    else:
+        room, towards = max(0.0, health - connection_threshold) / 2, "within the margin: half"
+    budget = room / cost
     fit = _fitting(away_loads, budget)
     size = max(1, min(most, fit))
-    capped = f", capped at {most}" if fit > most else ""
+    if fit > most:
+        limit = f", halved to {most}" if dipped else f", capped at {most}"
+    else:
+        limit = ""
     return Size(
         clients=size,
-        reason=f"health {health:.2f} less {floor:.2f} at {cost:.4f} health per request/s "
-        f"fits {budget:.1f} request/s: {size} clients{capped}",
+        reason=f"{dipped}health {health:.2f} {towards} at {cost:.4f} health per request/s "
+        f"fits {budget:.1f} request/s: {size} client{'' if size == 1 else 's'}{limit}",
     )
 
 

@@ -41,7 +41,6 @@ import msgspec
 from schemas.events import IncidentState, ReadmitWave
 from services.readmitter.sizing import Measuring, Size, WaveCost, observed
 
-
 KEPT_COSTS = 8
 """The waves whose cost a readmission keeps (the latest; sizing reads the last measured)."""
 

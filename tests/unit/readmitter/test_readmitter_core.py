@@ -235,17 +235,19 @@ def test_adaptive_waves_are_sized_by_what_the_last_one_cost(tmp_path: Path) -> N
         state, _ = core.handle(state, health(0.9), at)
     state, [third] = core.handle(state, WaveDue(server="A"), T0 + 2.6)
     assert len(third.clients) == 4 and "0.0125 health per request/s" in third.reason
-    # the third dipped below 0.7: the fourth is halved
+    # the third took health to 0.68, below 0.7: 0.0275 per request/s, and half the 0.08
+    # left above the threshold fits less than one client: one
     for at in (T0 + 3.7, T0 + 3.8):
         state, _ = core.handle(state, health(0.68), at)
     state, [fourth] = core.handle(state, WaveDue(server="A"), T0 + 3.9)
-    assert len(fourth.clients) == 2 and "halved to 2" in fourth.reason
+    assert len(fourth.clients) == 1 and "below 0.70" in fourth.reason
+    assert "within the margin: half at 0.0275" in fourth.reason
     costs = state.readmissions["A"].costs
     assert [(c.wave, c.clients, c.load) for c in costs] == [
         (1, 1, 2.0),
         (2, 2, 4.0),
         (3, 4, 8.0),
-        (4, 2, 4.0),
+        (4, 1, 2.0),
     ]
     # a restarted readmitter has what the waves cost
     stored = msgspec.json.decode(msgspec.json.encode(state.readmissions["A"]), type=Readmission)

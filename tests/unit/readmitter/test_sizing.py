@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -86,15 +87,38 @@ def test_a_measured_cost_sizes_the_next_wave_to_keep_health_above_threshold_plus
 
 
 def test_a_wave_that_dipped_below_threshold_plus_margin_halves_the_next() -> None:
-    dipped = _cost(3, 8, 8.0, 0.9, 0.7, 0.62)
+    # no measurable cost (it started as low): halved
+    dipped = _cost(3, 8, 8.0, 0.67, 0.7, 0.62)
     halved = _size([dipped], health=0.8)
     assert isinstance(halved, Size) and halved.clients == 4
-    assert "down to 0.66, below 0.70: halved to 4" in halved.reason
-    # one low report alone is not a dip: the mean is
+    assert halved.reason == "wave 3 took health down to 0.66, below 0.70: halved to 4"
+    # a measured cost: the fewer of half the last wave and what fits
+    dipped = _cost(3, 8, 8.0, 0.9, 0.7, 0.62)  # 0.03 per req/s; 0.1 of room: 3
+    sized = _size([dipped], health=0.8)
+    assert isinstance(sized, Size) and sized.clients == 3
+    assert "below 0.70" in sized.reason and "fits 3.3 request/s: 3 clients" in sized.reason
+    sized = _size([dipped], health=0.95)  # 8 fit: half the last wave
+    assert isinstance(sized, Size) and sized.clients == 4 and "halved to 4" in sized.reason
+    # one low report alone is not a dip: the level is
     noisy = _cost(3, 8, 8.0, 0.9, 0.62, 0.9, 0.9)
-    assert "halved" not in _size([noisy], health=0.8).reason  # type: ignore[union-attr]
-    one = _size([_cost(4, 1, 1.0, 0.9, 0.62, 0.66)], health=0.8)  # mean 0.64
+    assert "below" not in _size([noisy], health=0.8).reason  # type: ignore[union-attr]
+    one = _size([_cost(4, 1, 1.0, 0.67, 0.62, 0.66)], health=0.8)  # level 0.64
     assert isinstance(one, Size) and one.clients == 1
+
+
+def test_the_level_after_a_wave_is_the_mean_of_its_latest_reports() -> None:
+    # the first report after a wave reads short: its clients' load has not shown yet
+    cost = _cost(1, 4, 4.0, 0.95, 0.95, 0.9, 0.85, 0.85, 0.85)
+    assert cost.reports == 5 and cost.health_after == 0.85
+    assert cost.per_load() == pytest.approx(0.025)
+
+
+def test_within_the_margin_a_wave_takes_half_the_room_left_above_the_threshold() -> None:
+    measured = _cost(2, 8, 4.0, 0.85, 0.65, 0.65)  # 0.05 per req/s
+    sized = _size([measured], health=0.68, away=[0.25] * 10)
+    # 0.08 above 0.6: half is 0.04, 0.8 req/s: 3 clients (under half the last wave)
+    assert isinstance(sized, Size) and sized.clients == 3
+    assert "within the margin: half" in sized.reason
 
 
 def test_with_no_room_above_the_margin_a_wave_still_brings_one_client() -> None:
