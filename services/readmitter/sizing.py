@@ -140,10 +140,9 @@ def next_size(
     budget = room / cost
     fit = _fitting(away_loads, budget)
     size = max(1, min(most, fit))
+    limit = ""
     if fit > most:
         limit = f", halved to {most}" if dipped else f", capped at {most}"
-    else:
-        limit = ""
     return Size(
         clients=size,
         reason=f"{dipped}health {health:.2f} {towards} at {cost:.4f} health per request/s "
