@@ -7,9 +7,14 @@ every client. Every client is homed on ``A`` (alternates ``B``, ``C``) and
 its agent sends its own synthetic Access-Requests at ``CLIENT_RATE`` to
 whichever server it is on, so a client brought home brings its real load
 back to ``A``. ``A``'s capacity is limited: its service time is chosen so
-that with every client home about ``FULL_LOAD_THREADS`` of its 40 workers are
-busy (health about 0.75, above the connection threshold 0.6, well below 1),
-each client a quarter to half a thread of it.
+that with every client home a set number of its 40 workers are busy, each
+client a quarter to half a thread of it. Two rooms (``ROOMS``), each run with
+both sizings:
+
+- **roomy**: 10 busy with every client home, health about 0.75: above the
+  connection threshold 0.6 and the adaptive floor 0.7 (threshold + margin);
+- **tight** (full mode only): 15 busy, health about 0.625: every client home
+  puts A inside the margin, where adaptive waves slow down.
 
 Health is the threads part alone (evaluator rule ``weighted``, weight 1 on
 threads and 0 on every other part): the CPU part of a reference server is
@@ -41,8 +46,9 @@ incident closes as the last wave's clients arrive, before their load shows in
 a report), and the re-overloads: A's incident ``opened`` again after it was
 ``recovering`` (a relapse, or a new incident), and health reports below the
 failover threshold, from ``recovering`` until ``TAIL_S`` after ``closed``.
-**Goals** (issue 18): every client home sooner with adaptive waves than with
-fixed ones (ratio under 1), and no re-overload with adaptive waves.
+**Goals** (issue 18), in each room: every client home sooner with adaptive
+waves than with fixed ones (ratio under 1), and no re-overload with adaptive
+waves.
 Writes ``bench/results/readmission.json``; asserts nothing.
 
 Run: ``.venv/bin/python bench/readmission.py [--quick] [--out DIR]``.
@@ -95,8 +101,8 @@ STALLED = WORKERS - 2
 """Workers of A the overload holds busy: the two left cannot serve its clients' load."""
 CLIENT_RATE = 2.5
 """Each client's own Access-Requests per second (its agent's synthetic load)."""
-FULL_LOAD_THREADS = 10.0
-"""A's busy workers with every client home: the service time is chosen for it."""
+ROOMS = {"roomy": 10.0, "tight": 15.0}
+"""A's busy workers with every client home, by room: the service time is chosen for it."""
 HOLD_S = 1.0
 """How long the stall goes on once every client is off A."""
 TAIL_S = 2.0
@@ -107,8 +113,20 @@ STEP_TIMEOUT_S = 30.0
 
 RUNS = ("fixed", "adaptive")
 
-FULL = {"clients": 40, "wave_interval_s": 2.0, "warmup_s": 4.0, "settle_max_s": 90.0}
-QUICK = {"clients": 20, "wave_interval_s": 1.0, "warmup_s": 2.0, "settle_max_s": 30.0}
+FULL = {
+    "clients": 40,
+    "wave_interval_s": 2.0,
+    "warmup_s": 4.0,
+    "settle_max_s": 90.0,
+    "rooms": ["roomy", "tight"],
+}
+QUICK = {
+    "clients": 20,
+    "wave_interval_s": 1.0,
+    "warmup_s": 2.0,
+    "settle_max_s": 30.0,
+    "rooms": ["roomy"],
+}
 
 WEIGHTS = {
     **dict.fromkeys(("queue", "memory", "cpu", "processes"), 0.0),
@@ -117,10 +135,10 @@ WEIGHTS = {
 }
 
 
-def service_time_ms(clients: int) -> float:
-    """The service time at which ``clients`` at ``CLIENT_RATE`` keep ``FULL_LOAD_THREADS``
+def service_time_ms(clients: int, room: str) -> float:
+    """The service time at which ``clients`` at ``CLIENT_RATE`` keep ``ROOMS[room]``
     workers busy (load x service time = busy workers)."""
-    return 1000.0 * FULL_LOAD_THREADS / (clients * CLIENT_RATE)
+    return 1000.0 * ROOMS[room] / (clients * CLIENT_RATE)
 
 
 def settings(sizing: str, wave_interval_s: float) -> dict[str, Any]:
@@ -215,7 +233,9 @@ class Observed:
         return home
 
 
-def build_config(directory: Path, bus_url: str, params: dict[str, Any], sizing: str) -> Path:
+def build_config(
+    directory: Path, bus_url: str, params: dict[str, Any], sizing: str, room: str
+) -> Path:
     """The farm's config file: three reference servers, every client homed on A."""
     data = farm_dict(
         directory,
@@ -224,7 +244,7 @@ def build_config(directory: Path, bus_url: str, params: dict[str, Any], sizing: 
         clients=params["clients"],
         client_rate=CLIENT_RATE,
         workers=WORKERS,
-        service_time_ms=service_time_ms(params["clients"]),
+        service_time_ms=service_time_ms(params["clients"], room),
     )
     for client in data["clients"]:
         client["home"] = SERVER
@@ -246,7 +266,7 @@ async def wait_until(observed: Observed, condition: Any, timeout_s: float) -> bo
     return True
 
 
-async def run(sizing: str, params: dict[str, Any], workdir: Path) -> dict[str, Any]:
+async def run(sizing: str, room: str, params: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """One run on a fresh farm and bus; its raw observations and figures."""
     nats = EmbeddedNats(workdir / "nats")
     nats.start()
@@ -255,7 +275,7 @@ async def run(sizing: str, params: dict[str, Any], workdir: Path) -> dict[str, A
     observed = Observed()
     marks: dict[str, float] = {}
     try:
-        path = build_config(workdir / "farm", nats.url, params, sizing)
+        path = build_config(workdir / "farm", nats.url, params, sizing, room)
         config = load_config(path)
         processes = await asyncio.to_thread(
             start_services, registry.plan(config), path, nats.url, logs
@@ -443,83 +463,42 @@ def _fmt(value: Any) -> Any:
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run both sizings on the same incident, write ``readmission.json``, print the goals."""
-    args = arguments((__doc__ or "").splitlines()[0], argv)
-    params = dict(QUICK if args.quick else FULL)
-    defaults = ReadmitterConfig()
-    print(
-        f"readmission: {params['clients']} clients on A x {CLIENT_RATE:g}/s, A {WORKERS} "
-        f"workers x {service_time_ms(params['clients']):.0f} ms (about "
-        f"{FULL_LOAD_THREADS:g} busy with every client home); waves every "
-        f"{params['wave_interval_s']:g}s; fixed: {defaults.wave_size} a wave; adaptive: "
-        f"first {defaults.first_wave_size}, growth {defaults.growth:g}x, margin "
-        f"{defaults.margin:g}, {defaults.settle_reports} reports to settle"
-    )
-    runs: dict[str, dict[str, Any]] = {}
-    for sizing in RUNS:
-        tmp = Path(tempfile.mkdtemp(prefix=f"aaa-bench-readmission-{sizing}-"))
-        try:
-            runs[sizing] = asyncio.run(run(sizing, params, tmp))
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    fixed, adaptive = runs["fixed"]["summary"], runs["adaptive"]["summary"]
-    ratio = (
-        adaptive["time_home_s"] / fixed["time_home_s"]
-        if adaptive["time_home_s"] is not None and fixed["time_home_s"]
-        else None
-    )
-    goals = [
+def goals_of(room: str, fixed: dict[str, Any], adaptive: dict[str, Any]) -> list[dict[str, Any]]:
+    """The two goals of issue 18 in ``room``: sooner home, and no re-overload."""
+    ratio = ratio_home(fixed, adaptive)
+    return [
         {
-            "name": "adaptive waves bring every client home sooner than fixed waves",
+            "name": f"{room}: adaptive waves bring every client home sooner than fixed waves",
             "target": "time_home(adaptive) / time_home(fixed) < 1",
             "value": ratio if ratio is not None else float("nan"),
             "met": ratio is not None and ratio < 1 and adaptive["every_client_home"],
         },
         {
-            "name": "adaptive waves: zero re-overloads of A during readmission",
+            "name": f"{room}: adaptive waves: zero re-overloads of A during readmission",
             "target": "relapses + reports below failover threshold == 0",
             "value": adaptive["reoverloads"],
             "met": adaptive["reoverloads"] == 0,
         },
     ]
-    results = {
-        "parameters": {
-            **params,
-            "quick": args.quick,
-            "server": SERVER,
-            "workers": WORKERS,
-            "client_rate": CLIENT_RATE,
-            "service_time_ms": service_time_ms(params["clients"]),
-            "full_load_threads": FULL_LOAD_THREADS,
-            "stalled_workers": STALLED,
-            "hold_s": HOLD_S,
-            "readmitter_defaults": {
-                "wave_size": defaults.wave_size,
-                "first_wave_size": defaults.first_wave_size,
-                "growth": defaults.growth,
-                "margin": defaults.margin,
-                "settle_reports": defaults.settle_reports,
-                "max_wave_size": defaults.max_wave_size,
-            },
-            "settings": {sizing: settings(sizing, params["wave_interval_s"]) for sizing in RUNS},
-            "baseline": "fixed waves (readmitter.sizing = fixed, the default wave_size)",
-        },
-        "samples": {sizing: run["raw"] for sizing, run in runs.items()},
-        "summary": {
-            **{sizing: run["summary"] for sizing, run in runs.items()},
-            "ratio_time_home": ratio,
-        },
-        "goals": goals,
-    }
-    path = write(args.out, NAME, results)
+
+
+def ratio_home(fixed: dict[str, Any], adaptive: dict[str, Any]) -> float | None:
+    """Time home with adaptive waves over time home with fixed ones (None: one never was)."""
+    if adaptive["time_home_s"] is None or not fixed["time_home_s"]:
+        return None
+    return float(adaptive["time_home_s"] / fixed["time_home_s"])
+
+
+def print_room(room: str, runs: dict[str, dict[str, Any]]) -> None:
+    """The waves of each run in ``room`` with their reasons, then the figures side by side."""
     for sizing in RUNS:
-        print(f"{sizing} waves:")
+        print(f"{room}, {sizing} waves:")
         for wave in runs[sizing]["raw"]["waves"]:
             print(
                 f"  wave {wave['wave']} at {wave['at_s']:.2f}s: {len(wave['clients'])} clients "
                 f"(health {_fmt(wave['health'])}): {wave['reason']}"
             )
+    fixed, adaptive = runs["fixed"]["summary"], runs["adaptive"]["summary"]
     rows = [
         (
             label,
@@ -542,8 +521,83 @@ def main(argv: list[str] | None = None) -> int:
             ("readmission requests answered (wave 0)", "requests"),
         )
     ]
-    print(table("", ("", "fixed", "adaptive"), rows))
-    print(f"time home, adaptive / fixed: {_fmt(ratio)}")
+    print(table(f"room {room}", ("", "fixed", "adaptive"), rows))
+    print(f"{room}: time home, adaptive / fixed: {_fmt(ratio_home(fixed, adaptive))}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run both sizings on the same incident in each room, write ``readmission.json``,
+    print the goals."""
+    args = arguments((__doc__ or "").splitlines()[0], argv)
+    params = dict(QUICK if args.quick else FULL)
+    defaults = ReadmitterConfig()
+    print(
+        f"readmission: {params['clients']} clients on A x {CLIENT_RATE:g}/s, A {WORKERS} "
+        f"workers; busy with every client home: "
+        + ", ".join(f"{room} {ROOMS[room]:g}" for room in params["rooms"])
+        + f"; waves every {params['wave_interval_s']:g}s; fixed: {defaults.wave_size} a wave; "
+        f"adaptive: first {defaults.first_wave_size}, growth {defaults.growth:g}x, margin "
+        f"{defaults.margin:g}, {defaults.settle_reports} reports to settle"
+    )
+    rooms: dict[str, dict[str, dict[str, Any]]] = {}
+    for room in params["rooms"]:
+        rooms[room] = {}
+        for sizing in RUNS:
+            tmp = Path(tempfile.mkdtemp(prefix=f"aaa-bench-readmission-{room}-{sizing}-"))
+            try:
+                rooms[room][sizing] = asyncio.run(run(sizing, room, params, tmp))
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    goals = [
+        goal
+        for room, runs in rooms.items()
+        for goal in goals_of(room, runs["fixed"]["summary"], runs["adaptive"]["summary"])
+    ]
+    results = {
+        "parameters": {
+            **params,
+            "quick": args.quick,
+            "server": SERVER,
+            "workers": WORKERS,
+            "client_rate": CLIENT_RATE,
+            "rooms": {
+                room: {
+                    "full_load_threads": ROOMS[room],
+                    "service_time_ms": service_time_ms(params["clients"], room),
+                }
+                for room in params["rooms"]
+            },
+            "stalled_workers": STALLED,
+            "hold_s": HOLD_S,
+            "readmitter_defaults": {
+                "wave_size": defaults.wave_size,
+                "first_wave_size": defaults.first_wave_size,
+                "growth": defaults.growth,
+                "margin": defaults.margin,
+                "settle_reports": defaults.settle_reports,
+                "max_wave_size": defaults.max_wave_size,
+            },
+            "settings": {sizing: settings(sizing, params["wave_interval_s"]) for sizing in RUNS},
+            "baseline": "fixed waves (readmitter.sizing = fixed, the default wave_size)",
+        },
+        "samples": {
+            room: {sizing: run["raw"] for sizing, run in runs.items()}
+            for room, runs in rooms.items()
+        },
+        "summary": {
+            room: {
+                **{sizing: run["summary"] for sizing, run in runs.items()},
+                "ratio_time_home": ratio_home(
+                    runs["fixed"]["summary"], runs["adaptive"]["summary"]
+                ),
+            }
+            for room, runs in rooms.items()
+        },
+        "goals": goals,
+    }
+    path = write(args.out, NAME, results)
+    for room, runs in rooms.items():
+        print_room(room, runs)
     for goal in goals:
         print(goal_line(goal))
     print(f"wrote {path}")

@@ -105,7 +105,9 @@ class ReadmitterCore:
             state = replace(state, health={**state.health, event.server: latest})
             current = state.readmissions.get(event.server)
             if current is not None:
-                state = self._set(state, waves.observe(current, event.health))
+                settle_s = self.config.readmitter.settle_s
+                observed = waves.observe(current, event.health, now=now, settle_s=settle_s)
+                state = self._set(state, observed)
             return self._closed_by_report(state, event), []
         if isinstance(event, Incident):
             current = state.readmissions.get(event.server)

@@ -8,13 +8,14 @@ that learns the server's slope:
 - A wave's cost is the health it took per request/s it brought: the health
   when it went out (the level after the wave before, if there was one), less
   the level since, over the request rate of its clients. The level is the
-  mean of the latest ``RECENT`` reports: means, because one report is one
-  sample of a busy count; the latest, because a wave's load shows in the
-  reports only as its clients' requests arrive (on a reference server about
-  1.5 s), so the first reports after it read short. A drop under ``NOISE``
-  is no measurable cost.
-- The next wave waits for ``settle_reports`` reports after the previous one,
-  so that its cost is measured.
+  mean of the latest ``RECENT`` reports from ``settle_s`` after the wave:
+  means, because one report is one sample of a busy count; from then,
+  because a wave's load shows in the reports only as its clients' requests
+  arrive and the server's figures catch up (on a reference server, whose
+  busy count is a one-second mean, about 2 s), so earlier reports read
+  short. A drop under ``NOISE`` is no measurable cost.
+- The next wave waits for ``settle_reports`` such reports after the previous
+  one, so that its cost is measured.
 - Its clients are as many, in wave order, as their rates fit in the load
   that keeps health ``margin`` above the connection threshold at that cost;
   when health is within the margin already, in half the room left above the
@@ -52,6 +53,7 @@ class WaveCost(msgspec.Struct, frozen=True, kw_only=True):
     clients: int
     load: float
     health_before: float | None
+    at: float = 0.0
     reports: int = 0
     recent: tuple[float, ...] = ()
 
@@ -115,7 +117,7 @@ def next_size(
     if last.reports < settings.settle_reports:
         return Measuring(
             reason=f"measuring wave {last.wave}: {last.reports} of "
-            f"{settings.settle_reports} health reports since it went out"
+            f"{settings.settle_reports} health reports from {settings.settle_s:g}s after it"
         )
     most = min(settings.max_wave_size, max(1, math.floor(last.clients * settings.growth)))
     floor = connection_threshold + settings.margin

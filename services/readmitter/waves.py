@@ -207,12 +207,14 @@ def queue(current: Readmission) -> tuple[str, ...]:
     return (*asked, *(c for c in current.away if c not in asked))
 
 
-def observe(current: Readmission, health: float) -> Readmission:
-    """The state after a health report: one more measure of the last wave's cost, while
-    the incident is recovering and the wave brought clients back."""
+def observe(current: Readmission, health: float, *, now: float, settle_s: float) -> Readmission:
+    """The state after a health report at ``now``: one more measure of the last wave's
+    cost, while the incident is recovering and from ``settle_s`` after the wave."""
     if current.state != "recovering" or not current.costs or current.final_sent:
         return current
     *before, last = current.costs
+    if now < last.at + settle_s:
+        return current
     return msgspec.structs.replace(current, costs=(*before, observed(last, health)))
 
 
@@ -268,7 +270,9 @@ def record_wave(
     sent = set(wave.clients)
     costs = current.costs
     if wave.clients:
-        cost = WaveCost(wave=wave.wave, clients=len(wave.clients), load=load, health_before=health)
+        cost = WaveCost(
+            wave=wave.wave, clients=len(wave.clients), load=load, health_before=health, at=now
+        )
         costs = (*costs, cost)[-KEPT_COSTS:]
     readmitted = list(current.readmitted)
     readmitted.extend(c for c in wave.clients if c not in readmitted)

@@ -674,7 +674,9 @@ class ReadmitterConfig(Base, frozen=True, kw_only=True):
     wave and at most ``max_wave_size``, so that health is expected to stay
     ``margin`` above the connection threshold); ``fixed`` sends ``wave_size``
     clients a wave. ``settle_reports``: the health reports an adaptive wave
-    waits for after the previous one, to measure its cost. ``confirm_timeout_s``:
+    waits for after the previous one, to measure its cost, counted from
+    ``settle_s`` after it (a wave's load shows in health only as its clients'
+    requests arrive and the server's figures catch up). ``confirm_timeout_s``:
     how long after its wave a readmitted client not yet heard home holds the
     final wave (which closes the incident) back.
     """
@@ -686,6 +688,7 @@ class ReadmitterConfig(Base, frozen=True, kw_only=True):
     growth: float = 4.0
     margin: float = 0.1
     settle_reports: int = 2
+    settle_s: float = 2.0
     wave_interval_s: float = 5.0
     retry_after_s: float = 10.0
     confirm_timeout_s: float = 30.0
@@ -701,6 +704,8 @@ class ReadmitterConfig(Base, frozen=True, kw_only=True):
             raise ValueError("margin must be in [0, 1)")
         if self.settle_reports < 1:
             raise ValueError("settle_reports must be at least 1")
+        if self.settle_s < 0:
+            raise ValueError("settle_s must not be negative")
         if self.wave_interval_s < 0:
             raise ValueError("wave_interval_s must not be negative")
         if self.retry_after_s <= 0:

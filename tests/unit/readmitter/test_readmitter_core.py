@@ -208,7 +208,14 @@ def test_a_client_homed_elsewhere_that_a_plan_moves_is_not_waited_for(
 def test_adaptive_waves_are_sized_by_what_the_last_one_cost(tmp_path: Path) -> None:
     cfg, _ = write_farm(
         tmp_path / "farm",
-        {"readmitter": {"wave_interval_s": 1.0, "first_wave_size": 1, "growth": 2.0}},
+        {
+            "readmitter": {
+                "wave_interval_s": 1.0,
+                "first_wave_size": 1,
+                "growth": 2.0,
+                "settle_s": 0.5,
+            }
+        },
         bus_url=None,
         clients=30,
     )
@@ -222,9 +229,11 @@ def test_adaptive_waves_are_sized_by_what_the_last_one_cost(tmp_path: Path) -> N
         state, _ = core.handle(state, status, T0)
     state, [first] = core.handle(state, WaveDue(server="A"), T0)
     assert first.clients == mine[:1] and "first wave: small" in first.reason
-    # not before its cost is measured: two reports after it
+    # not before its cost is measured: two reports from settle_s after it (one sooner
+    # reads short: its clients' load has not shown yet)
+    state, _ = core.handle(state, health(0.99), T0 + 0.3)
     state, out = core.handle(state, WaveDue(server="A"), T0 + 1)
-    assert out == [] and "measuring wave 1" in state.timers["A"].reason
+    assert out == [] and "measuring wave 1: 0 of 2" in state.timers["A"].reason
     for at in (T0 + 1.1, T0 + 1.2):
         state, _ = core.handle(state, health(0.95), at)
     state, [second] = core.handle(state, WaveDue(server="A"), T0 + 1.3)
