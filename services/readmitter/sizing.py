@@ -19,8 +19,12 @@ that learns the server's slope:
 - Its clients are as many, in wave order, as their rates fit in the load
   that keeps health ``margin`` above the connection threshold at that cost;
   when health is within the margin already, in half the room left above the
-  threshold. With no measurable cost yet, it is ``growth`` times the
-  previous wave; never more than that, nor more than ``max_wave_size``.
+  threshold. When every client still away fits above the threshold itself,
+  they all go: the margin guards a wave against a short measure while more
+  are to come, but with every client home the load is what it will be
+  anyway (and a client held away comes home when its notice expires). With
+  no measurable cost yet, it is ``growth`` times the previous wave; never
+  more than that, nor more than ``max_wave_size``.
 - A wave after which health (its level since) dipped below the connection
   threshold plus ``margin`` also halves the next (the health check of
   :mod:`waves` pauses them below the threshold itself).
@@ -134,6 +138,17 @@ def next_size(
             clients=most,
             reason=f"wave {last.wave} ({last.clients} clients) cost no measurable health: "
             f"{settings.growth:g}x, at most {settings.max_wave_size}",
+        )
+    total = sum(away_loads)
+    expected = health - cost * total
+    if expected >= connection_threshold:
+        size = min(most, len(away_loads))
+        limit = f", at most {most} now" if size < len(away_loads) else ""
+        return Size(
+            clients=size,
+            reason=f"{dipped}every client away ({total:.1f} request/s at {cost:.4f} health per "
+            f"request/s) leaves health at {expected:.2f}, at or above the threshold "
+            f"{connection_threshold:.2f}: {size} clients{limit}",
         )
     if health >= floor:
         room, towards = health - floor, f"less {floor:.2f}"

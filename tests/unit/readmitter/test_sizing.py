@@ -78,12 +78,12 @@ def test_a_measured_cost_sizes_the_next_wave_to_keep_health_above_threshold_plus
     assert isinstance(sized, Size) and sized.clients == 10
     assert "fits 21.0 request/s" in sized.reason
     # heavy clients first: fewer fit
-    sized = _size([measured], health=0.91, away=[10.0, 10.0, 2.0, 2.0])
+    sized = _size([measured], health=0.91, away=[10.0, 10.0, 2.0, 2.0, 10.0, 10.0])
     assert isinstance(sized, Size) and sized.clients == 2
     # no more than growth times the last wave
     cheap = _cost(2, 2, 20.0, 0.95, 0.92, 0.92)
     sized = _size([cheap], health=0.92, away=[0.1] * 100)
-    assert isinstance(sized, Size) and sized.clients == 8 and "capped at 8" in sized.reason
+    assert isinstance(sized, Size) and sized.clients == 8 and "at most 8 now" in sized.reason
 
 
 def test_a_wave_that_dipped_below_threshold_plus_margin_halves_the_next() -> None:
@@ -133,6 +133,20 @@ def test_an_earlier_measured_cost_is_kept_when_the_last_wave_measured_nothing() 
     sized = _size([measured, noisy], health=0.85, away=[1.0] * 10)
     # 0.15 of room at 0.05 per req/s: 3 clients (not 4x the last wave of 1)
     assert isinstance(sized, Size) and sized.clients == 3
+
+
+def test_the_last_clients_go_together_when_all_of_them_keep_health_above_the_threshold() -> None:
+    measured = _cost(3, 8, 20.0, 0.975, 0.9, 0.9)  # 0.00375 per req/s
+    # 30 clients of 2.5 req/s left: 0.9 - 0.28 = 0.62, above 0.6 (not 0.7): all of them
+    last = _size([measured], health=0.9, away=[2.5] * 30)
+    assert isinstance(last, Size) and last.clients == 30
+    assert "leaves health at 0.62, at or above the threshold 0.60: 30 clients" in last.reason
+    # never more than growth allows at once
+    last = _size([measured], health=0.9, away=[0.5] * 40)
+    assert isinstance(last, Size) and last.clients == 32 and "at most 32 now" in last.reason
+    # 34 would leave 0.58: the margin rule holds, 0.2 of room fits 21 clients
+    some = _size([measured], health=0.9, away=[2.5] * 34)
+    assert isinstance(some, Size) and some.clients == 21
 
 
 def test_rates_of_unknown_clients_count_as_the_mean_of_those_known() -> None:
