@@ -88,6 +88,7 @@ class Timeline:
     incident_states: list[Incident] = field(default_factory=list)
     statuses: dict[str, ClientStatus] = field(default_factory=dict)
     failed_deliveries: int = 0
+    decisions: set[str] = field(default_factory=set)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def say(self, at: float, server: str, text: str) -> None:
@@ -103,6 +104,11 @@ class Timeline:
         )
 
     async def on_event(self, event: Any) -> None:
+        if isinstance(event, Incident | FailoverPlan | ReadmitWave):
+            # a decision sent again until the stream stored it is heard again: once is news
+            if event.id in self.decisions:
+                return
+            self.decisions.add(event.id)
         match event:
             case Incident():
                 self.incident_states.append(event)
