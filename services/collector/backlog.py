@@ -15,18 +15,32 @@ Status-Server probes) and ``E`` those of them not yet counted as answered::
 
 and the level ``E(t) - (A(t) - A(t - cleanup_delay))`` is the requests in
 flight plus that constant. The constant is taken as the lowest level seen in
-the last ``baseline_s``. Status-Servers sent by anyone else (a proxy's
-checks of a zombie home server, a monitoring tool) also count as requests
-that are never answered, so the constant creeps up while they come; a short
-baseline forgets them within ``baseline_s``, at the price of reading a
-backlog that lasts longer than that as a rise that has passed. The figure is
-therefore a rise of the backlog, which is what an onset is; a slowdown shows
-here one ``cleanup_delay`` after it begins, and the latency probes see it
-sooner.
+the last ``baseline_s``, at the price of reading a backlog that lasts
+longer than that as a rise that has passed. The figure is therefore a rise
+of the backlog, which is what an onset is; a slowdown shows here one
+``cleanup_delay`` after it begins, and the latency probes see it sooner.
+
+Status-Servers sent by anyone else (a proxy's checks of a zombie home
+server, a monitoring tool reading the statistics) are requests that are
+never answered too, and no counter tells them apart: FreeRADIUS counts every
+packet its auth socket reads in ``Total-Access-Requests``
+(``auth_socket_recv``) and never the reply to a Status-Server as a response
+(``request_stats_final``). A burst of them raises the constant once, and the
+baseline forgets it within ``baseline_s``; a steady stream of ``r`` a second
+raises the level ``r`` every second, so the lowest level of the last
+``baseline_s`` stays ``r * baseline_s`` below it for as long as the stream
+lasts: a monitor reading a reference server's statistics 4 times a second
+reads as 40 requests in flight, idle or not.
 
 What is in flight is held by a worker thread or waits in the queue, so the
-estimate is capped at the server's threads plus its queue when they are
-known. Clients that send in lock-step put a burst in flight at one instant
+estimate is capped at what the server can hold (``cap``, from the caller):
+its busy threads plus its queue when it reports how many of its threads are
+busy (the reference server does; FreeRADIUS from 3.2.2), else all its
+threads plus its queue. That cap is what keeps such a stream from reading
+as a backlog on an idle server; where only the looser one is known, the
+stream still reads as up to ``r * baseline_s``. (A request proxied to a home
+server is held by neither, so a proxying server's backlog is under-read.)
+Clients that send in lock-step put a burst in flight at one instant
 that is gone the next: the figure reported is the lowest estimate of the
 last ``SMOOTH_S``, so that only a backlog that lasts counts. Little's law
 turns it into time: in flight / arrival rate.
@@ -103,8 +117,8 @@ class BacklogTracker:
         """The backlog after the counters read at ``at``.
 
         ``own_status_probes`` is how many Status-Server requests the
-        collector has sent the server so far; ``cap`` the threads plus the
-        queue of the server, when known.
+        collector has sent the server so far; ``cap`` the most it can hold in
+        flight (busy threads, or all its threads, plus its queue), when known.
         """
         requests = counters.get(REQUESTS)
         responses = counters.get(RESPONSES)

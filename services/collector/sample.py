@@ -3,13 +3,13 @@
 A Status-Server reply gives queue lengths, packets per second and the
 ``Total-*`` counters; rates per second are the counters' growth over the
 time between two readings of the same server. Servers that send thread
-figures (attributes 193-195, as the reference server does) are believed;
-FreeRADIUS 3.2 sends none, and then the threads come from its process:
-``threads_total`` is the process's thread count, ``threads_active`` the
-number of its threads whose CPU time grew since the previous reading (an
-estimate: a thread waiting on a database uses no CPU), and ``threads_max``
-the configured ``threads_max`` or else ``max_servers`` of its radiusd.conf.
-``sources`` says where each figure came from.
+figures (attributes 193-195, as the reference server and FreeRADIUS from
+3.2.2 do) are believed; FreeRADIUS 3.2.1 sends none, and then the threads
+come from its process: ``threads_total`` is the process's thread count,
+``threads_active`` the number of its threads whose CPU time grew since the
+previous reading (an estimate: a thread waiting on a database uses no CPU),
+and ``threads_max`` the configured ``threads_max`` or else ``max_servers``
+of its radiusd.conf. ``sources`` says where each figure came from.
 
 FreeRADIUS counts the Status-Server probes themselves among its
 Access-Requests, so an idle FreeRADIUS shows about one Access-Request per
@@ -380,10 +380,20 @@ class SampleBuilder:
         sources: dict[str, str],
         errors: list[str],
     ) -> None:
-        """The requests in flight, from the counters, capped by threads plus queue."""
-        threads = counts.get("threads_total")
-        queue = counts.get("queue_len")
-        cap = None if threads is None else threads + (queue or 0)
+        """The requests in flight, from the counters, capped by what the server can hold.
+
+        That is the threads busy plus the queue when the server says how many
+        of its threads are busy (``threads_active`` from Status-Server), else
+        all its threads plus the queue: ``threads_active`` read from the
+        process counts only threads that used CPU, and a thread waiting on a
+        backend uses none.
+        """
+        queue = counts.get("queue_len") or 0
+        if sources.get("threads_active") == STATUS_SERVER:
+            held = counts.get("threads_active")
+        else:
+            held = counts.get("threads_total")
+        cap = None if held is None else held + queue
         backlog = self.backlog.update(counters.at, counters.values, status_probes, cap)
         if backlog.note is not None:
             errors.append(backlog.note)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 
 import pytest
 
 from schemas.events import MetricsSample, ServerControl
 from services.aaa import service as aaa
 from services.collector import service as collector
+from services.radius.client import RadiusClient, RadiusTimeout, query_status
+from services.radius.packet import access_request
 from services.runtime.bus import Bus
 from services.runtime.config import Config, ConfigError
 from tests.conftest import FarmFactory
@@ -147,3 +149,66 @@ async def test_unknown_servers_are_refused(farm: FarmFactory) -> None:
     config, _ = farm(clients=2)
     with pytest.raises(ConfigError, match="Z"):
         await collector.run(config, only=["Z"])
+
+
+async def test_a_monitor_reading_statistics_is_not_read_as_requests_in_flight(
+    farm: FarmFactory,
+) -> None:
+    """Someone else reads A's statistics 4 times a second, as bench/incident.py does: A counts
+    each as an Access-Request never answered, as FreeRADIUS does. The samples read nothing in
+    flight before A's stall, the requests it holds during it, and nothing once it is released
+    (with the cap at all of A's threads they read 4 of 4 in flight from the first seconds on,
+    idle or not, and never came down)."""
+    config, _ = farm(FAST, servers=("A",), clients=1, workers=4)
+    server, client = config.server("A"), config.clients[0]
+    stop = asyncio.Event()
+
+    async def monitor() -> None:
+        secret = config.read_secret(server.status_secret)
+        while not stop.is_set():
+            with suppress(RadiusTimeout):
+                await query_status((server.ip, server.auth_port), secret, timeout_s=0.2)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.25)
+
+    async with AsyncExitStack() as stack:
+        bus = await operator_bus(config, stack, "t")
+        got = await _subscribe(bus, config)
+        secret = config.read_secret(client.secret)
+        nas = await RadiusClient.open((server.ip, server.auth_port), secret, bind_ip=client.ip)
+        stack.callback(nas.close)
+        async with running(aaa.run, config, only=["A"]), asyncio.TaskGroup() as group:
+            await wait_ready(config, "A")
+            group.create_task(monitor())
+            try:
+                async with running(collector.run, config, only=["A"]):
+                    first = await _next(got, lambda s: s.outstanding is not None)
+                    # 3 s of the monitor alone: 12 requests never answered, nothing in flight
+                    calm = [first]
+                    while calm[-1].seq < first.seq + 10:
+                        calm.append(await _next(got, lambda s: True))
+                    outstanding = [s.outstanding for s in calm]
+                    assert outstanding == [0] * len(calm), outstanding
+
+                    control = bus.subjects.control("A")
+                    await bus.publish(control, ServerControl(server="A", stalled_workers=4))
+                    await _next(got, lambda s: s.threads_active == 4)
+                    held = [
+                        group.create_task(
+                            nas.send(access_request(secret, "alice", "wonderland"), timeout_s=10)
+                        )
+                        for _ in range(6)
+                    ]
+                    stalled = await _next(got, lambda s: (s.outstanding or 0) >= 6)
+                    assert stalled.queue_len == 6, stalled
+
+                    await bus.publish(control, ServerControl(server="A", stalled_workers=0))
+                    await asyncio.wait_for(asyncio.gather(*held), 5)
+                    released = await _next(got, lambda s: s.outstanding == 0, timeout_s=3)
+                    after = [released]
+                    while after[-1].seq < released.seq + 4:
+                        after.append(await _next(got, lambda s: True))
+                    outstanding = [s.outstanding for s in after]
+                    assert outstanding == [0] * len(after), outstanding
+            finally:
+                stop.set()

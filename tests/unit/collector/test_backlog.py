@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 
 from services.collector.backlog import REQUESTS, RESPONSES, Backlog, BacklogTracker
+from services.collector.process import ProcessReading
+from services.collector.sample import Limit, SampleBuilder, status_reading
 
 
 class Server:
@@ -81,13 +83,22 @@ def test_a_restart_starts_afresh_and_the_cap_bounds_the_estimate() -> None:
     assert tracker.update(5.0, {REQUESTS: 50, RESPONSES: 50}, 0).outstanding == 0
 
 
-def test_status_server_from_others_drifts_out_with_the_baseline() -> None:
-    tracker = BacklogTracker(0.0, baseline_s=5.0)
-    outs = []
-    for t in range(1, 30):
-        # 2 Status-Server a second from someone else: requests that never get a response
-        outs.append(tracker.update(float(t), {REQUESTS: 12 * t, RESPONSES: 10 * t}, 0).outstanding)
-    assert max(v for v in outs if v is not None) <= 2 * 5
+def test_status_server_from_others_reads_as_its_rate_times_the_baseline_up_to_the_cap() -> None:
+    # 2 Status-Server a second from someone else: requests that never get a response. A
+    # steady stream does not drift out with the baseline: it reads as 2 x 5 s for as long
+    # as it lasts, and only what the server can hold bounds it.
+    tracker = BacklogTracker(0.0, baseline_s=5.0, smooth_s=0.0)
+    outs = [
+        tracker.update(float(t), {REQUESTS: 12 * t, RESPONSES: 10 * t}, 0).outstanding
+        for t in range(1, 30)
+    ]
+    assert outs[5:] == [2 * 5] * len(outs[5:]), outs
+    capped = BacklogTracker(0.0, baseline_s=5.0, smooth_s=0.0)
+    outs = [
+        capped.update(float(t), {REQUESTS: 12 * t, RESPONSES: 10 * t}, 0, cap=1).outstanding
+        for t in range(1, 30)
+    ]
+    assert set(outs[1:]) == {1}, outs
 
 
 def test_a_burst_of_lock_step_clients_does_not_count_a_backlog_that_lasts_does() -> None:
@@ -109,3 +120,93 @@ def test_a_burst_of_lock_step_clients_does_not_count_a_backlog_that_lasts_does()
             ).outstanding
         )
     assert seen[-1] == 40
+
+
+# --- the cap, as the collector's samples set it ------------------------------
+
+
+def _reference_reply(
+    busy: int, queue: int, requests: int, responses: int, dropped: int
+) -> dict[str, int]:
+    """A reference server of 8 workers: its busy threads and queue, and its counters."""
+    return {
+        "FreeRADIUS-Stats-Threads-Active": busy,
+        "FreeRADIUS-Stats-Threads-Total": 8,
+        "FreeRADIUS-Stats-Threads-Max": 8,
+        "FreeRADIUS-Queue-Len-Auth": queue,
+        REQUESTS: requests,
+        RESPONSES: responses,
+        "FreeRADIUS-Total-Auth-Dropped-Requests": dropped,
+    }
+
+
+def test_a_monitor_reading_statistics_is_not_in_flight_before_or_after_a_stall() -> None:
+    """bench/incident.py's aaa-failover run, as A's counters show it to the collector.
+
+    Besides the collector's probes (2 a second), the benchmark reads A's statistics 4
+    times a second: Access-Requests that are never answered. With the cap at all 8
+    threads, the estimate read 8 in flight for 8 threads 2 s into the load, with every
+    thread idle (the incident opened before the stall), and 8 again after the release,
+    for as long as the run watched (it never recovered). A says how many of its threads
+    are busy: with nothing busy and nothing queued, nothing is in flight.
+    """
+    builder = SampleBuilder("A", Limit(8, "config"))
+    requests = responses = dropped = held = 0
+    seen: dict[str, list[int | None]] = {"calm": [], "stall": [], "after": [], "back": []}
+    for step in range(1, 81):  # a reading every 0.5 s for 40 s
+        at = step * 0.5
+        phase = "calm" if at <= 10 else "stall" if at <= 14 else "after" if at <= 25 else "back"
+        requests += 1 + 2  # the collector's probe and the monitor's two
+        busy, queue = 0, 0
+        if phase in ("calm", "back"):  # clients' requests, answered at once
+            requests += 50
+            responses += 50
+            busy = 1
+        elif phase == "stall":  # 7 workers stalled, the 8th slow: 30 held, the rest dropped
+            requests += 50
+            taken = min(50, 30 - held)
+            held += taken
+            dropped += 50 - taken
+            busy, queue = 8, held - 8
+        elif held:  # released: what was held is answered; the clients are elsewhere
+            responses += held
+            held = 0
+            busy = 4  # the mean of the last second
+        reply = _reference_reply(busy, queue, requests, responses, dropped)
+        sample = builder.build(
+            step, status_reading(reply, at), ProcessReading(), status_probes=step
+        )
+        assert sample.sources.get("threads_active") == "status-server"
+        seen[phase].append(sample.outstanding)
+    assert set(seen["calm"][1:]) == {1}, seen["calm"]  # what one busy thread can hold
+    assert max(v or 0 for v in seen["stall"]) == 30, seen["stall"]  # the backlog at onset
+    assert set(seen["after"][3:]) == {0}, seen["after"]  # recovered a second and a half on
+    assert set(seen["back"]) <= {0, 1}, seen["back"]
+
+
+FREERADIUS_3_2_1 = {
+    "FreeRADIUS-Queue-Len-Auth": 0,
+    "FreeRADIUS-Queue-Len-Internal": 0,
+    "FreeRADIUS-Queue-Len-Acct": 0,
+    "FreeRADIUS-Queue-Len-Proxy": 0,
+    "FreeRADIUS-Queue-Len-Detail": 0,
+}
+"""The figures of FreeRADIUS 3.2.1 beside its counters: queues, and no thread attributes."""
+
+
+def test_threads_read_from_the_process_do_not_bound_requests_in_flight() -> None:
+    """FreeRADIUS 3.2.1 sends no Threads-Active; the collector counts threads that used CPU,
+    and a thread waiting on a slow backend uses none: it reads 0 busy while 20 requests
+    wait. The cap stays at all the threads plus the queue."""
+    builder = SampleBuilder("F", Limit(32, "radiusd.conf"))
+    process = ProcessReading(pid=42, process_threads=32, thread_times={1: 1.0, 2: 1.0})
+    requests = responses = 0
+    sample = None
+    for step in range(1, 15):
+        requests += 1 + 100  # the collector's probe, and the clients' requests
+        responses += 90 if step in (9, 10) else 100  # the backend slows: 20 wait from then on
+        reply = {**FREERADIUS_3_2_1, REQUESTS: requests, RESPONSES: responses}
+        sample = builder.build(step, status_reading(reply, step * 0.5), process, status_probes=step)
+    assert sample is not None
+    assert sample.threads_active == 0 and sample.sources["threads_active"] == "process"
+    assert sample.outstanding == 20
