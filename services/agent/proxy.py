@@ -394,28 +394,48 @@ class _Link:
             return sock
 
     async def send(
-        self, pkt: packet.Packet, timeout_s: float, *, require_ma: bool = False
+        self,
+        pkt: packet.Packet,
+        timeout_s: float,
+        *,
+        require_ma: bool = False,
+        watched: set[asyncio.Future[packet.Packet]] | None = None,
     ) -> packet.Packet:
         """Send ``pkt`` once and return its verified reply; raise RadiusTimeout, or Dropped
-        (``overload``) when every socket allowed is full."""
+        (``overload``) when every socket allowed is full. While it waits, the reply's
+        future is in ``watched``: whoever holds that set may end the wait with an
+        exception (a move off the server, :meth:`RadiusProxy.leave`).
+
+        The wait is the reply's future itself, with a timer: no task per request."""
         self.sending += 1
         try:
             sock = await self._socket()
             pkt.id = sock.allocate()
             raw = pkt.RequestPacket()
-            future: asyncio.Future[packet.Packet] = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[packet.Packet] = loop.create_future()
             sock.pending[pkt.id] = (pkt, require_ma, future)
+            timer = loop.call_later(timeout_s, self._expire, future)
+            if watched is not None:
+                watched.add(future)
             try:
                 sock.endpoint.sendto(raw)
-                return await asyncio.wait_for(future, timeout_s)
-            except TimeoutError:
-                raise RadiusTimeout(f"no reply from {self.address[0]}:{self.address[1]}") from None
+                return await future
             finally:
+                timer.cancel()
+                if watched is not None:
+                    watched.discard(future)
                 sock.pending.pop(pkt.id, None)
                 if not sock.pending:
                     sock.idle_since = time.monotonic()
         finally:
             self.sending -= 1
+
+    def _expire(self, future: asyncio.Future[packet.Packet]) -> None:
+        if not future.done():
+            future.set_exception(
+                RadiusTimeout(f"no reply from {self.address[0]}:{self.address[1]}")
+            )
 
     def sweep(self, now: float, idle_s: float) -> int:
         """Close every socket with nothing in flight for ``idle_s``; how many."""
@@ -459,24 +479,6 @@ def _state_of(pkt: packet.Packet) -> bytes | None:
     return bytes(value) if isinstance(value, bytes | bytearray) else None
 
 
-async def _unless(
-    sending: Coroutine[Any, Any, packet.Packet], leaving: asyncio.Event
-) -> packet.Packet:
-    """The reply ``sending`` brings, unless ``leaving`` is set first: then raise _Left."""
-    reply = asyncio.ensure_future(sending)
-    left = asyncio.ensure_future(leaving.wait())
-    try:
-        await asyncio.wait({reply, left}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        left.cancel()
-        if not reply.done():
-            reply.cancel()
-        await asyncio.gather(left, reply, return_exceptions=True)
-    if reply.cancelled():
-        raise _Left
-    return reply.result()
-
-
 class RadiusProxy:
     """One client's RADIUS proxy: NAS listeners, upstream pool, probes and counters."""
 
@@ -518,7 +520,7 @@ class RadiusProxy:
         self._recent = RecentReplies()
         self._tasks: set[asyncio.Task[None]] = set()
         self._probe_wake = asyncio.Event()
-        self._leaving: dict[str, asyncio.Event] = {}
+        self._leaving: dict[str, set[asyncio.Future[packet.Packet]]] = {}
         self.conversations = Conversations()
         self._closing = False
         self._closed = False
@@ -553,9 +555,9 @@ class RadiusProxy:
         the response window; whichever answer comes first is the NAS's."""
         if self.pool.retry_target(server) is None:
             return  # nowhere else to send them: they wait for their answer
-        event = self._leaving.pop(server, None)
-        if event is not None:
-            event.set()
+        for waiting in self._leaving.pop(server, set()):
+            if not waiting.done():
+                waiting.set_exception(_Left())
 
     def _check_switch(self) -> None:
         now_in_use = self.pool.in_use()
@@ -947,12 +949,12 @@ class RadiusProxy:
         window_s = self.settings.response_window_s
         require_ma = endpoint.server not in self.unsigned_upstreams
         try:
+            watched = self._leaving.setdefault(endpoint.server, set()) if movable else None
             sending = self._link((endpoint.ip, port)).send(
-                sent, wait_s or window_s, require_ma=require_ma
+                sent, wait_s or window_s, require_ma=require_ma, watched=watched
             )
             if movable:
-                leaving = self._leaving.setdefault(endpoint.server, asyncio.Event())
-                reply = await _unless(sending, leaving)
+                reply = await sending
             elif wait_s is not None and wait_s > window_s:
                 reply = await self._judged_at_window(endpoint.server, sending, sent_at)
             else:
