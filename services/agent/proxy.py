@@ -177,15 +177,24 @@ def default_nas_addresses(proxy_ip: str, client_ip: str) -> tuple[Network, ...]:
     return tuple(dict.fromkeys(found))
 
 
+VERDICTS_KEPT = 1024
+"""Sources whose verdict a NAS filter keeps (all forgotten when full: spoofed sources
+cannot grow it)."""
+
+
 class NasFilter:
     """Which sources the proxy takes datagrams from, and which of them may send
-    Access-Requests without Message-Authenticator (``nas_without_message_authenticator``)."""
+    Access-Requests without Message-Authenticator (``nas_without_message_authenticator``).
+
+    Each source's verdict is kept, so a datagram costs a dict lookup rather than an
+    address parse and a network scan."""
 
     def __init__(self, allowed: Sequence[Network], unsigned: Sequence[Network] = ()) -> None:
         if not allowed:
             raise ValueError("a NAS filter needs at least one address or network")
         self.allowed = tuple(allowed)
         self.unsigned = tuple(unsigned)
+        self._verdicts: dict[str, tuple[bool, bool]] = {}
 
     @classmethod
     def of(cls, settings: ProxyConfig, client_ip: str) -> NasFilter:
@@ -197,12 +206,24 @@ class NasFilter:
         return cls(allowed, _networks(settings.nas_without_message_authenticator))
 
     def allows(self, host: str) -> bool:
-        address = _address(host)
-        return address is not None and any(address in net for net in self.allowed)
+        return self._verdict(host)[0]
 
     def requires_message_authenticator(self, host: str) -> bool:
-        address = _address(host)
-        return address is None or not any(address in net for net in self.unsigned)
+        return self._verdict(host)[1]
+
+    def _verdict(self, host: str) -> tuple[bool, bool]:
+        """Whether ``host`` may send, and whether it must sign its Access-Requests."""
+        verdict = self._verdicts.get(host)
+        if verdict is None:
+            address = _address(host)
+            verdict = (
+                address is not None and any(address in net for net in self.allowed),
+                address is None or not any(address in net for net in self.unsigned),
+            )
+            if len(self._verdicts) >= VERDICTS_KEPT:
+                self._verdicts.clear()
+            self._verdicts[host] = verdict
+        return verdict
 
 
 class RecentReplies:

@@ -15,6 +15,7 @@ from pyrad import packet
 from services.agent.proxy import (
     LOOPBACK,
     UPSTREAM_DROPS,
+    VERDICTS_KEPT,
     NasFilter,
     ProxyCounters,
     RecentReplies,
@@ -88,6 +89,20 @@ def test_only_listed_nas_devices_may_send_without_message_authenticator() -> Non
     assert nas.requires_message_authenticator("10.0.1.1")
     assert nas.requires_message_authenticator("garbage")
     assert NasFilter.of(settings(), "10.0.1.1").requires_message_authenticator("127.0.0.1")
+
+
+def test_a_source_asked_again_gets_the_same_verdict_and_spoofed_sources_do_not_pile_up() -> None:
+    nas = NasFilter.of(
+        settings(nas_addresses=["10.0.0.0/16"], nas_without_message_authenticator=["10.0.9.0/24"]),
+        "10.0.1.1",
+    )
+    for _ in range(2):
+        assert nas.allows("10.0.9.3") and not nas.requires_message_authenticator("10.0.9.3")
+        assert not nas.allows("10.1.0.1") and nas.requires_message_authenticator("10.1.0.1")
+    for i in range(3 * VERDICTS_KEPT):
+        nas.allows(f"10.2.{i // 256 % 256}.{i % 256}")
+    assert len(nas._verdicts) <= VERDICTS_KEPT
+    assert nas.allows("10.0.9.3") and not nas.allows("10.1.0.1")
 
 
 @pytest.mark.parametrize(
