@@ -87,7 +87,7 @@ from schemas.events import (  # noqa: E402
 )
 from services.launch import registry  # noqa: E402
 from services.launch.demo import DEMO_SETTINGS, LogFiles  # noqa: E402
-from services.launch.farm import farm_dict, write_config  # noqa: E402
+from services.launch.farm import THREADS_ONLY, farm_dict, write_config  # noqa: E402
 from services.launch.supervisor import ServiceProcess  # noqa: E402
 from services.runtime.bus import Bus, Keyring  # noqa: E402
 from services.runtime.config import Config, ReadmitterConfig, load_config  # noqa: E402
@@ -128,12 +128,6 @@ QUICK = {
     "rooms": ["roomy"],
 }
 
-WEIGHTS = {
-    **dict.fromkeys(("queue", "memory", "cpu", "processes"), 0.0),
-    **dict.fromkeys(("latency", "outstanding", "clients"), 0.0),
-    "threads": 1.0,
-}
-
 
 def service_time_ms(clients: int, room: str) -> float:
     """The service time at which ``clients`` at ``CLIENT_RATE`` keep ``ROOMS[room]``
@@ -147,7 +141,7 @@ def settings(sizing: str, wave_interval_s: float) -> dict[str, Any]:
     their defaults)."""
     return {
         **DEMO_SETTINGS,
-        "evaluator": {**DEMO_SETTINGS["evaluator"], "rule": "weighted", "weights": WEIGHTS},
+        "evaluator": {**DEMO_SETTINGS["evaluator"], **THREADS_ONLY},
         "targeter": {**DEMO_SETTINGS["targeter"], "max_share": 1.0, "gain": 10.0},
         "readmitter": {"sizing": sizing, "wave_interval_s": wave_interval_s},
     }

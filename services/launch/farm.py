@@ -31,6 +31,18 @@ def free_udp_port(ip: str) -> int:
 
 
 PROBE_IP = "127.0.2.11"
+
+THREADS_ONLY: dict[str, Any] = {
+    "rule": "weighted",
+    "weights": {
+        **dict.fromkeys(("queue", "memory", "cpu", "processes"), 0.0),
+        **dict.fromkeys(("latency", "outstanding", "clients"), 0.0),
+        "threads": 1.0,
+    },
+}
+"""Evaluator settings whose health is the worker pool alone: for farms of reference
+servers that share the machine (or one process) with everything else, where the CPU
+part would follow the machine's load rather than the stalls a test or benchmark makes."""
 """Where the collector's probes come from on a loopback farm."""
 
 

@@ -41,6 +41,7 @@ from services.agent import service as agent
 from services.agent.memory import ClientMemory, MemoryFile
 from services.collector import service as collector
 from services.evaluator import service as evaluator
+from services.launch.farm import THREADS_ONLY
 from services.notifier import service as notifier
 from services.readmitter import service as readmitter
 from services.runtime.bus import Bus
@@ -56,12 +57,7 @@ SETTINGS: dict[str, Any] = {
         "failover_samples": 2,
         "recovery_samples": 2,
         "connection_threshold": THRESHOLD,
-        "rule": "weighted",
-        "weights": {
-            **dict.fromkeys(("queue", "memory", "cpu", "processes"), 0.0),
-            **dict.fromkeys(("latency", "outstanding", "clients"), 0.0),
-            "threads": 1.0,
-        },
+        **THREADS_ONLY,
     },
     "targeter": {"max_share": 1.0, "gain": 10.0},
     "notifier": {"ack_timeout_s": 1.0},

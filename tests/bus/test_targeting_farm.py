@@ -19,6 +19,7 @@ from schemas.events import FailoverPlan, HealthReport, ServerControl
 from services.aaa import service as aaa
 from services.collector import service as collector
 from services.evaluator import service as evaluator
+from services.launch.farm import THREADS_ONLY
 from services.targeter import service as targeter
 from tests.conftest import FarmFactory
 from tests.support.helpers import operator_bus, running
@@ -30,12 +31,7 @@ SETTINGS: dict[str, Any] = {
         "failover_samples": 2,
         "recovery_samples": 2,
         "failover_threshold": 0.2,
-        "rule": "weighted",
-        "weights": {
-            **dict.fromkeys(("queue", "memory", "cpu", "processes"), 0.0),
-            **dict.fromkeys(("latency", "outstanding", "clients"), 0.0),
-            "threads": 1.0,
-        },
+        **THREADS_ONLY,
     },
     "targeter": {"max_share": 1.0, "gain": 10.0},
 }
