@@ -54,6 +54,16 @@ from services.runtime.ratelimit import LogLimiter
 logger = logging.getLogger(__name__)
 
 E = TypeVar("E", bound=Event)
+R = TypeVar("R")
+
+SETTLE_S = 30.0
+"""How long a start-up JetStream request is tried again while JetStream does not answer
+(a cluster electing the leader of the stream or of a bucket)."""
+UNSETTLED = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.ServiceUnavailableError,
+)
 
 
 class Recorded(Protocol):
@@ -83,6 +93,23 @@ def abandon(nc: NatsClient) -> None:
 QUIET_DROPS = frozenset({"unexpected-type"})
 """Drops counted but logged at debug level only: a subscription that takes some kinds of
 event on its subjects (a tool's on everything) sees the other kinds go by all the time."""
+
+
+async def settled(what: str, request: Callable[[], Awaitable[R]], settle_s: float = SETTLE_S) -> R:
+    """``request`` (JetStream requests a service makes as it starts), made again while
+    JetStream does not answer, up to ``settle_s``: on a cluster whose node was just
+    started or lost, the stream's and each bucket's leader are elected first."""
+    deadline = time.monotonic() + settle_s
+    delay = 0.25
+    while True:
+        try:
+            return await request()
+        except UNSETTLED as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            logger.warning("%s: JetStream does not answer yet (%r); again", what, exc)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 2.0)
 
 
 @dataclass
@@ -355,6 +382,9 @@ class Bus:
 
     async def ensure_stream(self, *, max_age_s: float, max_bytes: int) -> None:
         """Create or update the stream that captures every subject of the prefix."""
+        await settled("the stream", lambda: self._ensure_stream(max_age_s, max_bytes))
+
+    async def _ensure_stream(self, max_age_s: float, max_bytes: int) -> None:
         config = StreamConfig(
             name=self.subjects.stream_name(),
             subjects=[self.subjects.all],
@@ -370,6 +400,9 @@ class Bus:
 
     async def kv(self, bucket: str) -> KeyValue:
         """The key-value bucket ``<PREFIX>_<bucket>``, created if missing."""
+        return await settled(f"bucket {bucket}", lambda: self._kv(bucket))
+
+    async def _kv(self, bucket: str) -> KeyValue:
         name = f"{self.subjects.stream_name()}_{bucket}"
         try:
             kv = await self.js.key_value(name)
@@ -387,6 +420,9 @@ class Bus:
 
     async def lease_bucket(self, lease_s: float) -> KeyValue:
         """The bucket of leases (services/runtime/lease.py): entries live ``lease_s``."""
+        return await settled("the leases", lambda: self._lease_bucket(lease_s))
+
+    async def _lease_bucket(self, lease_s: float) -> KeyValue:
         name = f"{self.subjects.stream_name()}_leases"
         try:
             kv = await self.js.key_value(name)
