@@ -66,8 +66,6 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyrad import packet
-
 from schemas.errors import AaaFailoverError
 from schemas.events import Endpoint, UpstreamChange
 from services.agent.affinity import Conversations
@@ -76,25 +74,22 @@ from services.agent.upstreams import Transition, UpstreamPool
 from services.radius.client import RadiusTimeout
 from services.radius.endpoint import UdpEndpoint
 from services.radius.packet import (
-    ACCESS_ACCEPT,
     ACCESS_CHALLENGE,
-    ACCESS_REJECT,
-    ACCESS_REQUEST,
-    ACCOUNTING_REQUEST,
     STATUS_SERVER,
     Dropped,
     status_request,
-    verified_reply,
 )
 from services.radius.reencode import (
     MAX_PACKET_OCTETS,
-    MESSAGE_AUTHENTICATOR_OCTETS,
-    RADIUS_HEADER_OCTETS,
-    STATE,
+    Message,
+    Outgoing,
+    Sent,
     decode_request,
     nas_reply,
+    outgoing,
     status_answer,
     upstream_request,
+    verify_reply,
 )
 from services.runtime.config import ProxyConfig
 from services.runtime.ratelimit import LogLimiter
@@ -128,11 +123,12 @@ UPSTREAM_DROPS = frozenset(
 )
 """Reasons a datagram from an upstream was refused (the others are the NAS's datagrams)."""
 
-ANSWERS: dict[int, frozenset[int]] = {
-    ACCESS_REQUEST: frozenset({ACCESS_ACCEPT, ACCESS_REJECT, ACCESS_CHALLENGE}),
-    ACCOUNTING_REQUEST: frozenset({packet.AccountingResponse}),
+REFUSED_REPLY = {
+    "malformed": "upstream-malformed",
+    "no-message-authenticator": "upstream-no-message-authenticator",
 }
-"""The reply codes relayed for each request code (Status-Server probes take any answer)."""
+"""The reason an upstream's reply is counted under, by the reason it did not verify
+(:func:`~services.radius.reencode.verify_reply`); any other is ``upstream-invalid``."""
 
 RequestKey = tuple[bool, tuple[str, int], int, bytes]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -326,7 +322,7 @@ class _Socket:
     def __init__(self, on_refused: Refused, name: str) -> None:
         self.on_refused = on_refused
         self.endpoint = UdpEndpoint(self._on_reply, name=name)
-        self.pending: dict[int, tuple[packet.Packet, bool, asyncio.Future[packet.Packet]]] = {}
+        self.pending: dict[int, tuple[Sent, bool, asyncio.Future[Message]]] = {}
         self.idle_since = time.monotonic()
         self._next_id = 0
 
@@ -353,18 +349,13 @@ class _Socket:
         if entry is None or entry[2].done():
             self.on_refused("upstream-stray", f"id {data[1]} from {addr[0]}: none waits for it")
             return
-        request, require_ma, future = entry
-        reply = verified_reply(request, data, addr)
-        answers = ANSWERS.get(request.code)
-        if reply is None or (answers is not None and reply.code not in answers):
-            self.on_refused("upstream-invalid", f"reply from {addr[0]} does not verify")
-            return
-        if require_ma and request.code == ACCESS_REQUEST and not reply.message_authenticator:
+        sent, require_ma, future = entry
+        try:
+            reply = verify_reply(sent, data, require_message_authenticator=require_ma)
+        except Dropped as refused:
             # ignored, as FreeRADIUS ignores it: a valid reply may still come in the window
-            self.on_refused(
-                "upstream-no-message-authenticator",
-                f"reply to an Access-Request from {addr[0]} without Message-Authenticator",
-            )
+            reason = REFUSED_REPLY.get(refused.reason, "upstream-invalid")
+            self.on_refused(reason, f"reply from {addr[0]}: {refused}")
             return
         future.set_result(reply)
 
@@ -416,43 +407,43 @@ class _Link:
 
     async def send(
         self,
-        pkt: packet.Packet,
+        request: Outgoing,
         timeout_s: float,
         *,
         require_ma: bool = False,
-        watched: set[asyncio.Future[packet.Packet]] | None = None,
-    ) -> packet.Packet:
-        """Send ``pkt`` once and return its verified reply; raise RadiusTimeout, or Dropped
-        (``overload``) when every socket allowed is full. While it waits, the reply's
-        future is in ``watched``: whoever holds that set may end the wait with an
-        exception (a move off the server, :meth:`RadiusProxy.leave`).
+        watched: set[asyncio.Future[Message]] | None = None,
+    ) -> tuple[Sent, Message]:
+        """Send ``request`` once, with the id of the socket it goes out on; return it as
+        sent and its verified reply. Raise RadiusTimeout, or Dropped (``overload``) when
+        every socket allowed is full. While it waits, the reply's future is in
+        ``watched``: whoever holds that set may end the wait with an exception (a move
+        off the server, :meth:`RadiusProxy.leave`).
 
         The wait is the reply's future itself, with a timer: no task per request."""
         self.sending += 1
         try:
             sock = await self._socket()
-            pkt.id = sock.allocate()
-            raw = pkt.RequestPacket()
+            sent = request.seal(sock.allocate())
             loop = asyncio.get_running_loop()
-            future: asyncio.Future[packet.Packet] = loop.create_future()
-            sock.pending[pkt.id] = (pkt, require_ma, future)
+            future: asyncio.Future[Message] = loop.create_future()
+            sock.pending[sent.id] = (sent, require_ma, future)
             timer = loop.call_later(timeout_s, self._expire, future)
             if watched is not None:
                 watched.add(future)
             try:
-                sock.endpoint.sendto(raw)
-                return await future
+                sock.endpoint.sendto(sent.raw)
+                return sent, await future
             finally:
                 timer.cancel()
                 if watched is not None:
                     watched.discard(future)
-                sock.pending.pop(pkt.id, None)
+                sock.pending.pop(sent.id, None)
                 if not sock.pending:
                     sock.idle_since = time.monotonic()
         finally:
             self.sending -= 1
 
-    def _expire(self, future: asyncio.Future[packet.Packet]) -> None:
+    def _expire(self, future: asyncio.Future[Message]) -> None:
         if not future.done():
             future.set_exception(
                 RadiusTimeout(f"no reply from {self.address[0]}:{self.address[1]}")
@@ -489,15 +480,6 @@ class _Listener:
 
     def close(self) -> None:
         self.endpoint.close()
-
-
-def _state_of(pkt: packet.Packet) -> bytes | None:
-    """The packet's ``State`` attribute (the first, raw), or None."""
-    values = OrderedDict.get(pkt, STATE)
-    if not values:
-        return None
-    value = values[0] if isinstance(values, list) else values
-    return bytes(value) if isinstance(value, bytes | bytearray) else None
 
 
 class RadiusProxy:
@@ -541,7 +523,7 @@ class RadiusProxy:
         self._recent = RecentReplies()
         self._tasks: set[asyncio.Task[None]] = set()
         self._probe_wake = asyncio.Event()
-        self._leaving: dict[str, set[asyncio.Future[packet.Packet]]] = {}
+        self._leaving: dict[str, set[asyncio.Future[Message]]] = {}
         self.conversations = Conversations()
         self._closing = False
         self._closed = False
@@ -749,9 +731,8 @@ class RadiusProxy:
             link = self._link((endpoint.ip, endpoint.auth_port))
             # a probe's answer only says the upstream is there: FreeRADIUS 3.2.1 answers
             # Status-Server on its auth port with an unsigned Access-Reject
-            await link.send(
-                status_request(self.secret, "None"), timeout_s=self.settings.check_timeout_s
-            )
+            probe = outgoing(status_request(self.secret, "None").RequestPacket(), self.secret)
+            await link.send(probe, timeout_s=self.settings.check_timeout_s)
             answered = True
         except RadiusTimeout:
             pass
@@ -837,7 +818,7 @@ class RadiusProxy:
             require_message_authenticator=self.nas.requires_message_authenticator(addr[0]),
         )
         if request.code == STATUS_SERVER:
-            listener.send(status_answer(request), addr)
+            listener.send(status_answer(request, accounting=listener.accounting), addr)
             self.counters.status += 1
             return
         if len(self._in_flight) >= self.settings.max_in_flight:
@@ -850,7 +831,7 @@ class RadiusProxy:
         self,
         listener: _Listener,
         key: RequestKey,
-        request: packet.Packet,
+        request: Message,
         addr: tuple[str, int],
     ) -> None:
         try:
@@ -875,11 +856,11 @@ class RadiusProxy:
             self._in_flight.discard(key)
 
     async def _forward(
-        self, request: packet.Packet, accounting: bool, addr: tuple[str, int]
+        self, request: Message, accounting: bool, addr: tuple[str, int]
     ) -> bytes | None:
         """The reply for the NAS: from the upstream that holds the request's EAP
         conversation, else from the upstream in use or, failing it, the next alive one."""
-        state = None if accounting else _state_of(request)
+        state = None if accounting else request.state
         holder = None if state is None else self.conversations.holder(state, time.monotonic())
         if holder is not None:
             outcome, answered_by = await self._to_holder(holder, request), holder
@@ -888,17 +869,16 @@ class RadiusProxy:
         sent, reply = outcome
         if state is not None:
             self.conversations.answered(state)
-        issued = _state_of(reply)
-        if reply.code == ACCESS_CHALLENGE and issued is not None:
-            self.conversations.issued(issued, answered_by, time.monotonic())
+        if reply.code == ACCESS_CHALLENGE:
+            issued = reply.state
+            if issued is not None:
+                self.conversations.issued(issued, answered_by, time.monotonic())
         raw = nas_reply(request, sent, reply)
         if len(raw) > MAX_PACKET_OCTETS:
             raise Dropped("reply-too-big", f"{len(raw)} octets from {answered_by}")
         return raw
 
-    async def _to_holder(
-        self, holder: str, request: packet.Packet
-    ) -> tuple[packet.Packet, packet.Packet]:
+    async def _to_holder(self, holder: str, request: Message) -> tuple[Sent, Message]:
         """A round of an EAP conversation, to the upstream that holds it and no other: no
         other can go on with it, and its rejection would read as a wrong password. It
         waits for that upstream up to ``conversation_wait_s``, longer than the response
@@ -914,8 +894,8 @@ class RadiusProxy:
         return outcome
 
     async def _to_pool(
-        self, request: packet.Packet, accounting: bool, addr: tuple[str, int]
-    ) -> tuple[tuple[packet.Packet, packet.Packet], str]:
+        self, request: Message, accounting: bool, addr: tuple[str, int]
+    ) -> tuple[tuple[Sent, Message], str]:
         """The upstream in use's reply or, failing it, the next alive one's; and whose."""
         first = self.in_use()
         try:
@@ -945,10 +925,10 @@ class RadiusProxy:
     async def _attempt(
         self,
         endpoint: Endpoint,
-        request: packet.Packet,
+        request: Message,
         accounting: bool,
         wait_s: float | None = None,
-    ) -> tuple[packet.Packet, packet.Packet] | None:
+    ) -> tuple[Sent, Message] | None:
         """Send ``request`` to ``endpoint`` once: (what was sent, its reply), or None
         after ``wait_s`` (the response window unless given).
 
@@ -956,30 +936,26 @@ class RadiusProxy:
         (see :meth:`leave`).
         """
         port = endpoint.accounting_port if accounting else endpoint.auth_port
-        sent = upstream_request(request, self.secret)
-        received = len(request.raw_packet or b"")
-        if received > MAX_PACKET_OCTETS - MESSAGE_AUTHENTICATOR_OCTETS:
-            # re-encoding adds at most a Message-Authenticator: measure only near the limit
-            size = RADIUS_HEADER_OCTETS + len(sent._PktEncodeAttributes())
-            if size > MAX_PACKET_OCTETS:
-                # refused here, before any upstream could drop it and look dead for it
-                raise Dropped("too-big", f"{size} octets for {endpoint.server}")
+        copy = upstream_request(request, self.secret)
+        if copy.size > MAX_PACKET_OCTETS:
+            # refused here, before any upstream could drop it and look dead for it
+            raise Dropped("too-big", f"{copy.size} octets for {endpoint.server}")
         sent_at = time.monotonic()
         self.counters.forwarded += 1
-        movable = not accounting and STATE not in OrderedDict.keys(request)
+        movable = not accounting and request.state is None
         window_s = self.settings.response_window_s
         require_ma = endpoint.server not in self.unsigned_upstreams
         try:
             watched = self._leaving.setdefault(endpoint.server, set()) if movable else None
             sending = self._link((endpoint.ip, port)).send(
-                sent, wait_s or window_s, require_ma=require_ma, watched=watched
+                copy, wait_s or window_s, require_ma=require_ma, watched=watched
             )
             if movable:
-                reply = await sending
+                outcome = await sending
             elif wait_s is not None and wait_s > window_s:
-                reply = await self._judged_at_window(endpoint.server, sending, sent_at)
+                outcome = await self._judged_at_window(endpoint.server, sending, sent_at)
             else:
-                reply = await sending
+                outcome = await sending
         except RadiusTimeout:
             self.tallies.timed_out(endpoint.server)
             self._after(self.pool.unanswered(endpoint.server, sent_at, time.monotonic()))
@@ -996,11 +972,11 @@ class RadiusProxy:
         now = time.monotonic()
         self.tallies.answered(endpoint.server, now - sent_at)
         self.pool.answered(endpoint.server, now)
-        return sent, reply
+        return outcome
 
     async def _judged_at_window(
-        self, server: str, sending: Coroutine[Any, Any, packet.Packet], sent_at: float
-    ) -> packet.Packet:
+        self, server: str, sending: Coroutine[Any, Any, tuple[Sent, Message]], sent_at: float
+    ) -> tuple[Sent, Message]:
         """Wait for a reply longer than the response window, but judge ``server`` at the
         window all the same: one that has fallen silent turns zombie then, and new
         conversations go elsewhere, while this request still waits for its answer."""

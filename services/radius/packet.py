@@ -29,6 +29,7 @@ ACCESS_ACCEPT = packet.AccessAccept
 ACCESS_REJECT = packet.AccessReject
 ACCESS_CHALLENGE = packet.AccessChallenge
 ACCOUNTING_REQUEST = packet.AccountingRequest
+ACCOUNTING_RESPONSE = packet.AccountingResponse
 STATUS_SERVER = packet.StatusServer
 
 

@@ -1,32 +1,46 @@
-"""A proxied RADIUS packet carried from one shared secret to another (no sockets).
+"""A proxied RADIUS packet carried from one shared secret to another, at the byte level.
 
 What a proxy between NAS devices and upstream servers does to each packet
-(:mod:`services.agent.proxy`): a NAS's request is verified under the NAS
-secret (:func:`decode_request`) and re-encoded for the upstream under the
-client's own secret (:func:`upstream_request`), and the upstream's reply is
-re-encoded as the answer to the NAS (:func:`nas_reply`). User-Password
-hiding (RFC 2865 section 5.2) and salt-encrypted attributes (RFC 2868
-section 3.5, RFC 2548) are decrypted under one secret and vector and
-encrypted again under the other; every other attribute, Proxy-State
-included, is kept as it came. A packet that does not verify or decode
-raises :class:`~services.radius.packet.Dropped`.
+(:mod:`services.agent.proxy`), with no sockets and no decoded attribute
+values: a NAS's request is verified under the NAS secret
+(:func:`decode_request`) and re-encoded for the upstream under the client's
+own secret (:func:`upstream_request`, sealed with its id by
+:meth:`Outgoing.seal`); the upstream's reply is verified against what was
+sent (:func:`verify_reply`) and re-encoded as the answer to the NAS
+(:func:`nas_reply`).
+
+A packet is walked once into a :class:`Message`: its bytes, code, id,
+authenticator, and where each attribute lies. Re-encoding copies the
+attribute bytes as they came, Proxy-State included and in their order, and
+only touches what the secret protects: User-Password hiding (RFC 2865
+section 5.2) and salt-encrypted values (Tunnel-Password, RFC 2868 section
+3.5, after its tag; MS-MPPE-Send-Key and MS-MPPE-Recv-Key, RFC 2548, inside
+Vendor-Specific) are decrypted under one secret and vector and encrypted
+again under the other; the incoming Message-Authenticator is dropped and a
+new one computed (HMAC-MD5, RFC 3579 section 3.2, RFC 2869 section 5.14);
+the Request Authenticator of an Accounting-Request (RFC 2866 section 3) and
+the Response Authenticator of a reply (RFC 2865 section 3) are computed
+again. Every digest is compared in constant time. A packet that does not
+verify or does not parse raises :class:`~services.radius.packet.Dropped`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
-from collections import OrderedDict
-from typing import Any
-
-from pyrad import packet
+from collections.abc import Callable
+from typing import NamedTuple
 
 from services.radius.packet import (
+    ACCESS_ACCEPT,
+    ACCESS_CHALLENGE,
+    ACCESS_REJECT,
     ACCESS_REQUEST,
     ACCOUNTING_REQUEST,
+    ACCOUNTING_RESPONSE,
     STATUS_SERVER,
     Dropped,
-    dictionary,
 )
 
 MAX_PACKET_OCTETS = 4096
@@ -38,25 +52,164 @@ MESSAGE_AUTHENTICATOR_OCTETS = 18
 USER_PASSWORD = 2
 CHAP_PASSWORD = 3
 STATE = 24
+VENDOR_SPECIFIC = 26
 PROXY_STATE = 33
 CHAP_CHALLENGE = 60
-EAP_MESSAGE = 79
 TUNNEL_PASSWORD = 69
+EAP_MESSAGE = 79
 MESSAGE_AUTHENTICATOR = 80
 MICROSOFT = 311
+MS_MPPE_KEYS = frozenset({16, 17})
+"""MS-MPPE-Send-Key and MS-MPPE-Recv-Key (RFC 2548 sections 2.4.2, 2.4.3): salt-encrypted."""
 
-SALTED: dict[int | tuple[int, int], bool] = {
-    TUNNEL_PASSWORD: True,  # RFC 2868 section 3.5, after a tag octet
-    (MICROSOFT, 16): False,  # MS-MPPE-Send-Key, RFC 2548 section 2.4.2
-    (MICROSOFT, 17): False,  # MS-MPPE-Recv-Key, RFC 2548 section 2.4.3
+COMPUTED_AUTHENTICATOR = frozenset({ACCOUNTING_REQUEST, 40, 43})
+"""Requests whose Request Authenticator is an MD5 over the packet (Accounting-Request,
+Disconnect-Request, CoA-Request), not random; their hidden values use a zero vector."""
+
+REPLY_CODES: dict[int, frozenset[int]] = {
+    ACCESS_REQUEST: frozenset({ACCESS_ACCEPT, ACCESS_REJECT, ACCESS_CHALLENGE}),
+    ACCOUNTING_REQUEST: frozenset({ACCOUNTING_RESPONSE}),
 }
-"""Attributes encrypted with a salt, by raw key, and whether a tag octet comes first."""
+"""The reply codes that answer each request code (Status-Server takes any answer)."""
 
 ZERO_VECTOR = bytes(16)
+_MICROSOFT_ID = MICROSOFT.to_bytes(4, "big")
+_EMPTY_MESSAGE_AUTHENTICATOR = bytes((MESSAGE_AUTHENTICATOR, 18)) + ZERO_VECTOR
+
+# kinds of hidden value, as a Message lists them
+PASSWORD = 0
+"""A User-Password (RFC 2865 section 5.2)."""
+SALTED = 1
+"""A salt-encrypted value (RFC 2868 section 3.5): salt, then cipher blocks."""
+TAGGED = 2
+"""A salt-encrypted value after a tag octet (Tunnel-Password)."""
+
+
+class Attribute(NamedTuple):
+    """One attribute of a packet: its type, where it starts (its type octet) and ends."""
+
+    type: int
+    start: int
+    end: int
+
+
+Hidden = tuple[int, int, int]
+"""Where a hidden value lies in a packet: (start, end, kind), kind PASSWORD, SALTED or TAGGED."""
+
+
+class Message(NamedTuple):
+    """A RADIUS packet as the proxy reads it: verified, walked once, nothing decoded.
+
+    ``raw`` is the packet up to its Length field (padding after it dropped);
+    ``attributes`` says where each attribute lies in it; ``secret`` is the one
+    it verified under. ``message_authenticator_at`` is where its
+    Message-Authenticator starts (-1 without one), ``hidden`` where its
+    encrypted values lie.
+    """
+
+    raw: bytes
+    code: int
+    id: int
+    authenticator: bytes
+    attributes: tuple[Attribute, ...]
+    secret: bytes
+    message_authenticator_at: int
+    hidden: tuple[Hidden, ...]
+
+    @property
+    def message_authenticator(self) -> bool:
+        """Whether the packet carried a Message-Authenticator (verified, when it did)."""
+        return self.message_authenticator_at >= 0
+
+    def values(self, type_: int) -> list[bytes]:
+        """The values of every attribute of type ``type_``, in order."""
+        raw = self.raw
+        return [raw[a.start + 2 : a.end] for a in self.attributes if a.type == type_]
+
+    def first(self, type_: int) -> bytes | None:
+        """The value of the first attribute of type ``type_``, or None."""
+        for a in self.attributes:
+            if a.type == type_:
+                return self.raw[a.start + 2 : a.end]
+        return None
+
+    @property
+    def state(self) -> bytes | None:
+        """The first ``State`` (an EAP conversation's, issued by its upstream), or None."""
+        return self.first(STATE)
+
+
+class Sent(NamedTuple):
+    """A request as it went to an upstream: what its reply is verified against."""
+
+    raw: bytes
+    code: int
+    id: int
+    authenticator: bytes
+    secret: bytes
+
+    def proxy_states(self) -> list[bytes]:
+        """The values of its Proxy-State attributes, in order."""
+        raw = self.raw
+        attributes, _ = _walk(raw)
+        return [raw[a.start + 2 : a.end] for a in attributes if a.type == PROXY_STATE]
+
+
+class Outgoing(NamedTuple):
+    """A request for an upstream, complete but for its id (set when a socket has one free,
+    and signed with it by :meth:`seal`).
+
+    ``attributes`` are encoded as they go, the Message-Authenticator's value (at
+    ``message_authenticator_at`` in them, -1 without one) zeroed; ``authenticator``
+    is the Request Authenticator of an Access-Request or Status-Server, zeros for
+    a request whose authenticator is computed over the packet.
+    """
+
+    code: int
+    authenticator: bytes
+    attributes: bytes
+    message_authenticator_at: int
+    secret: bytes
+
+    @property
+    def size(self) -> int:
+        """Octets on the wire."""
+        return RADIUS_HEADER_OCTETS + len(self.attributes)
+
+    def seal(self, id_: int) -> Sent:
+        """The request with id ``id_``: Message-Authenticator and, for accounting, the
+        Request Authenticator computed."""
+        attributes = self.attributes
+        secret = self.secret
+        head = bytes((self.code, id_)) + (RADIUS_HEADER_OCTETS + len(attributes)).to_bytes(2, "big")
+        computed = self.code in COMPUTED_AUTHENTICATOR
+        at = self.message_authenticator_at
+        if at >= 0:
+            vector = ZERO_VECTOR if computed else self.authenticator
+            mac = hmac.digest(secret, head + vector + attributes, "md5")
+            attributes = attributes[: at + 2] + mac + attributes[at + 18 :]
+        if computed:
+            authenticator = hashlib.md5(head + ZERO_VECTOR + attributes + secret).digest()
+        else:
+            authenticator = self.authenticator
+        return Sent(head + authenticator + attributes, self.code, id_, authenticator, secret)
+
+
+# --- hiding (RFC 2865 section 5.2, RFC 2868 section 3.5) --------------------------------
 
 
 def _xor(a: bytes, b: bytes) -> bytes:
     return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(len(a), "big")
+
+
+def _check_password(octets: int) -> None:
+    if not octets or octets % 16 or octets > 128:
+        raise Dropped("malformed", f"User-Password of {octets} octets")
+
+
+def _check_salted(octets: int) -> None:
+    if octets < 18 or (octets - 2) % 16:
+        raise Dropped("malformed", f"salt-encrypted value of {octets} octets")
 
 
 def hide_password(padded: bytes, secret: bytes, vector: bytes) -> bytes:
@@ -73,8 +226,7 @@ def hide_password(padded: bytes, secret: bytes, vector: bytes) -> bytes:
 
 def reveal_password(hidden: bytes, secret: bytes, vector: bytes) -> bytes:
     """The padded plaintext of a hidden User-Password; raise Dropped if its length is wrong."""
-    if not hidden or len(hidden) % 16 or len(hidden) > 128:
-        raise Dropped("malformed", f"User-Password of {len(hidden)} octets")
+    _check_password(len(hidden))
     out = []
     last = vector
     for i in range(0, len(hidden), 16):
@@ -96,8 +248,7 @@ def resalt(
     """A salt-encrypted value (RFC 2868 section 3.5) decrypted under one secret and
     vector and encrypted again, with the same salt, under another."""
     tag, body = (value[:1], value[1:]) if tagged else (b"", value)
-    if len(body) < 18 or (len(body) - 2) % 16:
-        raise Dropped("malformed", f"salt-encrypted value of {len(body)} octets")
+    _check_salted(len(body))
     salt, cipher = body[:2], body[2:]
     out = []
     last_in, last_out = from_vector + salt, to_vector + salt
@@ -110,19 +261,118 @@ def resalt(
     return tag + salt + b"".join(out)
 
 
-def _raw_items(pkt: packet.Packet) -> list[tuple[Any, Any]]:
-    # pyrad keys a packet by raw attribute code (or (vendor, code)); OrderedDict's own
-    # items() gives those keys with their raw values, in order.
-    return list(OrderedDict.items(pkt))
+# --- walking a packet --------------------------------------------------------------------
 
 
-def _set_raw(pkt: packet.Packet, key: Any, values: Any) -> None:
-    OrderedDict.__setitem__(pkt, key, list(values) if isinstance(values, list) else values)
+def _framed(data: bytes, limit: int | None) -> bytes:
+    """``data`` (at least a header) up to its Length field; raise Dropped("malformed") if the
+    field is under a header, beyond the datagram, or over ``limit``."""
+    length = int.from_bytes(data[2:4], "big")
+    if length < RADIUS_HEADER_OCTETS or length > len(data):
+        raise Dropped("malformed", f"Length {length} in a datagram of {len(data)} octets")
+    if limit is not None and length > limit:
+        raise Dropped("malformed", f"Length {length}, over {limit}")
+    return data if length == len(data) else data[:length]
+
+
+def _walk(raw: bytes) -> tuple[list[Attribute], int]:
+    """The attributes of ``raw`` (a framed packet) and where its Message-Authenticator starts
+    (-1 without one); raise Dropped("malformed") on a length under 2 or running past the
+    packet, or on a Message-Authenticator that is not 18 octets or not the only one."""
+    attributes: list[Attribute] = []
+    append = attributes.append
+    length = len(raw)
+    at = RADIUS_HEADER_OCTETS
+    message_authenticator_at = -1
+    while at < length:
+        if at + 2 > length:
+            raise Dropped("malformed", f"an attribute header cut short at octet {at}")
+        type_, size = raw[at], raw[at + 1]
+        end = at + size
+        if size < 2 or end > length:
+            raise Dropped("malformed", f"attribute {type_} of length {size} at octet {at}")
+        if type_ == MESSAGE_AUTHENTICATOR:
+            if size != MESSAGE_AUTHENTICATOR_OCTETS or message_authenticator_at >= 0:
+                raise Dropped("malformed", f"Message-Authenticator of length {size}, or two")
+            message_authenticator_at = at
+        append(Attribute(type_, at, end))
+        at = end
+    return attributes, message_authenticator_at
+
+
+def _sub_attributes(raw: bytes, at: int, end: int) -> list[Attribute] | None:
+    """The sub-attributes of a Vendor-Specific value from ``at`` to ``end`` (RFC 2865
+    section 5.26), or None when their lengths do not add up (then it is kept opaque)."""
+    found = []
+    while at < end:
+        if at + 2 > end:
+            return None
+        size = raw[at + 1]
+        if size < 2 or at + size > end:
+            return None
+        found.append(Attribute(raw[at], at, at + size))
+        at += size
+    return found
+
+
+def _hidden(raw: bytes, attributes: list[Attribute], *, password: bool) -> list[Hidden]:
+    """Where the encrypted values of a packet lie, in order (User-Password only when
+    ``password``: an Access-Request's)."""
+    found: list[Hidden] = []
+    for type_, start, end in attributes:
+        if type_ == USER_PASSWORD:
+            if password:
+                found.append((start + 2, end, PASSWORD))
+        elif type_ == TUNNEL_PASSWORD:
+            found.append((start + 2, end, TAGGED))
+        elif type_ == VENDOR_SPECIFIC and raw[start + 2 : start + 6] == _MICROSOFT_ID:
+            for sub in _sub_attributes(raw, start + 6, end) or ():
+                if sub.type in MS_MPPE_KEYS:
+                    found.append((sub.start + 2, sub.end, SALTED))
+    return found
+
+
+def _message_authenticator_valid(raw: bytes, at: int, vector: bytes, secret: bytes) -> bool:
+    """Whether the Message-Authenticator at ``at`` is the HMAC-MD5 of ``raw`` with it zeroed
+    and ``vector`` for the authenticator field (RFC 3579 section 3.2)."""
+    expected = hmac.digest(
+        secret, raw[:4] + vector + raw[20 : at + 2] + ZERO_VECTOR + raw[at + 18 :], "md5"
+    )
+    return hmac.compare_digest(expected, raw[at + 2 : at + 18])
+
+
+def _rewrite(
+    raw: bytes,
+    message_authenticator_at: int,
+    hidden: tuple[Hidden, ...],
+    recrypt: Callable[[bytes, int], bytes],
+    *,
+    sign: bool,
+) -> bytes:
+    """The attributes of ``raw`` as they go on: copied, each hidden value replaced by
+    ``recrypt(value, kind)`` (of the same length), the Message-Authenticator left out, and
+    a zeroed one first when ``sign``."""
+    parts = [_EMPTY_MESSAGE_AUTHENTICATOR] if sign else []
+    cuts: list[tuple[int, int, int]] = list(hidden)
+    if message_authenticator_at >= 0:
+        cuts.append((message_authenticator_at, message_authenticator_at + 18, -1))
+        cuts.sort()
+    copied = RADIUS_HEADER_OCTETS
+    for start, end, kind in cuts:
+        parts.append(raw[copied:start])
+        if kind >= 0:
+            parts.append(recrypt(raw[start:end], kind))
+        copied = end
+    parts.append(raw[copied:])
+    return b"".join(parts)
+
+
+# --- a NAS's request, and its copy for an upstream -----------------------------------------
 
 
 def decode_request(
     data: bytes, secret: bytes, *, accounting: bool, require_message_authenticator: bool = True
-) -> packet.Packet:
+) -> Message:
     """A NAS's request, verified under ``secret``; raise Dropped.
 
     The auth port takes Access-Request and Status-Server, the accounting port
@@ -136,124 +386,208 @@ def decode_request(
     its chosen prefix in one). The Request Authenticator of an
     Accounting-Request is always checked, which is why FreeRADIUS requires
     nothing more of accounting.
+
+    A packet whose Length is under a header, beyond the datagram or over
+    4,096 octets, whose attributes' lengths do not add up to it, that has two
+    Message-Authenticators or one not 18 octets long, or whose User-Password
+    or salt-encrypted values cannot be the length of one, is ``malformed``.
     """
-    if len(data) < 20:
+    if len(data) < RADIUS_HEADER_OCTETS:
         raise Dropped("malformed", f"{len(data)} octets")
     code = data[0]
-    allowed = (ACCOUNTING_REQUEST if accounting else ACCESS_REQUEST, STATUS_SERVER)
-    if code not in allowed:
+    if code != (ACCOUNTING_REQUEST if accounting else ACCESS_REQUEST) and code != STATUS_SERVER:
         raise Dropped("unsupported-code", str(code))
-    kind = packet.AcctPacket if accounting else packet.AuthPacket
-    try:
-        request: packet.Packet = kind(packet=data, secret=secret, dict=dictionary())
-        if code == ACCOUNTING_REQUEST and not request.VerifyAcctRequest():
+    raw = _framed(data, MAX_PACKET_OCTETS)
+    attributes, message_authenticator_at = _walk(raw)
+    authenticator = raw[4:20]
+    if code == ACCOUNTING_REQUEST:
+        expected = hashlib.md5(raw[:4] + ZERO_VECTOR + raw[20:] + secret).digest()
+        if not hmac.compare_digest(expected, authenticator):
             raise Dropped("bad-authenticator")
-        if request.message_authenticator:
-            if not request.verify_message_authenticator():
-                raise Dropped("bad-message-authenticator")
-        elif code == STATUS_SERVER:
+    if message_authenticator_at >= 0:
+        vector = ZERO_VECTOR if code == ACCOUNTING_REQUEST else authenticator
+        if not _message_authenticator_valid(raw, message_authenticator_at, vector, secret):
+            raise Dropped("bad-message-authenticator")
+    elif code == STATUS_SERVER:
+        raise Dropped("no-message-authenticator")
+    elif code == ACCESS_REQUEST:
+        types = {a.type for a in attributes}
+        if require_message_authenticator or EAP_MESSAGE in types:
             raise Dropped("no-message-authenticator")
-        elif code == ACCESS_REQUEST:
-            keys = OrderedDict.keys(request)
-            if require_message_authenticator or EAP_MESSAGE in keys:
-                raise Dropped("no-message-authenticator")
-            if PROXY_STATE in keys:
-                raise Dropped("proxy-state-unsigned")
-    except Dropped:
-        raise
-    except Exception as exc:
-        raise Dropped("malformed", str(exc)) from None
-    return request
+        if PROXY_STATE in types:
+            raise Dropped("proxy-state-unsigned")
+    hidden = _hidden(raw, attributes, password=code == ACCESS_REQUEST)
+    for start, end, kind in hidden:
+        if kind == PASSWORD:
+            _check_password(end - start)
+        else:
+            _check_salted(end - start - (kind == TAGGED))
+    return Message(
+        raw,
+        code,
+        raw[1],
+        authenticator,
+        tuple(attributes),
+        secret,
+        message_authenticator_at,
+        tuple(hidden),
+    )
 
 
-def upstream_request(request: packet.Packet, secret: bytes) -> packet.Packet:
+def upstream_request(request: Message, secret: bytes) -> Outgoing:
     """``request`` (from a NAS, decoded under its secret) re-encoded for an upstream.
 
-    The copy has a new Request Authenticator, the User-Password and salted
-    attributes encrypted again under ``secret``, a Message-Authenticator (on an
-    Accounting-Request only when the NAS sent one), and every other attribute
-    as it came, Proxy-State included. A CHAP-Password without CHAP-Challenge
-    gets the NAS's Request Authenticator as CHAP-Challenge, since that was the
-    challenge. The id is set when it is sent.
+    The copy has a new Request Authenticator (random for an Access-Request,
+    computed over the packet for an Accounting-Request when sealed), the
+    User-Password and salted values encrypted again under ``secret``, a
+    Message-Authenticator first (on an Accounting-Request only when the NAS
+    sent one), and every other attribute as it came and in its order,
+    Proxy-State included. A CHAP-Password without CHAP-Challenge gets the NAS's
+    Request Authenticator as CHAP-Challenge, since that was the challenge. The
+    id is set when it is sent (:meth:`Outgoing.seal`).
     """
     access = request.code == ACCESS_REQUEST
-    out: packet.Packet
     if access:
-        out = packet.AuthPacket(
-            code=ACCESS_REQUEST,
-            secret=secret,
-            dict=dictionary(),
-            authenticator=secrets.token_bytes(16),
-        )
-        from_vector, to_vector = request.authenticator, out.authenticator
+        authenticator = secrets.token_bytes(16)
+        from_vector = request.authenticator
     else:
-        out = packet.AcctPacket(code=ACCOUNTING_REQUEST, secret=secret, dict=dictionary())
-        from_vector = to_vector = ZERO_VECTOR
-    for key, values in _raw_items(request):
-        if key == MESSAGE_AUTHENTICATOR:
-            continue
-        if key == USER_PASSWORD and access:
-            values = [
-                hide_password(reveal_password(v, request.secret, from_vector), secret, to_vector)
-                for v in values
-            ]
-        elif key in SALTED:
-            values = [
-                resalt(
-                    v,
-                    SALTED[key],
-                    from_secret=request.secret,
-                    from_vector=from_vector,
-                    to_secret=secret,
-                    to_vector=to_vector,
-                )
-                for v in values
-            ]
-        _set_raw(out, key, values)
-    raw_keys = {key for key, _ in _raw_items(request)}
-    if access and CHAP_PASSWORD in raw_keys and CHAP_CHALLENGE not in raw_keys:
-        _set_raw(out, CHAP_CHALLENGE, [request.authenticator])
-    if access or request.message_authenticator:
-        out.add_message_authenticator()
-    return out
+        authenticator = from_vector = ZERO_VECTOR
+    from_secret = request.secret
+
+    def recrypt(value: bytes, kind: int) -> bytes:
+        if kind == PASSWORD:
+            return hide_password(
+                reveal_password(value, from_secret, from_vector), secret, authenticator
+            )
+        return resalt(
+            value,
+            kind == TAGGED,
+            from_secret=from_secret,
+            from_vector=from_vector,
+            to_secret=secret,
+            to_vector=authenticator,
+        )
+
+    sign = access or request.message_authenticator
+    attributes = _rewrite(
+        request.raw, request.message_authenticator_at, request.hidden, recrypt, sign=sign
+    )
+    if access:
+        types = [a.type for a in request.attributes]
+        if CHAP_PASSWORD in types and CHAP_CHALLENGE not in types:
+            attributes += bytes((CHAP_CHALLENGE, 18)) + request.authenticator
+    return Outgoing(request.code, authenticator, attributes, 0 if sign else -1, secret)
 
 
-def nas_reply(request: packet.Packet, sent: packet.Packet, reply: packet.Packet) -> bytes:
+def outgoing(raw: bytes, secret: bytes) -> Outgoing:
+    """A request already encoded (as pyrad builds a Status-Server probe), to be sent under
+    ``secret`` with the id of the socket it goes out on."""
+    framed = _framed(raw, None)
+    _, at = _walk(framed)
+    body = framed[RADIUS_HEADER_OCTETS:]
+    if at >= 0:
+        at -= RADIUS_HEADER_OCTETS
+        body = body[: at + 2] + ZERO_VECTOR + body[at + 18 :]
+    authenticator = ZERO_VECTOR if framed[0] in COMPUTED_AUTHENTICATOR else framed[4:20]
+    return Outgoing(framed[0], authenticator, body, at, secret)
+
+
+# --- an upstream's reply, and its copy for the NAS ----------------------------------------
+
+
+def verify_reply(sent: Sent, data: bytes, *, require_message_authenticator: bool) -> Message:
+    """``data`` verified as the upstream's reply to ``sent``; raise Dropped.
+
+    The reply must carry ``sent``'s id and a Response Authenticator computed
+    from its Request Authenticator under its secret, answer with a code that
+    answers it, carry a valid Message-Authenticator if it has one and, when
+    ``require_message_authenticator``, have one in answer to an Access-Request
+    (BlastRADIUS: ``no-message-authenticator``); and an answer to an
+    Access-Request or Status-Server may carry no Proxy-State that was not sent
+    (pyrad's ``VerifyReply``). Reasons: ``malformed`` (the lengths do not add
+    up), ``no-message-authenticator``, and ``invalid`` for all else.
+    """
+    if len(data) < RADIUS_HEADER_OCTETS:
+        raise Dropped("malformed", f"{len(data)} octets")
+    raw = _framed(data, None)
+    code = raw[0]
+    if raw[1] != sent.id:
+        raise Dropped("invalid", f"id {raw[1]}, not {sent.id}")
+    expected = hashlib.md5(raw[:4] + sent.authenticator + raw[20:] + sent.secret).digest()
+    if not hmac.compare_digest(expected, raw[4:20]):
+        raise Dropped("invalid", "wrong Response Authenticator")
+    answers = REPLY_CODES.get(sent.code)
+    if answers is not None and code not in answers:
+        raise Dropped("invalid", f"code {code} in answer to code {sent.code}")
+    attributes, at = _walk(raw)
+    if at >= 0:
+        zeroed = code == ACCOUNTING_RESPONSE and sent.code != STATUS_SERVER
+        vector = ZERO_VECTOR if zeroed else sent.authenticator
+        if not _message_authenticator_valid(raw, at, vector, sent.secret):
+            raise Dropped("invalid", "wrong Message-Authenticator")
+    elif require_message_authenticator and sent.code == ACCESS_REQUEST:
+        raise Dropped("no-message-authenticator")
+    if sent.code in (ACCESS_REQUEST, STATUS_SERVER):
+        received = [raw[a.start + 2 : a.end] for a in attributes if a.type == PROXY_STATE]
+        if received and received != sent.proxy_states()[: len(received)]:
+            raise Dropped("invalid", "Proxy-State that was not sent")
+    hidden = _hidden(raw, attributes, password=False)
+    return Message(raw, code, raw[1], raw[4:20], tuple(attributes), sent.secret, at, tuple(hidden))
+
+
+def _answer(code: int, request: Message, attributes: bytes, *, sign: bool) -> bytes:
+    """A reply to ``request`` with ``attributes`` (a zeroed Message-Authenticator first when
+    ``sign``): Message-Authenticator and Response Authenticator computed."""
+    secret = request.secret
+    head = bytes((code, request.id)) + (RADIUS_HEADER_OCTETS + len(attributes)).to_bytes(2, "big")
+    if sign:
+        zeroed = code == ACCOUNTING_RESPONSE and request.code != STATUS_SERVER
+        vector = ZERO_VECTOR if zeroed else request.authenticator
+        mac = hmac.digest(secret, head + vector + attributes, "md5")
+        attributes = attributes[:2] + mac + attributes[18:]
+    authenticator = hashlib.md5(head + request.authenticator + attributes + secret).digest()
+    return head + authenticator + attributes
+
+
+def _proxy_states(request: Message) -> bytes:
+    raw = request.raw
+    return b"".join(raw[a.start : a.end] for a in request.attributes if a.type == PROXY_STATE)
+
+
+def nas_reply(request: Message, sent: Sent, reply: Message) -> bytes:
     """The upstream's ``reply`` to ``sent``, re-encoded as the answer to the NAS's ``request``.
 
-    Code and attributes are the upstream's (salted ones encrypted again under
-    the NAS secret); the Response Authenticator is computed from the NAS's own
-    Request Authenticator. Every answer to an Access-Request (Accept, Reject,
-    Challenge) gets a Message-Authenticator, the first attribute, as
-    FreeRADIUS 3.2.5 and later send it against BlastRADIUS; an
+    Code and attributes are the upstream's, in its order (salted ones
+    encrypted again under the NAS secret; the NAS's Proxy-State when the
+    upstream echoed none); the Response Authenticator is computed from the
+    NAS's own Request Authenticator. Every answer to an Access-Request
+    (Accept, Reject, Challenge) gets a Message-Authenticator, the first
+    attribute, as FreeRADIUS 3.2.5 and later send it against BlastRADIUS; an
     Accounting-Response gets one when the upstream's reply had one.
     """
-    access = request.code == ACCESS_REQUEST
-    sign = access or bool(reply.message_authenticator)
-    out: packet.Packet = request.CreateReply(message_authenticator=sign)
-    out.code = reply.code
-    for key, values in _raw_items(reply):
-        if key == MESSAGE_AUTHENTICATOR:
-            continue
-        if key in SALTED:
-            values = [
-                resalt(
-                    v,
-                    SALTED[key],
-                    from_secret=sent.secret,
-                    from_vector=sent.authenticator,
-                    to_secret=request.secret,
-                    to_vector=request.authenticator,
-                )
-                for v in values
-            ]
-        _set_raw(out, key, values)
-    raw: bytes = out.ReplyPacket()
-    return raw
+
+    def recrypt(value: bytes, kind: int) -> bytes:
+        return resalt(
+            value,
+            kind == TAGGED,
+            from_secret=sent.secret,
+            from_vector=sent.authenticator,
+            to_secret=request.secret,
+            to_vector=request.authenticator,
+        )
+
+    sign = request.code == ACCESS_REQUEST or reply.message_authenticator
+    attributes = _rewrite(
+        reply.raw, reply.message_authenticator_at, reply.hidden, recrypt, sign=sign
+    )
+    if not any(a.type == PROXY_STATE for a in reply.attributes):
+        attributes += _proxy_states(request)
+    return _answer(reply.code, request, attributes, sign=sign)
 
 
-def status_answer(request: packet.Packet) -> bytes:
-    """The proxy's own answer to a verified Status-Server (RFC 5997)."""
-    reply = request.CreateReply()
-    raw: bytes = reply.ReplyPacket()
-    return raw
+def status_answer(request: Message, *, accounting: bool) -> bytes:
+    """The proxy's own answer to a verified Status-Server (RFC 5997): an Access-Accept on
+    the auth port, an Accounting-Response on the accounting port, signed, with the
+    request's Proxy-State."""
+    code = ACCOUNTING_RESPONSE if accounting else ACCESS_ACCEPT
+    return _answer(code, request, _EMPTY_MESSAGE_AUTHENTICATOR + _proxy_states(request), sign=True)

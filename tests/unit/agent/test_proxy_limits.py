@@ -22,7 +22,7 @@ from services.agent.proxy import (
     default_nas_addresses,
 )
 from services.radius.packet import Dropped, dictionary
-from services.radius.reencode import decode_request, nas_reply, upstream_request
+from services.radius.reencode import decode_request, nas_reply, upstream_request, verify_reply
 from services.runtime.config import ProxyConfig, Secret
 
 NAS = b"nas-secret"
@@ -174,14 +174,14 @@ def test_accounting_needs_no_message_authenticator_as_in_freeradius() -> None:
 def test_every_answer_to_an_access_request_is_signed_first(code: int) -> None:
     raw = request(signed=True, proxy_state=True)
     nas_side = decode_request(raw, NAS, accounting=False)
-    sent = upstream_request(nas_side, UP)
-    sent.id = 1
-    at_server = packet.AuthPacket(packet=sent.RequestPacket(), secret=UP, dict=dictionary())
+    sent = upstream_request(nas_side, UP).seal(1)
+    at_server = packet.AuthPacket(packet=sent.raw, secret=UP, dict=dictionary())
     answer = at_server.CreateReply(message_authenticator=False)
     answer.code = code
     answer["Reply-Message"] = "hello"
     wire = answer.ReplyPacket()
-    back = nas_reply(nas_side, sent, sent.CreateReply(packet=wire))
+    reply = verify_reply(sent, wire, require_message_authenticator=False)
+    back = nas_reply(nas_side, sent, reply)
     assert back[0] == code and back[20:22] == bytes([80, 18])
     original = packet.AuthPacket(packet=raw, secret=NAS)
     got = original.CreateReply(packet=back)
