@@ -76,6 +76,7 @@ class Evaluator:
         # each server's gauges, found once: labels() takes a lock and builds a key per call
         self._health_of = {sid: self.health_gauge.labels(sid) for sid in servers}
         self._phase_of = {sid: self.state_gauge.labels(sid) for sid in servers}
+        self._report_subject = {sid: rt.bus.subjects.health(sid) for sid in servers}
         for state in self.state.servers.values():
             self._observe(state)
 
@@ -108,14 +109,17 @@ class Evaluator:
 
     async def on_sample(self, sample: MetricsSample) -> None:
         received = time.perf_counter()
+        sid = sample.server
         async with self._lock:
+            phase = self.states[sid].phase
             self.state, events = self.core.handle(self.state, sample, time.time())
             report, *incidents = events
             assert isinstance(report, HealthReport)
-            await self.rt.bus.publish(self.rt.bus.subjects.health(sample.server), report)
+            await self.rt.bus.publish(self._report_subject[sid], report)
             self.decision_latency.observe(time.perf_counter() - received)
-            self._health_of[sample.server].set(report.health)
-            self._observe(self.states[sample.server])
+            self._health_of[sid].set(report.health)
+            if report.state != phase:  # the gauge already says an unchanged phase
+                self._observe(self.states[sid])
             for incident in incidents:
                 assert isinstance(incident, Incident)
                 await self._announce(incident)
