@@ -61,13 +61,43 @@ def is_digest(value: object) -> bool:
     return isinstance(value, str) and DIGEST_FORMAT.fullmatch(value) is not None
 
 
+KEYED_MAX = 4096
+"""The most keys :func:`signature` keeps the padded-key hash states of (a bus key each, a
+client's secret each); past it they are all made afresh as they come."""
+_BLOCK = 64
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+_keyed: dict[bytes, tuple[hashlib._Hash, hashlib._Hash]] = {}
+
+
+def _pads(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
+    """SHA-256 states with ``key`` XOR ipad, and XOR opad, already hashed (RFC 2104)."""
+    if len(key) > _BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(_BLOCK, b"\0")
+    return hashlib.sha256(key.translate(_IPAD)), hashlib.sha256(key.translate(_OPAD))
+
+
 def signature(key: bytes, subject: str, payload: bytes) -> str:
     """Hex HMAC-SHA256 under ``key`` of ``subject``, a newline and ``payload`` (a NATS
-    subject holds no whitespace, so the two parts cannot be told apart any other way)."""
-    mac = hmac.new(key, subject.encode(), hashlib.sha256)
-    mac.update(b"\n")
-    mac.update(payload)
-    return mac.hexdigest()
+    subject holds no whitespace, so the two parts cannot be told apart any other way).
+
+    HMAC as RFC 2104 builds it (and as :mod:`hmac` does for a digest OpenSSL's HMAC does
+    not take): each key's two padded-key states are hashed once and copied per message,
+    which costs less than half of keying an ``hmac.HMAC`` per message.
+    """
+    pads = _keyed.get(key)
+    if pads is None:
+        if len(_keyed) >= KEYED_MAX:
+            _keyed.clear()
+        pads = _keyed[key] = _pads(key)
+    inner = pads[0].copy()
+    inner.update(subject.encode())
+    inner.update(b"\n")
+    inner.update(payload)
+    outer = pads[1].copy()
+    outer.update(inner.digest())
+    return outer.hexdigest()
 
 
 def sandbox_key(live_key: bytes, prefix: str) -> tuple[str, bytes]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from schemas.signing import (
     ReplayGuard,
     client_authenticator,
     sign_headers,
+    signature,
     verify,
     verify_client_authenticator,
 )
@@ -130,6 +133,19 @@ def test_signature_covers_every_byte_and_the_subject() -> None:
     for elsewhere in ("sbx.incident.A", "aaa.health.A", "aaa.incident.B", "aaa.incident.A2"):
         with pytest.raises(Rejected, match="bad-signature"):
             verify({"k1": b"secret"}, headers, elsewhere, payload)
+
+
+@pytest.mark.parametrize("key_len", [0, 1, 32, 63, 64, 65, 200])
+def test_signature_is_hmac_sha256_of_subject_newline_payload(key_len: int) -> None:
+    """Each key's padded states are kept and copied per message: the digest is still the
+    standard HMAC-SHA256, for keys shorter and longer than SHA-256's block, every time."""
+    key = bytes(range(256))[:key_len]
+    for n, payload in enumerate([b"", b"x", b"y" * 5000]):
+        subject = f"aaa.health.s{n}"
+        expected = hmac.new(key, f"{subject}\n".encode() + payload, hashlib.sha256).hexdigest()
+        for _ in range(2):
+            assert signature(key, subject, payload) == expected
+    assert signature(key + b"!", "aaa.health.s0", b"") != signature(key, "aaa.health.s0", b"")
 
 
 def test_key_rotation_accepts_old_and_new_key_ids() -> None:
