@@ -11,9 +11,8 @@ whatever its other figures say.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import msgspec
 
@@ -22,6 +21,9 @@ from services.runtime.config import CheckBase, EvaluatorConfig, HealthRule, Serv
 
 RESOURCE_PARTS = ("threads", "queue", "memory", "cpu", "processes")
 """The resource parts, in the order they are reported."""
+
+_WITH_LATENCY = (*RESOURCE_PARTS, "latency")
+"""The parts a server with a latency probe is expected to have."""
 
 REQUEST_PARTS = ("latency", "outstanding", "clients")
 """The request-path parts: the collector's probes, the server's counters, the agents' view."""
@@ -51,28 +53,36 @@ DEFAULT_PENALTY: float = next(
 """What a failed dependent service takes off when the server's config does not name it."""
 
 
-@dataclass(frozen=True)
-class Health:
+class Health(msgspec.Struct, frozen=True):
     """The score of one sample: the health, its parts and penalties, what decided it and why.
 
-    ``sources`` says where each part was read.
+    ``sources`` says where each part was read. (A Struct rather than a frozen dataclass:
+    one is made per sample, and a frozen dataclass sets each field through
+    ``object.__setattr__``.)
     """
 
     health: float
-    parts: Mapping[str, float] = field(default_factory=dict)
+    parts: Mapping[str, float] = msgspec.field(default_factory=dict)
     limiting: str = ""
     reason: str = ""
-    penalties: Mapping[str, float] = field(default_factory=dict)
-    sources: Mapping[str, str] = field(default_factory=dict)
+    penalties: Mapping[str, float] = msgspec.field(default_factory=dict)
+    sources: Mapping[str, str] = msgspec.field(default_factory=dict)
 
 
-@dataclass(frozen=True)
 class Parts:
     """Headrooms by part, where each was read, and a few words on the figures behind some."""
 
-    values: dict[str, float] = field(default_factory=dict)
-    sources: dict[str, str] = field(default_factory=dict)
-    details: dict[str, str] = field(default_factory=dict)
+    __slots__ = ("details", "sources", "values")
+
+    def __init__(
+        self,
+        values: dict[str, float] | None = None,
+        sources: dict[str, str] | None = None,
+        details: dict[str, str] | None = None,
+    ) -> None:
+        self.values: dict[str, float] = {} if values is None else values
+        self.sources: dict[str, str] = {} if sources is None else sources
+        self.details: dict[str, str] = {} if details is None else details
 
     def add(self, name: str, value: float, source: str, detail: str = "") -> None:
         self.values[name] = _clamp(value)
@@ -82,7 +92,10 @@ class Parts:
 
 
 def _clamp(value: float) -> float:
-    return min(1.0, max(0.0, value))
+    """``value`` within [0, 1], NaN as 0: ``min(1.0, max(0.0, value))`` without the calls."""
+    if value > 0.0:
+        return value if value < 1.0 else 1.0
+    return 0.0
 
 
 def _threads_max(sample: MetricsSample, server: ServerConfig) -> int | None:
@@ -98,27 +111,33 @@ def resource_parts(
 
 
 def sample_parts(sample: MetricsSample, server: ServerConfig, cfg: EvaluatorConfig) -> Parts:
-    """Every headroom whose inputs the sample holds: the resources, then the request path."""
-    parts = Parts()
+    """Every headroom whose inputs the sample holds: the resources, then the request path.
+
+    Written out rather than through :meth:`Parts.add`: it runs on every sample."""
+    values: dict[str, float] = {}
+    sources: dict[str, str] = {}
     where = sample.sources
     threads_max = _threads_max(sample, server)
     if sample.threads_active is not None and threads_max is not None:
-        parts.add(
-            "threads",
-            (threads_max - sample.threads_active) / threads_max,
-            where.get("threads_active", ""),
-        )
+        values["threads"] = _clamp((threads_max - sample.threads_active) / threads_max)
+        sources["threads"] = where.get("threads_active", "")
     if sample.queue_len is not None and server.queue_max > 0:
         queue = min(sample.queue_len, server.queue_max)
-        parts.add("queue", 1 - queue / server.queue_max, where.get("queue_len", ""))
+        values["queue"] = _clamp(1 - queue / server.queue_max)
+        sources["queue"] = where.get("queue_len", "")
     if sample.memory_percent is not None:
-        parts.add("memory", 1 - sample.memory_percent / 100, where.get("memory_percent", ""))
+        values["memory"] = _clamp(1 - sample.memory_percent / 100)
+        sources["memory"] = where.get("memory_percent", "")
     if sample.cpu_percent is not None:
-        parts.add("cpu", 1 - min(sample.cpu_percent, 100.0) / 100, where.get("cpu_percent", ""))
+        values["cpu"] = _clamp(1 - min(sample.cpu_percent, 100.0) / 100)
+        sources["cpu"] = where.get("cpu_percent", "")
     if sample.process_count is not None and cfg.max_processes > 0:
         count = min(sample.process_count, cfg.max_processes)
-        parts.add("processes", 1 - count / cfg.max_processes, where.get("process_count", ""))
-    _request_parts(sample, server, parts, threads_max)
+        values["processes"] = _clamp(1 - count / cfg.max_processes)
+        sources["processes"] = where.get("process_count", "")
+    parts = Parts(values, sources)
+    if server.probe is not None or sample.outstanding is not None:
+        _request_parts(sample, server, parts, threads_max)
     return parts
 
 
@@ -171,11 +190,13 @@ class Penalty:
 
 def dependent_penalties(sample: MetricsSample, server: ServerConfig) -> list[Penalty]:
     """The failed dependent services of ``sample``, each with the weight ``server`` gives it."""
-    weights = {c.name: c.weight for c in server.services}
     found: dict[str, Penalty] = {}
+    weights: dict[str, float] | None = None
     for check in sample.services:
         if check.kind != "dependent" or check.ok or check.name in found:
             continue
+        if weights is None:
+            weights = {c.name: c.weight for c in server.services}
         configured = check.name in weights
         weight = weights[check.name] if configured else DEFAULT_PENALTY
         found[check.name] = Penalty(check.name, weight, configured, check.detail)
@@ -223,9 +244,9 @@ def score(
 
     down = [c for c in sample.services if c.kind == "mandatory" and not c.ok]
     if down:
-        return dataclasses.replace(_mandatory_down(down, parts, taken), sources=sources)
+        return msgspec.structs.replace(_mandatory_down(down, parts, taken), sources=sources)
 
-    expected = [*RESOURCE_PARTS, *(["latency"] if server.probe is not None else [])]
+    expected = RESOURCE_PARTS if server.probe is None else _WITH_LATENCY
     unknown = [p for p in expected if p not in parts]
     if rule.rule == "weighted":
         parts = {p: v for p, v in parts.items() if _weight(rule, p) > 0}
@@ -288,5 +309,5 @@ def _combine(rule: HealthRule, parts: dict[str, float]) -> tuple[float, str, str
         part = max(parts, key=lambda p: (_weight(rule, p) * (1 - parts[p]), -parts[p]))
         head = f"weighted mean of {count} {combined:.2f}: {part} {parts[part]:.2f}"
         return combined, part, head
-    part = min(parts, key=lambda p: parts[p])
+    part = min(parts, key=parts.__getitem__)
     return parts[part], part, f"min of {count}: {part} {parts[part]:.2f}"
