@@ -85,12 +85,8 @@ TAGGED = 2
 """A salt-encrypted value after a tag octet (Tunnel-Password)."""
 
 
-class Attribute(NamedTuple):
-    """One attribute of a packet: its type, where it starts (its type octet) and ends."""
-
-    type: int
-    start: int
-    end: int
+Attribute = tuple[int, int, int]
+"""One attribute of a packet: (type, start, end), from its type octet to just past it."""
 
 
 Hidden = tuple[int, int, int]
@@ -124,13 +120,13 @@ class Message(NamedTuple):
     def values(self, type_: int) -> list[bytes]:
         """The values of every attribute of type ``type_``, in order."""
         raw = self.raw
-        return [raw[a.start + 2 : a.end] for a in self.attributes if a.type == type_]
+        return [raw[start + 2 : end] for t, start, end in self.attributes if t == type_]
 
     def first(self, type_: int) -> bytes | None:
         """The value of the first attribute of type ``type_``, or None."""
-        for a in self.attributes:
-            if a.type == type_:
-                return self.raw[a.start + 2 : a.end]
+        for t, start, end in self.attributes:
+            if t == type_:
+                return self.raw[start + 2 : end]
         return None
 
     @property
@@ -151,8 +147,8 @@ class Sent(NamedTuple):
     def proxy_states(self) -> list[bytes]:
         """The values of its Proxy-State attributes, in order."""
         raw = self.raw
-        attributes, _ = _walk(raw)
-        return [raw[a.start + 2 : a.end] for a in attributes if a.type == PROXY_STATE]
+        attributes, _, _ = _walk(raw, password=False)
+        return [raw[start + 2 : end] for t, start, end in attributes if t == PROXY_STATE]
 
 
 class Outgoing(NamedTuple):
@@ -224,6 +220,34 @@ def hide_password(padded: bytes, secret: bytes, vector: bytes) -> bytes:
     return b"".join(out)
 
 
+def _recrypt(
+    cipher: bytes, from_secret: bytes, from_chain: bytes, to_secret: bytes, to_chain: bytes
+) -> bytes:
+    """Cipher blocks of RFC 2865 section 5.2's chaining (each block's key the MD5 of the
+    secret and the cipher block before it, ``*_chain`` before the first) decrypted under
+    one secret and encrypted again under another, in one pass."""
+    md5 = hashlib.md5
+    out = []
+    for i in range(0, len(cipher), 16):
+        block = cipher[i : i + 16]
+        keys = int.from_bytes(md5(from_secret + from_chain).digest(), "big") ^ int.from_bytes(
+            md5(to_secret + to_chain).digest(), "big"
+        )
+        from_chain = block
+        to_chain = (int.from_bytes(block, "big") ^ keys).to_bytes(16, "big")
+        out.append(to_chain)
+    return b"".join(out)
+
+
+def rehide_password(
+    hidden: bytes, *, from_secret: bytes, from_vector: bytes, to_secret: bytes, to_vector: bytes
+) -> bytes:
+    """A hidden User-Password (RFC 2865 section 5.2) revealed under one secret and vector and
+    hidden again under another; raise Dropped if its length is wrong."""
+    _check_password(len(hidden))
+    return _recrypt(hidden, from_secret, from_vector, to_secret, to_vector)
+
+
 def reveal_password(hidden: bytes, secret: bytes, vector: bytes) -> bytes:
     """The padded plaintext of a hidden User-Password; raise Dropped if its length is wrong."""
     _check_password(len(hidden))
@@ -249,16 +273,9 @@ def resalt(
     vector and encrypted again, with the same salt, under another."""
     tag, body = (value[:1], value[1:]) if tagged else (b"", value)
     _check_salted(len(body))
-    salt, cipher = body[:2], body[2:]
-    out = []
-    last_in, last_out = from_vector + salt, to_vector + salt
-    for i in range(0, len(cipher), 16):
-        block = cipher[i : i + 16]
-        plain = _xor(block, hashlib.md5(from_secret + last_in).digest())
-        encrypted = _xor(plain, hashlib.md5(to_secret + last_out).digest())
-        out.append(encrypted)
-        last_in, last_out = block, encrypted
-    return tag + salt + b"".join(out)
+    salt = body[:2]
+    cipher = _recrypt(body[2:], from_secret, from_vector + salt, to_secret, to_vector + salt)
+    return tag + salt + cipher
 
 
 # --- walking a packet --------------------------------------------------------------------
@@ -275,11 +292,17 @@ def _framed(data: bytes, limit: int | None) -> bytes:
     return data if length == len(data) else data[:length]
 
 
-def _walk(raw: bytes) -> tuple[list[Attribute], int]:
-    """The attributes of ``raw`` (a framed packet) and where its Message-Authenticator starts
-    (-1 without one); raise Dropped("malformed") on a length under 2 or running past the
-    packet, or on a Message-Authenticator that is not 18 octets or not the only one."""
+_LOOKED_AT = frozenset({USER_PASSWORD, VENDOR_SPECIFIC, TUNNEL_PASSWORD, MESSAGE_AUTHENTICATOR})
+
+
+def _walk(raw: bytes, *, password: bool) -> tuple[list[Attribute], int, list[Hidden]]:
+    """The attributes of ``raw`` (a framed packet), where its Message-Authenticator starts
+    (-1 without one), and where its encrypted values lie (User-Password only when
+    ``password``: an Access-Request's). Raise Dropped("malformed") on a length under 2 or
+    running past the packet, or on a Message-Authenticator that is not 18 octets or not
+    the only one."""
     attributes: list[Attribute] = []
+    hidden: list[Hidden] = []
     append = attributes.append
     length = len(raw)
     at = RADIUS_HEADER_OCTETS
@@ -287,48 +310,42 @@ def _walk(raw: bytes) -> tuple[list[Attribute], int]:
     while at < length:
         if at + 2 > length:
             raise Dropped("malformed", f"an attribute header cut short at octet {at}")
-        type_, size = raw[at], raw[at + 1]
+        type_ = raw[at]
+        size = raw[at + 1]
         end = at + size
         if size < 2 or end > length:
             raise Dropped("malformed", f"attribute {type_} of length {size} at octet {at}")
-        if type_ == MESSAGE_AUTHENTICATOR:
-            if size != MESSAGE_AUTHENTICATOR_OCTETS or message_authenticator_at >= 0:
-                raise Dropped("malformed", f"Message-Authenticator of length {size}, or two")
-            message_authenticator_at = at
-        append(Attribute(type_, at, end))
+        if type_ in _LOOKED_AT:
+            if type_ == MESSAGE_AUTHENTICATOR:
+                if size != MESSAGE_AUTHENTICATOR_OCTETS or message_authenticator_at >= 0:
+                    raise Dropped("malformed", f"Message-Authenticator of length {size}, or two")
+                message_authenticator_at = at
+            elif type_ == USER_PASSWORD:
+                if password:
+                    hidden.append((at + 2, end, PASSWORD))
+            elif type_ == TUNNEL_PASSWORD:
+                hidden.append((at + 2, end, TAGGED))
+            elif raw[at + 2 : at + 6] == _MICROSOFT_ID:
+                hidden.extend(_mppe_keys(raw, at + 6, end))
+        append((type_, at, end))
         at = end
-    return attributes, message_authenticator_at
+    return attributes, message_authenticator_at, hidden
 
 
-def _sub_attributes(raw: bytes, at: int, end: int) -> list[Attribute] | None:
-    """The sub-attributes of a Vendor-Specific value from ``at`` to ``end`` (RFC 2865
-    section 5.26), or None when their lengths do not add up (then it is kept opaque)."""
-    found = []
+def _mppe_keys(raw: bytes, at: int, end: int) -> list[Hidden]:
+    """Where the MS-MPPE keys lie in Microsoft's Vendor-Specific value from ``at`` to ``end``
+    (its sub-attributes, RFC 2865 section 5.26); none when their lengths do not add up (the
+    attribute is then copied as it is, opaque)."""
+    found: list[Hidden] = []
     while at < end:
         if at + 2 > end:
-            return None
+            return []
         size = raw[at + 1]
         if size < 2 or at + size > end:
-            return None
-        found.append(Attribute(raw[at], at, at + size))
+            return []
+        if raw[at] in MS_MPPE_KEYS:
+            found.append((at + 2, at + size, SALTED))
         at += size
-    return found
-
-
-def _hidden(raw: bytes, attributes: list[Attribute], *, password: bool) -> list[Hidden]:
-    """Where the encrypted values of a packet lie, in order (User-Password only when
-    ``password``: an Access-Request's)."""
-    found: list[Hidden] = []
-    for type_, start, end in attributes:
-        if type_ == USER_PASSWORD:
-            if password:
-                found.append((start + 2, end, PASSWORD))
-        elif type_ == TUNNEL_PASSWORD:
-            found.append((start + 2, end, TAGGED))
-        elif type_ == VENDOR_SPECIFIC and raw[start + 2 : start + 6] == _MICROSOFT_ID:
-            for sub in _sub_attributes(raw, start + 6, end) or ():
-                if sub.type in MS_MPPE_KEYS:
-                    found.append((sub.start + 2, sub.end, SALTED))
     return found
 
 
@@ -398,7 +415,7 @@ def decode_request(
     if code != (ACCOUNTING_REQUEST if accounting else ACCESS_REQUEST) and code != STATUS_SERVER:
         raise Dropped("unsupported-code", str(code))
     raw = _framed(data, MAX_PACKET_OCTETS)
-    attributes, message_authenticator_at = _walk(raw)
+    attributes, message_authenticator_at, hidden = _walk(raw, password=code == ACCESS_REQUEST)
     authenticator = raw[4:20]
     if code == ACCOUNTING_REQUEST:
         expected = hashlib.md5(raw[:4] + ZERO_VECTOR + raw[20:] + secret).digest()
@@ -411,12 +428,11 @@ def decode_request(
     elif code == STATUS_SERVER:
         raise Dropped("no-message-authenticator")
     elif code == ACCESS_REQUEST:
-        types = {a.type for a in attributes}
+        types = {t for t, _, _ in attributes}
         if require_message_authenticator or EAP_MESSAGE in types:
             raise Dropped("no-message-authenticator")
         if PROXY_STATE in types:
             raise Dropped("proxy-state-unsigned")
-    hidden = _hidden(raw, attributes, password=code == ACCESS_REQUEST)
     for start, end, kind in hidden:
         if kind == PASSWORD:
             _check_password(end - start)
@@ -456,8 +472,12 @@ def upstream_request(request: Message, secret: bytes) -> Outgoing:
 
     def recrypt(value: bytes, kind: int) -> bytes:
         if kind == PASSWORD:
-            return hide_password(
-                reveal_password(value, from_secret, from_vector), secret, authenticator
+            return rehide_password(
+                value,
+                from_secret=from_secret,
+                from_vector=from_vector,
+                to_secret=secret,
+                to_vector=authenticator,
             )
         return resalt(
             value,
@@ -473,7 +493,7 @@ def upstream_request(request: Message, secret: bytes) -> Outgoing:
         request.raw, request.message_authenticator_at, request.hidden, recrypt, sign=sign
     )
     if access:
-        types = [a.type for a in request.attributes]
+        types = [t for t, _, _ in request.attributes]
         if CHAP_PASSWORD in types and CHAP_CHALLENGE not in types:
             attributes += bytes((CHAP_CHALLENGE, 18)) + request.authenticator
     return Outgoing(request.code, authenticator, attributes, 0 if sign else -1, secret)
@@ -483,7 +503,7 @@ def outgoing(raw: bytes, secret: bytes) -> Outgoing:
     """A request already encoded (as pyrad builds a Status-Server probe), to be sent under
     ``secret`` with the id of the socket it goes out on."""
     framed = _framed(raw, None)
-    _, at = _walk(framed)
+    _, at, _ = _walk(framed, password=False)
     body = framed[RADIUS_HEADER_OCTETS:]
     if at >= 0:
         at -= RADIUS_HEADER_OCTETS
@@ -519,7 +539,7 @@ def verify_reply(sent: Sent, data: bytes, *, require_message_authenticator: bool
     answers = REPLY_CODES.get(sent.code)
     if answers is not None and code not in answers:
         raise Dropped("invalid", f"code {code} in answer to code {sent.code}")
-    attributes, at = _walk(raw)
+    attributes, at, hidden = _walk(raw, password=False)
     if at >= 0:
         zeroed = code == ACCOUNTING_RESPONSE and sent.code != STATUS_SERVER
         vector = ZERO_VECTOR if zeroed else sent.authenticator
@@ -528,10 +548,9 @@ def verify_reply(sent: Sent, data: bytes, *, require_message_authenticator: bool
     elif require_message_authenticator and sent.code == ACCESS_REQUEST:
         raise Dropped("no-message-authenticator")
     if sent.code in (ACCESS_REQUEST, STATUS_SERVER):
-        received = [raw[a.start + 2 : a.end] for a in attributes if a.type == PROXY_STATE]
+        received = [raw[start + 2 : end] for t, start, end in attributes if t == PROXY_STATE]
         if received and received != sent.proxy_states()[: len(received)]:
             raise Dropped("invalid", "Proxy-State that was not sent")
-    hidden = _hidden(raw, attributes, password=False)
     return Message(raw, code, raw[1], raw[4:20], tuple(attributes), sent.secret, at, tuple(hidden))
 
 
@@ -551,7 +570,7 @@ def _answer(code: int, request: Message, attributes: bytes, *, sign: bool) -> by
 
 def _proxy_states(request: Message) -> bytes:
     raw = request.raw
-    return b"".join(raw[a.start : a.end] for a in request.attributes if a.type == PROXY_STATE)
+    return b"".join(raw[start:end] for t, start, end in request.attributes if t == PROXY_STATE)
 
 
 def nas_reply(request: Message, sent: Sent, reply: Message) -> bytes:
@@ -580,7 +599,7 @@ def nas_reply(request: Message, sent: Sent, reply: Message) -> bytes:
     attributes = _rewrite(
         reply.raw, reply.message_authenticator_at, reply.hidden, recrypt, sign=sign
     )
-    if not any(a.type == PROXY_STATE for a in reply.attributes):
+    if not any(t == PROXY_STATE for t, _, _ in reply.attributes):
         attributes += _proxy_states(request)
     return _answer(reply.code, request, attributes, sign=sign)
 
