@@ -202,12 +202,12 @@ class NasFilter:
         return cls(allowed, _networks(settings.nas_without_message_authenticator))
 
     def allows(self, host: str) -> bool:
-        return self._verdict(host)[0]
+        return self.verdict(host)[0]
 
     def requires_message_authenticator(self, host: str) -> bool:
-        return self._verdict(host)[1]
+        return self.verdict(host)[1]
 
-    def _verdict(self, host: str) -> tuple[bool, bool]:
+    def verdict(self, host: str) -> tuple[bool, bool]:
         """Whether ``host`` may send, and whether it must sign its Access-Requests."""
         verdict = self._verdicts.get(host)
         if verdict is None:
@@ -384,12 +384,14 @@ class _Link:
         self._opening = asyncio.Lock()
 
     def _with_room(self) -> _Socket | None:
-        return next((s for s in self.sockets if len(s.pending) < IDS_PER_SOCKET), None)
+        for sock in self.sockets:
+            if len(sock.pending) < IDS_PER_SOCKET:
+                return sock
+        return None
 
     async def _socket(self) -> _Socket:
-        sock = self._with_room()
-        if sock is not None:
-            return sock
+        """A socket with a free id when none had one: another send may have opened one
+        meanwhile, else one is opened (up to ``max_sockets``)."""
         async with self._opening:
             sock = self._with_room()
             if sock is not None:
@@ -422,7 +424,7 @@ class _Link:
         The wait is the reply's future itself, with a timer: no task per request."""
         self.sending += 1
         try:
-            sock = await self._socket()
+            sock = self._with_room() or await self._socket()
             sent = request.seal(sock.allocate())
             loop = asyncio.get_running_loop()
             future: asyncio.Future[Message] = loop.create_future()
@@ -525,6 +527,7 @@ class RadiusProxy:
         self._probe_wake = asyncio.Event()
         self._leaving: dict[str, set[asyncio.Future[Message]]] = {}
         self.conversations = Conversations()
+        self._request_task = f"{client_id}:request"
         self._closing = False
         self._closed = False
 
@@ -798,7 +801,8 @@ class RadiusProxy:
     def _accept(self, listener: _Listener, data: bytes, addr: tuple[str, int]) -> None:
         if self._closing:
             raise Dropped("shutdown")
-        if not self.nas.allows(addr[0]):
+        allowed, must_sign = self.nas.verdict(addr[0])
+        if not allowed:
             raise Dropped("unknown-nas", f"{addr[0]} is not in nas_addresses")
         if len(data) < 20:
             raise Dropped("malformed", f"{len(data)} octets")
@@ -815,7 +819,7 @@ class RadiusProxy:
             data,
             self.nas_secret,
             accounting=listener.accounting,
-            require_message_authenticator=self.nas.requires_message_authenticator(addr[0]),
+            require_message_authenticator=must_sign,
         )
         if request.code == STATUS_SERVER:
             listener.send(status_answer(request, accounting=listener.accounting), addr)
@@ -825,7 +829,7 @@ class RadiusProxy:
             raise Dropped("overload", f"{len(self._in_flight)} requests in flight")
         self.counters.accepted += 1
         self._in_flight.add(key)
-        self._track(self._relay(listener, key, request, addr), f"{self.client_id}:request")
+        self._track(self._relay(listener, key, request, addr), self._request_task)
 
     async def _relay(
         self,
@@ -946,7 +950,7 @@ class RadiusProxy:
         window_s = self.settings.response_window_s
         require_ma = endpoint.server not in self.unsigned_upstreams
         try:
-            watched = self._leaving.setdefault(endpoint.server, set()) if movable else None
+            watched = self._watched(endpoint.server) if movable else None
             sending = self._link((endpoint.ip, port)).send(
                 copy, wait_s or window_s, require_ma=require_ma, watched=watched
             )
@@ -973,6 +977,13 @@ class RadiusProxy:
         self.tallies.answered(endpoint.server, now - sent_at)
         self.pool.answered(endpoint.server, now)
         return outcome
+
+    def _watched(self, server: str) -> set[asyncio.Future[Message]]:
+        """The replies awaited from ``server`` that a move off it ends (:meth:`leave`)."""
+        watched = self._leaving.get(server)
+        if watched is None:
+            watched = self._leaving[server] = set()
+        return watched
 
     async def _judged_at_window(
         self, server: str, sending: Coroutine[Any, Any, tuple[Sent, Message]], sent_at: float
