@@ -66,6 +66,11 @@ from services.runtime.state import StateStore
 logger = logging.getLogger(__name__)
 
 SEND_CONCURRENCY = 256
+"""KV writes of notices in flight at once, whatever the plans they belong to."""
+PARTS_IN_FLIGHT = 16
+"""Plans (or plan parts) handled side by side: the notices of the next part go out while
+the last part's are being stored. Waves are handled in order: a client told to wait by
+one wave and let back by the next must hear them in that order."""
 
 NAME = "notifier"
 
@@ -94,6 +99,9 @@ class Notifier:
             source=rt.bus.name,
         )
         self.wake = asyncio.Event()
+        self.writes = asyncio.Semaphore(SEND_CONCURRENCY)
+        self.unreported: dict[str, Delivery] = {}
+        """The ``sent`` reports of the batch being sent, published once all of it went out."""
         drop = rt.bus.counters.drop
         transports: list[Transport] = [
             BusTransport(rt.bus),
@@ -161,28 +169,38 @@ class Notifier:
     async def send_all(
         self, batch: list[tuple[Notice, ClientConfig]], server: ServerConfig
     ) -> None:
-        """Send a plan's or a wave's notices, up to ``SEND_CONCURRENCY`` at once.
+        """Send a plan's or a wave's notices, then store them as in flight, then report them
+        sent.
 
-        Each notice is still stored before it goes out; sending them side by
-        side lets those KV round trips overlap instead of queueing.
+        The notices go out first, one after the other, so the last client hears
+        of the plan after one encoding, two authenticators and one publish per
+        notice, not after their reports and KV writes too. Nothing is lost by it: the plan or
+        wave is acknowledged to the stream only once this returns, so a
+        notifier that dies before its notices are stored is offered it again
+        and sends the same notices (same ids, taken once by the agent) again.
+        The writes then go side by side, up to ``SEND_CONCURRENCY`` at once.
         """
-        limit = asyncio.Semaphore(SEND_CONCURRENCY)
+        sent: list[Pending] = []
+        for notice, client in batch:
+            pending, delivery = self._track(notice, client, server)
+            self.unreported[pending.notice_id] = delivery
+            await self._transmit(pending)
+            sent.append(pending)
+        for pending in sent:
+            unreported = self.unreported.pop(pending.notice_id, None)
+            if unreported is not None:
+                await self.report(unreported)
+        await self._store_all(sent)
 
-        async def one(notice: Notice, client: ClientConfig) -> None:
-            async with limit:
-                await self.send(notice, client, server)
-
-        async with asyncio.TaskGroup() as tg:
-            for notice, client in batch:
-                tg.create_task(one(notice, client))
-
-    async def send(self, notice: Notice, client: ClientConfig, server: ServerConfig) -> None:
-        """Send ``notice`` to ``client`` by its transport, track it and report it sent."""
+    def _track(
+        self, notice: Notice, client: ClientConfig, server: ServerConfig
+    ) -> tuple[Pending, Delivery]:
+        """Encode ``notice``, sign it for the bus and for its client, and track it."""
         bus = self.rt.bus
         subject = bus.subjects.notice(client.id)
         payload, headers = bus.encode(subject, notice)
         headers.update(self._authenticate(client, server)(payload))
-        pending, delivery = self.tracker.sent(
+        return self.tracker.sent(
             notice_id=notice.id,
             notice_type=notice_type(notice),
             client=client.id,
@@ -192,9 +210,23 @@ class Notifier:
             headers=headers,
             now=time.time(),
         )
-        await self._save(pending)
-        await self.report(delivery)
-        await self._transmit(pending)
+
+    async def _store_all(self, sent: list[Pending]) -> None:
+        """Store the notices still in flight, up to ``SEND_CONCURRENCY`` writes at once.
+
+        A notice acked (or failed) before its write went out is not written: its
+        removal may already have been sent, and the write would bring it back for
+        a restarted notifier, or another replica, to send again.
+        """
+
+        async def one(pending: Pending) -> None:
+            async with self.writes:
+                if self.tracker.pending.get(pending.notice_id) is pending:
+                    await self._save(pending)
+
+        async with asyncio.TaskGroup() as tg:
+            for pending in sent:
+                tg.create_task(one(pending))
 
     async def _transmit(self, pending: Pending) -> None:
         """Send a tracked notice (again) by its client's transport."""
@@ -210,9 +242,8 @@ class Notifier:
         return self.tracker.pending.get(notice_id)
 
     async def hold(self, notice_id: str, hold_s: float) -> None:
-        pending = self.tracker.begin_exchange(notice_id, time.time(), hold_s)
-        if pending is not None:
-            await self._save(pending)
+        # stored with the notice right after its transmission (send_all, retry_loop)
+        self.tracker.begin_exchange(notice_id, time.time(), hold_s)
 
     async def retransmitted(self, notice_id: str) -> None:
         delivery = self.tracker.retransmitted(notice_id, time.time())
@@ -235,6 +266,12 @@ class Notifier:
         await self.report(delivery)
 
     async def report(self, delivery: Delivery) -> None:
+        """Publish ``delivery`` on ``delivery.<client>``, after the ``sent`` report of its
+        notice if that has not gone yet (an answer faster than the rest of its batch)."""
+        if delivery.outcome != "sent":
+            sent = self.unreported.pop(delivery.notice_id, None)
+            if sent is not None:
+                await self.report(sent)
         client = self.clients.get(delivery.client)
         transport = client.transport if client is not None else "unknown"
         self.deliveries_total.labels(delivery.outcome, transport).inc()
@@ -383,9 +420,10 @@ class Notifier:
                     )
                     await self.report(action.delivery)
                 else:
-                    await self._save(pending)
-                    await self.report(action.delivery)
                     await self._transmit(pending)
+                    if self.tracker.pending.get(pending.notice_id) is pending:
+                        await self._save(pending)
+                    await self.report(action.delivery)
             deadline = self.tracker.next_deadline()
             wait = timeout if deadline is None else min(timeout, deadline - time.time())
             self.wake.clear()
@@ -414,6 +452,7 @@ async def run(
             notifier.on_plan,
             types=(FailoverPlan,),
             durable=durable_name(NAME, "plan"),
+            in_flight=PARTS_IN_FLIGHT,
         )
         await consume(
             rt.bus,

@@ -20,7 +20,9 @@ stored twice).
 
 :func:`publish_stored` publishes a decision and waits for the stream's
 acknowledgement, trying again (same id, so stored once) while the bus is
-away.
+away. A service publishes a decision first and stores its own state after:
+the stream is the log, and a service that stopped in between finds its last
+decision there at start (:func:`last_stored`) and brings its state up to it.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from schemas.events import Event
 from schemas.signing import Rejected
-from services.runtime.bus import Bus, Handler
+from services.runtime.bus import Bus, Handler, settled, verify_event
 from services.runtime.config import ConfigError
 from services.runtime.middleware import Guard
 
@@ -80,13 +82,17 @@ class Consumer:
         types: tuple[type[E], ...],
         guards: Sequence[Guard],
         accept_clients: bool,
+        in_flight: int = 1,
     ) -> None:
+        if in_flight < 1:
+            raise ValueError("a consumer handles at least one message at a time")
         self.bus = bus
         self.name = name
         self.handler = handler
         self.types = types
         self.guards = guards
         self.accept_clients = accept_clients
+        self.in_flight = in_flight
         self.stopping = asyncio.Event()
         self.sub: nats.js.JetStreamContext.PullSubscription | None = None
 
@@ -118,21 +124,37 @@ class Consumer:
             await _quietly(msg.nak(delay=RETRY_S))
 
     async def run(self) -> None:
-        """Fetch and handle messages one at a time until :meth:`stop`."""
+        """Fetch and handle messages until :meth:`stop`: one at a time, or up to
+        ``in_flight`` side by side, each acknowledged when its own handler returns;
+        stopped, it finishes those in hand first."""
         assert self.sub is not None
-        while not self.stopping.is_set():
-            try:
-                msgs = await self.sub.fetch(1, timeout=FETCH_WAIT_S)
-            except nats.errors.TimeoutError:
-                continue
-            except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
-                if self.bus.nc.is_closed:
-                    return
-                logger.debug("consumer %s: %r", self.name, exc)
-                await asyncio.sleep(0.5)
-                continue
-            for msg in msgs:
-                await self.handle(msg)
+        busy: set[asyncio.Task[None]] = set()
+        try:
+            while not self.stopping.is_set():
+                room = self.in_flight - len(busy)
+                if room == 0:
+                    await asyncio.wait(busy, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                try:
+                    msgs = await self.sub.fetch(room, timeout=FETCH_WAIT_S)
+                except nats.errors.TimeoutError:
+                    continue
+                except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
+                    if self.bus.nc.is_closed:
+                        return
+                    logger.debug("consumer %s: %r", self.name, exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                for msg in msgs:
+                    if self.in_flight == 1:
+                        await self.handle(msg)
+                        continue
+                    task = asyncio.create_task(self.handle(msg))
+                    busy.add(task)
+                    task.add_done_callback(busy.discard)
+        finally:
+            if busy:
+                await asyncio.wait(busy)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -155,12 +177,16 @@ async def consume(
     durable: str,
     accept_clients: bool = False,
     guards: Sequence[Guard] = (),
+    in_flight: int = 1,
 ) -> Consumer:
     """Create (or find again) the durable consumer ``durable`` of ``subject`` on the prefix's
     stream, and start handling its messages (stopped with the bus's other subscriptions).
 
     A consumer made for the first time starts with what is published from now on;
-    found again, with the first message it has not acknowledged.
+    found again, with the first message it has not acknowledged. Messages are
+    handled in the order stored, one at a time, unless ``in_flight`` lets that
+    many be handled side by side (for a handler whose messages do not depend
+    on each other: the parts of a plan, each about other clients).
     """
     stream = bus.subjects.stream_name()
     config = ConsumerConfig(
@@ -182,7 +208,7 @@ async def consume(
             f"change ({exc.description}): delete it (nats consumer rm {stream} {durable}) "
             "to start it afresh"
         ) from None
-    consumer = Consumer(bus, durable, handler, types, guards, accept_clients)
+    consumer = Consumer(bus, durable, handler, types, guards, accept_clients, in_flight)
     consumer.sub = await bus.js.pull_subscribe_bind(durable=durable, stream=stream)
     bus.adopt(consumer.sub._sub, consumer.stop, asyncio.ensure_future(consumer.run()))
     return consumer
@@ -215,3 +241,30 @@ async def publish_stored(
             continue
         bus.counters.published += 1
         return
+
+
+async def last_stored(bus: Bus, subject: str, types: tuple[type[E], ...]) -> E | None:
+    """The last event the stream holds on ``subject``, verified as the bus verifies a live
+    one (signature, signer's rights, subject); None if there is none, or if it does not
+    verify or is not of ``types`` (then dropped through the bus's drop path)."""
+    stream = bus.subjects.stream_name()
+    try:
+        stored = await settled(
+            f"the last event on {subject}", lambda: bus.js.get_last_msg(stream, subject)
+        )
+    except nats.js.errors.NotFoundError:
+        return None
+    try:
+        event = verify_event(
+            bus.keyring.verification_keys(False),
+            stored.headers,
+            subject,
+            stored.data or b"",
+            bus.keyring.may_sign,
+        )
+        if not isinstance(event, types):
+            raise Rejected("unexpected-type", type(event).__name__)
+    except Rejected as rejected:
+        bus.drop(rejected.reason, f"stored {rejected.detail}", subject=subject)
+        return None
+    return event
