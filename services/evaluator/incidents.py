@@ -54,8 +54,8 @@ class ServerState(msgspec.Struct, frozen=True, kw_only=True):
     # Added with predictive onset; the defaults let states stored before it load.
     predicted: int = 0
     recent: tuple[Point, ...] = ()
-    # Stored only: the changes written with this state that the stream may not have yet
-    # (services/evaluator/service.py publishes them, then clears them).
+    # Stored only by earlier versions, which wrote a change here before they published it:
+    # what a state loaded with one still holds is published at start.
     outbox: tuple[Incident, ...] = ()
 
     def __post_init__(self) -> None:
@@ -275,6 +275,35 @@ def close(
     transition = _transition(state, "closed", health, "readmission finished")
     healthy = ServerState(server=state.server, health=health, changed_at=now, recent=state.recent)
     return healthy, transition
+
+
+def resume(state: ServerState, incident: Incident) -> ServerState:
+    """``state`` brought up to ``incident``, the last change of its server the stream has,
+    when the state was stored before it (an evaluator that stopped after it published the
+    change and before it stored its state). A change it already holds leaves it as it is.
+
+    The machine takes the incident's phase, id, opening and relapses, with its run
+    counters reset; its trend points are kept.
+    """
+    if incident.server != state.server or incident.time <= state.changed_at:
+        return state
+    if incident.state == "closed":
+        return ServerState(
+            server=state.server,
+            health=incident.health,
+            changed_at=incident.time,
+            recent=state.recent,
+        )
+    return ServerState(
+        server=state.server,
+        phase="overloaded" if incident.state == "opened" else "recovering",
+        incident_id=incident.incident_id,
+        opened_at=incident.opened_at,
+        relapses=incident.relapses,
+        health=incident.health,
+        changed_at=incident.time,
+        recent=state.recent,
+    )
 
 
 def _transition(state: ServerState, kind: IncidentState, health: float, reason: str) -> Transition:

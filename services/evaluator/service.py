@@ -24,9 +24,9 @@ from prometheus_client import Gauge, Histogram
 
 from schemas.events import ClientStatus, HealthReport, Incident, MetricsSample, ReadmitWave
 from services.evaluator.core import EvaluatorCore
-from services.evaluator.incidents import ServerState
+from services.evaluator.incidents import ServerState, resume
 from services.runtime.config import Config, ServerConfig, subject_tokens
-from services.runtime.durable import consume, publish_stored
+from services.runtime.durable import consume, last_stored, publish_stored
 from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
 from services.runtime.metrics import LATENCY_BUCKETS
 from services.runtime.middleware import known_server, taking
@@ -89,7 +89,9 @@ class Evaluator:
         self._phase_of[state.server].set(PHASE_VALUES[state.phase])
 
     async def load(self) -> None:
-        """Read each server's machine state from KV; a bad value is logged and ignored."""
+        """Read each server's machine state from KV, and bring it up to the last change of
+        its incident the stream holds (published, not yet stored, when the evaluator
+        stopped); a bad value is logged and ignored."""
         machines = dict(self.state.servers)
         for sid in self.servers:
             state = await self.store.get(sid)
@@ -102,6 +104,21 @@ class Evaluator:
                 self.unsent[sid] = state.outbox
                 state = msgspec.structs.replace(state, outbox=())
             machines[sid] = state
+        subjects = self.rt.bus.subjects
+        lasts = await asyncio.gather(
+            *(last_stored(self.rt.bus, subjects.incident(sid), (Incident,)) for sid in self.servers)
+        )
+        for sid, last in zip(self.servers, lasts, strict=True):
+            state = machines[sid]
+            if last is not None and (caught_up := resume(state, last)) is not state:
+                logger.info(
+                    "%s: incident %s %s on the stream, not in the stored state: taken up",
+                    sid,
+                    last.incident_id,
+                    last.state,
+                )
+                machines[sid] = state = caught_up
+                await self.store.put(sid, state)
             self._observe(state)
             if state.incident_id is not None:
                 logger.info("%s resumes incident %s (%s)", sid, state.incident_id, state.phase)
@@ -148,11 +165,10 @@ class Evaluator:
                 await self._announce(incident)
 
     async def _announce(self, incident: Incident) -> None:
-        """Write the server's machine state with ``incident`` in its outbox, publish the
-        incident until the stream has it, then write the state without it: a change is
-        never lost between the two (the next start publishes what it finds there)."""
-        state = self.states[incident.server]
-        await self.store.put(incident.server, msgspec.structs.replace(state, outbox=(incident,)))
+        """Publish ``incident`` until the stream has it, then write the server's machine
+        state. The targeter takes the change from the stream as soon as it is stored, so
+        no KV write stands before it; an evaluator that stops between the two finds the
+        change on the stream at its next start (:meth:`load`)."""
         logger.info(
             "incident %s of %s %s (health %.3f, relapses %d): %s",
             incident.incident_id,

@@ -18,7 +18,8 @@ Three kinds of key:
   HMAC per event, as a bus key does.
 
 What a process holds (:meth:`Keyring.from_config`): a service, its own
-signing key and the keys of those that publish what it subscribes to, with
+signing key and the keys of those that publish what it subscribes to or
+reads back from the stream, with
 the clients' secrets only if it takes what clients sign; the operator's
 tools and the harness, every key (each subject is then signed with the key
 of the service that publishes it).
@@ -193,8 +194,9 @@ class _Keys:
         )
 
     def of_service(self, service: str) -> Keyring:
-        """What ``service`` holds: its signing key and the keys of what it subscribes to."""
-        subscribes = frozenset(USES[service].subscribes)
+        """What ``service`` holds: its signing key and the keys of what it subscribes to, or
+        reads back from the stream as it starts (``recalls``: its own last decisions)."""
+        subscribes = frozenset(USES[service].subscribes) | frozenset(USES[service].recalls)
         publishers = {
             s for s, u in USES.items() if s != AGENT and subscribes & frozenset(u.publishes)
         }

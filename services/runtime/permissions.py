@@ -59,13 +59,17 @@ class BusUse:
     the clients it serves (client kinds by client id; server kinds by each
     client's home server), not every server's and client's. ``consumes``: the
     kinds (of those it subscribes to) it takes through durable consumers of its
-    own (services/runtime/durable.py). ``leased``: exactly one replica acts, the
-    one holding its lease (services/runtime/lease.py).
+    own (services/runtime/durable.py). ``recalls``: the kinds (of those it
+    publishes) whose last stored event it reads back from the stream as it starts
+    (``durable.last_stored``; nats-server lets a user read stored messages by
+    stream, not by subject). ``leased``: exactly one replica acts, the one
+    holding its lease (services/runtime/lease.py).
     """
 
     publishes: tuple[str, ...] = ()
     subscribes: tuple[str, ...] = ()
     consumes: tuple[str, ...] = ()
+    recalls: tuple[str, ...] = ()
     leased: bool = False
     buckets: tuple[str, ...] = ()
     stream: bool = False
@@ -83,6 +87,7 @@ USES: Mapping[str, BusUse] = {
         publishes=("health", "incident"),
         subscribes=("metrics", "readmit", "status"),
         consumes=("readmit",),
+        recalls=("incident",),
         buckets=("evaluator",),
         stream=True,
         leased=True,
@@ -315,6 +320,8 @@ def service_permissions(
     if use.jetstream:
         if use.stream:
             publish += _stream_api(scope)
+        if use.recalls:
+            publish.append(f"$JS.API.STREAM.MSG.GET.{scope.stream}")
         for bucket in use.buckets:
             publish += _kv_api(scope, bucket)
         publish += _consumer_api(scope, user, use.consumes, servers)

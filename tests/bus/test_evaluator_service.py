@@ -9,7 +9,9 @@ import msgspec
 import pytest
 
 from schemas.events import HealthReport, ReadmitWave, ServiceCheck
+from services.evaluator.incidents import ServerState
 from services.runtime.config import WritableCheck
+from services.runtime.state import StateStore
 from tests.conftest import FarmFactory
 from tests.support.observer import HIGH, LOW, evaluator, observer
 
@@ -166,6 +168,32 @@ async def test_restarted_evaluator_keeps_the_incident(farm: FarmFactory) -> None
             assert relapse.state == "opened"
             assert relapse.incident_id == opened.incident_id
             assert relapse.relapses == 1
+
+
+async def test_a_change_published_but_not_stored_is_taken_up_from_the_stream(
+    farm: FarmFactory,
+) -> None:
+    # The evaluator publishes a change, then stores its state: one stopped in between
+    # left the state of before the change in KV, and finds the change on the stream.
+    config, _ = farm()
+    async with AsyncExitStack() as stack:
+        obs = await stack.enter_async_context(observer(config, stack))
+        async with evaluator(config):
+            await obs.wait_ready()
+            await obs.sample(LOW)
+            await obs.sample(LOW)
+            opened = await obs.incident()
+        store = await StateStore.open(obs.bus, "evaluator", ServerState)
+        await store.put("A", ServerState(server="A", changed_at=opened.time - 1))
+
+        async with evaluator(config):
+            await obs.wait_ready()
+            report = await obs.report_of(await obs.sample(HIGH))
+            assert report.state == "overloaded"
+            assert report.incident_id == opened.incident_id
+        stored = await store.get("A")
+        assert stored is not None and stored.incident_id == opened.incident_id
+        assert obs.incidents.empty()  # taken up, not opened or announced again
 
 
 def _drain(queue: asyncio.Queue[HealthReport]) -> list[HealthReport]:

@@ -11,10 +11,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from schemas.events import Incident
 from services.evaluator.incidents import (
     ServerState,
     Transition,
     close,
+    resume,
     step,
 )
 from services.runtime.config import ConfigError, EvaluatorConfig, parse_config
@@ -181,6 +183,53 @@ def test_invariants_over_any_sequence(healths: list[float]) -> None:
     assert m.state.lows < CFG.failover_samples or m.state.phase == "overloaded"
     assert m.state.highs < CFG.recovery_samples or m.state.phase != "overloaded"
     assert (m.state.phase == "healthy") == (m.state.incident_id is None)
+
+
+# --- a state brought up to the stream ---------------------------------------------------
+
+
+def announced(server: str, transition: Transition, now: float) -> Incident:
+    """The Incident the evaluator publishes for ``transition`` at ``now``."""
+    return Incident(
+        time=now,
+        incident_id=transition.incident_id,
+        server=server,
+        state=transition.state,
+        health=transition.health,
+        opened_at=transition.opened_at,
+        relapses=transition.relapses,
+    )
+
+
+@given(st.lists(st.one_of(st.floats(min_value=0.0, max_value=1.0), st.just("close")), max_size=60))
+def test_a_state_stored_before_its_last_change_is_brought_up_to_it(
+    inputs: list[float | str],
+) -> None:
+    # the evaluator published each change, then stopped before it stored the state: the
+    # state it stored last, resumed with the change, is the machine's (its run counters
+    # aside); a state that holds the change is left as it is
+    m = Machine()
+    for item in inputs:
+        before = m.state
+        if item == "close":
+            transition = m.close(m.state.incident_id or "none")
+        else:
+            [transition] = m.feed([item]) or [None]
+        if transition is None:
+            continue
+        incident = announced("A", transition, m.now)
+        counters = {"lows": 0, "highs": 0, "predicted": 0}
+        assert resume(before, incident) == msgspec.structs.replace(m.state, **counters)
+        assert resume(m.state, incident) is m.state
+
+
+def test_a_change_of_another_server_or_an_older_one_changes_nothing() -> None:
+    m = Machine()
+    [opened] = m.feed([LOW, LOW])
+    stale = announced("A", opened, m.now - 5)
+    assert resume(m.state, stale) is m.state
+    other = announced("B", opened, m.now + 5)
+    assert resume(ServerState(server="A"), other).phase == "healthy"
 
 
 # --- predictive onset -----------------------------------------------------------------
