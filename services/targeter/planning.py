@@ -31,6 +31,7 @@ elsewhere.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -38,7 +39,7 @@ from typing import Any
 
 import msgspec
 
-from schemas.events import FailoverPlan, Move, deficit, new_id
+from schemas.events import FailoverPlan, Move, deficit
 from services.runtime.config import TargeterConfig
 from services.targeter.registry import ClientRecord
 
@@ -501,20 +502,34 @@ def _outcome(moves: list[Move], unplaced: list[str], moved: float) -> str:
 MOVES_PER_PART = 500
 
 
+def step_plan_id(server: str, incident_id: str, step: int) -> str:
+    """The plan id of step ``step`` of ``server``'s incident: the same each time that step is
+    planned, so a targeter that planned it again after a restart (it had published the
+    plan, not yet stored that it had) sends the same events, which the stream stores
+    once (``Nats-Msg-Id``) and the notifier and agents take once."""
+    return hashlib.blake2b(f"{server}/{incident_id}/{step}".encode(), digest_size=16).hexdigest()
+
+
+def part_id(plan_id: str, part: int) -> str:
+    """The event id of part ``part`` of the plan ``plan_id``."""
+    return hashlib.blake2b(f"{plan_id}/part/{part}".encode(), digest_size=16).hexdigest()
+
+
 def split_plan(plan: FailoverPlan, per_part: int = MOVES_PER_PART) -> list[FailoverPlan]:
     """``plan`` as events of at most ``per_part`` moves and unplaced clients each.
 
     NATS caps a message at 1 MB by default; a plan for thousands of clients
-    travels in parts that share the plan id and summary.
+    travels in parts that share the plan id and summary. Each part's event id
+    comes from the plan id and its number (:func:`part_id`).
     """
     entries: list[Move | str] = [*plan.moves, *plan.unplaced]
     if len(entries) <= per_part:
-        return [plan]
+        return [msgspec.structs.replace(plan, id=part_id(plan.plan_id, 1))]
     chunks = [entries[i : i + per_part] for i in range(0, len(entries), per_part)]
     return [
         msgspec.structs.replace(
             plan,
-            id=new_id(),  # each part is an event of its own
+            id=part_id(plan.plan_id, number),  # each part is an event of its own
             moves=[e for e in chunk if isinstance(e, Move)],
             unplaced=[e for e in chunk if isinstance(e, str)],
             part=number,

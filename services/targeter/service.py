@@ -117,18 +117,26 @@ class Targeter:
     async def _step(
         self, server: str, parts: list[FailoverPlan], started: float, *, changed: bool = False
     ) -> None:
-        """Write out what changed for ``server``, and a step's plan with it (its outbox),
-        then publish the plan and clear the outbox."""
+        """Publish a step's plan, then write out what changed for ``server``.
+
+        The notifier takes the plan from the stream as soon as it is stored, so no
+        KV write stands before it. A targeter that stops between the two plans the
+        step again from its stored state (the incident is offered again, or the
+        next health report makes it due): the same plan, with the same event ids
+        (:func:`~services.targeter.planning.step_plan_id`), which the stream
+        stores once. What the stream does not take is written in the record's
+        outbox, for the next event of that server (or the next start) to send.
+        """
         tracked = self.state.tracked.get(server)
         if tracked is None:
             return
         if parts:
             tracked = msgspec.structs.replace(tracked, outbox=(*tracked.outbox, *parts))
             self._keep(server, tracked)
-        if parts or changed:
-            await self.incidents.put(server, tracked)
         if tracked.outbox:
             await self._send_outbox(server)
+        elif changed:
+            await self.incidents.put(server, tracked)
         if parts:
             plan = parts[0]
             logger.info("plan %s of %s: %s", plan.plan_id, server, plan.reason)
@@ -138,9 +146,8 @@ class Targeter:
             self.plan_latency.observe(time.perf_counter() - started)
 
     async def _send_outbox(self, server: str) -> None:
-        """Publish ``server``'s written plan parts until the stream has stored each, then
-        clear them from its record. What the stream does not take stays in the outbox,
-        for the next event of that server (or the next start) to send."""
+        """Publish ``server``'s plan parts until the stream has stored each, then write its
+        record with the parts it did not take, if any, still in the outbox."""
         tracked = self.state.tracked[server]
         sent = 0
         try:
@@ -154,8 +161,7 @@ class Targeter:
                 current, outbox=tuple(p for p in current.outbox if p.id not in done)
             )
             self._keep(server, cleared)
-            if sent:
-                await self.incidents.put(server, cleared)
+            await self.incidents.put(server, cleared)
 
     def _keep(self, server: str, tracked: Tracked) -> None:
         self.state = replace(self.state, tracked={**self.state.tracked, server: tracked})

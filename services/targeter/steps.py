@@ -14,17 +14,16 @@ import msgspec
 
 from schemas.events import FailoverPlan, HealthReport, IncidentState
 from services.runtime.config import Config
-from services.targeter.planning import Pressure, ServerView, plan_failover
+from services.targeter.planning import Pressure, ServerView, plan_failover, step_plan_id
 from services.targeter.registry import ClientRecord
 
 
 class Tracked(msgspec.Struct, frozen=True, kw_only=True):
     """One server's last incident state, and the steps planned in it.
 
-    ``outbox``: the parts of the last step's plan, written with the step before
-    they are published and cleared once the stream has stored them, so a
-    targeter that dies in between publishes them (with the same ids) when it
-    starts again.
+    ``outbox``: parts of a step's plan the stream has not stored yet (the bus
+    away longer than a publish is tried), written with the step so that the next
+    event of the server, or the next start, publishes them with the same ids.
     """
 
     incident_id: str
@@ -154,6 +153,9 @@ def next_step(
         step=tracked.step + 1,
         source=source,
         away=away,
+    )
+    plan = msgspec.structs.replace(
+        plan, plan_id=step_plan_id(server, tracked.incident_id, plan.step)
     )
     after = msgspec.structs.replace(
         tracked,

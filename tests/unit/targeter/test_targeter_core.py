@@ -83,6 +83,21 @@ def test_the_same_incident_change_offered_again_plans_nothing_more(config: Confi
     assert again.tracked["A"].step == 1 and again.tracked["A"].planned == state.tracked["A"].planned
 
 
+def test_a_step_planned_again_from_the_same_state_is_the_same_events(config: Config) -> None:
+    """A targeter that published a step and died before it stored that it had plans the
+    step again from its stored state: the same plan and event ids, which the stream
+    stores once; another step, or the same step of another incident, has others."""
+    core = TargeterCore(config, source="test")
+    before = farm_state(core)
+    state, [first] = core.handle(before, incident("opened", T0), T0)
+    _, [again] = core.handle(before, incident("opened", T0), T0 + 1)
+    assert (again.id, again.plan_id) == (first.id, first.plan_id)
+    _, [later] = core.handle(state, health("A", 0.01, T0 + 6), T0 + 6)
+    _, [other] = core.handle(before, incident("opened", T0, incident_id="inc-2"), T0)
+    assert len({first.id, later.id, other.id}) == 3
+    assert len({first.plan_id, later.plan_id, other.plan_id}) == 3
+
+
 def test_a_further_step_only_when_due(config: Config) -> None:
     assert config.targeter.step_interval_s == 5.0
     core = TargeterCore(config, source="t")
