@@ -7,9 +7,16 @@ agent acknowledges a notice, it writes down where the client is, the last
 sequence number and notice it accepted (with the answer a repeat gets), and
 the client's timers; a restarted agent starts from there.
 
-One JSON file per client (``<state_dir>/<client>.json``), replaced atomically
-(written beside, synced, renamed), so a crash leaves the old file or the new
-one, never half of one. What cannot be read is logged and set aside (renamed
+One file per client (``<state_dir>/<client>.json``), a journal of JSON lines:
+the latest line is the client's memory. A change is one line appended and
+synced (``fdatasync``), about a fifth of the cost of writing a file beside,
+syncing and renaming it, on the path between a notice and its ack. The first
+write of each start, and every :data:`COMPACT_AFTER` lines, replaces the file
+atomically (written beside, synced, renamed) with the latest line alone, so
+the file stays small and a line torn by a crash is never appended to. A last
+line without its newline is such a torn write: the line before it is read. A
+file of one JSON object without a newline (written before the journal) reads
+as that object. What cannot be read is logged and set aside (renamed
 ``.bad``), and the client starts at home with its sequence floor at the
 agent's start time: notice sequence numbers are microseconds of the
 notifier's clock, so nothing issued before the restart can pass.
@@ -108,15 +115,20 @@ _decoder = msgspec.json.Decoder(ClientMemory)
 _encoder = msgspec.json.Encoder()
 
 
+COMPACT_AFTER = 256
+"""Lines appended to a client's journal before it is replaced by its latest line alone."""
+
+
 class MemoryFile:
-    """The file that holds one client's memory."""
+    """The journal that holds one client's memory."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._written: ClientMemory | None = None
+        self._lines = COMPACT_AFTER  # the first write replaces the file
 
     def load(self, client: str) -> ClientMemory | None:
-        """The memory written for ``client``, or None when there is no file yet.
+        """The memory written last for ``client``, or None when there is no file yet.
 
         Raises :class:`Unreadable` for a file that cannot be read (logged, and
         set aside as ``<name>.bad`` for the operator when it does not decode).
@@ -129,7 +141,7 @@ class MemoryFile:
             logger.warning("%s: cannot read %s: %s", client, self.path, exc)
             raise Unreadable(str(exc)) from None
         try:
-            memory = _decoder.decode(data)
+            memory = _decoder.decode(_latest(data))
             if memory.client != client:
                 raise ValueError(f"it is the memory of {memory.client!r}")
         except (msgspec.DecodeError, ValueError, RecursionError) as exc:
@@ -148,14 +160,37 @@ class MemoryFile:
         return memory
 
     def save(self, memory: ClientMemory) -> None:
-        """Write ``memory`` if it changed: to a file beside, synced, then renamed over the old
-        one. Raises OSError: the caller must not act as if it were remembered."""
+        """Write ``memory`` if it changed: a line appended and synced, or the file replaced
+        by it (see the module). Raises OSError: the caller must not act as if it were
+        remembered."""
         if memory == self._written:
             return
-        partial = self.path.with_name(self.path.name + ".partial")
-        with open(partial, "wb") as f:
-            f.write(_encoder.encode(memory))
-            f.flush()
-            os.fsync(f.fileno())
-        partial.replace(self.path)
+        line = _encoder.encode(memory) + b"\n"
+        if self._lines >= COMPACT_AFTER:
+            partial = self.path.with_name(self.path.name + ".partial")
+            with open(partial, "wb") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+            partial.replace(self.path)
+            self._lines = 1
+        else:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line)
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            self._lines += 1
         self._written = memory
+
+
+def _latest(data: bytes) -> bytes:
+    """The last whole line of a journal (see the module); the bytes as they are when the
+    file holds one line or one object without a newline."""
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()  # the file ends with a newline: every line is whole
+    elif len(lines) > 1:
+        lines.pop()  # a line torn by a crash: the one before it is the memory
+    return lines[-1] if lines else b""

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from schemas.events import Endpoint
+from services.agent import memory as memory_module
 from services.agent.client import Answer, new_state
 from services.agent.memory import (
     ClientMemory,
@@ -78,3 +79,53 @@ def test_an_unchanged_memory_is_not_written_again(tmp_path: Path) -> None:
     assert not path.exists()
     file.save(ClientMemory(client="nas-01", current="A", last_seq=8))
     assert path.exists()
+
+
+def test_changes_are_appended_and_the_latest_is_read_back(tmp_path: Path) -> None:
+    path = tmp_path / "nas-01.json"
+    file = MemoryFile(path)
+    for seq in (1, 2, 3):
+        file.save(ClientMemory(client="nas-01", current="B", last_seq=seq))
+    assert path.read_bytes().count(b"\n") == 3  # the first write made the file, then lines
+    again = MemoryFile(path).load("nas-01")
+    assert again is not None and again.last_seq == 3
+
+
+def test_a_line_torn_by_a_crash_leaves_the_one_before_and_is_not_appended_to(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "nas-01.json"
+    file = MemoryFile(path)
+    file.save(ClientMemory(client="nas-01", current="B", last_seq=1))
+    with path.open("ab") as f:
+        f.write(b'{"client":"nas-01","current":"A","last_s')  # the crash
+    restarted = MemoryFile(path)
+    memory = restarted.load("nas-01")
+    assert memory is not None and memory.last_seq == 1
+    # the first write after a start replaces the file: the torn line is gone
+    restarted.save(ClientMemory(client="nas-01", current="A", last_seq=2))
+    restarted.save(ClientMemory(client="nas-01", current="B", last_seq=3))
+    assert path.read_bytes().count(b"\n") == 2
+    last = MemoryFile(path).load("nas-01")
+    assert last is not None and last.last_seq == 3
+
+
+def test_the_journal_is_replaced_by_its_latest_line_now_and_then(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(memory_module, "COMPACT_AFTER", 4)
+    path = tmp_path / "nas-01.json"
+    file = MemoryFile(path)
+    for seq in range(1, 11):
+        file.save(ClientMemory(client="nas-01", current="B", last_seq=seq))
+        assert path.read_bytes().count(b"\n") <= 4
+    last = MemoryFile(path).load("nas-01")
+    assert last is not None and last.last_seq == 10
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_a_file_written_before_the_journal_still_loads(tmp_path: Path) -> None:
+    path = tmp_path / "nas-01.json"
+    path.write_bytes(b'{"client":"nas-01","current":"B","last_seq":9}')  # no newline
+    memory = MemoryFile(path).load("nas-01")
+    assert memory is not None and memory.last_seq == 9
