@@ -60,7 +60,7 @@ from services.agent.client import (
 )
 from services.agent.coa import CoaListener
 from services.agent.icmp import IcmpListener, IcmpUnavailable
-from services.agent.memory import MemoryFile, Unreadable, remembered, restored
+from services.agent.memory import MemoryFile, Unreadable, boot_id, remembered, restored
 from services.agent.metrics import PacketCounts, UpstreamMetrics
 from services.agent.proxy import RadiusProxy
 from services.agent.receive import verify_notice
@@ -348,6 +348,11 @@ class ClientAgent:
             if step.switched and self.proxy is not None:
                 draining = self.proxy.conversations.held_by(was_on, time.monotonic())
             await self._ack(notice, step.ack, draining, again=step.reack)
+        syncing = self.memory.detach() if self.memory is not None else None
+        if syncing is not None:
+            # written before the ack, on disk after it (see memory.py): in a thread, so the
+            # loop goes on and sends the ack meanwhile
+            await asyncio.to_thread(syncing)
         if step.switched:
             self._status_due = False
             await self.publish_status()
@@ -477,6 +482,7 @@ async def run(
     async def setup(rt: Runtime) -> None:
         metrics = UpstreamMetrics(rt.metrics.registry)
         packets = PacketCounts(rt.metrics.registry)
+        boot = boot_id()
         for client in clients:
             agent = ClientAgent(
                 rt,
@@ -487,8 +493,10 @@ async def run(
                 nas_secret=nas_secrets.get(client.id),
                 verify_secrets=verify_secrets[client.id],
                 metrics=metrics,
-                memory=MemoryFile(state_dir / f"{client.id}.json"),
+                memory=MemoryFile(state_dir / f"{client.id}.json", boot),
             )
+            if agent.memory is not None:
+                rt.stack.callback(agent.memory.sync)
             if agent.proxy is not None:
                 rt.stack.push_async_callback(agent.proxy.close)
                 await agent.proxy.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from services.agent.memory import (
     ClientMemory,
     MemoryFile,
     Unreadable,
+    boot_id,
     remembered,
     restored,
 )
@@ -129,3 +131,38 @@ def test_a_file_written_before_the_journal_still_loads(tmp_path: Path) -> None:
     path.write_bytes(b'{"client":"nas-01","current":"B","last_seq":9}')  # no newline
     memory = MemoryFile(path).load("nas-01")
     assert memory is not None and memory.last_seq == 9
+
+
+def test_a_memory_written_before_the_host_restarted_raises_the_sequence_floor(
+    tmp_path: Path,
+) -> None:
+    # a line not yet synced may be lost with the host: whatever the file says, a notice
+    # issued before this start cannot pass
+    path = tmp_path / "nas-01.json"
+    file = MemoryFile(path, boot="boot-1")
+    file.save(ClientMemory(client="nas-01", current="B", last_seq=42))
+    file.save(ClientMemory(client="nas-01", current="B", last_seq=43))
+    syncing = file.detach()
+    assert syncing is not None and file.detach() is None
+    syncing()
+    same = MemoryFile(path, boot="boot-1").load("nas-01")
+    assert same is not None and (same.current, same.last_seq) == ("B", 43)
+    before = time.time()
+    rebooted = MemoryFile(path, boot="boot-2").load("nas-01")
+    assert rebooted is not None and rebooted.current == "B"
+    assert rebooted.last_seq >= int(before * 1_000_000)
+
+
+def test_without_a_boot_id_every_line_is_synced_before_the_ack(tmp_path: Path) -> None:
+    file = MemoryFile(tmp_path / "nas-01.json")
+    for seq in (1, 2):
+        file.save(ClientMemory(client="nas-01", current="B", last_seq=seq))
+        assert file.detach() is None
+    memory = MemoryFile(tmp_path / "nas-01.json", boot="any").load("nas-01")
+    assert memory is not None and memory.last_seq == 2  # no boot id written: trusted
+
+
+def test_the_boot_id_is_read_from_the_kernel_or_unknown(tmp_path: Path) -> None:
+    (tmp_path / "boot_id").write_text("3f2a\n")
+    assert boot_id(tmp_path / "boot_id") == "3f2a"
+    assert boot_id(tmp_path / "missing") is None
