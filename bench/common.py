@@ -221,9 +221,12 @@ def start_services(
     config_path: Path,
     bus_url: str,
     sink: LogSink,
+    *,
+    ready_timeout_s: float = READY_TIMEOUT_S,
 ) -> list[ServiceProcess]:
     """Each ``(name, service, extra argv)`` of ``plan`` as its own ``aaa-failover run``
-    process on the bus at ``bus_url``, started and ready; RuntimeError if one is not."""
+    process on the bus at ``bus_url``, started and ready within ``ready_timeout_s``;
+    RuntimeError if one is not."""
     from services.launch.registry import run_argv
     from services.launch.supervisor import ServiceProcess
 
@@ -234,7 +237,7 @@ def start_services(
         process = ServiceProcess(name, argv, sink=sink, env=env)
         process.start()
         processes.append(process)
-    deadline = time.monotonic() + READY_TIMEOUT_S
+    deadline = time.monotonic() + ready_timeout_s
     for process in processes:
         if not process.ready.wait(max(0.0, deadline - time.monotonic())):
             stop_services(processes)
@@ -242,8 +245,8 @@ def start_services(
     return processes
 
 
-def stop_services(processes: Sequence[ServiceProcess]) -> dict[str, int]:
-    """Stop every process (SIGTERM, then SIGKILL after 10 s); their exit statuses."""
+def stop_services(processes: Sequence[ServiceProcess], timeout_s: float = 10.0) -> dict[str, int]:
+    """Stop every process (SIGTERM, then SIGKILL after ``timeout_s``); their exit statuses."""
     for process in reversed(processes):
         process.terminate()
-    return {p.name: p.wait(10.0) for p in reversed(processes)}
+    return {p.name: p.wait(timeout_s) for p in reversed(processes)}

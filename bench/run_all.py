@@ -22,6 +22,7 @@ ORDER = (
     "fanout",
     "throughput",
     "incident",
+    "incident_10k",
     "readmission",
     "freeradius_incident",
     "eap",
@@ -33,16 +34,21 @@ ORDER = (
     "soak",
 )
 
+VARIANTS: dict[str, tuple[str, list[str]]] = {"incident_10k": ("incident", ["--scale"])}
+"""Entries that run another benchmark's script in another mode: name -> (script, arguments)."""
+
 
 def main() -> int:
     args = common.arguments(__doc__.splitlines()[0])
     here = Path(__file__).resolve().parent
-    names = [n for n in ORDER if (here / f"{n}.py").exists()]
+    script = {n: VARIANTS.get(n, (n, []))[0] for n in ORDER}
+    names = [n for n in ORDER if (here / f"{script[n]}.py").exists()]
     failed: list[str] = []
     took: dict[str, float] = {}
     for name in names:
         print(f"\n=== {name} ===", flush=True)
-        argv = [sys.executable, str(here / f"{name}.py"), "--out", str(args.out)]
+        extra = VARIANTS.get(name, (name, []))[1]
+        argv = [sys.executable, str(here / f"{script[name]}.py"), *extra, "--out", str(args.out)]
         start = time.monotonic()
         done = subprocess.run([*argv, *(["--quick"] if args.quick else [])], check=False)
         took[name] = time.monotonic() - start
@@ -52,11 +58,11 @@ def main() -> int:
     for name in names:
         path = args.out / f"{name}.json"
         if name in failed or not path.exists():
-            print(f"{name:>11}: no results ({'failed' if name in failed else 'missing'})")
+            print(f"{name:>12}: no results ({'failed' if name in failed else 'missing'})")
             continue
         for goal in json.loads(path.read_text()).get("goals", []):
             state = "met" if goal["met"] else "NOT met"
-            print(f"{name:>11}: {goal['name']} {goal['target']}: {state} ({goal['value']:.4g})")
+            print(f"{name:>12}: {goal['name']} {goal['target']}: {state} ({goal['value']:.4g})")
     print(
         f"\ntook {sum(took.values()):.0f}s: " + ", ".join(f"{n} {t:.0f}s" for n, t in took.items())
     )
