@@ -104,7 +104,17 @@ class TargeterCore:
             incident_id=incident.incident_id, state=incident.state, time=incident.time
         )
         if previous is not None and previous.incident_id == incident.incident_id:
-            tracked = msgspec.structs.replace(tracked, step=previous.step)
+            # the same incident changing (a relapse, a recovery): the steps go on, and the
+            # clients it moved that are still away stay planned, so that a relapse does not
+            # tell them again to leave a server they are not on (those readmitted since
+            # are on it again, and planned anew)
+            server = incident.server
+            still_away = tuple(
+                cid
+                for cid in previous.planned
+                if (record := state.registry.get(cid)) is not None and record.current != server
+            )
+            tracked = msgspec.structs.replace(tracked, step=previous.step, planned=still_away)
         state = replace(state, tracked={**state.tracked, incident.server: tracked})
         if incident.state != "opened":
             return state, []

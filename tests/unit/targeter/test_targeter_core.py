@@ -155,3 +155,30 @@ def test_a_client_that_moved_as_planned_is_not_planned_again(config: Config) -> 
         state, _ = core.handle(state, ClientStatus(time=t, client=cid, home="A", current="B"), t)
     state, parts = core.handle(state, health("A", 0.01, t), t)
     assert all(m.client not in first for p in parts for m in p.moves)
+
+
+def test_a_relapse_moves_the_clients_back_on_the_server_and_not_those_still_away(
+    config: Config,
+) -> None:
+    """A relapse plans the next step for the clients on the server (readmitted in its
+    waves, or never moved), not again for those the incident moved that are still away:
+    they would be sent a notice to leave a server they are not on."""
+    core = TargeterCore(config, source="t")
+    state, [plan] = core.handle(farm_state(core), incident("opened", T0), T0)
+    moved = {m.client for m in plan.moves}
+    t = T0 + 1
+    for cid in moved:
+        state, _ = core.handle(state, ClientStatus(time=t, client=cid, home="A", current="B"), t)
+    state, _ = core.handle(state, incident("recovering", T0 + 5), T0 + 5)
+    state, [relapse] = core.handle(state, incident("opened", T0 + 8), T0 + 8)
+    assert relapse.step == 2
+    planned = {m.client for m in relapse.moves}
+    assert planned and not planned & moved
+
+    # one of them readmitted before the next relapse is planned again
+    back = sorted(moved)[0]
+    state, _ = core.handle(state, incident("recovering", T0 + 12), T0 + 12)
+    t = T0 + 13
+    state, _ = core.handle(state, ClientStatus(time=t, client=back, home="A", current="A"), t)
+    state, [again] = core.handle(state, incident("opened", T0 + 15), T0 + 15)
+    assert back in {m.client for m in again.moves}
