@@ -19,6 +19,7 @@ dropped by guards) and to KV.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import replace
@@ -146,22 +147,29 @@ class Targeter:
             self.plan_latency.observe(time.perf_counter() - started)
 
     async def _send_outbox(self, server: str) -> None:
-        """Publish ``server``'s plan parts until the stream has stored each, then write its
+        """Publish ``server``'s plan parts, side by side (in order on the connection, so the
+        stream stores them in order), until the stream has stored each; then write its
         record with the parts it did not take, if any, still in the outbox."""
         tracked = self.state.tracked[server]
-        sent = 0
-        try:
-            for part in tracked.outbox:
-                await publish_stored(self.rt.bus, self.rt.bus.subjects.plan(server), part)
-                sent += 1
-        finally:
-            current = self.state.tracked[server]
-            done = {part.id for part in tracked.outbox[:sent]}
-            cleared = msgspec.structs.replace(
-                current, outbox=tuple(p for p in current.outbox if p.id not in done)
-            )
-            self._keep(server, cleared)
-            await self.incidents.put(server, cleared)
+        subject = self.rt.bus.subjects.plan(server)
+        outcomes = await asyncio.gather(
+            *(publish_stored(self.rt.bus, subject, part) for part in tracked.outbox),
+            return_exceptions=True,
+        )
+        done = {
+            part.id
+            for part, outcome in zip(tracked.outbox, outcomes, strict=True)
+            if outcome is None
+        }
+        current = self.state.tracked[server]
+        cleared = msgspec.structs.replace(
+            current, outbox=tuple(p for p in current.outbox if p.id not in done)
+        )
+        self._keep(server, cleared)
+        await self.incidents.put(server, cleared)
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        if failed:
+            raise failed[0]
 
     def _keep(self, server: str, tracked: Tracked) -> None:
         self.state = replace(self.state, tracked={**self.state.tracked, server: tracked})
