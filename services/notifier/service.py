@@ -186,6 +186,9 @@ class Notifier:
             self.unreported[pending.notice_id] = delivery
             await self._transmit(pending)
             sent.append(pending)
+        # let the parts of a plan handled beside this one send their notices before any
+        # part reports and stores its own
+        await asyncio.sleep(0)
         for pending in sent:
             unreported = self.unreported.pop(pending.notice_id, None)
             if unreported is not None:
