@@ -13,6 +13,7 @@ import msgspec
 
 from services.launch import registry
 from services.runtime import busfile
+from services.runtime import loop as event_loop
 from services.runtime.busauth import check_url
 from services.runtime.config import Config, ConfigError, load_config
 from services.runtime.lease import LeaseLost
@@ -386,7 +387,7 @@ def _run(args: argparse.Namespace) -> int:
             raise ConfigError("--bus-replicas must be from 1 to 5 (JetStream's limit)")
         bus = msgspec.structs.replace(config.bus, replicas=args.bus_replicas)
         config = msgspec.structs.replace(config, bus=bus)
-    asyncio.run(service.entry()(config, bus_url=_bus_url(args, config), only=args.only))
+    event_loop.run(service.entry()(config, bus_url=_bus_url(args, config), only=args.only))
     return 0
 
 
