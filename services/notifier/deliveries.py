@@ -13,6 +13,14 @@ due again after the ack timeout, to be tried again like any other, or fails
 it when that was its last try.
 ``attempts`` counts transmissions, ``rounds`` the tries the retry budget
 limits (the same for the bus, where each try is one transmission).
+
+Notices sent together (the parts of one plan, one wave: their ``batch``)
+are answered together too, and a client side that takes thousands of them at
+once answers the last ones seconds after the first. So a notice whose ack
+timeout passed is not sent again while acks of its batch keep coming: it is
+due an ack timeout after the latest of them. Only a batch whose acks stopped
+for a whole ack timeout has its unanswered notices sent again; a notice
+alone in its batch is retried at its timeout as before.
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ class Pending(msgspec.Struct, kw_only=True):
     attempts: int = 1
     rounds: int = 1
     deadline: float
+    batch: str = ""
+    """The notices sent together with it (the id of the plan part or wave), if known."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,8 @@ class DeliveryTracker:
         self.source = source
         self.pending: dict[str, Pending] = {}
         self.exchanging: set[str] = set()
+        self.acks_of: dict[str, float] = {}
+        """When each batch still in flight last had a notice acked."""
 
     def __len__(self) -> int:
         return len(self.pending)
@@ -104,6 +116,7 @@ class DeliveryTracker:
         payload: bytes,
         headers: dict[str, str],
         now: float,
+        batch: str = "",
     ) -> tuple[Pending, Delivery]:
         """Track a notice just sent; the Pending to keep and the ``sent`` Delivery."""
         pending = Pending(
@@ -116,6 +129,7 @@ class DeliveryTracker:
             headers=dict(headers),
             first_sent=now,
             deadline=now + self.ack_timeout_s,
+            batch=batch,
         )
         self.pending[notice_id] = pending
         return pending, self._delivery(pending, "sent", now)
@@ -136,6 +150,8 @@ class DeliveryTracker:
             return None
         del self.pending[notice_id]
         self.exchanging.discard(notice_id)
+        if pending.batch:
+            self.acks_of[pending.batch] = max(now, self.acks_of.get(pending.batch, now))
         return self._delivery(pending, "acked", now, latency_s=max(0.0, now - pending.first_sent))
 
     def begin_exchange(self, notice_id: str, now: float, hold_s: float) -> Pending | None:
@@ -184,7 +200,8 @@ class DeliveryTracker:
         return self._delivery(pending, "failed", now)
 
     def due(self, now: float) -> list[Retry | Failed]:
-        """What to do about every notice whose ack timeout has passed, oldest first."""
+        """What to do about every notice whose ack timeout has passed, oldest first (a
+        notice of a batch still being acked waits: see the module)."""
         actions: list[Retry | Failed] = []
         expired = sorted(
             (
@@ -194,7 +211,12 @@ class DeliveryTracker:
             ),
             key=lambda p: p.deadline,
         )
+        self._forget_batches()
         for pending in expired:
+            acked_at = self.acks_of.get(pending.batch) if pending.batch else None
+            if acked_at is not None and acked_at + self.ack_timeout_s > now:
+                pending.deadline = acked_at + self.ack_timeout_s
+                continue
             if pending.rounds > self.retries:
                 del self.pending[pending.notice_id]
                 actions.append(Failed(pending, self._delivery(pending, "failed", now)))
@@ -204,6 +226,13 @@ class DeliveryTracker:
                 pending.deadline = now + self.wait_after(pending.rounds)
                 actions.append(Retry(pending, self._delivery(pending, "retried", now)))
         return actions
+
+    def _forget_batches(self) -> None:
+        """Drop the ack times of batches with nothing left in flight."""
+        if self.acks_of:
+            live = {p.batch for p in self.pending.values()}
+            for batch in [b for b in self.acks_of if b not in live]:
+                del self.acks_of[batch]
 
     def next_deadline(self) -> float | None:
         """When the next ack timeout passes, or None with nothing due later."""

@@ -167,7 +167,7 @@ class Notifier:
         return authenticate
 
     async def send_all(
-        self, batch: list[tuple[Notice, ClientConfig]], server: ServerConfig
+        self, batch: list[tuple[Notice, ClientConfig]], server: ServerConfig, decision: str
     ) -> None:
         """Send a plan's or a wave's notices, then store them as in flight, then report them
         sent.
@@ -182,7 +182,7 @@ class Notifier:
         """
         sent: list[Pending] = []
         for notice, client in batch:
-            pending, delivery = self._track(notice, client, server)
+            pending, delivery = self._track(notice, client, server, decision)
             self.unreported[pending.notice_id] = delivery
             await self._transmit(pending)
             sent.append(pending)
@@ -196,9 +196,10 @@ class Notifier:
         await self._store_all(sent)
 
     def _track(
-        self, notice: Notice, client: ClientConfig, server: ServerConfig
+        self, notice: Notice, client: ClientConfig, server: ServerConfig, decision: str
     ) -> tuple[Pending, Delivery]:
-        """Encode ``notice``, sign it for the bus and for its client, and track it."""
+        """Encode ``notice``, sign it for the bus and for its client, and track it with the
+        others of ``decision`` (the plan part or wave it comes from)."""
         bus = self.rt.bus
         subject = bus.subjects.notice(client.id)
         payload, headers = bus.encode(subject, notice)
@@ -212,6 +213,7 @@ class Notifier:
             payload=payload,
             headers=headers,
             now=time.time(),
+            batch=decision,
         )
 
     async def _store_all(self, sent: list[Pending]) -> None:
@@ -331,7 +333,7 @@ class Notifier:
                 source=self.rt.bus.name,
             )
             batch.append((notice, client))
-        await self.send_all(batch, server)
+        await self.send_all(batch, server, plan.id)
 
     async def on_wave(self, wave: ReadmitWave) -> None:
         server = self.servers.get(wave.server)
@@ -366,7 +368,7 @@ class Notifier:
                     source=self.rt.bus.name,
                 )
                 batch.append((notice, client))
-        await self.send_all(batch, server)
+        await self.send_all(batch, server, wave.id)
 
     async def on_ack(self, ack: Ack) -> None:
         delivery = await self.acked(ack.notice_id, ack.client, time.time())

@@ -14,16 +14,23 @@ from services.notifier.deliveries import (
 )
 
 
-def _send(tracker: DeliveryTracker, notice_id: str = "n1", now: float = 100.0) -> None:
+def _send(
+    tracker: DeliveryTracker,
+    notice_id: str = "n1",
+    now: float = 100.0,
+    batch: str = "",
+    client: str = "nas-01",
+) -> None:
     _, delivery = tracker.sent(
         notice_id=notice_id,
         notice_type="notice.failover.v2",
-        client="nas-01",
+        client=client,
         server="A",
         subject="aaa.notice.nas-01",
         payload=b'{"x":1}',
         headers={"Aaa-Auth": "abc"},
         now=now,
+        batch=batch,
     )
     assert delivery.outcome == "sent"
     assert delivery.attempts == 1
@@ -138,3 +145,30 @@ def test_only_notices_no_notifier_tends_are_orphaned() -> None:
     found = orphaned(stored, mine.pending, now=110.0, grace_s=3.0)
     assert [p.notice_id for p in found] == ["peer-dead"]
     assert orphaned(stored, mine.pending, now=103.5, grace_s=3.0) == []
+
+
+def test_a_batch_still_being_acked_is_not_sent_again_until_its_acks_stop() -> None:
+    # a client side taking 3 notices of one plan answers them one a second
+    tracker = DeliveryTracker(ack_timeout_s=1.0, retries=3)
+    for n in range(3):
+        _send(tracker, f"n{n}", 100.0, batch="plan-1", client=f"nas-0{n}")
+    _send(tracker, "alone", 100.0, batch="plan-2", client="nas-09")
+    assert tracker.acked("n0", "nas-00", 100.9) is not None
+    due = tracker.due(101.0)  # n1, n2 are waiting behind n0's ack; "alone" is not
+    assert [a.pending.notice_id for a in due] == ["alone"]
+    assert tracker.next_deadline() == pytest.approx(101.9)
+    assert tracker.acked("n1", "nas-01", 101.8) is not None
+    assert tracker.due(102.0) == []
+    # the acks stop: a whole ack timeout after the last, n2 is sent again
+    assert tracker.due(102.7) == []
+    [retry] = tracker.due(102.8)
+    assert isinstance(retry, Retry) and retry.pending.notice_id == "n2"
+    assert retry.pending.attempts == 2
+
+
+def test_the_ack_times_of_settled_batches_are_forgotten() -> None:
+    tracker = DeliveryTracker(ack_timeout_s=1.0, retries=1)
+    _send(tracker, "n1", 100.0, batch="plan-1")
+    assert tracker.acked("n1", "nas-01", 100.5) is not None
+    tracker.due(101.0)
+    assert tracker.acks_of == {}
