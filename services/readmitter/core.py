@@ -65,7 +65,8 @@ class Timer(msgspec.Struct, frozen=True, kw_only=True):
 @dataclass(frozen=True)
 class ReadmitterState:
     """Each server's readmission, its latest health, and its wave loop's timer; the
-    request rates the clients' statuses measured (which size adaptive waves)."""
+    request rates the clients' statuses measured away from their home (which size adaptive
+    waves: the load a client brings back is the one it carries where it is)."""
 
     readmissions: Mapping[str, Readmission] = field(default_factory=dict)
     health: Mapping[str, Health] = field(default_factory=dict)
@@ -127,8 +128,15 @@ class ReadmitterCore:
         if isinstance(event, ReadmitRequest):
             return self.on_request(state, event, now)
         if isinstance(event, ClientStatus):
-            if event.rate is not None and state.rates.get(event.client) != event.rate:
-                state = replace(state, rates={**state.rates, event.client: event.rate})
+            # kept only while away (what a wave would bring back), so the statuses of the
+            # clients at home, most of them most of the time, copy nothing
+            rate = event.rate
+            if (
+                rate is not None
+                and event.current != self.homes.get(event.client)
+                and state.rates.get(event.client) != rate
+            ):
+                state = replace(state, rates={**state.rates, event.client: rate})
             state = self.on_status(state, event)
             return self.heard_on(state, event.client, event.current), []
         if isinstance(event, Ack):
@@ -178,7 +186,7 @@ class ReadmitterCore:
         current = state.readmissions.get(home)
         if current is None or current.state == "closed" or current.final_sent:
             return state
-        if status.client in current.away or status.client in current.readmitted:
+        if status.client in current.away_set or status.client in current.readmitted_set:
             return state
         after = waves.record_plan(
             current, server=home, incident_id=current.incident_id, clients=[status.client]
@@ -240,17 +248,26 @@ class ReadmitterCore:
         health = state.health.get(server)
         latest = health.health if health else None
         threshold = self.threshold(state, server)
-        order = waves.queue(current)
-        away_loads = sizing.loads(order, {c: self.rate(state, c) for c in order})
-        size: sizing.Size | sizing.Measuring = sizing.Size(clients=1, reason="")
-        if latest is not None and order:
-            size = sizing.next_size(
+        away_loads: list[float] = []
+
+        def size() -> sizing.Size | sizing.Measuring:
+            # only once a wave of clients may go: the queue and its loads are of every
+            # client away, the rest of a loop's wake-ups reads none of them
+            if latest is None or not current.away:
+                return sizing.Size(clients=1, reason="")
+            measuring = sizing.measuring(current.costs, settings=settings)
+            if measuring is not None:
+                return measuring
+            order = waves.queue(current)
+            away_loads[:] = sizing.loads(order, {c: self.rate(state, c) for c in order})
+            return sizing.next_size(
                 current.costs,
                 settings=settings,
                 health=latest,
                 connection_threshold=threshold,
                 away_loads=away_loads,
             )
+
         decision = waves.next_wave(
             current,
             now=now,
@@ -269,7 +286,7 @@ class ReadmitterCore:
             wake_at = now + max(settings.wave_interval_s, 0.1)
             timer = Timer(wake_at=wake_at, reason=decision.reason, paused=True)
             return self._timer(state, server, timer), []
-        brought = sum(away_loads[: len(decision.clients)])
+        brought = sum(away_loads[: len(decision.clients)]) if decision.clients else 0.0
         # the level the wave starts from: the mean since the wave before, if measured
         before = current.costs[-1].health_after if current.costs else None
         sent = waves.record_wave(

@@ -12,6 +12,21 @@ answered at once with a wave 0 that grants or defers it. Each server's
 :class:`~services.readmitter.waves.Readmission` is kept in the KV bucket
 ``readmitter``, so a restarted readmitter resumes where it stopped.
 
+What is decided is written before it is acted on: a wave (in the state's
+outbox) before it is published. A handler that changes a decision returns
+once it is written: an incident or a plan (acknowledged to the stream after
+it), a client away by its status or away again as its readmission notice
+failed, a request granted. Two kinds of change are written a little later,
+together with whatever changed meanwhile: a client that asked to return,
+within ``ASKED_WRITE_S`` (it only puts the client first in the next wave,
+and the client was told to ask again by then; the clients of one server ask
+by the thousand, on their own timers, within seconds), and a readmitted
+client heard home, within ``SOFT_WRITE_S`` (it decides no wave: after a
+restart before it, the client's next status says it is home again, or it is
+waited for as one never heard). A clean stop writes them at once. Each write
+stores the latest state of its server, one at a time per server; a change
+made while one is in flight is stored by the next.
+
 The decisions, and every ReadmitWave, are
 :class:`~services.readmitter.core.ReadmitterCore`'s; this module wires it to
 the bus (events of servers or clients it does not know, and a request to a
@@ -44,6 +59,7 @@ from schemas.events import (
     ReadmitRequest,
     ReadmitWave,
 )
+from services.readmitter import waves
 from services.readmitter.core import ReadmitterCore, ReadmitterState, WaveDue
 from services.readmitter.waves import Readmission
 from services.runtime.config import Config, ReadmitterConfig, subject_tokens
@@ -59,6 +75,12 @@ logger = logging.getLogger(__name__)
 NAME = "readmitter"
 QUEUE = "readmitter"
 BUCKET = "readmitter"
+ASKED_WRITE_S = 0.1
+"""How long a client that asked to return (first in the next wave) may wait to be written."""
+SOFT_WRITE_S = 1.0
+"""How long a readmitted client heard home (which decides no wave) may wait to be written."""
+IDLE_S = 60.0
+"""How long the writer waits when nothing is due (a change wakes it)."""
 
 
 class Readmitter:
@@ -78,6 +100,13 @@ class Readmitter:
         self._locks: dict[str, asyncio.Lock] = {s: asyncio.Lock() for s in servers}
         self._last_pause: dict[str, str] = {}
         self._outbox: dict[str, tuple[ReadmitWave, ...]] = {}
+        # each server's latest change and the latest stored (counted), and when a change not
+        # stored yet is due to be written (time.monotonic())
+        self._changes: dict[str, int] = dict.fromkeys(servers, 0)
+        self._stored: dict[str, int] = dict.fromkeys(servers, 0)
+        self._due: dict[str, float] = {}
+        self._write_wake = asyncio.Event()
+        self.writes = 0
         registry = rt.metrics.registry
         self.readmitted_total = prometheus_client.Counter(
             "aaa_failover_clients_readmitted",
@@ -117,14 +146,69 @@ class Readmitter:
             self._ensure_loop(state.server)
 
     async def _persist(self, server: str) -> None:
-        """Write the current state of ``server`` (the latest one, whoever asks), with the
-        waves decided but not yet known stored in the stream (its outbox)."""
+        """Write the current state of ``server`` now; return once it is stored (or the store
+        failed: the writer tries again)."""
+        self._changes[server] += 1
+        await self._write(server)
+
+    def _write_soon(self, server: str, within: float) -> None:
+        """Have the writer store the current state of ``server`` within ``within`` seconds,
+        with whatever changes meanwhile, without waiting for it."""
+        self._changes[server] += 1
+        at = time.monotonic() + within
+        due = self._due.get(server)
+        if due is None or at < due:
+            self._due[server] = at
+            self._write_wake.set()
+
+    async def _write(self, server: str) -> bool:
+        """Store the latest state of ``server`` (whoever changed it last), with the waves
+        decided but not yet known stored in the stream (its outbox), unless a write that
+        began after the latest change asked for has stored it already. One write at a time
+        per server. False if the store failed: the writer tries again later."""
+        wanted = self._changes[server]
         async with self._locks[server]:
+            if self._stored[server] >= wanted:
+                if self._stored[server] >= self._changes[server]:
+                    self._due.pop(server, None)
+                return True
+            latest = self._changes[server]
             state = self.states.get(server)
-            if state is None:
-                return
-            outbox = self._outbox.get(server, ())
-            await self.store.put(server, msgspec.structs.replace(state, outbox=outbox))
+            if state is not None:
+                outbox = self._outbox.get(server, ())
+                stored = msgspec.structs.replace(state, outbox=outbox)
+                if not await self.store.put(server, stored):
+                    self._due[server] = time.monotonic() + SOFT_WRITE_S
+                    self._write_wake.set()
+                    return False
+                self.writes += 1
+            self._stored[server] = latest
+            if latest >= self._changes[server]:
+                self._due.pop(server, None)
+            return True
+
+    async def writer(self) -> None:
+        """Store each server's state when a change of it is due, until the service stops;
+        then what is still unwritten."""
+        while True:
+            self._write_wake.clear()
+            now = time.monotonic()
+            for server, due in list(self._due.items()):
+                if due <= now:
+                    await self._write_logged(server)
+            nap = min(self._due.values(), default=time.monotonic() + IDLE_S) - time.monotonic()
+            if not await self.rt.nap(nap, self._write_wake):
+                break
+        for server in list(self._due):
+            await self._write_logged(server)
+
+    async def _write_logged(self, server: str) -> None:
+        """:meth:`_write`, a failure of which is logged and tried again later."""
+        try:
+            await self._write(server)
+        except Exception:
+            logger.exception("could not write the state of %s; trying again", server)
+            self._due[server] = time.monotonic() + SOFT_WRITE_S
 
     async def _send_outbox(self, server: str) -> bool:
         """Publish ``server``'s written waves until the stream has stored each (the same
@@ -202,11 +286,14 @@ class Readmitter:
         if not changed or before is None:
             return
         after = self.states[server]
-        if event.client in after.away and event.client not in before.away:
+        if event.client in after.away_set and event.client not in before.away_set:
             logger.info("%s is away from %s: readmitted in a wave", event.client, server)
-        elif event.client in before.returning and event.client not in after.returning:
+        elif event.client in before.returning_set and event.client not in after.returning_set:
             logger.info("%s is home on %s", event.client, server)
-        await self._persist(server)
+        if waves.settles_only(before, after):
+            self._write_soon(server, SOFT_WRITE_S)
+        else:
+            await self._persist(server)
 
     async def on_request(self, event: ReadmitRequest) -> None:
         server = event.server
@@ -217,7 +304,9 @@ class Readmitter:
             if wave.clients:
                 self.readmitted_total.labels(server).inc(len(wave.clients))
         finally:
-            if changed:
+            if changed and not wave.clients:
+                self._write_soon(server, ASKED_WRITE_S)
+            elif changed:
                 await self._persist(server)
 
     # --- wave loops -----------------------------------------------------
@@ -294,7 +383,7 @@ class Readmitter:
         return True
 
     def stats(self) -> dict[str, Any]:
-        return {"waves": self.waves_sent}
+        return {"waves": self.waves_sent, "writes": self.writes}
 
 
 async def run(
@@ -319,6 +408,7 @@ async def run(
     async def setup(rt: Runtime) -> None:
         readmitter = Readmitter(rt, await StateStore.open(rt.bus, BUCKET, Readmission), servers)
         await readmitter.load()
+        rt.spawn(readmitter.writer(), "writer")
         subjects = rt.bus.subjects
         server = known_server(servers)
         client = known_client(readmitter.homes)

@@ -101,6 +101,19 @@ def loads(clients: Sequence[str], rates: Mapping[str, float]) -> list[float]:
     return [rates[c] if rates.get(c, 0.0) > 0 else default for c in clients]
 
 
+def measuring(costs: Sequence[WaveCost], *, settings: ReadmitterConfig) -> Measuring | None:
+    """While the last wave's cost is still measured (adaptive waves), the wait for it."""
+    if settings.sizing == "fixed" or not costs:
+        return None
+    last = costs[-1]
+    if last.reports < settings.settle_reports:
+        return Measuring(
+            reason=f"measuring wave {last.wave}: {last.reports} of "
+            f"{settings.settle_reports} health reports from {settings.settle_s:g}s after it"
+        )
+    return None
+
+
 def next_size(
     costs: Sequence[WaveCost],
     *,
@@ -117,12 +130,10 @@ def next_size(
         return Size(clients=settings.wave_size, reason=f"fixed waves of {settings.wave_size}")
     if not costs:
         return Size(clients=settings.first_wave_size, reason="first wave: small")
+    waiting = measuring(costs, settings=settings)
+    if waiting is not None:
+        return waiting
     last = costs[-1]
-    if last.reports < settings.settle_reports:
-        return Measuring(
-            reason=f"measuring wave {last.wave}: {last.reports} of "
-            f"{settings.settle_reports} health reports from {settings.settle_s:g}s after it"
-        )
     most = min(settings.max_wave_size, max(1, math.floor(last.clients * settings.growth)))
     floor = connection_threshold + settings.margin
     after = last.health_after

@@ -36,6 +36,10 @@ Rules:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from functools import cached_property
+from typing import Any
+
 import msgspec
 
 from schemas.events import IncidentState, ReadmitWave
@@ -45,8 +49,14 @@ KEPT_COSTS = 8
 """The waves whose cost a readmission keeps (the latest; sizing reads the last measured)."""
 
 
-class Readmission(msgspec.Struct, frozen=True, kw_only=True):
-    """The readmission state of one server's current (or last) incident."""
+class Readmission(msgspec.Struct, frozen=True, kw_only=True, dict=True):
+    """The readmission state of one server's current (or last) incident.
+
+    The clients are stored as tuples (in order: plan order, wave order, the order they
+    asked); whether a client is among them is looked up in a set of each, built once per
+    state (``away_set``, ...) and handed on by :func:`evolve` to the next state while the
+    tuple is the same. The sets are not stored.
+    """
 
     server: str
     incident_id: str
@@ -62,6 +72,47 @@ class Readmission(msgspec.Struct, frozen=True, kw_only=True):
     # Stored only: the waves written with this state that the stream may not have yet
     # (services/readmitter/service.py publishes them, then clears them).
     outbox: tuple[ReadmitWave, ...] = ()
+
+    @cached_property
+    def away_set(self) -> frozenset[str]:
+        """The clients of ``away``, to look one up."""
+        return frozenset(self.away)
+
+    @cached_property
+    def readmitted_set(self) -> frozenset[str]:
+        """The clients of ``readmitted``, to look one up."""
+        return frozenset(self.readmitted)
+
+    @cached_property
+    def returning_set(self) -> frozenset[str]:
+        """The clients of ``returning``, to look one up."""
+        return frozenset(self.returning)
+
+    @cached_property
+    def asked_set(self) -> frozenset[str]:
+        """The clients of ``asked``, to look one up."""
+        return frozenset(self.asked)
+
+
+_INDEXES = {
+    "away": "away_set",
+    "readmitted": "readmitted_set",
+    "returning": "returning_set",
+    "asked": "asked_set",
+}
+"""Each client tuple of a Readmission and the set that indexes it."""
+
+
+def evolve(current: Readmission, **changes: Any) -> Readmission:
+    """``current`` with ``changes``, keeping the sets already built of the tuples it keeps
+    (a changed tuple's set is built when first looked up)."""
+    after = msgspec.structs.replace(current, **changes)
+    built = current.__dict__
+    kept = after.__dict__
+    for field, name in _INDEXES.items():
+        if name in built and getattr(after, field) is getattr(current, field):
+            kept[name] = built[name]
+    return after
 
 
 class Wave(msgspec.Struct, frozen=True, kw_only=True):
@@ -117,8 +168,8 @@ def on_incident(
         away = current.away if current is not None else ()
         return Readmission(server=server, incident_id=incident_id, state=state, away=away)
     if state == "opened":
-        return msgspec.structs.replace(current, state=state, final_sent=False, costs=())
-    return msgspec.structs.replace(current, state=state)
+        return evolve(current, state=state, final_sent=False, costs=())
+    return evolve(current, state=state)
 
 
 def record_plan(
@@ -132,16 +183,29 @@ def record_plan(
     """
     if current is None or current.incident_id != incident_id:
         current = on_incident(current, server=server, incident_id=incident_id, state="opened")
-    away = list(current.away)
-    for client in clients:
-        if client not in away:
-            away.append(client)
     moved = set(clients)
-    readmitted = tuple(c for c in current.readmitted if c not in moved)
-    returning = tuple(c for c in current.returning if c not in moved)
-    return msgspec.structs.replace(
-        current, away=tuple(away), readmitted=readmitted, returning=returning
+    return evolve(
+        current,
+        away=_with(current.away, current.away_set, clients),
+        readmitted=_without(current.readmitted, current.readmitted_set, moved),
+        returning=_without(current.returning, current.returning_set, moved),
     )
+
+
+def _with(
+    clients: tuple[str, ...], members: frozenset[str], more: Iterable[str]
+) -> tuple[str, ...]:
+    """``clients`` and then those of ``more`` not among them yet, in order, each once (the
+    same tuple if there are none)."""
+    new = [c for c in dict.fromkeys(more) if c not in members]
+    return (*clients, *new) if new else clients
+
+
+def _without(clients: tuple[str, ...], members: frozenset[str], gone: set[str]) -> tuple[str, ...]:
+    """``clients`` less those in ``gone`` (the same tuple if none of them is there)."""
+    if members.isdisjoint(gone):
+        return clients
+    return tuple(c for c in clients if c not in gone)
 
 
 def next_wave(
@@ -150,7 +214,7 @@ def next_wave(
     now: float,
     health: float | None,
     connection_threshold: float,
-    size: Size | Measuring,
+    size: Size | Measuring | Callable[[], Size | Measuring],
     wave_interval_s: float,
     confirm_timeout_s: float = 30.0,
 ) -> Decision:
@@ -159,7 +223,8 @@ def next_wave(
     The incident state is checked first, then the spacing since the last wave
     (not before the final wave, which readmits no one: only before it goes
     again), then the latest health, then whether the size is known, so the
-    health that lets a wave go is the one known when the wave is due.
+    health that lets a wave go is the one known when the wave is due. ``size``
+    may be a function giving it, called only once a wave of clients may go.
     """
     if isinstance(size, Size) and size.clients < 1:
         raise ValueError("a wave must bring at least 1 client")
@@ -187,6 +252,10 @@ def next_wave(
     above = f"health {health:.2f} >= connection threshold {connection_threshold:.2f}"
     if not current.away:
         return _final(current, now=now, confirm_timeout_s=confirm_timeout_s, above=above)
+    if callable(size):
+        size = size()
+        if isinstance(size, Size) and size.clients < 1:
+            raise ValueError("a wave must bring at least 1 client")
     if isinstance(size, Measuring):
         return Paused(reason=size.reason)
     clients = queue(current)[: size.clients]
@@ -194,7 +263,7 @@ def next_wave(
         why = f"last {len(clients)} of the clients away"
     else:
         why = f"{len(clients)} of {len(current.away)} clients away"
-    asked = sum(1 for c in clients if c in current.asked)
+    asked = sum(1 for c in clients if c in current.asked_set)
     if asked:
         why += f" ({asked} that asked first)"
     reason = f"{above}; {why}; {size.reason}"
@@ -203,8 +272,12 @@ def next_wave(
 
 def queue(current: Readmission) -> tuple[str, ...]:
     """The clients away in the order waves bring them back: those that asked first."""
-    asked = tuple(c for c in current.asked if c in current.away)
-    return (*asked, *(c for c in current.away if c not in asked))
+    away = current.away_set
+    asked = tuple(c for c in current.asked if c in away)
+    if not asked:
+        return current.away
+    first = set(asked)
+    return (*asked, *(c for c in current.away if c not in first))
 
 
 def observe(current: Readmission, health: float, *, now: float, settle_s: float) -> Readmission:
@@ -215,7 +288,7 @@ def observe(current: Readmission, health: float, *, now: float, settle_s: float)
     *before, last = current.costs
     if now < last.at + settle_s:
         return current
-    return msgspec.structs.replace(current, costs=(*before, observed(last, health)))
+    return evolve(current, costs=(*before, observed(last, health)))
 
 
 def _final(current: Readmission, *, now: float, confirm_timeout_s: float, above: str) -> Decision:
@@ -235,22 +308,30 @@ def _final(current: Readmission, *, now: float, confirm_timeout_s: float, above:
     return Wave(wave=current.next_wave, clients=(), final=True, reason=reason)
 
 
+def settles_only(before: Readmission, after: Readmission) -> bool:
+    """Whether ``after`` differs from ``before`` only in what decides no wave: fewer
+    clients ``returning`` (heard home) and the measures of the last wave's cost."""
+    if not after.returning_set <= before.returning_set:
+        return False
+    return evolve(after, returning=before.returning, costs=before.costs) == before
+
+
 def arrived(current: Readmission, client: str) -> Readmission:
     """The state once ``client`` is heard on its home server."""
-    if client not in current.returning:
+    if client not in current.returning_set:
         return current
     returning = tuple(c for c in current.returning if c != client)
-    return msgspec.structs.replace(current, returning=returning)
+    return evolve(current, returning=returning)
 
 
 def not_returned(current: Readmission, client: str) -> Readmission:
     """The state once ``client``'s readmission notice failed: away again, for a later wave
     (the final wave goes again only after it, if it had gone)."""
-    if client not in current.returning or current.state == "closed":
+    if client not in current.returning_set or current.state == "closed":
         return current
-    return msgspec.structs.replace(
+    return evolve(
         current,
-        away=(*current.away, client),
+        away=current.away if client in current.away_set else (*current.away, client),
         returning=tuple(c for c in current.returning if c != client),
         readmitted=tuple(c for c in current.readmitted if c != client),
         final_sent=False,
@@ -274,16 +355,12 @@ def record_wave(
             wave=wave.wave, clients=len(wave.clients), load=load, health_before=health, at=now
         )
         costs = (*costs, cost)[-KEPT_COSTS:]
-    readmitted = list(current.readmitted)
-    readmitted.extend(c for c in wave.clients if c not in readmitted)
-    returning = list(current.returning)
-    returning.extend(c for c in wave.clients if c not in returning)
-    return msgspec.structs.replace(
+    return evolve(
         current,
-        away=tuple(c for c in current.away if c not in sent),
-        asked=tuple(c for c in current.asked if c not in sent),
-        readmitted=tuple(readmitted),
-        returning=tuple(returning),
+        away=_without(current.away, current.away_set, sent),
+        asked=_without(current.asked, current.asked_set, sent),
+        readmitted=_with(current.readmitted, current.readmitted_set, wave.clients),
+        returning=_with(current.returning, current.returning_set, wave.clients),
         next_wave=max(current.next_wave, wave.wave + 1),
         last_wave_at=now,
         final_sent=current.final_sent or wave.final,
@@ -315,33 +392,33 @@ def answer_request(
 
     if current is not None and current.state == "opened":
         reason = f"incident {current.incident_id} is opened"
-        if client in current.away and client not in current.asked:
-            current = msgspec.structs.replace(current, asked=(*current.asked, client))
+        if client in current.away_set and client not in current.asked_set:
+            current = evolve(current, asked=(*current.asked, client))
         return deferred(reason), current
     if health is None:
         return deferred("no health report yet"), current
     if health < connection_threshold:
         reason = f"health {health:.2f} below connection threshold {connection_threshold:.2f}"
         return deferred(reason), current
-    if current is not None and current.state == "recovering" and client in current.away:
+    if current is not None and current.state == "recovering" and client in current.away_set:
         due = now if current.last_wave_at is None else current.last_wave_at + wave_interval_s
         retry = max(due - now, 0.0) + max(wave_interval_s, 1.0)
-        asked = current.asked if client in current.asked else (*current.asked, client)
+        asked = current.asked if client in current.asked_set else (*current.asked, client)
         reason = (
             f"incident {current.incident_id} recovering in waves: {client} is first in the "
             f"next wave ({len(asked)} asked)"
         )
-        return deferred(reason, retry), msgspec.structs.replace(current, asked=asked)
+        return deferred(reason, retry), evolve(current, asked=asked)
     if current is not None and current.state == "recovering":
         reason = f"incident {current.incident_id} recovering, {client} not among those away"
     else:
         reason = "no incident in progress"
     reason += f"; health {health:.2f} >= connection threshold {connection_threshold:.2f}"
     answer = RequestAnswer(granted=True, reason=reason)
-    if current is None or client not in current.away:
+    if current is None or client not in current.away_set:
         return answer, current
     readmitted = current.readmitted
-    if client not in readmitted:
+    if client not in current.readmitted_set:
         readmitted = (*readmitted, client)
     away = tuple(c for c in current.away if c != client)
-    return answer, msgspec.structs.replace(current, away=away, readmitted=readmitted)
+    return answer, evolve(current, away=away, readmitted=readmitted)

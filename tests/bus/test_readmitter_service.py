@@ -391,3 +391,48 @@ async def test_the_final_wave_goes_again_until_the_incident_is_known_closed(
             late = harness.waves["A"].get_nowait()
             assert (late.clients, late.final) == ([], True)
         await harness.no_wave(within=1.0)
+
+
+async def test_requests_in_a_burst_are_written_together(farm: FarmFactory) -> None:
+    """The clients of one server ask to return on their own timers, by the thousand within
+    seconds at scale: each puts its client first in the next wave, and the state is written
+    once for a burst of them, not once per request."""
+    config, _ = farm(_settings(0.3), clients=16)
+    async with _harness(config) as harness, _readmitter(harness):
+        await harness.health(0.9)
+        await harness.incident("opened")
+        await harness.plan(MOVED)
+        before = await harness.state(lambda s: len(s.away) == len(MOVED))
+        revision = (await harness.kv.get("A")).revision
+        for client in MOVED:
+            await harness.request(client, "A")
+        answers = [await harness.next_wave() for _ in MOVED]
+        stored = await harness.state(lambda s: len(s.asked) == len(MOVED))
+        written = (await harness.kv.get("A")).revision - revision
+    assert before.asked == ()
+    assert sorted(c for a in answers for c in a.deferred) == sorted(MOVED)
+    assert set(stored.asked) == set(MOVED)
+    assert written <= 2, f"{written} writes for {len(MOVED)} requests"
+
+
+async def test_a_client_heard_home_is_written_by_a_clean_stop(farm: FarmFactory) -> None:
+    """A client heard home decides no wave: it is written with the next change, or a
+    second later; a readmitter that stops before writes it as it stops."""
+    config, _ = farm(_settings(0.3), clients=6)
+    async with _harness(config) as harness:
+        async with _readmitter(harness):
+            await harness.health(0.9)
+            await harness.incident("opened")
+            await harness.plan(["nas-01", "nas-04"])
+            await harness.state(lambda s: s.away == ("nas-01", "nas-04"))
+            await harness.incident("recovering")
+            wave = await harness.next_wave(arrive=False)
+            assert wave.clients == ["nas-01", "nas-04"]
+            await harness.state(lambda s: s.returning == ("nas-01", "nas-04"))
+            await harness.status("nas-01", "A")
+            await harness.bus.nc.flush()
+        entry = await harness.kv.get("A")
+    assert entry.value is not None
+    stored = msgspec.json.decode(entry.value, type=Readmission)
+    assert stored.returning == ("nas-04",)
+    assert stored.readmitted == ("nas-01", "nas-04")
