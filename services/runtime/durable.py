@@ -136,7 +136,9 @@ class Consumer:
                     await asyncio.wait(busy, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 try:
-                    msgs = await self.sub.fetch(room, timeout=FETCH_WAIT_S)
+                    # one at a time even with room for more: with nats-py's batched fetch,
+                    # parts of a plan went unhandled for over 20 s (bench/fanout.py)
+                    msgs = await self.sub.fetch(1, timeout=FETCH_WAIT_S)
                 except nats.errors.TimeoutError:
                     continue
                 except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
