@@ -114,3 +114,41 @@ async def test_a_stored_decision_published_again_later_is_stale_and_the_same_id_
             assert got.empty()
         info = await publisher.js.stream_info(publisher.subjects.stream_name())
         assert info.state.messages == 3  # opened once, the old one, the fresh one
+
+
+async def test_a_consumer_with_room_for_several_handles_them_side_by_side_and_acks_each(
+    farm: FarmFactory,
+) -> None:
+    # four handlers hold their message until all four are in hand: one at a time, the
+    # first would wait for ever; then every message is acknowledged (nothing comes again)
+    config, _ = farm()
+    in_hand: list[str] = []
+    together = asyncio.Event()
+    handled: asyncio.Queue[str] = asyncio.Queue()
+    async with AsyncExitStack() as stack:
+        publisher = await _bus(config, stack)
+        consumer_bus = await _bus(config, stack, "consumer")
+
+        async def handler(incident: Incident) -> None:
+            in_hand.append(incident.id)
+            if len(in_hand) == 4:
+                together.set()
+            await asyncio.wait_for(together.wait(), 10)
+            await handled.put(incident.id)
+
+        await consume(
+            consumer_bus,
+            consumer_bus.subjects.incident("A"),
+            handler,
+            types=(Incident,),
+            durable="c-side-by-side",
+            in_flight=4,
+        )
+        sent = [_incident(time=time.time() + n * 1e-3) for n in range(4)]
+        for incident in sent:
+            await publish_stored(publisher, publisher.subjects.incident("A"), incident)
+        got = {await asyncio.wait_for(handled.get(), 15) for _ in sent}
+        assert got == {i.id for i in sent}
+        await consumer_bus.stop_receiving()
+        info = await publisher.js.consumer_info(publisher.subjects.stream_name(), "c-side-by-side")
+        assert info.num_ack_pending == 0 and info.num_pending == 0
