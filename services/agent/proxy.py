@@ -22,7 +22,12 @@ as a FreeRADIUS ``home_server`` of type ``auth+acct`` has it. Status-Server
 sent to the proxy is answered by the proxy itself. A retransmission from a
 NAS (same source, id and authenticator) is not forwarded again while its
 request is in flight, and gets the same reply again for a few seconds after.
-Zombies are probed with Status-Server every ``check_interval_s``.
+Zombies are probed with Status-Server every ``check_interval_s``. Between
+probes the proxy's loop sleeps until the next is due; with no upstream socket
+open and no warning held back it has no timer at all, so that an idle proxy
+costs nothing however many share the process (it is woken when an upstream
+stops being alive, a probe ends, a first upstream socket is opened or a first
+warning held back).
 
 An EAP conversation stays on the upstream that began it
 (:mod:`services.agent.affinity`): a request carrying a ``State`` that an
@@ -92,6 +97,7 @@ from services.radius.reencode import (
     verify_reply,
 )
 from services.runtime.config import ProxyConfig
+from services.runtime.lifecycle import WakeEvent, doze
 from services.runtime.ratelimit import LogLimiter
 
 logger = logging.getLogger(__name__)
@@ -467,6 +473,22 @@ class _Link:
         self.sockets.clear()
 
 
+class _WakingLog(LogLimiter):
+    """The proxy's rate-limited warnings: the first kind to open a window wakes the probe
+    loop, which logs each window's count once it is over (:meth:`LogLimiter.flush`)."""
+
+    def __init__(self, wake: asyncio.Event) -> None:
+        super().__init__(logger, interval_s=LOG_INTERVAL_S)
+        self.wake = wake
+
+    def log(self, level: int, key: str, msg: str, *args: Any, **kwargs: Any) -> bool:
+        idle = not len(self)
+        logged = super().log(level, key, msg, *args, **kwargs)
+        if idle and len(self):
+            self.wake.set()
+        return logged
+
+
 class _Listener:
     """The proxy's UDP endpoint for NAS devices: the auth port or the accounting port."""
 
@@ -517,14 +539,14 @@ class RadiusProxy:
         self.counters = ProxyCounters()
         self.nas = NasFilter.of(settings, client_ip)
         self.unsigned_upstreams = frozenset(settings.upstreams_without_message_authenticator)
-        self.log = LogLimiter(logger, interval_s=LOG_INTERVAL_S)
+        self._probe_wake = WakeEvent()
+        self.log: LogLimiter = _WakingLog(self._probe_wake)
         self._in_use = self.pool.in_use()
         self._listeners: list[_Listener] = []
         self._links: dict[tuple[str, int], _Link] = {}
         self._in_flight: set[RequestKey] = set()
         self._recent = RecentReplies()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._probe_wake = asyncio.Event()
         self._leaving: dict[str, set[asyncio.Future[Message]]] = {}
         self.conversations = Conversations()
         self._request_task = f"{client_id}:request"
@@ -698,25 +720,21 @@ class RadiusProxy:
     # --- probes ---------------------------------------------------------
 
     async def _probe_loop(self, stopping: asyncio.Event) -> None:
+        """Send each probe when it is due; close idle upstream sockets and log the counts of
+        warnings held back every ``check_interval_s`` while there are any. Between, sleep
+        until the next of these is due or ``_probe_wake`` is set: with none due, no timer."""
         interval = self.settings.check_interval_s
         while not stopping.is_set():
+            self._probe_wake.clear()
             now = time.monotonic()
             self._sweep(now)
             for endpoint in self.pool.probes_due(now):
                 self._track(self._probe(endpoint), f"{self.client_id}:probe:{endpoint.server}")
             due = self.pool.next_probe_at()
-            wait = interval if due is None else min(interval, max(0.0, due - now))
-            self._probe_wake.clear()
-            waiters = [
-                asyncio.ensure_future(stopping.wait()),
-                asyncio.ensure_future(self._probe_wake.wait()),
-            ]
-            try:
-                await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for waiter in waiters:
-                    waiter.cancel()
-                await asyncio.gather(*waiters, return_exceptions=True)
+            wait = None if due is None else max(0.0, due - now)
+            if self._links or len(self.log):
+                wait = interval if wait is None else min(wait, interval)
+            await doze(wait, stopping, self._probe_wake)
 
     def _sweep(self, now: float) -> None:
         """Close upstream sockets idle for ``socket_idle_s``, forget links left with none,
@@ -742,6 +760,7 @@ class RadiusProxy:
         except (OSError, RuntimeError, Dropped) as exc:
             logger.debug("%s: probe of %s failed: %s", self.client_id, endpoint.server, exc)
         self._after(self.pool.probed(endpoint.server, answered, time.monotonic()))
+        self._probe_wake.set()  # the loop sleeps until this upstream's next probe too
 
     # --- requests -------------------------------------------------------
 
@@ -758,6 +777,7 @@ class RadiusProxy:
                 counters=self.counters,
             )
             self._links[address] = link
+            self._probe_wake.set()  # to be swept once idle
         return link
 
     def _refused(self, reason: str, detail: str) -> None:

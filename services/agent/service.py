@@ -68,7 +68,7 @@ from services.agent.tally import Tallies
 from services.agent.traffic import Traffic
 from services.runtime.bus import Keyring, Signer
 from services.runtime.config import ClientConfig, Config, ConfigError, ServerConfig
-from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
+from services.runtime.lifecycle import Runtime, ShutdownTrigger, WakeEvent, run_service
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class ClientAgent:
         self.metrics = metrics
         self._rate_mark: tuple[float, int] | None = None
         self._status_mark: float | None = None
-        self.wake = asyncio.Event()
+        self.wake = WakeEvent()  # the timer loop naps on it with no task of its own
         self._status_due = False
         self.proxy: RadiusProxy | None = None
         if client.proxy is not None:

@@ -4,6 +4,13 @@ Shutdown has one order: stop taking new work (drain subscriptions), let the
 background loops finish under a grace timeout (then cancel them), and close
 the connection. Resources live in an AsyncExitStack, loops in a TaskGroup.
 
+Sleeping costs O(1) per sleep, whatever the number of sleepers: a service
+with thousands of loops (the agent, one set per client) sleeps on
+:func:`doze`, each sleep a future of its own with a timer, registered in the
+set of each :class:`WakeEvent` it waits on, which ``set()`` resolves all at
+once. (An ``asyncio.Event`` keeps its waiters in a deque: a wait ended by its
+timeout removes itself from it in O(n).)
+
 Readiness is a signal, as uvicorn's ``Server.started``: a task run in the
 context of :func:`signalling_started` sets the given event once its service
 has started, every subscription in place. A parent that has only a service
@@ -48,6 +55,61 @@ def says_started(line: str) -> bool:
     """Whether ``line``, of a service process's log, is the one :func:`run_service` writes
     once the service has started."""
     return __name__ in line and " started" in line
+
+
+class WakeEvent(asyncio.Event):
+    """An ``asyncio.Event`` that :func:`doze` waits on in O(1): each sleep puts a future of
+    its own in this event's set of sleepers, and :meth:`set` resolves them all."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sleepers: set[asyncio.Future[None]] = set()
+
+    def set(self) -> None:
+        super().set()
+        sleepers, self._sleepers = self._sleepers, set()
+        for sleeper in sleepers:
+            _resolve(sleeper)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def doze(seconds: float | None, *events: asyncio.Event) -> None:
+    """Return once ``seconds`` have passed (never, with None) or one of ``events`` is set,
+    whichever comes first; always after yielding to the loop at least once.
+
+    The sleep is one future with a timer. Each :class:`WakeEvent` of ``events`` holds
+    that future in its set of sleepers (O(1) in and out); any other event is waited on
+    by a task of its own, cancelled when the sleep ends."""
+    if any(event.is_set() for event in events):
+        await asyncio.sleep(0)
+        return
+    loop = asyncio.get_running_loop()
+    woken: asyncio.Future[None] = loop.create_future()
+    timer = None if seconds is None else loop.call_later(max(seconds, 0.0), _resolve, woken)
+    watchers: list[asyncio.Task[Any]] = []
+    for event in events:
+        if isinstance(event, WakeEvent):
+            event._sleepers.add(woken)
+        else:
+            watcher = loop.create_task(event.wait())
+            watcher.add_done_callback(lambda _: _resolve(woken))
+            watchers.append(watcher)
+    try:
+        await woken
+    finally:
+        if timer is not None:
+            timer.cancel()
+        for event in events:
+            if isinstance(event, WakeEvent):
+                event._sleepers.discard(woken)
+        for watcher in watchers:
+            watcher.cancel()
+        if watchers:
+            await asyncio.gather(*watchers, return_exceptions=True)
 
 
 class ShutdownSignals:
@@ -98,7 +160,7 @@ class Runtime:
         self.bus = bus
         self.stack = stack
         self.metrics = metrics or ServiceMetrics(name)
-        self.stopping = asyncio.Event()
+        self.stopping = WakeEvent()
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -111,24 +173,16 @@ class Runtime:
 
     async def sleep(self, seconds: float) -> bool:
         """Sleep; return False at once if the service is stopping."""
-        try:
-            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
-        except TimeoutError:
-            return True
-        return False
+        if self.stopping.is_set():
+            return False
+        await doze(seconds, self.stopping)
+        return not self.stopping.is_set()
 
     async def nap(self, seconds: float, wake: asyncio.Event) -> bool:
-        """Wait up to ``seconds`` or until ``wake`` is set; False if the service is stopping."""
-        stopping = asyncio.ensure_future(self.stopping.wait())
-        woken = asyncio.ensure_future(wake.wait())
-        try:
-            await asyncio.wait(
-                {stopping, woken}, timeout=max(seconds, 0.0), return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            for waiter in (stopping, woken):
-                waiter.cancel()
-            await asyncio.gather(stopping, woken, return_exceptions=True)
+        """Wait up to ``seconds`` or until ``wake`` is set; False if the service is stopping.
+
+        ``wake`` is best a :class:`WakeEvent` (no task per nap, see :func:`doze`)."""
+        await doze(seconds, self.stopping, wake)
         return not self.stopping.is_set()
 
     async def _stop_loops(self, grace_s: float) -> None:
