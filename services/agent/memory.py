@@ -17,11 +17,14 @@ sequence floor raised to the agent's start time, as for an unreadable file
 (below), and nothing issued before the host restarted can pass. The disk's
 sync, 0.5-1 ms on a loaded machine, is then off the path between a notice
 and its ack. Where the boot id cannot be read, each line is synced before
-the ack. The first
-write of each start, and every :data:`COMPACT_AFTER` lines, replaces the file
-atomically (written beside, synced, renamed) with the latest line alone, so
-the file stays small and a line torn by a crash is never appended to. A last
-line without its newline is such a torn write: the line before it is read. A
+the ack. Every :data:`COMPACT_AFTER` lines, and at the first write after a
+start that found a line torn by a crash (or a file of another form), the
+file is replaced atomically (written beside, synced, renamed) with the
+latest line alone, so it stays small and a torn line is never appended to;
+a file of whole lines, or none, is appended to from the first write (a
+thousands of clients' agent would otherwise sync a file per client, in the
+loop, at its first notice after a start). A last line without its newline
+is such a torn write: the line before it is read. A
 file of one JSON object without a newline (written before the journal) reads
 as that object. What cannot be read is logged and set aside (renamed
 ``.bad``), and the client starts at home with its sequence floor at the
@@ -146,7 +149,7 @@ class MemoryFile:
         self.path = path
         self.boot = boot
         self._written: ClientMemory | None = None
-        self._lines = COMPACT_AFTER  # the first write replaces the file
+        self._lines = COMPACT_AFTER  # lines in the file; unknown: the first write replaces it
         self._unsynced: int | None = None  # the descriptor of a line not synced yet
 
     def load(self, client: str) -> ClientMemory | None:
@@ -158,6 +161,7 @@ class MemoryFile:
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
+            self._lines = 0
             return None
         except OSError as exc:
             logger.warning("%s: cannot read %s: %s", client, self.path, exc)
@@ -179,6 +183,8 @@ class MemoryFile:
                 self.path.replace(bad)
             raise Unreadable(str(exc)) from None
         self._written = memory
+        if data.endswith(b"\n"):
+            self._lines = data.count(b"\n")  # whole lines: appended to
         if memory.boot is not None and memory.boot != self.boot:
             floor = int(time.time() * 1_000_000)
             logger.info("%s: memory written before the host restarted; sequence floor now", client)

@@ -166,3 +166,20 @@ def test_the_boot_id_is_read_from_the_kernel_or_unknown(tmp_path: Path) -> None:
     (tmp_path / "boot_id").write_text("3f2a\n")
     assert boot_id(tmp_path / "boot_id") == "3f2a"
     assert boot_id(tmp_path / "missing") is None
+
+
+def test_a_journal_of_whole_lines_is_appended_to_from_the_first_write_after_a_start(
+    tmp_path: Path,
+) -> None:
+    # no file replaced (and synced in the loop) per client at its first notice
+    path = tmp_path / "nas-01.json"
+    MemoryFile(path).save(ClientMemory(client="nas-01", current="B", last_seq=1))
+    inode = path.stat().st_ino
+    restarted = MemoryFile(path, boot="boot-1")
+    assert restarted.load("nas-01") is not None
+    restarted.save(ClientMemory(client="nas-01", current="A", last_seq=2))
+    assert path.stat().st_ino == inode and path.read_bytes().count(b"\n") == 2
+    fresh = MemoryFile(tmp_path / "nas-02.json", boot="boot-1")
+    assert fresh.load("nas-02") is None
+    fresh.save(ClientMemory(client="nas-02", current="B", last_seq=1))
+    assert fresh.detach() is not None  # appended, its sync left for after the ack
