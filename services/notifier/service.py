@@ -59,7 +59,7 @@ from services.notifier.transports.icmp import IcmpTransport
 from services.notifier.transports.protocol import Transport
 from services.runtime.config import ClientConfig, Config, ServerConfig
 from services.runtime.durable import consume
-from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
+from services.runtime.lifecycle import Runtime, ShutdownTrigger, WakeEvent, run_service
 from services.runtime.permissions import durable_name
 from services.runtime.state import StateStore
 
@@ -98,7 +98,7 @@ class Notifier:
             retries=rt.config.notifier.retries,
             source=rt.bus.name,
         )
-        self.wake = asyncio.Event()
+        self.wake = WakeEvent()
         self.writes = asyncio.Semaphore(SEND_CONCURRENCY)
         self.unreported: dict[str, Delivery] = {}
         """The ``sent`` reports of the batch being sent, published once all of it went out."""

@@ -64,7 +64,7 @@ from services.readmitter.core import ReadmitterCore, ReadmitterState, WaveDue
 from services.readmitter.waves import Readmission
 from services.runtime.config import Config, ReadmitterConfig, subject_tokens
 from services.runtime.durable import consume, publish_stored
-from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
+from services.runtime.lifecycle import Runtime, ShutdownTrigger, WakeEvent, run_service
 from services.runtime.middleware import guard, known_client, known_server, taking
 from services.runtime.permissions import durable_name
 from services.runtime.placement import homes
@@ -96,7 +96,7 @@ class Readmitter:
         self.state = ReadmitterState()
         self.waves_sent = 0
         self._loops: dict[str, asyncio.Task[None]] = {}
-        self._wake: dict[str, asyncio.Event] = {s: asyncio.Event() for s in servers}
+        self._wake: dict[str, WakeEvent] = {s: WakeEvent() for s in servers}
         self._locks: dict[str, asyncio.Lock] = {s: asyncio.Lock() for s in servers}
         self._last_pause: dict[str, str] = {}
         self._outbox: dict[str, tuple[ReadmitWave, ...]] = {}
@@ -105,7 +105,7 @@ class Readmitter:
         self._changes: dict[str, int] = dict.fromkeys(servers, 0)
         self._stored: dict[str, int] = dict.fromkeys(servers, 0)
         self._due: dict[str, float] = {}
-        self._write_wake = asyncio.Event()
+        self._write_wake = WakeEvent()
         self.writes = 0
         registry = rt.metrics.registry
         self.readmitted_total = prometheus_client.Counter(
