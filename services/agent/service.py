@@ -112,6 +112,7 @@ class ClientAgent:
             jitter=client.return_jitter,
         )
         self.memory = memory
+        self._syncing: set[asyncio.Future[None]] = set()
         self._recall()
         self.rejections: Counter[str] = Counter()
         self.tallies = Tallies()
@@ -285,7 +286,9 @@ class ClientAgent:
 
     def _remember(self) -> None:
         """Write down what the client must not forget; a failure is logged and counted (the
-        agent goes on: refusing genuine notices would hurt more)."""
+        agent goes on: refusing genuine notices would hurt more). The line is written now
+        and synced to disk in a thread (see memory.py), so the loop goes on meanwhile, an
+        ack after this included."""
         if self.memory is None:
             return
         try:
@@ -293,6 +296,12 @@ class ClientAgent:
         except OSError as exc:
             self.rt.bus.counters.drop("memory-not-written")
             logger.error("%s: cannot write %s: %s", self.client.id, self.memory.path, exc)
+            return
+        syncing = self.memory.detach()
+        if syncing is not None:
+            task = asyncio.ensure_future(asyncio.to_thread(syncing))
+            self._syncing.add(task)
+            task.add_done_callback(self._syncing.discard)
 
     def reject(self, reason: str, detail: str) -> None:
         """A notice refused: counted for the status, and on the bus's drop counters (so on
@@ -348,11 +357,6 @@ class ClientAgent:
             if step.switched and self.proxy is not None:
                 draining = self.proxy.conversations.held_by(was_on, time.monotonic())
             await self._ack(notice, step.ack, draining, again=step.reack)
-        syncing = self.memory.detach() if self.memory is not None else None
-        if syncing is not None:
-            # written before the ack, on disk after it (see memory.py): in a thread, so the
-            # loop goes on and sends the ack meanwhile
-            await asyncio.to_thread(syncing)
         if step.switched:
             self._status_due = False
             await self.publish_status()
