@@ -209,6 +209,9 @@ class ReadmitterCore:
             now=now,
             wave_interval_s=settings.wave_interval_s,
             retry_after_s=settings.retry_after_s,
+            wave_capacity=(
+                settings.wave_size if settings.sizing == "fixed" else settings.max_wave_size
+            ),
         )
         incident_id = current.incident_id if current is not None else ""
         if answer.granted:

@@ -377,14 +377,19 @@ def answer_request(
     now: float,
     wave_interval_s: float,
     retry_after_s: float,
+    wave_capacity: int = 0,
 ) -> tuple[RequestAnswer, Readmission | None]:
     """Grant or defer ``client``'s own request to return; the state after it.
 
     Granted when no incident is in progress (no state, or closed), or the
     incident is recovering and the client is not among those away, and the
     latest health is at or above the connection threshold. A client away
-    from a recovering incident is deferred to the next wave, first in it; one
-    away from an opened incident is deferred, and first in its first wave.
+    from a recovering incident is deferred to the next wave, first in it (with
+    those that asked before it); one away from an opened incident is
+    deferred, and first in its first wave. With ``wave_capacity`` (the most a
+    wave takes) a client behind that many others who asked is told to ask
+    again when its own wave is due, not at the next one: thousands asking at
+    once would otherwise ask again at every wave.
     """
 
     def deferred(reason: str, retry: float = retry_after_s) -> RequestAnswer:
@@ -402,11 +407,13 @@ def answer_request(
         return deferred(reason), current
     if current is not None and current.state == "recovering" and client in current.away_set:
         due = now if current.last_wave_at is None else current.last_wave_at + wave_interval_s
-        retry = max(due - now, 0.0) + max(wave_interval_s, 1.0)
         asked = current.asked if client in current.asked_set else (*current.asked, client)
+        position = asked.index(client)
+        ahead = position // wave_capacity if wave_capacity > 0 else 0
+        retry = max(due - now, 0.0) + (ahead + 1) * max(wave_interval_s, 1.0)
         reason = (
-            f"incident {current.incident_id} recovering in waves: {client} is first in the "
-            f"next wave ({len(asked)} asked)"
+            f"incident {current.incident_id} recovering in waves: {client} is "
+            f"{position + 1} of {len(asked)} asked, first in the waves"
         )
         return deferred(reason, retry), evolve(current, asked=asked)
     if current is not None and current.state == "recovering":

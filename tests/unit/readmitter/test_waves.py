@@ -362,3 +362,28 @@ def test_waves_readmit_every_moved_client_exactly_once(
     assert sorted(readmitted) == sorted(set(moved))
     assert [w.final for w in sent] == [False] * (len(sent) - 1) + [True]
     assert [w.wave for w in sent] == list(range(1, len(sent) + 1))
+
+
+def test_those_asking_behind_a_full_wave_are_told_to_ask_when_their_own_wave_is_due() -> None:
+    state = record_wave(
+        _recovering([f"c{n}" for n in range(1, 8)]),
+        Wave(wave=1, clients=("c1",), final=False, reason=""),
+        now=98.0,
+    )
+    retries = []
+    for n in range(2, 8):  # six clients ask, waves take two each
+        answer, state = answer_request(
+            state,
+            client=f"c{n}",
+            health=0.8,
+            connection_threshold=THRESHOLD,
+            now=100.0,
+            wave_interval_s=5.0,
+            retry_after_s=7.0,
+            wave_capacity=2,
+        )
+        assert not answer.granted
+        retries.append(answer.retry_after_s)
+    # the next wave is due at 103: the first two ask again after it, the next two a
+    # wave later, the last two a wave after that
+    assert retries == pytest.approx([8.0, 8.0, 13.0, 13.0, 18.0, 18.0])
