@@ -197,7 +197,7 @@ class Runtime:
 SetUp = Callable[[Runtime], Awaitable[None]]
 
 
-async def _first(work: Coroutine[Any, Any, None], stopped: asyncio.Future[Any]) -> bool:
+async def _first(work: Awaitable[None], stopped: asyncio.Future[Any]) -> bool:
     """Run ``work`` until it returns (True) or ``stopped`` is done first (False)."""
     task = asyncio.ensure_future(work)
     await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -288,15 +288,20 @@ async def _serve(
         runtime._tg = tg
         if lease is not None:
             keeping = tg.create_task(lease.keep(), name=f"{name}:lease")
-        await setup(runtime)
-        # The server has every subscription once this round trip is back:
-        # from here on, nothing published to this service is missed.
-        await bus.nc.flush()
-        logger.info("%s started", name)
-        started = _started.get()
-        if started is not None:
-            started.set()
-        await stopped
+        # told to stop while setting up (loading state, JetStream settling after a
+        # takeover), it stops then, as a crash there would: setting up resumes at the
+        # next start
+        if await _first(setup(runtime), stopped):
+            # The server has every subscription once this round trip is back:
+            # from here on, nothing published to this service is missed.
+            await bus.nc.flush()
+            logger.info("%s started", name)
+            started = _started.get()
+            if started is not None:
+                started.set()
+            await stopped
+        else:
+            logger.info("%s told to stop while setting up", name)
         logger.info("%s stopping", name)
         await bus.stop_receiving()
         await runtime._stop_loops(grace_s)

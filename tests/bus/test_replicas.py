@@ -29,7 +29,7 @@ from services.launch.registry import run_argv
 from services.runtime.bus import Bus, Keyring
 from services.runtime.durable import publish_stored
 from services.runtime.lease import LeaseLost, holder_name
-from services.runtime.lifecycle import says_started
+from services.runtime.lifecycle import Runtime, run_service, says_started
 from tests.conftest import FarmFactory
 from tests.support.helpers import watch_stderr
 
@@ -250,3 +250,23 @@ async def test_a_holder_that_finds_its_lease_taken_stops_acting(farm: FarmFactor
             raise AssertionError("the evaluator went on after its lease was taken")
         finally:
             stop.set()
+
+
+async def test_a_holder_told_to_stop_while_it_sets_up_stops_then(farm: FarmFactory) -> None:
+    """Told to stop just after it took its lease, while it still loads its state (a
+    JetStream still electing its leaders may keep it there for tens of seconds), a
+    service stops at once, as a crash there would, instead of first finishing it."""
+    config, _ = farm({"bus": {"lease_s": 1.0}}, clients=2)
+    setting_up = asyncio.Event()
+
+    async def setup(rt: Runtime) -> None:
+        setting_up.set()
+        await asyncio.Event().wait()  # never done
+
+    stop = asyncio.Event()
+    service = asyncio.ensure_future(
+        run_service("evaluator", config, setup, shutdown_trigger=stop.wait)
+    )
+    await asyncio.wait_for(setting_up.wait(), 20)
+    stop.set()
+    await asyncio.wait_for(service, 10)
