@@ -169,13 +169,13 @@ class Notifier:
     async def send_all(
         self, batch: list[tuple[Notice, ClientConfig]], server: ServerConfig, decision: str
     ) -> None:
-        """Send a plan's or a wave's notices, then store them as in flight, then report them
-        sent.
+        """Send a plan's or a wave's notices, then report them sent, then store them as in
+        flight.
 
         The notices go out first, one after the other, so the last client hears
         of the plan after one encoding, two authenticators and one publish per
-        notice, not after their reports and KV writes too. Nothing is lost by it: the plan or
-        wave is acknowledged to the stream only once this returns, so a
+        notice, not after their reports and KV writes too. Nothing is lost by it: the
+        plan or wave is acknowledged to the stream only once this returns, so a
         notifier that dies before its notices are stored is offered it again
         and sends the same notices (same ids, taken once by the agent) again.
         The writes then go side by side, up to ``SEND_CONCURRENCY`` at once.
