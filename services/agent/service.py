@@ -344,7 +344,14 @@ class ClientAgent:
             self.reject(step.rejected, f"notice {notice.id} seq {notice.seq}")
         elif step.reack:
             logger.info("%s: notice %s again, acked again", self.client.id, notice.id)
+        if step.ack is not None:
+            draining = 0
+            if step.switched and self.proxy is not None:
+                draining = self.proxy.conversations.held_by(was_on, time.monotonic())
+            await self._ack(notice, step.ack, draining, again=step.reack)
         if step.switched:
+            # the ack leaves before the status is built and the switch logged
+            await asyncio.sleep(0)
             logger.info(
                 "%s: %s -> %s (%s)",
                 self.client.id,
@@ -352,12 +359,6 @@ class ClientAgent:
                 self.state.current.server,
                 type(notice).__name__,
             )
-        if step.ack is not None:
-            draining = 0
-            if step.switched and self.proxy is not None:
-                draining = self.proxy.conversations.held_by(was_on, time.monotonic())
-            await self._ack(notice, step.ack, draining, again=step.reack)
-        if step.switched:
             self._status_due = False
             await self.publish_status()
         self.wake.set()

@@ -109,16 +109,26 @@ class Consumer:
         return event
 
     async def handle(self, msg: Msg) -> None:
-        """Handle one message and acknowledge it; offer it again if the handler failed."""
-        work = asyncio.ensure_future(
-            self.bus.deliver(msg, self.handler, self.types, self.guards, self.check)
-        )
-        while True:
-            done, _ = await asyncio.wait({work}, timeout=PROGRESS_S)
-            if done:
-                break
-            await _quietly(msg.in_progress())
-        if work.result():
+        """Handle one message and acknowledge it; offer it again if the handler failed.
+
+        A handler still at work after :data:`PROGRESS_S` tells the stream so, and again
+        every :data:`PROGRESS_S`, so the message is not offered to another replica
+        meanwhile."""
+        loop = asyncio.get_running_loop()
+        progress: list[asyncio.Future[None]] = []
+
+        def still_working() -> None:
+            progress.append(asyncio.ensure_future(_quietly(msg.in_progress())))
+            ticking[0] = loop.call_later(PROGRESS_S, still_working)
+
+        ticking = [loop.call_later(PROGRESS_S, still_working)]
+        try:
+            done = await self.bus.deliver(msg, self.handler, self.types, self.guards, self.check)
+        finally:
+            ticking[0].cancel()
+        if progress:
+            await asyncio.gather(*progress)
+        if done:
             await _quietly(msg.ack())
         else:
             await _quietly(msg.nak(delay=RETRY_S))
@@ -154,6 +164,9 @@ class Consumer:
                     task = asyncio.create_task(self.handle(msg))
                     busy.add(task)
                     task.add_done_callback(busy.discard)
+                # the handler starts before the next fetch's request is sent: on the
+                # path from a decision to a client's notice, that request can wait
+                await asyncio.sleep(0)
         finally:
             if busy:
                 await asyncio.wait(busy)

@@ -7,8 +7,10 @@ import time
 from contextlib import AsyncExitStack
 
 import msgspec
+import pytest
 
 from schemas.events import Incident
+from services.runtime import durable
 from services.runtime.bus import Bus, Keyring
 from services.runtime.config import Config
 from services.runtime.durable import consume, publish_stored
@@ -152,3 +154,34 @@ async def test_a_consumer_with_room_for_several_handles_them_side_by_side_and_ac
         await consumer_bus.stop_receiving()
         info = await publisher.js.consumer_info(publisher.subjects.stream_name(), "c-side-by-side")
         assert info.num_ack_pending == 0 and info.num_pending == 0
+
+
+async def test_a_handler_slower_than_the_ack_wait_says_it_is_at_work_and_is_not_offered_again(
+    farm: FarmFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(durable, "ACK_WAIT_S", 1.0)
+    monkeypatch.setattr(durable, "PROGRESS_S", 0.3)
+    config, _ = farm()
+    calls: list[str] = []
+    async with AsyncExitStack() as stack:
+        publisher = await _bus(config, stack)
+        consumer_bus = await _bus(config, stack, "consumer")
+
+        async def handler(incident: Incident) -> None:
+            calls.append(incident.id)
+            await asyncio.sleep(2.5)
+
+        await consume(
+            consumer_bus,
+            consumer_bus.subjects.incident("A"),
+            handler,
+            types=(Incident,),
+            durable="c-slow",
+        )
+        opened = _incident()
+        await publish_stored(publisher, publisher.subjects.incident("A"), opened)
+        await asyncio.sleep(4.0)
+        assert calls == [opened.id]
+        info = await publisher.js.consumer_info(publisher.subjects.stream_name(), "c-slow")
+        assert info.num_ack_pending == 0 and info.num_redelivered == 0
+        await consumer_bus.stop_receiving()
