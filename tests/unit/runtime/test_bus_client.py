@@ -3,6 +3,7 @@ and reads are nats-py's own, byte for byte and key for key, at less cost."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import Any
 
@@ -10,7 +11,10 @@ import nats.errors
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from services.runtime.bus import BusClient, header_block, parse_header_lines
+from schemas import codec
+from schemas.events import HealthReport
+from schemas.subjects import Subjects
+from services.runtime.bus import Bus, BusClient, Keyring, Signer, header_block, parse_header_lines
 
 HEADERS: list[dict[str, Any]] = [
     {},
@@ -86,3 +90,107 @@ async def test_a_whole_header_block_received_parses_as_nats_py_parses_it() -> No
     ours = await BusClient()._process_headers(block)
     assert ours == await NatsClient()._process_headers(block)
     assert ours == {"Aaa-Key": "k", "Aaa-Sig": "s", "Nats-Msg-Id": "id"}
+
+
+# --- Bus.publish_now: the bus's own events queued in one call -------------------------
+
+
+def _connected(client: NatsClient) -> NatsClient:
+    """A client that takes publishes into its pending buffer, as a connected one does."""
+    client._status = NatsClient.CONNECTED
+    client._flush_queue = asyncio.Queue(maxsize=1024)
+    client._flusher_task = asyncio.get_running_loop().create_future()  # running, never done
+    client._max_payload = 1024 * 1024
+    return client
+
+
+def _bus(client: NatsClient, codec_name: codec.CodecName = "json") -> Bus:
+    keyring = Keyring(
+        Signer(" shared-1 ", b"s" * 32),
+        {"shared-1": b"s" * 32},
+        signers={"health": Signer("evaluator-1", b"e" * 32)},
+    )
+    return Bus(client, Subjects("tp"), keyring, codec_name=codec_name)
+
+
+def _report(event_id: str) -> HealthReport:
+    return HealthReport(
+        id=event_id,
+        time=1.5,
+        source="evaluator",
+        server="A",
+        sample_id="s",
+        health=0.75,
+        failover_threshold=0.3,
+        connection_threshold=0.1,
+        deficit=0.0,
+    )
+
+
+IDS = ["0" * 32, "  padded\t", "with\r\nPUB x 1\r\n", "bare\nlf", "café", ""]
+
+
+@pytest.mark.parametrize("codec_name", ["json", "msgpack"])
+@pytest.mark.parametrize("subject", ["tp.health.A", "tp.control.A"])
+async def test_publish_now_sends_what_nats_py_sends_for_the_signed_event(
+    codec_name: codec.CodecName, subject: str
+) -> None:
+    ours = _connected(BusClient())
+    theirs = _connected(NatsClient())
+    bus, plain = _bus(ours, codec_name), _bus(theirs, codec_name)
+    for event_id in IDS:
+        assert bus.publish_now(subject, _report(event_id)) is None
+        payload, headers = plain.encode(subject, _report(event_id))
+        await theirs.publish(subject, payload, headers=headers)
+    await bus.publish(subject, _report("via publish"))
+    payload, headers = plain.encode(subject, _report("via publish"))
+    await theirs.publish(subject, payload, headers=headers)
+    assert ours._pending == theirs._pending
+    assert ours._pending_data_size == theirs._pending_data_size
+    assert ours.stats == theirs.stats
+    assert bus.counters.published == len(IDS) + 1
+    # the flusher was kicked once, as nats-py kicks it while its queue holds a kick
+    assert ours._flush_queue.qsize() == theirs._flush_queue.qsize() == 1
+
+
+async def test_publish_now_refuses_what_nats_py_refuses() -> None:
+    for client in (BusClient(), NatsClient()):
+        bus = _bus(_connected(client))
+        with pytest.raises(nats.errors.BadSubjectError):
+            await bus.publish("tp.health.A B", _report("x"))
+        client._max_payload = 10
+        with pytest.raises(nats.errors.MaxPayloadError):
+            await bus.publish("tp.health.A", _report("x"))
+        client._status = NatsClient.DRAINING_PUBS
+        with pytest.raises(nats.errors.ConnectionDrainingError):
+            await bus.publish("tp.health.A", _report("x"))
+        client._status = NatsClient.RECONNECTING
+        client._max_pending_size = 0
+        with pytest.raises(nats.errors.OutboundBufferLimitError):
+            await bus.publish("tp.health.A", _report("x"))
+        client._status = NatsClient.CLOSED
+        with pytest.raises(nats.errors.ConnectionClosedError):
+            await bus.publish("tp.health.A", _report("x"))
+        assert client._pending == []
+
+
+async def test_publish_now_says_when_nats_py_would_wait_for_a_flush() -> None:
+    client = _connected(BusClient())
+    bus = _bus(client)
+    client._max_pending_size = 1000
+    assert bus.publish_now("tp.health.A", _report("a")) is None
+    wait = bus.publish_now("tp.health.A", _report("b" * 1000))
+    assert wait is not None  # over the limit: nats-py's publish would force a flush
+    flushed: list[bool] = []
+
+    async def flush(force_flush: bool = False) -> None:
+        flushed.append(force_flush)
+
+    client._flush_pending = flush  # type: ignore[method-assign]
+    await wait()
+    assert flushed == [True]
+    # a client whose flusher is gone is flushed by the caller too
+    client._max_pending_size = 0
+    client._flush_queue = asyncio.Queue()
+    client._flusher_task = None
+    assert bus.publish_now("tp.health.A", _report("c")) is not None
