@@ -21,8 +21,10 @@ from services.radius.reencode import (
     Sent,
     decode_request,
     hide_password,
+    hmac_md5,
     nas_reply,
     outgoing,
+    random_authenticator,
     resalt,
     reveal_password,
     status_answer,
@@ -623,3 +625,17 @@ def test_random_bytes_are_dropped_and_never_raise_anything_else(
     except Dropped:
         return
     raise AssertionError("random bytes verified")  # pragma: no cover
+
+
+@settings(max_examples=200, deadline=None)
+@given(secret=st.binary(max_size=100), message=st.binary(max_size=300))
+def test_hmac_md5_from_kept_pads_is_hmac_md5(secret: bytes, message: bytes) -> None:
+    # keys longer than MD5's block (64 octets) are hashed first, as RFC 2104 has it
+    assert hmac_md5(secret, message) == hmac.digest(secret, message, "md5")
+    assert hmac_md5(secret, message) == hmac.digest(secret, message, "md5")  # pads kept
+
+
+def test_request_authenticators_drawn_in_bulk_are_never_the_same() -> None:
+    drawn = [random_authenticator() for _ in range(3 * 256 + 5)]  # across three refills
+    assert all(len(a) == 16 for a in drawn)
+    assert len(set(drawn)) == len(drawn)
