@@ -25,6 +25,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -107,6 +108,16 @@ async def count_main(url: str, subject: str, expected: int, report: str) -> None
 # --- one round ---------------------------------------------------------------
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user and system) process ``pid`` has used so far; NaN where there is no
+    /proc to read it from."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 async def round_(
     bus: Bus,
     url: str,
@@ -116,8 +127,10 @@ async def round_(
     n: int,
     servers: list[str],
     seq0: int,
+    evaluator_pid: int,
 ) -> dict[str, Any]:
-    """Publish ``n`` signed samples and time them through ``path``."""
+    """Publish ``n`` signed samples and time them through ``path``; the evaluator's CPU
+    time over the round is read from /proc (it takes no part in the timing)."""
     subjects = bus.subjects
     if path == "evaluator":
         listen, target = subjects.health("*"), subjects.metrics
@@ -144,6 +157,7 @@ async def round_(
         log = read(workdir / f"count-{seq0}.log")
         raise RuntimeError(f"the counter did not start: {log}") from None
 
+    cpu_before = cpu_s(evaluator_pid)
     started = time.monotonic()
     for subject, payload, headers in messages:
         await bus.nc.publish(subject, payload, headers=headers)
@@ -162,6 +176,7 @@ async def round_(
         state = latest
         if time.monotonic() - moved_at > IDLE_TIMEOUT_S:
             break
+    evaluator_cpu = cpu_s(evaluator_pid) - cpu_before
     await sub.unsubscribe()
     counter.wait(10)
     elapsed = state["last"] - started if state["count"] else float("nan")
@@ -173,6 +188,7 @@ async def round_(
         "publish_s": published - started,
         "elapsed_s": elapsed,
         "rate": state["count"] / elapsed if state["count"] else 0.0,
+        "evaluator_cpu_s": evaluator_cpu,
     }
 
 
@@ -233,7 +249,15 @@ async def measure(params: dict[str, int], workdir: Path) -> dict[str, Any]:
                 for name in order:
                     rounds.append(
                         await round_(
-                            bus, nats.url, procs, workdir, name, params["samples"], servers, seq
+                            bus,
+                            nats.url,
+                            procs,
+                            workdir,
+                            name,
+                            params["samples"],
+                            servers,
+                            seq,
+                            evaluator.pid,
                         )
                     )
                     seq += params["samples"]
@@ -255,6 +279,12 @@ def results(params: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
         }
     ratio = summary["evaluator"]["rate_median"] / summary["bare"]["rate_median"]
     summary["ratio"] = ratio
+    # the evaluator's own CPU per sample it reported (its process, user and system time)
+    summary["evaluator_cpu_us_per_sample"] = statistics.median(
+        r["evaluator_cpu_s"] / r["counted"] * 1e6
+        for r in rounds
+        if r["path"] == "evaluator" and r["counted"]
+    )
     summary["evaluator_bus"] = measured["evaluator"]["bus"]
     summary["slow_consumer_errors"] = measured["evaluator"]["slow_consumer_errors"]
     return {
@@ -301,7 +331,8 @@ def main() -> int:
     bus = s["evaluator_bus"]
     print(
         f"evaluator/bare x{s['ratio']:.2f}; evaluator received {bus.get('received', '?')}, "
-        f"dropped {bus.get('dropped', '?')}, slow-consumer errors {s['slow_consumer_errors']}"
+        f"dropped {bus.get('dropped', '?')}, slow-consumer errors {s['slow_consumer_errors']}; "
+        f"evaluator CPU {s['evaluator_cpu_us_per_sample']:.1f} us per sample"
     )
     for goal in res["goals"]:
         print(common.goal_line(goal))
