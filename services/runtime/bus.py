@@ -38,6 +38,7 @@ from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
 from nats.protocol.command import hpub_cmd
+from nats.protocol.parser import AWAITING_CONTROL_LINE, MAX_CONTROL_LINE_SIZE, Parser
 
 from schemas import codec
 from schemas.events import Event
@@ -193,6 +194,43 @@ def header_value(value: str) -> bytes:
     return text.encode()
 
 
+class BusParser(Parser):
+    """nats-py's protocol parser, reading the messages with headers the server sends
+    (``HMSG <subject> <sid> [reply] <header bytes> <total bytes>``, single spaces) without
+    its regular expressions; anything else, and a line it does not read so, is left to
+    nats-py's own parsing, which reads the rest of the buffer."""
+
+    async def parse(self, data: bytes = b"") -> None:
+        buf = self.buf
+        buf.extend(data)
+        nc = self.nc
+        while buf and self.state == AWAITING_CONTROL_LINE and buf.startswith(b"HMSG "):
+            end = buf.find(b"\r\n", 0, MAX_CONTROL_LINE_SIZE)
+            if end < 0:
+                break
+            args = bytes(buf[5:end]).split(b" ")
+            if len(args) == 4:
+                subject, sid, header_size, size = args
+                reply = b""
+            elif len(args) == 5:
+                subject, sid, reply, header_size, size = args
+            else:
+                break
+            if not (subject and sid.isdigit() and header_size.isdigit() and size.isdigit()):
+                break
+            start = end + 2
+            needed = int(size)
+            if len(buf) < start + needed + 2:
+                return  # the rest of this message is still to come
+            header_end = start + int(header_size)
+            headers = bytes(buf[start:header_end]) if header_end > start else None
+            payload = bytes(buf[header_end : start + needed])
+            del buf[: start + needed + 2]
+            await nc._process_msg(int(sid), subject, reply, payload, headers)
+        if buf:
+            await super().parse()
+
+
 class _Direct:
     """A subscription of :meth:`BusClient.subscribe_direct`: its receiver, and whether its
     task is handling a message (while it is, or while any is queued, the next is queued)."""
@@ -236,6 +274,7 @@ class BusClient(NatsClient):
         self._hpub_heads: dict[str, bytes] = {}
         self._direct: dict[int, _Direct] = {}
         self._subjects_in: dict[bytes, str] = {}
+        self._ps = BusParser(self)
 
     async def subscribe_direct(
         self,

@@ -10,11 +10,20 @@ from typing import Any
 import nats.errors
 import pytest
 from nats.aio.client import Client as NatsClient
+from nats.protocol.parser import Parser
 
 from schemas import codec
 from schemas.events import HealthReport
 from schemas.subjects import Subjects
-from services.runtime.bus import Bus, BusClient, Keyring, Signer, header_block, parse_header_lines
+from services.runtime.bus import (
+    Bus,
+    BusClient,
+    BusParser,
+    Keyring,
+    Signer,
+    header_block,
+    parse_header_lines,
+)
 
 HEADERS: list[dict[str, Any]] = [
     {},
@@ -194,3 +203,83 @@ async def test_publish_now_says_when_nats_py_would_wait_for_a_flush() -> None:
     client._flush_queue = asyncio.Queue()
     client._flusher_task = None
     assert bus.publish_now("tp.health.A", _report("c")) is not None
+
+
+# --- BusParser: the server's HMSG lines read without regular expressions ----------------
+
+
+class _Recorder:
+    """What a parser hands the client: each message, error, ping, pong and info."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    async def _process_msg(self, *args: Any) -> None:
+        self.calls.append(("msg", *args))
+
+    async def _process_err(self, err: str) -> None:
+        self.calls.append(("err", err))
+
+    async def _process_ping(self) -> None:
+        self.calls.append(("ping",))
+
+    async def _process_pong(self) -> None:
+        self.calls.append(("pong",))
+
+    async def _process_info(self, info: dict[str, Any]) -> None:
+        self.calls.append(("info", info))
+
+
+def _frames(rng: random.Random) -> list[bytes]:
+    def hmsg(reply: bytes = b"", spaces: bytes = b" ") -> bytes:
+        headers = b"NATS/1.0\r\nAaa-Key: k\r\n\r\n"[: rng.randrange(12, 26)]
+        payload = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 40)))
+        sid = str(rng.randrange(1, 30)).encode()
+        size = str(len(headers) + len(payload)).encode()
+        parts = [
+            b"HMSG",
+            b"tp.metrics.A",
+            sid,
+            *([reply] if reply else []),
+            str(len(headers)).encode(),
+            size,
+        ]
+        return spaces.join(parts) + b"\r\n" + headers + payload + b"\r\n"
+
+    choices = [
+        lambda: hmsg(),
+        lambda: hmsg(reply=b"_INBOX.x.y"),
+        lambda: hmsg(spaces=b"\t"),
+        lambda: hmsg(spaces=b"  "),
+        lambda: b"HMSG tp.a 3 0 5\r\nhello\r\n",
+        lambda: b"MSG tp.metrics.B 2 4\r\nabcd\r\n",
+        lambda: b"MSG tp.metrics.B 2 _INBOX.r 0\r\n\r\n",
+        lambda: b"PING\r\n",
+        lambda: b"PONG\r\n",
+        lambda: b"+OK\r\n",
+        lambda: b'INFO {"server_id":"x"}\r\n',
+    ]
+    return [rng.choice(choices)() for _ in range(rng.randrange(1, 30))]
+
+
+async def test_the_bus_parser_reads_what_nats_py_reads_however_the_bytes_come() -> None:
+    rng = random.Random(19)
+    for _ in range(300):
+        stream = b"".join(_frames(rng))
+        cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randrange(6))))
+        chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+        theirs, ours = _Recorder(), _Recorder()
+        their_parser, our_parser = Parser(theirs), BusParser(ours)
+        for chunk in chunks:
+            await their_parser.parse(chunk)
+            await our_parser.parse(chunk)
+        assert ours.calls == theirs.calls, stream
+        assert bytes(our_parser.buf) == bytes(their_parser.buf) == b""
+
+
+async def test_the_bus_parser_refuses_what_nats_py_refuses() -> None:
+    for bad in (b"HMSG tp.a x 0 5\r\nhello\r\n", b"BOGUS\r\n"):
+        for parser in (Parser(_Recorder()), BusParser(_Recorder())):
+            with pytest.raises(nats.errors.ProtocolError):
+                await parser.parse(bad)
+    assert isinstance(BusClient()._ps, BusParser)
