@@ -321,6 +321,92 @@ class _Left(AaaFailoverError):
 Refused = Callable[[str, str], None]
 
 
+class _Attempt:
+    """A request's first attempt on the upstream in use, waited for with no task: it stands
+    in its socket's ``pending`` (and a move's watched set) where a future would, and goes on
+    by itself when ended, to answer the NAS (:meth:`RadiusProxy._answered`) or to try the
+    request once more (:meth:`RadiusProxy._unanswered`), or to let it go (``cancel``, when
+    its socket is closed)."""
+
+    __slots__ = (
+        "addr",
+        "endpoint",
+        "finished",
+        "key",
+        "listener",
+        "proxy",
+        "request",
+        "sent",
+        "sent_at",
+        "sock",
+        "timer",
+        "watched",
+    )
+
+    def __init__(
+        self,
+        proxy: RadiusProxy,
+        listener: _Listener,
+        key: RequestKey,
+        request: Message,
+        addr: tuple[str, int],
+        endpoint: Endpoint,
+        sock: _Socket,
+        sent: Sent,
+        sent_at: float,
+    ) -> None:
+        self.proxy = proxy
+        self.listener = listener
+        self.key = key
+        self.request = request
+        self.addr = addr
+        self.endpoint = endpoint
+        self.sock = sock
+        self.sent = sent
+        self.sent_at = sent_at
+        self.finished = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.watched: set[Waiter] | None = None
+
+    def done(self) -> bool:
+        return self.finished
+
+    def set_result(self, reply: Message) -> None:
+        self.proxy._answered(self, reply, self.end())
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.proxy._unanswered(self, exc, self.end())
+
+    def cancel(self) -> bool:
+        self.end()
+        self.proxy._finish(self.key)
+        return True
+
+    def expire(self) -> None:
+        if not self.finished:
+            address = self.sock.endpoint.name
+            self.set_exception(RadiusTimeout(f"no reply ({address})"))
+
+    def end(self) -> float:
+        """Out of its socket's ``pending``, its timer and watched set; the time now."""
+        self.finished = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.watched is not None:
+            self.watched.discard(self)
+        now = time.monotonic()
+        pending = self.sock.pending
+        pending.pop(self.sent.id, None)
+        if not pending:
+            self.sock.idle_since = now
+        return now
+
+
+Waiter = asyncio.Future[Message] | _Attempt
+"""What waits for a reply in a socket's ``pending``: a future, or a first attempt."""
+
+
 class _Socket:
     """One UDP socket to an upstream (connected, so only its datagrams arrive), bound to
     the client's IP, with up to 256 requests in flight matched by id."""
@@ -328,7 +414,7 @@ class _Socket:
     def __init__(self, on_refused: Refused, name: str) -> None:
         self.on_refused = on_refused
         self.endpoint = UdpEndpoint(self._on_reply, name=name)
-        self.pending: dict[int, tuple[Sent, bool, asyncio.Future[Message]]] = {}
+        self.pending: dict[int, tuple[Sent, bool, Waiter]] = {}
         self.idle_since = time.monotonic()
         self._next_id = 0
 
@@ -342,9 +428,9 @@ class _Socket:
 
     def close(self) -> None:
         self.endpoint.close()
-        for _, _, future in self.pending.values():
-            if not future.done():
-                future.cancel()
+        for _, _, waiter in list(self.pending.values()):  # an attempt leaves it as it ends
+            if not waiter.done():
+                waiter.cancel()
         self.pending.clear()
 
     def _on_reply(self, data: bytes, addr: tuple[str, int]) -> None:
@@ -419,7 +505,7 @@ class _Link:
         timeout_s: float,
         *,
         require_ma: bool = False,
-        watched: set[asyncio.Future[Message]] | None = None,
+        watched: set[Waiter] | None = None,
     ) -> tuple[Sent, Message]:
         """Send ``request`` once, with the id of the socket it goes out on; return it as
         sent and its verified reply. Raise RadiusTimeout, or Dropped (``overload``) when
@@ -547,7 +633,10 @@ class RadiusProxy:
         self._in_flight: set[RequestKey] = set()
         self._recent = RecentReplies()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._leaving: dict[str, set[asyncio.Future[Message]]] = {}
+        self._leaving: dict[str, set[Waiter]] = {}
+        self._drained: asyncio.Future[None] | None = None
+        self._abandon = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.conversations = Conversations()
         self._request_task = f"{client_id}:request"
         self._closing = False
@@ -583,7 +672,7 @@ class RadiusProxy:
         the response window; whichever answer comes first is the NAS's."""
         if self.pool.retry_target(server) is None:
             return  # nowhere else to send them: they wait for their answer
-        for waiting in self._leaving.pop(server, set()):
+        for waiting in list(self._leaving.pop(server, ())):  # an attempt leaves it as it ends
             if not waiting.done():
                 waiting.set_exception(_Left())
 
@@ -633,6 +722,7 @@ class RadiusProxy:
 
     async def start(self) -> None:
         """Bind the NAS listeners (auth port, and accounting port when set); raise OSError."""
+        self._loop = asyncio.get_running_loop()
         ports = [(self.settings.auth_port, False)]
         if self.settings.acct_port is not None:
             ports.append((self.settings.acct_port, True))
@@ -683,14 +773,23 @@ class RadiusProxy:
         for listener in self._listeners:
             listener.close()
         grace = 2 * self.settings.response_window_s + 0.5
+        deadline = time.monotonic() + grace
         try:
+            if self._in_flight:
+                self._drained = asyncio.get_running_loop().create_future()
+                try:
+                    await asyncio.wait_for(self._drained, grace)
+                except TimeoutError:
+                    self._abandon = True  # an attempt ending now is not tried again
             if self._tasks:
-                _, late = await asyncio.wait(set(self._tasks), timeout=grace)
+                wait_s = max(0.0, deadline - time.monotonic())
+                _, late = await asyncio.wait(set(self._tasks), timeout=wait_s)
                 for task in late:
                     task.cancel()
                 if late:
                     await asyncio.gather(*late, return_exceptions=True)
         finally:
+            self._abandon = True
             self._closed = True
             for link in self._links.values():
                 link.close()
@@ -713,7 +812,8 @@ class RadiusProxy:
             )
 
     def _track(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
+        loop = self._loop or asyncio.get_running_loop()
+        task = loop.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -849,7 +949,125 @@ class RadiusProxy:
             raise Dropped("overload", f"{len(self._in_flight)} requests in flight")
         self.counters.accepted += 1
         self._in_flight.add(key)
-        self._track(self._relay(listener, key, request, addr), self._request_task)
+        try:
+            started = self._first_attempt(listener, key, request, addr)
+        except BaseException:
+            self._finish(key)
+            raise
+        if not started:
+            self._track(self._relay(listener, key, request, addr), self._request_task)
+
+    def _finish(self, key: RequestKey) -> None:
+        """A request taken is done with: answered, dropped, or let go at shutdown."""
+        in_flight = self._in_flight
+        in_flight.discard(key)
+        if not in_flight and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def _first_attempt(
+        self, listener: _Listener, key: RequestKey, request: Message, addr: tuple[str, int]
+    ) -> bool:
+        """Send ``request`` to the upstream in use, to be waited for with no task
+        (:class:`_Attempt`), when it needs none: it is in no EAP conversation an upstream
+        holds and a socket to the upstream in use has a free id. False when it needs one
+        (nothing sent: the caller relays it with a task, :meth:`_relay`).
+
+        As :meth:`_attempt` and :meth:`_Link.send` do it, the first attempt of
+        :meth:`_to_pool`: the same checks, counts and response window."""
+        accounting = listener.accounting
+        state = None if accounting else request.state
+        if state is not None and self.conversations.holder(state, time.monotonic()) is not None:
+            return False
+        endpoint = self._in_use
+        port = endpoint.accounting_port if accounting else endpoint.auth_port
+        link = self._links.get((endpoint.ip, port))
+        loop = self._loop
+        if link is None or loop is None or self._closed:
+            return False
+        sock = link._with_room()
+        if sock is None:
+            return False
+        copy = upstream_request(request, self.secret)
+        if copy.size > MAX_PACKET_OCTETS:
+            # refused here, before any upstream could drop it and look dead for it
+            raise Dropped("too-big", f"{copy.size} octets for {endpoint.server}")
+        sent_at = time.monotonic()
+        self.counters.forwarded += 1
+        sent = copy.seal(sock.allocate())
+        attempt = _Attempt(self, listener, key, request, addr, endpoint, sock, sent, sent_at)
+        require_ma = endpoint.server not in self.unsigned_upstreams
+        sock.pending[sent.id] = (sent, require_ma, attempt)
+        attempt.timer = loop.call_later(self.settings.response_window_s, attempt.expire)
+        if state is None and not accounting:  # movable: a move off the server ends its wait
+            attempt.watched = watched = self._watched(endpoint.server)
+            watched.add(attempt)
+        try:
+            sock.endpoint.sendto(sent.raw)
+        except (OSError, RuntimeError) as exc:
+            attempt.set_exception(exc)
+        return True
+
+    def _answered(self, attempt: _Attempt, reply: Message, now: float) -> None:
+        """A first attempt's verified reply: the answer to the NAS."""
+        server = attempt.endpoint.server
+        try:
+            self.tallies.answered(server, now - attempt.sent_at)
+            self.pool.answered(server, now)
+            accounting = attempt.listener.accounting
+            raw = self._for_nas(attempt.request, accounting, attempt.sent, reply, server)
+            attempt.listener.send(raw, attempt.addr)
+            self.counters.answered += 1
+            self._recent.put(attempt.key, raw, now)
+        except Dropped as dropped:
+            self._drop(dropped, attempt.addr)
+        except Exception:
+            self._failed(attempt.addr)
+        finally:
+            self._finish(attempt.key)
+
+    def _unanswered(self, attempt: _Attempt, exc: BaseException, now: float) -> None:
+        """A first attempt ended with no reply (the response window over, a move off its
+        server, a socket error): judged as :meth:`_attempt` judges it, then the request is
+        tried once more as :meth:`_to_pool` tries it, with a task."""
+        first = attempt.endpoint
+        try:
+            if isinstance(exc, RadiusTimeout):
+                self.tallies.timed_out(first.server)
+                self._after(self.pool.unanswered(first.server, attempt.sent_at, now))
+            elif isinstance(exc, _Left):
+                self.counters.moved_in_flight += 1
+            else:
+                self._cannot_send(first, exc)
+        except Exception:
+            self._failed(attempt.addr)
+            self._finish(attempt.key)
+            return
+        if self._abandon:  # the proxy has stopped waiting for requests in flight
+            self._finish(attempt.key)
+            return
+        self._track(
+            self._relay(attempt.listener, attempt.key, attempt.request, attempt.addr, first),
+            self._request_task,
+        )
+
+    def _failed(self, addr: tuple[str, int]) -> None:
+        self.counters.dropped["error"] += 1
+        self.log.error(
+            f"{self.client_id} error",
+            "%s: proxy failed to relay a request from %s",
+            self.client_id,
+            addr[0],
+            exc_info=True,
+        )
+
+    def _cannot_send(self, endpoint: Endpoint, exc: BaseException) -> None:
+        self.log.warning(
+            f"{self.client_id} cannot send {endpoint.server}",
+            "%s: cannot send to %s: %s",
+            self.client_id,
+            endpoint.server,
+            exc,
+        )
 
     async def _relay(
         self,
@@ -857,40 +1075,49 @@ class RadiusProxy:
         key: RequestKey,
         request: Message,
         addr: tuple[str, int],
+        failed: Endpoint | None = None,
     ) -> None:
+        """Relay ``request`` and answer the NAS, with a task: when the first attempt needs
+        one (:meth:`_first_attempt`), or after it went unanswered by ``failed``."""
         try:
-            raw = await self._forward(request, listener.accounting, addr)
-            if raw is None:
-                return
+            raw = await self._forward(request, listener.accounting, addr, failed)
             listener.send(raw, addr)
             self.counters.answered += 1
             self._recent.put(key, raw, time.monotonic())
         except Dropped as dropped:
             self._drop(dropped, addr)
         except Exception:
-            self.counters.dropped["error"] += 1
-            self.log.error(
-                f"{self.client_id} error",
-                "%s: proxy failed to relay a request from %s",
-                self.client_id,
-                addr[0],
-                exc_info=True,
-            )
+            self._failed(addr)
         finally:
-            self._in_flight.discard(key)
+            self._finish(key)
 
     async def _forward(
-        self, request: Message, accounting: bool, addr: tuple[str, int]
-    ) -> bytes | None:
+        self,
+        request: Message,
+        accounting: bool,
+        addr: tuple[str, int],
+        failed: Endpoint | None = None,
+    ) -> bytes:
         """The reply for the NAS: from the upstream that holds the request's EAP
-        conversation, else from the upstream in use or, failing it, the next alive one."""
+        conversation, else from the upstream in use or, failing it, the next alive one
+        (only the next one when ``failed``, the upstream in use, has already failed it)."""
         state = None if accounting else request.state
-        holder = None if state is None else self.conversations.holder(state, time.monotonic())
+        holder = None
+        if state is not None and failed is None:
+            holder = self.conversations.holder(state, time.monotonic())
         if holder is not None:
             outcome, answered_by = await self._to_holder(holder, request), holder
         else:
-            outcome, answered_by = await self._to_pool(request, accounting, addr)
+            outcome, answered_by = await self._to_pool(request, accounting, addr, failed)
         sent, reply = outcome
+        return self._for_nas(request, accounting, sent, reply, answered_by)
+
+    def _for_nas(
+        self, request: Message, accounting: bool, sent: Sent, reply: Message, answered_by: str
+    ) -> bytes:
+        """``answered_by``'s verified ``reply`` to ``sent`` as the NAS's answer to
+        ``request``; the EAP conversation it carries on, or begins, noted."""
+        state = None if accounting else request.state
         if state is not None:
             self.conversations.answered(state)
         if reply.code == ACCESS_CHALLENGE:
@@ -918,17 +1145,25 @@ class RadiusProxy:
         return outcome
 
     async def _to_pool(
-        self, request: Message, accounting: bool, addr: tuple[str, int]
+        self,
+        request: Message,
+        accounting: bool,
+        addr: tuple[str, int],
+        failed: Endpoint | None = None,
     ) -> tuple[tuple[Sent, Message], str]:
-        """The upstream in use's reply or, failing it, the next alive one's; and whose."""
-        first = self.in_use()
-        try:
-            outcome = await self._attempt(first, request, accounting)
-        except _Left:
-            outcome = None
-            self.counters.moved_in_flight += 1
-        if outcome is not None:
-            return outcome, first.server
+        """The upstream in use's reply or, failing it, the next alive one's; and whose.
+        Only the next one's when ``failed``, the upstream in use, has already failed it."""
+        if failed is None:
+            first = self.in_use()
+            try:
+                outcome = await self._attempt(first, request, accounting)
+            except _Left:
+                outcome = None
+                self.counters.moved_in_flight += 1
+            if outcome is not None:
+                return outcome, first.server
+        else:
+            first = failed
         target = self.pool.retry_target(first.server)
         if target is None:
             raise Dropped("no-answer", f"from {first.server}, no other upstream alive")
@@ -985,20 +1220,14 @@ class RadiusProxy:
             self._after(self.pool.unanswered(endpoint.server, sent_at, time.monotonic()))
             return None
         except (OSError, RuntimeError) as exc:
-            self.log.warning(
-                f"{self.client_id} cannot send {endpoint.server}",
-                "%s: cannot send to %s: %s",
-                self.client_id,
-                endpoint.server,
-                exc,
-            )
+            self._cannot_send(endpoint, exc)
             return None
         now = time.monotonic()
         self.tallies.answered(endpoint.server, now - sent_at)
         self.pool.answered(endpoint.server, now)
         return outcome
 
-    def _watched(self, server: str) -> set[asyncio.Future[Message]]:
+    def _watched(self, server: str) -> set[Waiter]:
         """The replies awaited from ``server`` that a move off it ends (:meth:`leave`)."""
         watched = self._leaving.get(server)
         if watched is None:
