@@ -485,6 +485,10 @@ class DropCounters:
             self.handling_s[kind] = seconds
 
 
+_named: dict[str, tuple[str, str] | None] = {}
+"""What each subject's last token names (``named_in``), found once per subject."""
+
+
 def verify_event(
     keys: Mapping[str, Keys],
     headers: Mapping[str, str] | None,
@@ -514,7 +518,12 @@ def verify_event(
         claimed = getattr(event, "client", None)
         if claimed != key_id[len(CLIENT_KEY_PREFIX) :]:
             raise Rejected("impersonation", f"{key_id} signed for {claimed!r}")
-    named = named_in(subject)
+    try:
+        named = _named[subject]
+    except KeyError:
+        named = named_in(subject)
+        if len(_named) < SUBJECTS_MAX:
+            _named[subject] = named
     if named is not None:
         field, token = named
         about = getattr(event, field, None)
@@ -974,12 +983,23 @@ class Bus:
         if not isinstance(nc, BusClient):
             raise TypeError("subscribe_now needs the bus's own client (BusClient)")
         counters, guard, keyring = self.counters, self.guard, self.keyring
+        allowed: dict[tuple[str, str], bool] = {}
+
+        def may_sign(key_id: str, subject: str) -> bool:
+            # the keyring's answer, found once per key and subject
+            key = (key_id, subject)
+            found = allowed.get(key)
+            if found is None:
+                found = keyring.may_sign(key_id, subject)
+                if len(allowed) < SUBJECTS_MAX:
+                    allowed[key] = found
+            return found
 
         def receive(subject: str, headers: dict[str, str] | None, data: bytes) -> Rest | None:
             counters.received += 1
             try:
                 keys = keyring.verification_keys(accept_clients)
-                event = verify_event(keys, headers, subject, data, keyring.may_sign)
+                event = verify_event(keys, headers, subject, data, may_sign)
                 guard.check(event.id, event.time, time.time())
                 if not isinstance(event, types):
                     raise Rejected("unexpected-type", type(event).__name__)

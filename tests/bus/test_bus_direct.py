@@ -80,6 +80,19 @@ async def test_checks_and_drops_are_those_of_subscribe(farm: FarmFactory) -> Non
                 connection_threshold=0.6,
             ),
         )
+        # twice each (what a key may sign and what a subject names are found once):
+        # signed by a key that may not sign samples, and a sample of B on A's subject
+        evaluator_key = bus.keyring.signer_for(bus.subjects.health("A"))
+        assert evaluator_key is not None and evaluator_key.key_id.startswith("evaluator")
+        wrong = _sample("B", seq=3)
+        for _ in range(2):
+            sample = _sample(seq=3)
+            payload = bus.encode(subject, sample)[0]
+            signed = sign_headers(evaluator_key.key_id, evaluator_key.key, subject, payload)
+            await nc.publish(subject, payload, headers=signed)
+            payload, headers = bus.encode(subject, wrong)
+            await nc.publish(subject, payload, headers=headers)
+            wrong = _sample("B", seq=4)
         for seq in (7, 13, 14, 15):
             await bus.publish(subject, _sample(seq=seq))
         await _until(lambda: bool(got) and got[-1].seq == 15)
@@ -93,8 +106,10 @@ async def test_checks_and_drops_are_those_of_subscribe(farm: FarmFactory) -> Non
             "replayed": 1,
             "unexpected-type": 1,
             "unlucky": 1,
+            "key-not-allowed": 2,
+            "wrong-subject": 2,
         }
-        assert bus.counters.received == 12
+        assert bus.counters.received == 16
         assert bus.counters.accepted == 6  # 1, 2, 7, 13, 14, 15
         assert bus.counters.handler_errors == 1
         assert bus.counters.handled["MetricsSample"] == 3
