@@ -21,7 +21,7 @@ from dataclasses import replace
 from functools import partial
 
 import msgspec
-from prometheus_client import Gauge, Histogram
+from prometheus_client import Gauge
 
 from schemas.events import (
     ClientStatus,
@@ -37,7 +37,7 @@ from services.runtime.bus import Rest
 from services.runtime.config import Config, ServerConfig, subject_tokens
 from services.runtime.durable import consume, last_stored, publish_stored
 from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
-from services.runtime.metrics import LATENCY_BUCKETS
+from services.runtime.metrics import LATENCY_BUCKETS, LoopGauge, LoopHistogram
 from services.runtime.middleware import known_server, taking
 from services.runtime.permissions import durable_name
 from services.runtime.state import StateStore
@@ -78,7 +78,7 @@ class Evaluator:
         self._lock = StateLock()
         self.unsent: dict[str, tuple[Incident, ...]] = {}
         registry = rt.metrics.registry
-        self.health_gauge = Gauge(
+        self.health_gauge = LoopGauge(
             "aaa_failover_health",
             "Latest health of each server, 0 to 1.",
             ["server"],
@@ -90,7 +90,7 @@ class Evaluator:
             ["server"],
             registry=registry,
         )
-        self.decision_latency = Histogram(
+        self.decision_latency = LoopHistogram(
             "aaa_failover_decision_latency_seconds",
             "Time from a MetricsSample received to its HealthReport published.",
             buckets=LATENCY_BUCKETS,

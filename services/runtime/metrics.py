@@ -13,12 +13,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.values import MutexValue
 
 from services.runtime.bus import DropCounters
 from services.runtime.config import ConfigError
@@ -43,6 +46,53 @@ LATENCY_BUCKETS: Sequence[float] = (
     2.5,
     5.0,
 )
+
+
+class LoopHistogram(Histogram):
+    """prometheus_client's Histogram, with the same samples on /metrics, observed without a
+    lock per value: for a histogram without labels that only the event loop's thread
+    observes, once an event (the evaluator's decision latency). Each value is still read
+    under its lock by the endpoint's thread; written by one thread only, it is whole
+    either way. An exemplar, or values that are not a plain float in memory (multiprocess
+    mode), take prometheus_client's own path."""
+
+    def __init__(self, name: str, documentation: str, **kwargs: Any) -> None:
+        if kwargs.get("labelnames"):
+            raise ValueError("a LoopHistogram has no labels")
+        super().__init__(name, documentation, **kwargs)
+
+    def _metric_init(self) -> None:
+        super()._metric_init()
+        self._plain = isinstance(self._sum, MutexValue)
+
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        if exemplar is not None or not self._plain:
+            super().observe(amount, exemplar)
+            return
+        bounds = self._upper_bounds
+        self._sum._value += amount
+        # the first bucket whose bound is at least ``amount`` (none for NaN), as
+        # prometheus_client's loop over the bounds finds it
+        i = bisect_left(bounds, amount)
+        if i < len(bounds) and amount <= bounds[i]:
+            self._buckets[i]._value += 1
+
+
+class LoopGauge(Gauge):
+    """prometheus_client's Gauge, set without a lock: for gauges only the event loop's
+    thread sets (each server's health, once a sample). Each value is still read under its
+    lock by the endpoint's thread. Values that are not a plain float in memory
+    (multiprocess mode) take prometheus_client's own path."""
+
+    def _metric_init(self) -> None:
+        super()._metric_init()
+        self._plain = isinstance(self._value, MutexValue)
+
+    def set(self, value: float) -> None:
+        if self._plain:
+            self._value._value = float(value)
+        else:
+            super().set(value)
 
 
 class BusCollector(Collector):
