@@ -26,7 +26,6 @@ alone in its batch is retried at its timeout as before.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -247,15 +246,6 @@ def notice_id(decision_id: str, client: str) -> str:
     same each time that decision is handled (offered again after a restart), so the
     agent takes it once and the notifier tracks it once."""
     return hashlib.blake2b(f"{decision_id}/{client}".encode(), digest_size=16).hexdigest()
-
-
-def orphaned(
-    stored: Iterable[Pending], tracked: Mapping[str, Pending], now: float, grace_s: float
-) -> list[Pending]:
-    """The stored notices in flight that no live notifier tends: not tracked here, and
-    their ack timeout passed over ``grace_s`` ago (the notifier holding one re-sends or
-    fails it at its timeout and writes it again, or forgets it once acked)."""
-    return [p for p in stored if p.notice_id not in tracked and p.deadline < now - grace_s]
 
 
 class Sequencer:

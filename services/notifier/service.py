@@ -23,7 +23,8 @@ so it shows on /metrics as ``aaa_failover_events_dropped``.
 Its fate is reported on ``delivery.<client>`` whatever the transport: sent,
 retried (again, while no Ack or CoA-ACK comes; each CoA retransmission too),
 acked, or failed. Notices in flight are kept in the ``notifier`` KV bucket,
-so a restarted notifier goes on retrying them.
+those sent together in chunks of a value each (:mod:`services.notifier.chunks`), so a
+restarted notifier goes on retrying them.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import cast
 
 import nats.errors
 import prometheus_client
@@ -45,14 +47,8 @@ from schemas.events import (
     ReadmitWave,
 )
 from schemas.signing import AUTH_HEADER, SERVER_HEADER, client_authenticator
-from services.notifier.deliveries import (
-    DeliveryTracker,
-    Failed,
-    Pending,
-    Sequencer,
-    notice_id,
-    orphaned,
-)
+from services.notifier.chunks import Chunks, Stored, notices_of, orphaned
+from services.notifier.deliveries import DeliveryTracker, Failed, Pending, Sequencer, notice_id
 from services.notifier.transports.bus import BusTransport
 from services.notifier.transports.coa import CoaTransport
 from services.notifier.transports.icmp import IcmpTransport
@@ -65,8 +61,8 @@ from services.runtime.state import StateStore
 
 logger = logging.getLogger(__name__)
 
-SEND_CONCURRENCY = 256
-"""KV writes of notices in flight at once, whatever the plans they belong to."""
+SEND_CONCURRENCY = 64
+"""KV writes of chunks of notices in flight at once, whatever the plans they belong to."""
 PARTS_IN_FLIGHT = 16
 """Plans (or plan parts) handled side by side: the notices of the next part go out while
 the last part's are being stored. Waves are handled in order: a client told to wait by
@@ -85,7 +81,7 @@ def notice_type(notice: Notice) -> str:
 class Notifier:
     """The notifier's state: config lookups, sequence numbers, deliveries in flight."""
 
-    def __init__(self, rt: Runtime, store: StateStore[Pending]) -> None:
+    def __init__(self, rt: Runtime, store: StateStore[Stored]) -> None:
         self.rt = rt
         self.config = rt.config
         self.store = store
@@ -93,6 +89,7 @@ class Notifier:
         self.clients = {c.id: c for c in rt.config.clients}
         self.secrets = {c.id: rt.config.read_secret(c.secret) for c in rt.config.clients}
         self.seq = Sequencer()
+        self.chunks = Chunks()
         self.tracker = DeliveryTracker(
             ack_timeout_s=rt.config.notifier.ack_timeout_s,
             retries=rt.config.notifier.retries,
@@ -140,16 +137,40 @@ class Notifier:
 
     async def load(self) -> None:
         """Take over the notices that were in flight before a restart."""
-        for pending in (await self.store.load_all()).values():
-            self.tracker.restore(pending)
+        for key, value in (await self.store.load_all()).items():
+            self._take(key, notices_of(value))
         if self.tracker.pending:
             logger.info("resumed %d notices in flight", len(self.tracker))
 
-    async def _save(self, pending: Pending) -> None:
-        await self.store.put(pending.notice_id, pending)
+    def _take(self, key: str, notices: list[Pending]) -> int:
+        """Track the notices of a stored chunk; how many were not tracked already."""
+        taken = self.chunks.restore(key, notices)
+        for pending in taken:
+            self.tracker.restore(pending)
+        return len(taken)
+
+    async def _write(self, key: str | None) -> None:
+        """Write the chunk ``key`` as it is now (removed once nothing of it is in flight)."""
+        if key is None:
+            return
+        async with self.writes:
+            notices = self.chunks.snapshot(key, self.tracker.pending)
+            if notices is None:
+                return
+            if notices:
+                await self.store.put(key, notices)
+            else:
+                await self.store.delete(key)
+
+    async def _write_all(self, keys: list[str]) -> None:
+        """Write chunks side by side, up to ``SEND_CONCURRENCY`` at once."""
+        async with asyncio.TaskGroup() as tg:
+            for key in keys:
+                tg.create_task(self._write(key))
 
     async def _forget(self, notice_id: str) -> None:
-        await self.store.delete(notice_id)
+        """A notice no longer in flight: its chunk written now if it shrank enough."""
+        await self._write(self.chunks.removed(notice_id))
 
     # --- sending --------------------------------------------------------
 
@@ -170,7 +191,7 @@ class Notifier:
         self, batch: list[tuple[Notice, ClientConfig]], server: ServerConfig, decision: str
     ) -> None:
         """Send a plan's or a wave's notices, then report them sent, then store them as in
-        flight.
+        flight, in chunks (:mod:`services.notifier.chunks`).
 
         The notices go out first, one after the other, so the last client hears
         of the plan after one encoding, two authenticators and one publish per
@@ -178,7 +199,7 @@ class Notifier:
         plan or wave is acknowledged to the stream only once this returns, so a
         notifier that dies before its notices are stored is offered it again
         and sends the same notices (same ids, taken once by the agent) again.
-        The writes then go side by side, up to ``SEND_CONCURRENCY`` at once.
+        The chunks' writes then go side by side, up to ``SEND_CONCURRENCY`` at once.
         """
         sent: list[Pending] = []
         for notice, client in batch:
@@ -193,7 +214,7 @@ class Notifier:
             unreported = self.unreported.pop(pending.notice_id, None)
             if unreported is not None:
                 await self.report(unreported)
-        await self._store_all(sent)
+        await self._write_all(self.chunks.add(sent))
 
     def _track(
         self, notice: Notice, client: ClientConfig, server: ServerConfig, decision: str
@@ -215,23 +236,6 @@ class Notifier:
             now=time.time(),
             batch=decision,
         )
-
-    async def _store_all(self, sent: list[Pending]) -> None:
-        """Store the notices still in flight, up to ``SEND_CONCURRENCY`` writes at once.
-
-        A notice acked (or failed) before its write went out is not written: its
-        removal may already have been sent, and the write would bring it back for
-        a restarted notifier, or another replica, to send again.
-        """
-
-        async def one(pending: Pending) -> None:
-            async with self.writes:
-                if self.tracker.pending.get(pending.notice_id) is pending:
-                    await self._save(pending)
-
-        async with asyncio.TaskGroup() as tg:
-            for pending in sent:
-                tg.create_task(one(pending))
 
     async def _transmit(self, pending: Pending) -> None:
         """Send a tracked notice (again) by its client's transport."""
@@ -295,7 +299,7 @@ class Notifier:
             )
             await self.report(outcome.delivery)
         elif outcome is not None:
-            await self._save(outcome)
+            await self._write(self.chunks.changed(notice_id))
             self.wake.set()
 
     # --- handlers -------------------------------------------------------
@@ -401,11 +405,13 @@ class Notifier:
                 # the store away (a cluster electing a leader): the next look will do
                 logger.warning("could not look for notices of a notifier gone: %r", exc)
                 continue
-            adopted = orphaned(stored.values(), self.tracker.pending, time.time(), grace)
-            for pending in adopted:
-                self.tracker.restore(pending)
-            if adopted:
-                logger.info("took over %d notices in flight of a notifier gone", len(adopted))
+            chunks = {key: notices_of(value) for key, value in stored.items()}
+            adopted = orphaned(
+                chunks, self.tracker.pending, self.chunks.members, time.time(), grace
+            )
+            taken = sum(self._take(key, notices) for key, notices in adopted.items())
+            if taken:
+                logger.info("took over %d notices in flight of a notifier gone", taken)
                 self.wake.set()
 
     async def retry_loop(self) -> None:
@@ -413,6 +419,7 @@ class Notifier:
         timeout = self.config.notifier.ack_timeout_s
         while True:
             now = time.time()
+            changed: set[str] = set()
             for action in self.tracker.due(now):
                 pending = action.pending
                 if isinstance(action, Failed):
@@ -426,9 +433,11 @@ class Notifier:
                     await self.report(action.delivery)
                 else:
                     await self._transmit(pending)
-                    if self.tracker.pending.get(pending.notice_id) is pending:
-                        await self._save(pending)
+                    if (key := self.chunks.changed(pending.notice_id)) is not None:
+                        changed.add(key)
                     await self.report(action.delivery)
+            # each chunk written once a round: what was sent again, and what was answered
+            await self._write_all(sorted(changed.union(self.chunks.unwritten())))
             deadline = self.tracker.next_deadline()
             wait = timeout if deadline is None else min(timeout, deadline - time.time())
             self.wake.clear()
@@ -446,7 +455,7 @@ async def run(
     """Run the notifier until shutdown (``only`` is not used by this service)."""
 
     async def setup(rt: Runtime) -> None:
-        notifier = Notifier(rt, await StateStore.open(rt.bus, NAME, Pending))
+        notifier = Notifier(rt, await StateStore.open(rt.bus, NAME, cast("type[Stored]", Stored)))
         await notifier.load()
         await notifier.open_transports()
         subjects = rt.bus.subjects

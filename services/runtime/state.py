@@ -35,6 +35,8 @@ class StateStore(Generic[T]):
     def __init__(self, kv: KeyValue, kind: type[T], counters: DropCounters, bucket: str) -> None:
         self.kv = kv
         self.kind = kind
+        self.what = getattr(kind, "__name__", None) or str(kind)
+        """The values' type, as logged (a union of types has no name of its own)."""
         self.counters = counters
         self.bucket = bucket
         self._decoder = msgspec.json.Decoder(kind)
@@ -74,7 +76,7 @@ class StateStore(Generic[T]):
             return
         self._reported.add(seen)
         self.counters.drop("bad-state")
-        logger.warning("ignoring stored %s %r in %s: %s", self.kind.__name__, key, self.bucket, why)
+        logger.warning("ignoring stored %s %r in %s: %s", self.what, key, self.bucket, why)
 
     async def get(self, key: str) -> T | None:
         """The value under ``key``; None if there is none or it is bad.

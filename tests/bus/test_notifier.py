@@ -7,7 +7,10 @@ import logging
 import time
 from pathlib import Path
 
+import msgspec
+import nats.js.errors
 import pytest
+from nats.js.kv import KeyValue
 
 from schemas import codec
 from schemas.events import (
@@ -15,6 +18,7 @@ from schemas.events import (
     ReadmitNotice,
     ReadmitWave,
 )
+from services.notifier.deliveries import Pending
 from services.runtime.config import ConfigError
 from tests.conftest import FarmFactory
 from tests.support.notifying import TIMEOUT, harness, notifier, transport_farm
@@ -150,6 +154,64 @@ async def test_restarted_notifier_resumes_notices_in_flight(farm: FarmFactory) -
             later = codec.decode(msg.data)
             assert isinstance(later, FailoverNotice)
             assert later.seq > codec.decode(first.data).seq  # type: ignore[union-attr]
+
+
+async def test_notices_in_flight_are_stored_together_and_values_stored_one_a_notice_are_resumed(
+    farm: FarmFactory,
+) -> None:
+    config, _ = farm({"notifier": {"ack_timeout_s": 1.0, "retries": 5}}, clients=3)
+    decode = msgspec.json.Decoder(list[Pending])
+    async with harness(config) as h:
+        kv = await h.bus.kv("notifier")
+        async with notifier(config):
+            await h.until_ready("nas-02")
+            await h.plan("A", ("nas-01", ["B"]), ("nas-03", ["B"]))
+            first = {c: await h.notice(c) for c in ("nas-01", "nas-03")}
+            for client in first:
+                assert (await h.delivery(client)).outcome == "sent"
+            # the plan's two notices are one value
+            chunks = await _chunks(kv, decode)
+            while not (ours := [k for k, c in chunks.items() if c[0].client != "nas-02"]):
+                chunks = await _chunks(kv, decode)
+        (key,) = ours
+        chunk = chunks[key]
+        assert sorted(p.client for p in chunk) == ["nas-01", "nas-03"]
+        # as a notifier from before chunks stored them: a value each, under its id
+        for pending in chunk:
+            await kv.put(pending.notice_id, msgspec.json.encode(pending))
+        if key not in {p.notice_id for p in chunk}:
+            await kv.purge(key)
+        stopped = time.time()
+        async with notifier(config):
+            for client, msg in first.items():
+                while (delivery := await h.delivery(client)).time <= stopped:
+                    pass
+                assert delivery.outcome == "retried"
+                while (await h.notice(client)).data != msg.data:
+                    pass
+                await h.ack(client, codec.decode(msg.data).id, "A")
+                while (await h.delivery(client)).outcome != "acked":
+                    pass
+            # answered, they are no longer stored
+            left = await _chunks(kv, decode)
+            while any(p.client != "nas-02" for c in left.values() for p in c):
+                left = await _chunks(kv, decode)
+
+
+async def _chunks(
+    kv: KeyValue, decode: msgspec.json.Decoder[list[Pending]]
+) -> dict[str, list[Pending]]:
+    """The notifier's stored chunks, by key, a little while from now (nas-02's probes too)."""
+    await asyncio.sleep(0.05)
+    try:
+        keys = await kv.keys()
+    except nats.js.errors.NoKeysError:
+        return {}
+    chunks = {}
+    for key in keys:
+        value = (await kv.get(key)).value or b""
+        chunks[key] = decode.decode(value if value.startswith(b"[") else b"[" + value + b"]")
+    return chunks
 
 
 # --- delivery tracking of transports that answer by themselves (CoA) -------

@@ -10,7 +10,6 @@ from services.notifier.deliveries import (
     Retry,
     Sequencer,
     notice_id,
-    orphaned,
 )
 
 
@@ -133,18 +132,6 @@ def test_a_decision_handled_twice_gives_each_client_the_same_notice_id() -> None
     assert notice_id("plan-1", "nas-01") != notice_id("plan-1", "nas-02")
     assert notice_id("plan-1", "nas-01") != notice_id("plan-2", "nas-01")
     assert len(notice_id("plan-1", "nas-01")) == 32
-
-
-def test_only_notices_no_notifier_tends_are_orphaned() -> None:
-    mine = DeliveryTracker(ack_timeout_s=1.0, retries=3)
-    _send(mine, "tended", now=100.0)
-    peer = DeliveryTracker(ack_timeout_s=1.0, retries=3)
-    _send(peer, "peer-alive", now=109.0)  # its holder re-sent it lately: deadline 110
-    _send(peer, "peer-dead", now=100.0)  # nobody re-sent it: deadline 101
-    stored = [*mine.pending.values(), *peer.pending.values()]
-    found = orphaned(stored, mine.pending, now=110.0, grace_s=3.0)
-    assert [p.notice_id for p in found] == ["peer-dead"]
-    assert orphaned(stored, mine.pending, now=103.5, grace_s=3.0) == []
 
 
 def test_a_batch_still_being_acked_is_not_sent_again_until_its_acks_stop() -> None:
