@@ -25,6 +25,7 @@ from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import nats
+import nats.aio.client as nats_client
 from nats.aio.client import Client as NatsClient
 from nats.aio.client import _validate_subject
 from nats.aio.msg import Msg
@@ -194,6 +195,11 @@ def header_value(value: str) -> bytes:
     return text.encode()
 
 
+_PLAIN_HEADERS = getattr(nats_client, "parse_email", None) is None
+"""Whether nats-py reads header lines with the client's ``_parse_header_lines`` (it uses
+fast_mail_parser instead where that is installed)."""
+
+
 class BusParser(Parser):
     """nats-py's protocol parser, reading the messages with headers the server sends
     (``HMSG <subject> <sid> [reply] <header bytes> <total bytes>``, single spaces) without
@@ -354,8 +360,13 @@ class BusClient(NatsClient):
             name = subject.decode()
             if len(self._subjects_in) < SUBJECTS_MAX:
                 self._subjects_in[subject] = name
+        if _PLAIN_HEADERS and headers is not None and headers.startswith(b"NATS/1.0\r\n"):
+            # a block without a status: what _process_headers makes of it, in this call
+            hdr = (parse_header_lines(headers[10:]) or None) if len(headers) > 10 else None
+        else:
+            hdr = await self._process_headers(headers)
         try:
-            rest = direct.receive(name, await self._process_headers(headers), data)
+            rest = direct.receive(name, hdr, data)
         except Exception as exc:
             # as nats-py's subscription task does with a handler that raises: never
             # into the task that reads the connection
