@@ -14,7 +14,7 @@ from nats.aio.client import Client as NatsClient
 from schemas import codec
 from schemas.events import Event, HealthReport, Incident, MetricsSample
 from schemas.subjects import Subjects
-from services.evaluator.service import Evaluator, StateLock
+from services.evaluator.service import Evaluator, ReportIds, StateLock
 from services.launch.farm import write_farm
 from services.runtime.bus import Bus, BusClient, Keyring
 from services.runtime.config import Config
@@ -118,3 +118,16 @@ async def test_the_state_lock_is_taken_at_once_only_when_free() -> None:
     await asyncio.wait_for(waiter, 5)
     lock.release()
     assert lock.take_now()
+
+
+async def test_report_ids_are_fresh_random_hex_as_new_ids_are(config: Config) -> None:
+    ids = ReportIds()
+    made = [ids(_sample(i, HIGH)) for i in range(3 * ReportIds.BATCH + 5)]
+    assert len(set(made)) == len(made)
+    assert all(len(i) == 32 and int(i, 16) >= 0 and i == i.lower() for i in made)
+    ev = _evaluator(config)
+    assert isinstance(ev.core.report_id, ReportIds)
+    ev.sample_now(_sample(1, HIGH))
+    ev.sample_now(_sample(2, HIGH))
+    first, second = _sent(ev)
+    assert first.id != second.id and len(first.id) == 32
