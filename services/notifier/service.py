@@ -119,6 +119,8 @@ class Notifier:
             ["outcome", "transport"],
             registry=rt.metrics.registry,
         )
+        self._counted: dict[tuple[str, str], prometheus_client.Counter] = {}
+        """``deliveries_total``'s counter of each outcome and transport, found once."""
 
     async def open_transports(self) -> None:
         """Open what the configured clients' transports send with, and say what is missing.
@@ -283,7 +285,11 @@ class Notifier:
                 await self.report(sent)
         client = self.clients.get(delivery.client)
         transport = client.transport if client is not None else "unknown"
-        self.deliveries_total.labels(delivery.outcome, transport).inc()
+        counted = (delivery.outcome, transport)
+        counter = self._counted.get(counted)
+        if counter is None:
+            counter = self._counted[counted] = self.deliveries_total.labels(*counted)
+        counter.inc()
         await self.rt.bus.publish(self.rt.bus.subjects.delivery(delivery.client), delivery)
 
     async def exchange_failed(self, notice_id: str, now: float) -> None:
