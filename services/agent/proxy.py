@@ -66,7 +66,7 @@ import functools
 import ipaddress
 import logging
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,7 +75,7 @@ from schemas.errors import AaaFailoverError
 from schemas.events import Endpoint, UpstreamChange
 from services.agent.affinity import Conversations
 from services.agent.tally import Tallies
-from services.agent.upstreams import Transition, UpstreamPool
+from services.agent.upstreams import WINDOW_SLACK_S, Transition, UpstreamPool
 from services.radius.client import RadiusTimeout
 from services.radius.endpoint import UdpEndpoint
 from services.radius.packet import (
@@ -326,7 +326,8 @@ class _Attempt:
     in its socket's ``pending`` (and a move's watched set) where a future would, and goes on
     by itself when ended, to answer the NAS (:meth:`RadiusProxy._answered`) or to try the
     request once more (:meth:`RadiusProxy._unanswered`), or to let it go (``cancel``, when
-    its socket is closed)."""
+    its socket is closed). Its response window is watched by the proxy's one timer for
+    every first attempt (:meth:`RadiusProxy._expire_attempts`), not a timer of its own."""
 
     __slots__ = (
         "addr",
@@ -339,7 +340,6 @@ class _Attempt:
         "sent",
         "sent_at",
         "sock",
-        "timer",
         "watched",
     )
 
@@ -365,7 +365,6 @@ class _Attempt:
         self.sent = sent
         self.sent_at = sent_at
         self.finished = False
-        self.timer: asyncio.TimerHandle | None = None
         self.watched: set[Waiter] | None = None
 
     def done(self) -> bool:
@@ -388,11 +387,12 @@ class _Attempt:
             self.set_exception(RadiusTimeout(f"no reply ({address})"))
 
     def end(self) -> float:
-        """Out of its socket's ``pending``, its timer and watched set; the time now."""
+        """Out of its socket's ``pending`` and watched set, and, with those ended before it,
+        out of the proxy's first attempts in order; the time now."""
         self.finished = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        attempts = self.proxy._attempts
+        while attempts and attempts[0].finished:
+            attempts.popleft()
         if self.watched is not None:
             self.watched.discard(self)
         now = time.monotonic()
@@ -637,6 +637,8 @@ class RadiusProxy:
         self._drained: asyncio.Future[None] | None = None
         self._abandon = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._attempts: deque[_Attempt] = deque()
+        self._expiry: asyncio.TimerHandle | None = None
         self.conversations = Conversations()
         self._request_task = f"{client_id}:request"
         self._closing = False
@@ -790,6 +792,9 @@ class RadiusProxy:
                     await asyncio.gather(*late, return_exceptions=True)
         finally:
             self._abandon = True
+            if self._expiry is not None:
+                self._expiry.cancel()
+                self._expiry = None
             self._closed = True
             for link in self._links.values():
                 link.close()
@@ -997,7 +1002,9 @@ class RadiusProxy:
         attempt = _Attempt(self, listener, key, request, addr, endpoint, sock, sent, sent_at)
         require_ma = endpoint.server not in self.unsigned_upstreams
         sock.pending[sent.id] = (sent, require_ma, attempt)
-        attempt.timer = loop.call_later(self.settings.response_window_s, attempt.expire)
+        self._attempts.append(attempt)
+        if self._expiry is None:
+            self._expiry = loop.call_later(self.settings.response_window_s, self._expire_attempts)
         if state is None and not accounting:  # movable: a move off the server ends its wait
             attempt.watched = watched = self._watched(endpoint.server)
             watched.add(attempt)
@@ -1006,6 +1013,26 @@ class RadiusProxy:
         except (OSError, RuntimeError) as exc:
             attempt.set_exception(exc)
         return True
+
+    def _expire_attempts(self) -> None:
+        """The one timer of every first attempt: those whose response window is over (they
+        are in the order they were sent, each with the same window) end unanswered; it is
+        set again for the oldest one still waiting, if any. With replies coming, it goes
+        off about once a window."""
+        self._expiry = None
+        attempts = self._attempts
+        window_s = self.settings.response_window_s
+        now = time.monotonic()
+        while attempts:
+            oldest = attempts[0]
+            if not oldest.finished and now - oldest.sent_at < window_s - WINDOW_SLACK_S:
+                break
+            attempts.popleft()
+            if not oldest.finished:
+                oldest.expire()
+        if attempts and self._loop is not None:
+            wait_s = max(0.0, attempts[0].sent_at + window_s - now)
+            self._expiry = self._loop.call_later(wait_s, self._expire_attempts)
 
     def _answered(self, attempt: _Attempt, reply: Message, now: float) -> None:
         """A first attempt's verified reply: the answer to the NAS."""
