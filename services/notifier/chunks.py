@@ -99,7 +99,7 @@ class Chunks:
         its last write or to nothing; None if that can wait, or if the chunk's first write
         is still to come (it will hold what is in flight then)."""
         key = self.key_of.pop(notice_id, None)
-        if key is None:
+        if key is None or key not in self.filed:
             return None
         self.filed[key] -= 1
         if key not in self.written:
@@ -121,7 +121,14 @@ class Chunks:
         ids = self.members.get(key)
         if ids is None:
             return None
-        notices = [live[n] for n in ids if n in live and self.key_of.get(n) == key]
+        notices = []
+        for notice_id in ids:
+            if self.key_of.get(notice_id) != key:
+                continue
+            if notice_id in live:
+                notices.append(live[notice_id])
+            else:  # gone from flight, its removed() still to come (several fail at once)
+                del self.key_of[notice_id]
         self.behind.discard(key)
         if notices:
             self.members[key] = [p.notice_id for p in notices]

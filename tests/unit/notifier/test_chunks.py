@@ -120,10 +120,12 @@ def test_only_chunks_no_notifier_tends_are_orphaned() -> None:
 @settings(max_examples=200, deadline=None)
 @given(
     sent=st.lists(st.integers(1, 3 * CHUNK), min_size=1, max_size=3),
-    steps=st.lists(st.tuples(st.integers(0, 10**6), st.booleans()), max_size=200),
+    steps=st.lists(
+        st.tuples(st.integers(0, 10**6), st.booleans(), st.integers(1, 4)), max_size=200
+    ),
 )
 def test_what_is_stored_always_covers_what_is_in_flight(
-    sent: list[int], steps: list[tuple[int, bool]]
+    sent: list[int], steps: list[tuple[int, bool, int]]
 ) -> None:
     # a store written as the notifier writes it: every notice in flight is in the store
     # under its chunk's key, and the store holds nothing never sent
@@ -147,13 +149,19 @@ def test_what_is_stored_always_covers_what_is_in_flight(
         live.update({p.notice_id: p for p in notices})
         for key in chunks.add(notices):
             write(key)
-    for pick, answered in steps:
+    for pick, answered, together in steps:
         if not live:
             break
-        notice_id = sorted(live)[pick % len(live)]
+        ids = sorted(live)
+        notice_id = ids[pick % len(ids)]
         if answered:
-            del live[notice_id]
-            write(chunks.removed(notice_id))
+            # several may leave flight at once (the retry loop's failures), then be
+            # removed one by one, each perhaps writing their chunk
+            gone = ids[pick % len(ids) :][:together]
+            for n in gone:
+                del live[n]
+            for n in gone:
+                write(chunks.removed(n))
         else:
             write(chunks.changed(notice_id))
         if pick % 7 == 0:
