@@ -65,6 +65,7 @@ import asyncio
 import functools
 import ipaddress
 import logging
+import math
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Coroutine, Sequence
@@ -244,6 +245,7 @@ class RecentReplies:
         self.max_octets = max_octets
         self.octets = 0
         self._replies: OrderedDict[RequestKey, tuple[float, bytes]] = OrderedDict()
+        self._due = math.inf  # when the oldest reply expires, or earlier: none is older
 
     def __len__(self) -> int:
         return len(self._replies)
@@ -257,22 +259,30 @@ class RecentReplies:
                 and len(replies) <= self.max_entries
                 and self.octets <= self.max_octets
             ):
+                self._due = expires
                 return
             del replies[oldest]
             self.octets -= len(raw)
+        self._due = math.inf
 
     def get(self, key: RequestKey, now: float) -> bytes | None:
-        self._expire(now)
+        if now >= self._due:
+            self._expire(now)
         entry = self._replies.get(key)
         return None if entry is None else entry[1]
 
     def put(self, key: RequestKey, raw: bytes, now: float) -> None:
-        old = self._replies.pop(key, None)
+        replies = self._replies
+        old = replies.pop(key, None)
         if old is not None:
             self.octets -= len(old[1])
-        self._replies[key] = (now + self.ttl_s, raw)
+        expires = now + self.ttl_s
+        replies[key] = (expires, raw)
         self.octets += len(raw)
-        self._expire(now)
+        if expires < self._due:
+            self._due = expires
+        if now >= self._due or len(replies) > self.max_entries or self.octets > self.max_octets:
+            self._expire(now)
 
 
 # --- the proxy ------------------------------------------------------------------
@@ -413,7 +423,7 @@ class _Socket:
 
     def __init__(self, on_refused: Refused, name: str) -> None:
         self.on_refused = on_refused
-        self.endpoint = UdpEndpoint(self._on_reply, name=name)
+        self.endpoint = UdpEndpoint(self._on_reply, name=name, addresses_as_given=True)
         self.pending: dict[int, tuple[Sent, bool, Waiter]] = {}
         self.idle_since = time.monotonic()
         self._next_id = 0
@@ -583,6 +593,7 @@ class _Listener:
         self.endpoint = UdpEndpoint(
             functools.partial(proxy._on_datagram, self),
             name="proxy acct" if accounting else "proxy auth",
+            addresses_as_given=True,
         )
 
     def send(self, raw: bytes, addr: tuple[str, int]) -> None:

@@ -26,12 +26,23 @@ class UdpEndpoint(asyncio.DatagramProtocol):
 
     Make it, then ``await endpoint.open(local_addr=..., remote_addr=...)``:
     the callback may use the endpoint (to answer) from the first datagram on.
+
+    Each datagram's source is ``(host, port)`` as ``str`` and ``int``; with
+    ``addresses_as_given``, it is the loop's own tuple handed straight on, one
+    call fewer a datagram for the agent's proxy, whose every datagram counts:
+    ``(host, port)`` for IPv4, ``(host, port, flowinfo, scope_id)`` for IPv6,
+    the host a ``str`` either way (it is used as given: sent to, and kept as
+    a key).
     """
 
-    def __init__(self, on_datagram: OnDatagram, *, name: str) -> None:
+    def __init__(
+        self, on_datagram: OnDatagram, *, name: str, addresses_as_given: bool = False
+    ) -> None:
         self.on_datagram = on_datagram
         self.name = name
         self.transport: asyncio.DatagramTransport | None = None
+        if addresses_as_given:
+            self.datagram_received = on_datagram  # type: ignore[method-assign,assignment]
 
     async def open(
         self, *, local_addr: Address | None = None, remote_addr: Address | None = None
