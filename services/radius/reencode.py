@@ -143,7 +143,8 @@ def hmac_md5(secret: bytes, message: bytes) -> bytes:
     """HMAC-MD5 (RFC 2104) of ``message`` under ``secret``, as ``hmac.digest(secret, message,
     "md5")`` but from the key's padded MD5 states computed once: OpenSSL's one-shot HMAC
     looks MD5 up and keys itself again on every call, twice the cost of the digest."""
-    inner, outer = _pads(secret)
+    pads = _hmac_pads.get(secret)
+    inner, outer = _pads(secret) if pads is None else pads
     inner = inner.copy()
     inner.update(message)
     outer = outer.copy()
@@ -442,23 +443,39 @@ def _rewrite(
     raw: bytes,
     message_authenticator_at: int,
     hidden: tuple[Hidden, ...],
-    recrypt: Callable[[bytes, int], bytes],
-    *,
+    secrets_vectors: tuple[bytes, bytes, bytes, bytes],
     sign: bool,
 ) -> bytes:
-    """The attributes of ``raw`` as they go on: copied, each hidden value replaced by
-    ``recrypt(value, kind)`` (of the same length), the Message-Authenticator left out, and
+    """The attributes of ``raw`` as they go on: copied, each hidden value decrypted under
+    ``secrets_vectors`` (from secret, from vector, to secret, to vector) and encrypted
+    again under the other two (its length kept), the Message-Authenticator left out, and
     a zeroed one first when ``sign``."""
+    if not hidden and message_authenticator_at < 0:
+        return _EMPTY_MESSAGE_AUTHENTICATOR + raw[20:] if sign else raw[20:]
     parts = [_EMPTY_MESSAGE_AUTHENTICATOR] if sign else []
     cuts: list[tuple[int, int, int]] = list(hidden)
     if message_authenticator_at >= 0:
         cuts.append((message_authenticator_at, message_authenticator_at + 18, -1))
-        cuts.sort()
+        if hidden:
+            cuts.sort()
+    from_secret, from_vector, to_secret, to_vector = secrets_vectors
     copied = RADIUS_HEADER_OCTETS
     for start, end, kind in cuts:
         parts.append(raw[copied:start])
-        if kind >= 0:
-            parts.append(recrypt(raw[start:end], kind))
+        if kind == PASSWORD:
+            _check_password(end - start)
+            parts.append(_recrypt(raw[start:end], from_secret, from_vector, to_secret, to_vector))
+        elif kind >= 0:
+            parts.append(
+                resalt(
+                    raw[start:end],
+                    kind == TAGGED,
+                    from_secret=from_secret,
+                    from_vector=from_vector,
+                    to_secret=to_secret,
+                    to_vector=to_vector,
+                )
+            )
         copied = end
     parts.append(raw[copied:])
     return b"".join(parts)
@@ -548,32 +565,16 @@ def upstream_request(request: Message, secret: bytes) -> Outgoing:
         from_vector = request.authenticator
     else:
         authenticator = from_vector = ZERO_VECTOR
-    from_secret = request.secret
-
-    def recrypt(value: bytes, kind: int) -> bytes:
-        if kind == PASSWORD:
-            return rehide_password(
-                value,
-                from_secret=from_secret,
-                from_vector=from_vector,
-                to_secret=secret,
-                to_vector=authenticator,
-            )
-        return resalt(
-            value,
-            kind == TAGGED,
-            from_secret=from_secret,
-            from_vector=from_vector,
-            to_secret=secret,
-            to_vector=authenticator,
-        )
-
-    sign = access or request.message_authenticator
+    sign = access or request.message_authenticator_at >= 0
     attributes = _rewrite(
-        request.raw, request.message_authenticator_at, request.hidden, recrypt, sign=sign
+        request.raw,
+        request.message_authenticator_at,
+        request.hidden,
+        (request.secret, from_vector, secret, authenticator),
+        sign,
     )
     if access:
-        types = [t for t, _, _ in request.attributes]
+        types = {t for t, _, _ in request.attributes}
         if CHAP_PASSWORD in types and CHAP_CHALLENGE not in types:
             attributes += bytes((CHAP_CHALLENGE, 18)) + request.authenticator
     return Outgoing(request.code, authenticator, attributes, 0 if sign else -1, secret)
@@ -650,7 +651,7 @@ def _answer(code: int, request: Message, attributes: bytes, *, sign: bool) -> by
 
 def _proxy_states(request: Message) -> bytes:
     raw = request.raw
-    return b"".join(raw[start:end] for t, start, end in request.attributes if t == PROXY_STATE)
+    return b"".join([raw[start:end] for t, start, end in request.attributes if t == PROXY_STATE])
 
 
 def nas_reply(request: Message, sent: Sent, reply: Message) -> bytes:
@@ -664,22 +665,18 @@ def nas_reply(request: Message, sent: Sent, reply: Message) -> bytes:
     attribute, as FreeRADIUS 3.2.5 and later send it against BlastRADIUS; an
     Accounting-Response gets one when the upstream's reply had one.
     """
-
-    def recrypt(value: bytes, kind: int) -> bytes:
-        return resalt(
-            value,
-            kind == TAGGED,
-            from_secret=sent.secret,
-            from_vector=sent.authenticator,
-            to_secret=request.secret,
-            to_vector=request.authenticator,
-        )
-
-    sign = request.code == ACCESS_REQUEST or reply.message_authenticator
+    sign = request.code == ACCESS_REQUEST or reply.message_authenticator_at >= 0
     attributes = _rewrite(
-        reply.raw, reply.message_authenticator_at, reply.hidden, recrypt, sign=sign
+        reply.raw,
+        reply.message_authenticator_at,
+        reply.hidden,
+        (sent.secret, sent.authenticator, request.secret, request.authenticator),
+        sign,
     )
-    if not any(t == PROXY_STATE for t, _, _ in reply.attributes):
+    for t, _, _ in reply.attributes:
+        if t == PROXY_STATE:
+            break
+    else:
         attributes += _proxy_states(request)
     return _answer(reply.code, request, attributes, sign=sign)
 
