@@ -255,7 +255,9 @@ class Evaluator:
         """Publish ``incident`` until the stream has it, then write the server's machine
         state. The targeter takes the change from the stream as soon as it is stored, so
         no KV write stands before it; an evaluator that stops between the two finds the
-        change on the stream at its next start (:meth:`load`)."""
+        change on the stream at its next start (:meth:`load`). It is logged once stored,
+        so the line is not on the way to the targeter."""
+        await publish_stored(self.rt.bus, self.rt.bus.subjects.incident(incident.server), incident)
         logger.info(
             "incident %s of %s %s (health %.3f, relapses %d): %s",
             incident.incident_id,
@@ -265,7 +267,6 @@ class Evaluator:
             incident.relapses,
             incident.reason,
         )
-        await publish_stored(self.rt.bus, self.rt.bus.subjects.incident(incident.server), incident)
         await self.store.put(incident.server, self.states[incident.server])
 
     async def send_outboxes(self) -> None:
