@@ -231,7 +231,7 @@ class Sent(NamedTuple):
     def proxy_states(self) -> list[bytes]:
         """The values of its Proxy-State attributes, in order."""
         raw = self.raw
-        attributes, _, _ = _walk(raw, password=False)
+        attributes, _, _ = _walk(raw, False)
         return [raw[start + 2 : end] for t, start, end in attributes if t == PROXY_STATE]
 
 
@@ -266,13 +266,14 @@ class Outgoing(NamedTuple):
         at = self.message_authenticator_at
         if at >= 0:
             vector = ZERO_VECTOR if computed else self.authenticator
-            mac = hmac_md5(secret, head + vector + attributes)
-            attributes = attributes[: at + 2] + mac + attributes[at + 18 :]
+            mac = hmac_md5(secret, b"".join((head, vector, attributes)))
+            attributes = b"".join((attributes[: at + 2], mac, attributes[at + 18 :]))
         if computed:
-            authenticator = _md5(head + ZERO_VECTOR + attributes + secret).digest()
+            authenticator = _md5(b"".join((head, ZERO_VECTOR, attributes, secret))).digest()
         else:
             authenticator = self.authenticator
-        return Sent(head + authenticator + attributes, self.code, id_, authenticator, secret)
+        raw = b"".join((head, authenticator, attributes))
+        return Sent(raw, self.code, id_, authenticator, secret)
 
 
 # --- hiding (RFC 2865 section 5.2, RFC 2868 section 3.5) --------------------------------
@@ -367,7 +368,7 @@ def resalt(
 def _framed(data: bytes, limit: int | None) -> bytes:
     """``data`` (at least a header) up to its Length field; raise Dropped("malformed") if the
     field is under a header, beyond the datagram, or over ``limit``."""
-    length = int.from_bytes(data[2:4], "big")
+    length = data[2] << 8 | data[3]
     if length < RADIUS_HEADER_OCTETS or length > len(data):
         raise Dropped("malformed", f"Length {length} in a datagram of {len(data)} octets")
     if limit is not None and length > limit:
@@ -378,7 +379,7 @@ def _framed(data: bytes, limit: int | None) -> bytes:
 _LOOKED_AT = frozenset({USER_PASSWORD, VENDOR_SPECIFIC, TUNNEL_PASSWORD, MESSAGE_AUTHENTICATOR})
 
 
-def _walk(raw: bytes, *, password: bool) -> tuple[list[Attribute], int, list[Hidden]]:
+def _walk(raw: bytes, password: bool) -> tuple[list[Attribute], int, list[Hidden]]:
     """The attributes of ``raw`` (a framed packet), where its Message-Authenticator starts
     (-1 without one), and where its encrypted values lie (User-Password only when
     ``password``: an Access-Request's). Raise Dropped("malformed") on a length under 2 or
@@ -435,7 +436,9 @@ def _mppe_keys(raw: bytes, at: int, end: int) -> list[Hidden]:
 def _message_authenticator_valid(raw: bytes, at: int, vector: bytes, secret: bytes) -> bool:
     """Whether the Message-Authenticator at ``at`` is the HMAC-MD5 of ``raw`` with it zeroed
     and ``vector`` for the authenticator field (RFC 3579 section 3.2)."""
-    expected = hmac_md5(secret, raw[:4] + vector + raw[20 : at + 2] + ZERO_VECTOR + raw[at + 18 :])
+    expected = hmac_md5(
+        secret, b"".join((raw[:4], vector, raw[20 : at + 2], ZERO_VECTOR, raw[at + 18 :]))
+    )
     return hmac.compare_digest(expected, raw[at + 2 : at + 18])
 
 
@@ -512,10 +515,10 @@ def decode_request(
     if code != (ACCOUNTING_REQUEST if accounting else ACCESS_REQUEST) and code != STATUS_SERVER:
         raise Dropped("unsupported-code", str(code))
     raw = _framed(data, MAX_PACKET_OCTETS)
-    attributes, message_authenticator_at, hidden = _walk(raw, password=code == ACCESS_REQUEST)
+    attributes, message_authenticator_at, hidden = _walk(raw, code == ACCESS_REQUEST)
     authenticator = raw[4:20]
     if code == ACCOUNTING_REQUEST:
-        expected = _md5(raw[:4] + ZERO_VECTOR + raw[20:] + secret).digest()
+        expected = _md5(b"".join((raw[:4], ZERO_VECTOR, raw[20:], secret))).digest()
         if not hmac.compare_digest(expected, authenticator):
             raise Dropped("bad-authenticator")
     if message_authenticator_at >= 0:
@@ -584,7 +587,7 @@ def outgoing(raw: bytes, secret: bytes) -> Outgoing:
     """A request already encoded (as pyrad builds a Status-Server probe), to be sent under
     ``secret`` with the id of the socket it goes out on."""
     framed = _framed(raw, None)
-    _, at, _ = _walk(framed, password=False)
+    _, at, _ = _walk(framed, False)
     body = framed[RADIUS_HEADER_OCTETS:]
     if at >= 0:
         at -= RADIUS_HEADER_OCTETS
@@ -614,13 +617,13 @@ def verify_reply(sent: Sent, data: bytes, *, require_message_authenticator: bool
     code = raw[0]
     if raw[1] != sent.id:
         raise Dropped("invalid", f"id {raw[1]}, not {sent.id}")
-    expected = _md5(raw[:4] + sent.authenticator + raw[20:] + sent.secret).digest()
+    expected = _md5(b"".join((raw[:4], sent.authenticator, raw[20:], sent.secret))).digest()
     if not hmac.compare_digest(expected, raw[4:20]):
         raise Dropped("invalid", "wrong Response Authenticator")
     answers = REPLY_CODES.get(sent.code)
     if answers is not None and code not in answers:
         raise Dropped("invalid", f"code {code} in answer to code {sent.code}")
-    attributes, at, hidden = _walk(raw, password=False)
+    attributes, at, hidden = _walk(raw, False)
     if at >= 0:
         zeroed = code == ACCOUNTING_RESPONSE and sent.code != STATUS_SERVER
         vector = ZERO_VECTOR if zeroed else sent.authenticator
@@ -643,10 +646,10 @@ def _answer(code: int, request: Message, attributes: bytes, *, sign: bool) -> by
     if sign:
         zeroed = code == ACCOUNTING_RESPONSE and request.code != STATUS_SERVER
         vector = ZERO_VECTOR if zeroed else request.authenticator
-        mac = hmac_md5(secret, head + vector + attributes)
-        attributes = attributes[:2] + mac + attributes[18:]
-    authenticator = _md5(head + request.authenticator + attributes + secret).digest()
-    return head + authenticator + attributes
+        mac = hmac_md5(secret, b"".join((head, vector, attributes)))
+        attributes = b"".join((attributes[:2], mac, attributes[18:]))
+    authenticator = _md5(b"".join((head, request.authenticator, attributes, secret))).digest()
+    return b"".join((head, authenticator, attributes))
 
 
 def _proxy_states(request: Message) -> bytes:
