@@ -350,6 +350,7 @@ class _Attempt:
         "sent",
         "sent_at",
         "sock",
+        "state",
         "watched",
     )
 
@@ -364,6 +365,7 @@ class _Attempt:
         sock: _Socket,
         sent: Sent,
         sent_at: float,
+        state: bytes | None,
     ) -> None:
         self.proxy = proxy
         self.listener = listener
@@ -374,6 +376,7 @@ class _Attempt:
         self.sock = sock
         self.sent = sent
         self.sent_at = sent_at
+        self.state = state
         self.finished = False
         self.watched: set[Waiter] | None = None
 
@@ -1010,7 +1013,7 @@ class RadiusProxy:
         sent_at = time.monotonic()
         self.counters.forwarded += 1
         sent = copy.seal(sock.allocate())
-        attempt = _Attempt(self, listener, key, request, addr, endpoint, sock, sent, sent_at)
+        attempt = _Attempt(self, listener, key, request, addr, endpoint, sock, sent, sent_at, state)
         require_ma = endpoint.server not in self.unsigned_upstreams
         sock.pending[sent.id] = (sent, require_ma, attempt)
         self._attempts.append(attempt)
@@ -1051,9 +1054,8 @@ class RadiusProxy:
         try:
             self.tallies.answered(server, now - attempt.sent_at)
             self.pool.answered(server, now)
-            accounting = attempt.listener.accounting
-            raw = self._for_nas(attempt.request, accounting, attempt.sent, reply, server)
-            attempt.listener.send(raw, attempt.addr)
+            raw = self._for_nas(attempt.request, attempt.state, attempt.sent, reply, server)
+            attempt.listener.endpoint.sendto(raw, attempt.addr)
             self.counters.answered += 1
             self._recent.put(attempt.key, raw, now)
         except Dropped as dropped:
@@ -1148,14 +1150,19 @@ class RadiusProxy:
         else:
             outcome, answered_by = await self._to_pool(request, accounting, addr, failed)
         sent, reply = outcome
-        return self._for_nas(request, accounting, sent, reply, answered_by)
+        return self._for_nas(request, state, sent, reply, answered_by)
 
     def _for_nas(
-        self, request: Message, accounting: bool, sent: Sent, reply: Message, answered_by: str
+        self,
+        request: Message,
+        state: bytes | None,
+        sent: Sent,
+        reply: Message,
+        answered_by: str,
     ) -> bytes:
         """``answered_by``'s verified ``reply`` to ``sent`` as the NAS's answer to
-        ``request``; the EAP conversation it carries on, or begins, noted."""
-        state = None if accounting else request.state
+        ``request`` (in the EAP conversation of ``state``, if any: carried on, or begun,
+        and noted)."""
         if state is not None:
             self.conversations.answered(state)
         if reply.code == ACCESS_CHALLENGE:

@@ -39,7 +39,9 @@ class Tallies:
 
     def answered(self, server: str, latency_s: float) -> None:
         """A request to ``server`` was answered within the response window."""
-        tally = self._of(server)
+        tally = self._by_server.get(server)
+        if tally is None:
+            tally = self._by_server[server] = _Tally()
         tally.answers += 1
         tally.latencies.append(latency_s)
 
