@@ -59,7 +59,7 @@ class Chunks:
         self.filed: dict[str, int] = {}
         """How many of each chunk's notices are still in flight (filed under it)."""
         self.behind: set[str] = set()
-        """Chunks with notices answered since their last write."""
+        """Chunks with notices answered since their last write, or whose write failed."""
 
     def __len__(self) -> int:
         return len(self.members)
@@ -110,7 +110,8 @@ class Chunks:
         return None
 
     def unwritten(self) -> list[str]:
-        """The keys of chunks with notices answered since their last write, to write now."""
+        """The keys of chunks with notices answered since their last write, or whose last
+        write failed: to write now."""
         keys, self.behind = sorted(self.behind), set()
         return keys
 

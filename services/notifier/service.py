@@ -160,7 +160,8 @@ class Notifier:
             if notices is None:
                 return
             if notices:
-                await self.store.put(key, notices)
+                if not await self.store.put(key, notices):
+                    self.chunks.behind.add(key)  # the store away: tried again next round
             else:
                 await self.store.delete(key)
 
