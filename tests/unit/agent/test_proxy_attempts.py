@@ -5,8 +5,10 @@ waited for (then let go) when the proxy stops."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -99,17 +101,29 @@ async def until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
             await asyncio.sleep(0.005)
 
 
+def free_port_v6() -> int:
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+        sock.bind(("::1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 @asynccontextmanager
-async def proxied(*upstreams: Upstream) -> AsyncIterator[tuple[RadiusProxy, Nas]]:
-    """A started proxy before ``upstreams`` (A, B, ...) and a NAS that sends to it."""
+async def proxied(
+    *upstreams: Upstream, listen_ip: str = IP
+) -> AsyncIterator[tuple[RadiusProxy, Nas]]:
+    """A started proxy before ``upstreams`` (A, B, ...), listening on ``listen_ip``, and a
+    NAS that sends to it."""
     loop = asyncio.get_running_loop()
     transports = []
     for upstream in upstreams:
-        transport, _ = await loop.create_datagram_endpoint(lambda u=upstream: u, local_addr=(IP, 0))
+        transport, _ = await loop.create_datagram_endpoint(
+            functools.partial(lambda u: u, upstream), local_addr=(IP, 0)
+        )
         transports.append(transport)
     settings = ProxyConfig(
-        ip=IP,
-        auth_port=free_udp_port(IP),
+        ip=listen_ip,
+        auth_port=free_udp_port(IP) if listen_ip == IP else free_port_v6(),
         nas_secret=Secret(file="unused"),
         response_window_s=WINDOW_S,
         check_interval_s=10.0,
@@ -128,7 +142,7 @@ async def proxied(*upstreams: Upstream) -> AsyncIterator[tuple[RadiusProxy, Nas]
     )
     nas = Nas()
     nas_transport, _ = await loop.create_datagram_endpoint(
-        lambda: nas, remote_addr=(IP, settings.auth_port)
+        lambda: nas, remote_addr=(listen_ip, settings.auth_port)
     )
     try:
         await proxy.start()
@@ -229,3 +243,19 @@ async def test_stopping_waits_for_the_answers_in_flight_then_lets_the_rest_go() 
         assert time.monotonic() - started >= WINDOW_S * 0.9
         assert proxy.in_flight == 0 and 1 not in nas.replies
         assert proxy.counters.dropped["no-answer"] == 1  # no other upstream to try
+
+
+async def test_a_nas_on_ipv6_is_answered_and_its_retransmission_answered_again() -> None:
+    # the proxy's sockets hand on the loop's own source tuple: (host, port, flow, scope)
+    a = Upstream(answering=True)
+    async with proxied(a, listen_ip="::1") as (proxy, nas):
+        pkts = [access_request(0), access_request(1)]
+        await send(nas, pkts[:1])
+        await until(lambda: 0 in nas.replies)
+        await send(nas, pkts[1:])
+        await until(lambda: 1 in nas.replies)
+        first = nas.replies.pop(1)
+        await send(nas, pkts[1:])  # a retransmission: the same reply, not forwarded again
+        await until(lambda: 1 in nas.replies)
+        assert nas.replies[1] == first and verified(pkts[1], first)
+        assert (proxy.counters.forwarded, proxy.counters.resent, a.received) == (2, 1, 2)
