@@ -37,6 +37,10 @@ from services.readmitter.waves import Readmission
 from services.runtime.config import Config
 from services.runtime.placement import homes
 
+REFUSED_AS_STALE = frozenset({"old-seq", "expired"})
+"""An agent's reasons for refusing a notice that a newer one cures (services/agent/client.py);
+a refusal for any other reason would be refused again, so it does not bring a wave again."""
+
 
 class Health(msgspec.Struct, frozen=True, kw_only=True):
     """The latest health of a server and the connection threshold it came with."""
@@ -140,6 +144,8 @@ class ReadmitterCore:
             state = self.on_status(state, event)
             return self.heard_on(state, event.client, event.current), []
         if isinstance(event, Ack):
+            if not event.accepted and event.reason in REFUSED_AS_STALE:
+                return self.refused(state, event), []
             return self.heard_on(state, event.client, event.now_on), []
         if isinstance(event, Delivery):
             return self.on_delivery(state, event), []
@@ -152,6 +158,16 @@ class ReadmitterCore:
         if current is None or server != home:
             return state
         return self._set(state, waves.arrived(current, client))
+
+    def refused(self, state: ReadmitterState, ack: Ack) -> ReadmitterState:
+        """A client on its way home refused a notice of its home server as stale: a wave's
+        notice sent again after a restart of the notifier, which reached it after a newer
+        notice (a plan of the server it had moved to, say). It did not return: away again,
+        for a later wave, whose notice is newer."""
+        current = state.readmissions.get(ack.server)
+        if current is None or self.homes.get(ack.client) != ack.server:
+            return state
+        return self._set(state, waves.not_returned(current, ack.client))
 
     def on_delivery(self, state: ReadmitterState, delivery: Delivery) -> ReadmitterState:
         """A readmission notice the notifier gave up on: its client is away again."""

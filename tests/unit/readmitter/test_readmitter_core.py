@@ -88,6 +88,24 @@ def test_a_failed_readmission_notice_puts_its_client_away_again(core: Readmitter
         assert core.handle(state, other, T0 + 2)[0] is state
 
 
+def test_a_readmission_notice_refused_as_stale_puts_its_client_away_again(
+    core: ReadmitterCore,
+) -> None:
+    # a wave's notice sent again after a restart reaches the client after a newer notice
+    # (a plan of the server it had moved to): refused as old-seq, the client did not return
+    state, _ = core.handle(away(core), health(0.9), T0)
+    state, [first] = core.handle(state, WaveDue(server="A"), T0 + 1)
+    assert first.clients == ["nas-01"]
+    refused = msgspec.structs.replace(ack("nas-01", "B"), accepted=False, reason="old-seq")
+    after, _ = core.handle(state, refused, T0 + 2)
+    assert after.readmissions["A"].away == ("nas-04", "nas-01")
+    expired = msgspec.structs.replace(refused, reason="expired")
+    assert core.handle(state, expired, T0 + 2)[0].readmissions["A"].away == ("nas-04", "nas-01")
+    # refused for a reason a newer notice does not cure: not sent again by every wave
+    unknown = msgspec.structs.replace(refused, reason="unknown-server")
+    assert core.handle(state, unknown, T0 + 2)[0].readmissions["A"].away == ("nas-04",)
+
+
 def away(core: ReadmitterCore) -> ReadmitterState:
     state = ReadmitterState()
     for event in (incident("opened"), plan("nas-01", "nas-04"), incident("recovering")):
