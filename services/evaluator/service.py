@@ -19,14 +19,12 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import replace
-from functools import partial
 
 import msgspec
 from prometheus_client import Gauge
 
 from schemas.events import (
     ClientStatus,
-    Event,
     HealthReport,
     Incident,
     MetricsSample,
@@ -34,7 +32,6 @@ from schemas.events import (
 )
 from services.evaluator.core import EvaluatorCore
 from services.evaluator.incidents import ServerState, resume
-from services.runtime.bus import Rest
 from services.runtime.config import Config, ServerConfig, subject_tokens
 from services.runtime.durable import consume, last_stored, publish_stored
 from services.runtime.lifecycle import Runtime, ShutdownTrigger, run_service
@@ -69,20 +66,6 @@ class ReportIds:
         return ids.pop()
 
 
-class StateLock(asyncio.Lock):
-    """The lock of the evaluator's state, which a sample's handler takes without waiting
-    when it is free (:meth:`take_now`), as the connection is read."""
-
-    def take_now(self) -> bool:
-        """Take the lock if it is free and no one waits for it (what ``acquire`` does
-        without waiting); False otherwise."""
-        if self.locked() or self._waiters:
-            return False
-        # asyncio.Lock's own flag, set as acquire() sets it when the lock is free
-        self._locked = True
-        return True
-
-
 class Evaluator:
     """The evaluator's state and handlers, bound to one runtime; decisions are the core's."""
 
@@ -94,7 +77,7 @@ class Evaluator:
         self.servers = servers
         self.core = EvaluatorCore(rt.config.evaluator, servers, source=NAME, report_id=ReportIds())
         self.state = self.core.initial()
-        self._lock = StateLock()
+        self._lock = asyncio.Lock()
         self.unsent: dict[str, tuple[Incident, ...]] = {}
         registry = rt.metrics.registry
         self.health_gauge = LoopGauge(
@@ -165,51 +148,6 @@ class Evaluator:
             if state.incident_id is not None:
                 logger.info("%s resumes incident %s (%s)", sid, state.incident_id, state.phase)
         self.state = replace(self.state, servers=machines)
-
-    def sample_now(self, sample: MetricsSample) -> Rest | None:
-        """Score ``sample`` and publish its report at once, as the bus reads it; what is
-        left to await (an incident to announce, a report the client must flush first), or
-        the whole of :meth:`on_sample` while a wave holds the state, is returned and
-        awaited before the next sample (:meth:`Bus.subscribe_now`). The state's lock is
-        held from the score until every incident of it is announced, as in
-        :meth:`on_sample`."""
-        lock = self._lock
-        if not lock.take_now():
-            return partial(self.on_sample, sample)
-        try:
-            received = time.perf_counter()
-            sid = sample.server
-            phase = self.states[sid].phase
-            self.state, events = self.core.handle(self.state, sample, time.time())
-            report = events[0]
-            assert isinstance(report, HealthReport)
-            flush = self.rt.bus.publish_now(self._report_subject[sid], report)
-            if flush is None:
-                self.decision_latency.observe(time.perf_counter() - received)
-            self._health_of[sid].set(report.health)
-            if report.state != phase:  # the gauge already says an unchanged phase
-                self._observe(self.states[sid])
-        except BaseException:
-            lock.release()
-            raise
-        if flush is None and len(events) == 1:
-            lock.release()
-            return None
-        return partial(self._finish_sample, flush, events[1:], received)
-
-    async def _finish_sample(
-        self, flush: Rest | None, incidents: list[Event], received: float
-    ) -> None:
-        """What :meth:`sample_now` left, with the state's lock it holds."""
-        try:
-            if flush is not None:
-                await flush()
-                self.decision_latency.observe(time.perf_counter() - received)
-            for incident in incidents:
-                assert isinstance(incident, Incident)
-                await self._announce(incident)
-        finally:
-            self._lock.release()
 
     async def on_sample(self, sample: MetricsSample) -> None:
         received = time.perf_counter()
@@ -305,9 +243,11 @@ async def run(
         subjects = rt.bus.subjects
         known = known_server(servers)
         for token in subject_tokens(only):
-            await rt.bus.subscribe_now(
+            # samples and clients' statuses in the order they come, as a recording replays
+            # them (what-if decides from the recording as the evaluator did live)
+            await rt.bus.subscribe(
                 subjects.metrics(token),
-                evaluator.sample_now,
+                evaluator.on_sample,
                 types=(MetricsSample,),
                 queue=NAME,
                 guards=[known],
