@@ -23,13 +23,7 @@ from dataclasses import replace
 import msgspec
 from prometheus_client import Gauge
 
-from schemas.events import (
-    ClientStatus,
-    HealthReport,
-    Incident,
-    MetricsSample,
-    ReadmitWave,
-)
+from schemas.events import ClientStatus, HealthReport, Incident, MetricsSample, ReadmitWave
 from services.evaluator.core import EvaluatorCore
 from services.evaluator.incidents import ServerState, resume
 from services.runtime.config import Config, ServerConfig, subject_tokens

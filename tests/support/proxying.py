@@ -8,6 +8,8 @@ on a source address of the test's choosing."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -250,3 +252,14 @@ async def nas(
         yield Nas(transport, replies)
     finally:
         transport.close()
+
+
+def accept(request: bytes, secret: bytes) -> bytes:
+    """An Access-Accept to ``request`` with a Message-Authenticator, as an upstream sends."""
+    length = (20 + 18).to_bytes(2, "big")
+    header = bytes([2, request[1]]) + length
+    authenticator = request[4:20]
+    signature = hmac.new(secret, header + authenticator + bytes([80, 18]) + bytes(16), "md5")
+    attributes = bytes([80, 18]) + signature.digest()
+    response = hashlib.md5(header + authenticator + attributes + secret).digest()
+    return header + response + attributes

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
-import hmac
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +19,7 @@ from services.agent.proxy import RadiusProxy
 from services.launch.farm import free_udp_port
 from services.radius.packet import ACCESS_ACCEPT, dictionary
 from services.runtime.config import ProxyConfig, Secret
+from tests.support.proxying import accept
 
 IP = "127.0.0.1"
 NAS = b"nas-secret"
@@ -69,17 +68,6 @@ class Nas(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.replies[data[1]] = data
-
-
-def accept(request: bytes, secret: bytes) -> bytes:
-    """An Access-Accept to ``request`` with a Message-Authenticator, as an upstream sends."""
-    length = (20 + 18).to_bytes(2, "big")
-    header = bytes([2, request[1]]) + length
-    authenticator = request[4:20]
-    signature = hmac.new(secret, header + authenticator + bytes([80, 18]) + bytes(16), "md5")
-    attributes = bytes([80, 18]) + signature.digest()
-    response = hashlib.md5(header + authenticator + attributes + secret).digest()
-    return header + response + attributes
 
 
 def access_request(ident: int) -> packet.AuthPacket:

@@ -5,8 +5,6 @@ opened while the loop slept is still closed once idle, and the loop sleeps again
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import itertools
 import logging
 import time
@@ -23,6 +21,7 @@ from services.launch.farm import free_udp_port
 from services.radius.packet import dictionary
 from services.runtime.config import ProxyConfig, Secret
 from services.runtime.lifecycle import WakeEvent
+from tests.support.proxying import accept
 
 IP = "127.0.0.1"
 NAS = b"nas-secret"
@@ -49,17 +48,6 @@ class Upstream(asyncio.DatagramProtocol):
 
     def probes(self, since: float = 0.0) -> list[float]:
         return [at for at, code in self.received if code == STATUS_SERVER and at >= since]
-
-
-def accept(request: bytes, secret: bytes) -> bytes:
-    """An Access-Accept to ``request`` with a Message-Authenticator, as an upstream sends."""
-    length = (20 + 18).to_bytes(2, "big")
-    header = bytes([2, request[1]]) + length
-    authenticator = request[4:20]
-    signature = hmac.new(secret, header + authenticator + bytes([80, 18]) + bytes(16), "md5")
-    attributes = bytes([80, 18]) + signature.digest()
-    response = hashlib.md5(header + authenticator + attributes + secret).digest()
-    return header + response + attributes
 
 
 def access_request(ident: int) -> bytes:
