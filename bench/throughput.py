@@ -30,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
 from typing import Any
@@ -127,10 +128,11 @@ async def round_(
     n: int,
     servers: list[str],
     seq0: int,
-    evaluator_pid: int,
+    pids: dict[str, int],
 ) -> dict[str, Any]:
-    """Publish ``n`` signed samples and time them through ``path``; the evaluator's CPU
-    time over the round is read from /proc (it takes no part in the timing)."""
+    """Publish ``n`` signed samples and time them through ``path``. The CPU time each
+    process used over the round (``pids``: the evaluator's and the nats-server's; the
+    counter's and this one's too) is read from /proc; it takes no part in the timing."""
     subjects = bus.subjects
     if path == "evaluator":
         listen, target = subjects.health("*"), subjects.metrics
@@ -157,7 +159,8 @@ async def round_(
         log = read(workdir / f"count-{seq0}.log")
         raise RuntimeError(f"the counter did not start: {log}") from None
 
-    cpu_before = cpu_s(evaluator_pid)
+    pids = {**pids, "counter": counter.pid, "bench": os.getpid()}
+    cpu_before = {name: cpu_s(pid) for name, pid in pids.items()}
     started = time.monotonic()
     for subject, payload, headers in messages:
         await bus.nc.publish(subject, payload, headers=headers)
@@ -176,7 +179,7 @@ async def round_(
         state = latest
         if time.monotonic() - moved_at > IDLE_TIMEOUT_S:
             break
-    evaluator_cpu = cpu_s(evaluator_pid) - cpu_before
+    cpu = {name: cpu_s(pid) - cpu_before[name] for name, pid in pids.items()}
     await sub.unsubscribe()
     counter.wait(10)
     elapsed = state["last"] - started if state["count"] else float("nan")
@@ -188,7 +191,8 @@ async def round_(
         "publish_s": published - started,
         "elapsed_s": elapsed,
         "rate": state["count"] / elapsed if state["count"] else 0.0,
-        "evaluator_cpu_s": evaluator_cpu,
+        "evaluator_cpu_s": cpu["evaluator"],
+        "cpu_s": cpu,
     }
 
 
@@ -237,6 +241,8 @@ async def measure(params: dict[str, int], workdir: Path) -> dict[str, Any]:
         argv = [sys.executable, "-m", "services.launch.cli", "run", "evaluator", "-c", str(path)]
         evaluator = start(procs, argv, log)
         await wait_started("evaluator", evaluator, log)
+        assert nats.proc is not None
+        server_pid = nats.proc.pid
         rounds: list[dict[str, Any]] = []
         async with AsyncExitStack() as stack:
             bus = await Bus.connect(
@@ -257,13 +263,22 @@ async def measure(params: dict[str, int], workdir: Path) -> dict[str, Any]:
                             params["samples"],
                             servers,
                             seq,
-                            evaluator.pid,
+                            {"evaluator": evaluator.pid, "nats-server": server_pid},
                         )
                     )
                     seq += params["samples"]
         evaluator.terminate()
         evaluator.wait(15)
         return {"rounds": rounds, "evaluator": evaluator_stats(read(log))}
+
+
+def _per_process(
+    rounds: list[dict[str, Any]], value: Callable[[dict[str, Any], str], float]
+) -> dict[str, float]:
+    """The median over ``rounds`` of ``value(round, process)``, for each process measured."""
+    if not rounds:
+        return {}
+    return {proc: statistics.median(value(r, proc) for r in rounds) for proc in rounds[0]["cpu_s"]}
 
 
 def results(params: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
@@ -285,6 +300,21 @@ def results(params: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
         for r in rounds
         if r["path"] == "evaluator" and r["counted"]
     )
+    # Per path and process: how busy it kept a core over the round (CPU seconds over the
+    # round's seconds), and its CPU per message counted. Their sum over the processes is
+    # the cores' ceiling on the path's rate, had each process the share of a core it needed.
+    cores = os.cpu_count() or 1
+    for name in PATHS:
+        mine = [r for r in rounds if r["path"] == name and r["counted"] and r["elapsed_s"] > 0]
+        busy = _per_process(mine, lambda r, proc: r["cpu_s"][proc] / r["elapsed_s"])
+        per = _per_process(mine, lambda r, proc: r["cpu_s"][proc] / r["counted"] * 1e6)
+        summary[name]["cores_busy"] = busy
+        summary[name]["cpu_us_per_message"] = per
+        total = sum(per.values())
+        summary[name]["ceiling_rate"] = cores / total * 1e6 if total else 0.0
+    summary["cores"] = cores
+    bare = summary["bare"]["rate_median"]
+    summary["ceiling_ratio"] = summary["evaluator"]["ceiling_rate"] / bare if bare else 0.0
     summary["evaluator_bus"] = measured["evaluator"]["bus"]
     summary["slow_consumer_errors"] = measured["evaluator"]["slow_consumer_errors"]
     return {
@@ -334,6 +364,16 @@ def main() -> int:
         f"dropped {bus.get('dropped', '?')}, slow-consumer errors {s['slow_consumer_errors']}; "
         f"evaluator CPU {s['evaluator_cpu_us_per_sample']:.1f} us per sample"
     )
+    for name in PATHS:
+        busy = ", ".join(f"{proc} {v:.2f}" for proc, v in s[name]["cores_busy"].items())
+        per = s[name]["cpu_us_per_message"]
+        each = ", ".join(f"{proc} {v:.1f}" for proc, v in per.items())
+        print(f"{name} rounds: cores busy {busy} ({sum(s[name]['cores_busy'].values()):.2f})")
+        print(
+            f"  CPU us per message {each} ({sum(per.values()):.1f}): at most "
+            f"{s[name]['ceiling_rate']:,.0f}/s on {s['cores']} cores"
+        )
+    print(f"ceiling of the evaluator path against the bare rate: x{s['ceiling_ratio']:.2f}")
     for goal in res["goals"]:
         print(common.goal_line(goal))
     print(f"wrote {path}")

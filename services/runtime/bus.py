@@ -334,11 +334,13 @@ class BusClient(NatsClient):
         super()._remove_sub(sid, max_msgs)
 
     async def _process_msg(
-        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
     ) -> None:
+        # nats-py's parser passes headers=None for a message without any (its own
+        # annotation says bytes: hence the ignores below)
         direct = self._direct.get(sid)
         if direct is None:
-            await super()._process_msg(sid, subject, reply, data, headers)
+            await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
             return
         sub = direct.sub
         if (
@@ -349,7 +351,7 @@ class BusClient(NatsClient):
         ):
             # something is ahead of it (or a limit of messages was set, or it is gone):
             # nats-py's own way, queued in order
-            await super()._process_msg(sid, subject, reply, data, headers)
+            await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
             return
         stats = self.stats
         stats["in_msgs"] += 1
