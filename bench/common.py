@@ -250,3 +250,30 @@ def stop_services(processes: Sequence[ServiceProcess], timeout_s: float = 10.0) 
     for process in reversed(processes):
         process.terminate()
     return {p.name: p.wait(timeout_s) for p in reversed(processes)}
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds the live threads of process ``pid`` have run so far, from the scheduler's
+    count in nanoseconds (``/proc/<pid>/task/*/schedstat``: ``/proc/<pid>/stat`` counts in
+    ticks of 10 ms, too coarse for rounds of tens of milliseconds); NaN where there is none."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return float("nan")
+    total = 0
+    for task in tasks:
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that ended meanwhile
+    return total / 1e9
+
+
+def cpu_of(pids: Mapping[str, int]) -> dict[str, float]:
+    """:func:`cpu_s` of each named process."""
+    return {name: cpu_s(pid) for name, pid in pids.items()}
+
+
+def cpu_since(before: Mapping[str, float], pids: Mapping[str, int]) -> dict[str, float]:
+    """CPU seconds each named process used since ``before`` (:func:`cpu_of`)."""
+    return {name: cpu_s(pid) - before[name] for name, pid in pids.items()}

@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,7 +50,16 @@ import tomli_w  # noqa: E402
 from nats.aio.client import Client as NatsClient  # noqa: E402
 from nats.aio.msg import Msg  # noqa: E402
 
-from bench.common import arguments, goal_line, process, summary, table, write  # noqa: E402
+from bench.common import (  # noqa: E402
+    arguments,
+    cpu_of,
+    cpu_since,
+    goal_line,
+    process,
+    summary,
+    table,
+    write,
+)
 from schemas import codec  # noqa: E402
 from schemas.events import Ack, Delivery, FailoverPlan, Move  # noqa: E402
 from schemas.signing import AUTH_HEADER, SERVER_HEADER, Rejected, client_key_id  # noqa: E402
@@ -228,6 +239,10 @@ class Fanout:
         self.listener = listener
         self.receivers = receivers
         self.rounds = 0
+        self.pids: dict[str, int] = {}
+        """The processes whose CPU each round reads (:attr:`cpu`), by name."""
+        self.cpu: dict[str, float] = {}
+        """CPU seconds each of :attr:`pids` used in the last round, up to its last message."""
 
     def _round_id(self, kind: str) -> str:
         self.rounds += 1
@@ -249,10 +264,12 @@ class Fanout:
         )
         receivers = self.receivers
         receivers.expect(round_id, count)
+        before = cpu_of(self.pids)
         start = time.perf_counter()
         for part in split_plan(plan):
             await self.bus.publish(self.bus.subjects.plan("A"), part)
         await asyncio.wait_for(receivers.done.wait(), ROUND_TIMEOUT_S)
+        self.cpu = cpu_since(before, self.pids)
         elapsed = receivers.end - start
         await self.settle(dict(receivers.verified))
         return elapsed
@@ -286,9 +303,11 @@ class Fanout:
         round_id = self._round_id("raw")
         receivers = self.receivers
         receivers.expect(round_id, count)
+        before = cpu_of(self.pids)
         start = time.perf_counter()
         await self.listener.publish(f"{RAW_PREFIX}-control.go", f"{round_id} {count}".encode())
         await asyncio.wait_for(receivers.done.wait(), ROUND_TIMEOUT_S)
+        self.cpu = cpu_since(before, self.pids)
         return receivers.end - start
 
     async def store(self, count: int) -> float:
@@ -332,9 +351,7 @@ class Fanout:
             return
 
 
-async def measure(
-    sizes: list[int], repeats: int, workdir: Path
-) -> dict[str, dict[int, list[float]]]:
+async def measure(sizes: list[int], repeats: int, workdir: Path) -> dict[str, dict[int, list[Any]]]:
     """Seconds of every notices and raw round, by size; interleaved, after a warm-up of each.
 
     Starts and stops everything it needs: the nats-server, the notifier and
@@ -366,23 +383,33 @@ async def measure(
             fanout = Fanout(config, bus, listener, receivers)
             with (
                 process(notifier_argv, workdir / "notifier.log") as notifier,
-                process(raw_argv, workdir / "raw.log"),
+                process(raw_argv, workdir / "raw.log") as raw_publisher,
             ):
+                assert nats_server.proc is not None
+                fanout.pids = {
+                    "notifier": notifier.pid,
+                    "raw publisher": raw_publisher.pid,
+                    "nats-server": nats_server.proc.pid,
+                    "bench": os.getpid(),
+                }
                 await fanout.wait_ready(notifier)
                 warm = min(1_000, max(sizes))
                 await fanout.notices(warm)
                 await fanout.raw(warm)
-                samples: dict[str, dict[int, list[float]]] = {"notices": {}, "raw": {}}
+                samples: dict[str, dict[int, list[Any]]] = {
+                    kind: {} for kind in ("notices", "raw", "cpu_notices", "cpu_raw")
+                }
                 samples["store"] = {size: [await fanout.store(size)] for size in sizes}
                 for size in sizes:
-                    samples["notices"][size] = []
-                    samples["raw"][size] = []
+                    for by_size in samples.values():
+                        by_size.setdefault(size, [])
                 for i in range(repeats):
                     for size in sizes:
                         order = ("notices", "raw") if i % 2 == 0 else ("raw", "notices")
                         for kind in order:
                             measure_one = fanout.notices if kind == "notices" else fanout.raw
                             samples[kind][size].append(await measure_one(size))
+                            samples[f"cpu_{kind}"][size].append(fanout.cpu)
             if receivers.rejected or receivers.duplicates:
                 raise RuntimeError(
                     f"notices rejected {dict(receivers.rejected)}, "
@@ -393,10 +420,21 @@ async def measure(
     return samples
 
 
-def collect(sizes: list[int], repeats: int) -> dict[str, dict[int, list[float]]]:
+def collect(sizes: list[int], repeats: int) -> dict[str, dict[int, list[Any]]]:
     """:func:`measure` in a scratch folder removed afterwards (also used by ``growth.py``)."""
     with tempfile.TemporaryDirectory(prefix="bench-fanout-") as tmp:
         return asyncio.run(measure(sizes, repeats, Path(tmp)))
+
+
+def cores_busy(seconds: list[float], cpu: list[dict[str, float]]) -> dict[str, float]:
+    """How busy each process kept a core over its rounds (median of its CPU seconds over
+    the round's), so whether the machine's cores bound the time."""
+    if not cpu:
+        return {}
+    return {
+        proc: statistics.median(c[proc] / s for s, c in zip(seconds, cpu, strict=True) if s > 0)
+        for proc in cpu[0]
+    }
 
 
 def run(params: dict[str, Any]) -> dict[str, Any]:
@@ -411,6 +449,10 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             "raw": raw,
             "ratio_median": notices["median"] / raw["median"],
             "store_s": samples["store"][size][0],
+            "cores_busy": {
+                kind: cores_busy(samples[kind][size], samples[f"cpu_{kind}"][size])
+                for kind in ("notices", "raw")
+            },
         }
     largest = str(max(params["sizes"]))
     at = per_size.get(str(GOAL_SIZE), per_size[largest])
@@ -472,6 +514,10 @@ def report(results: dict[str, Any]) -> str:
             rows,
         )
     ]
+    for size, row in results["summary"]["sizes"].items():
+        for kind, busy in row.get("cores_busy", {}).items():
+            each = ", ".join(f"{proc} {value:.2f}" for proc, value in busy.items())
+            lines.append(f"{int(size):,} {kind}: cores busy {each} ({sum(busy.values()):.2f})")
     for goal in results["goals"]:
         lines.append(goal_line(goal))
     return "\n".join(lines)

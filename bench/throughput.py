@@ -109,16 +109,6 @@ async def count_main(url: str, subject: str, expected: int, report: str) -> None
 # --- one round ---------------------------------------------------------------
 
 
-def cpu_s(pid: int) -> float:
-    """CPU seconds (user and system) process ``pid`` has used so far; NaN where there is no
-    /proc to read it from."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return float("nan")
-
-
 async def round_(
     bus: Bus,
     url: str,
@@ -160,7 +150,7 @@ async def round_(
         raise RuntimeError(f"the counter did not start: {log}") from None
 
     pids = {**pids, "counter": counter.pid, "bench": os.getpid()}
-    cpu_before = {name: cpu_s(pid) for name, pid in pids.items()}
+    cpu_before = common.cpu_of(pids)
     started = time.monotonic()
     for subject, payload, headers in messages:
         await bus.nc.publish(subject, payload, headers=headers)
@@ -179,7 +169,7 @@ async def round_(
         state = latest
         if time.monotonic() - moved_at > IDLE_TIMEOUT_S:
             break
-    cpu = {name: cpu_s(pid) - cpu_before[name] for name, pid in pids.items()}
+    cpu = common.cpu_since(cpu_before, pids)
     await sub.unsubscribe()
     counter.wait(10)
     elapsed = state["last"] - started if state["count"] else float("nan")

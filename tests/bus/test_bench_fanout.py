@@ -43,6 +43,11 @@ def test_quick_mode_writes_the_results_json(tmp_path: Path) -> None:
         row = results["summary"]["sizes"][size]
         assert row["notices"]["median"] > 0 and row["raw"]["median"] > 0
         assert row["ratio_median"] > 0 and row["store_s"] > 0
+        # each process's share of a core: the notifier works in the notices rounds only,
+        # the raw publisher in the raw ones
+        busy = row["cores_busy"]
+        assert busy["notices"]["notifier"] > busy["raw"]["notifier"] >= 0
+        assert busy["raw"]["raw publisher"] > busy["notices"]["raw publisher"] >= 0
     assert len(results["goals"]) == 2
     for goal in results["goals"]:
         assert set(goal) == {"name", "target", "value", "met"}

@@ -35,6 +35,13 @@ def test_throughput_quick_writes_its_results(tmp_path: Path) -> None:
     for path in ("bare", "evaluator"):
         assert 0 < summary[path]["rate_min"] <= summary[path]["rate_median"]
     assert summary["ratio"] > 0
+    # every process's CPU over each round: the evaluator works in its own rounds only
+    for r in rounds:
+        assert set(r["cpu_s"]) == {"evaluator", "nats-server", "counter", "bench"}
+    per = {path: summary[path]["cpu_us_per_message"] for path in ("bare", "evaluator")}
+    assert per["evaluator"]["evaluator"] > per["bare"]["evaluator"] >= 0
+    assert per["evaluator"]["nats-server"] > 0 and per["bare"]["counter"] > 0
+    assert summary["evaluator"]["ceiling_rate"] > 0 and summary["ceiling_ratio"] > 0
     # the evaluator's own counters were read from its shutdown line
     bus = summary["evaluator_bus"]
     assert bus["received"] >= 2 * 2000 and bus["published"] > 0
