@@ -110,9 +110,9 @@ class BusConfig(Base, frozen=True, kw_only=True):
     hold the stream and every bucket (3 on a 3-node cluster, so losing any one
     loses nothing). ``lease_s``: how long the lease of a service of which exactly
     one replica acts outlives its holder (services/runtime/lease.py): a standby
-    takes over from one that died about that long after its last renewal
-    (nats-server expires the entry up to a quarter of a second late, and the
-    standby looks every quarter of a second). A holder that cannot renew it for
+    takes over from one that died once it has seen the lease unwritten that
+    long (it looks every quarter of a second), without waiting for
+    nats-server to remove the entry. A holder that cannot renew it for
     that long stops, so it must outlast the bus being away: a nats-server
     restarted, or a cluster electing the leader of the leases' bucket (5 s
     measured).

@@ -5,10 +5,20 @@ the targeter, the readmitter: each keeps one state machine per server) holds
 the lease of its role, a key of the bucket ``<PREFIX>_leases`` whose entries
 expire ``bus.lease_s`` after they were last written. The holder writes it
 again every third of that; a replica that finds it held waits, looking every
-:data:`LOOK_S`, and takes it once it expires (its holder died) or is deleted
-(its holder stopped). A holder that cannot write its lease for ``lease_s``,
-or finds it taken, has lost it: :class:`LeaseLost` stops the service, and
-its supervisor starts it again as a standby.
+:data:`LOOK_S`, and takes it once its holder has not written it for
+``lease_s`` (its holder died) or it is deleted (its holder stopped).
+
+A standby does not wait for the server to remove the expired key: nats-server
+removes a key with a 1 s time to live about 1.25 s after its last write, and
+a standby then took over up to ``lease_s`` + 0.5 s after its holder died. It
+times the entry itself, by its own monotonic clock from the first look that
+saw the entry's revision, and takes the lease over with a write conditional
+on that revision once it has seen it unchanged for ``lease_s``: about
+``lease_s`` + one look after the holder's last write (at most two), and never
+before ``lease_s`` after it, whatever the hosts' clocks say. A holder that cannot
+write its lease for ``lease_s``, or finds it taken, has lost it:
+:class:`LeaseLost` stops the service, and its supervisor starts it again as
+a standby.
 
 A holder is named by its host and ``AAA_FAILOVER_REPLICA`` (default ``1``):
 restarted on the same host as the same replica, a service takes back its own
@@ -62,6 +72,8 @@ class Lease:
         self.holder = holder
         self.lease_s = lease_s
         self.revision: int | None = None
+        self._seen: tuple[int, float] | None = None
+        """Another holder's entry: its revision, and when (monotonic) a look first saw it."""
 
     async def try_take(self) -> bool:
         """Take the lease if it is free or already this holder's; whether it is held now."""
@@ -75,13 +87,29 @@ class Lease:
         except nats.js.errors.KeyNotFoundError:
             return False  # it expired in between: the next look takes it
         if entry.value is None or entry.value.decode(errors="replace") != self.holder:
-            return False
+            return entry.revision is not None and await self._take_over_if_stale(entry.revision)
         try:
             self.revision = await self.kv.update(
                 self.key, self.holder.encode(), last=entry.revision
             )
         except nats.js.errors.KeyWrongLastSequenceError:
             return False
+        return True
+
+    async def _take_over_if_stale(self, revision: int) -> bool:
+        """Take over another holder's entry at ``revision`` once this replica has seen it
+        unchanged for ``lease_s``; whether it holds the lease now."""
+        now = time.monotonic()
+        if self._seen is None or self._seen[0] != revision:
+            self._seen = (revision, now)
+            return False
+        if now - self._seen[1] < self.lease_s:
+            return False
+        try:
+            self.revision = await self.kv.update(self.key, self.holder.encode(), last=revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False  # written (renewed, removed, taken) since that look
+        logger.info("lease of %s: not written for %.2fs, taken over", self.key, now - self._seen[1])
         return True
 
     async def current_holder(self) -> str | None:
