@@ -31,11 +31,8 @@ from services.runtime.quantiles import percentile
 
 logger = logging.getLogger(__name__)
 
-KEEP_S = 60.0
-"""Decided probes older than this are forgotten."""
 
-
-@dataclass
+@dataclass(slots=True)
 class Probe:
     """One synthetic request: when it went, when (if ever) its answer came."""
 
@@ -78,6 +75,10 @@ class LatencyWindow:
         self.window_s = window_s
         self._probes: deque[Probe] = deque()
 
+    def __len__(self) -> int:
+        """How many probes it keeps."""
+        return len(self._probes)
+
     def sent(self, at: float) -> Probe:
         """A probe went out at ``at``; settle it with :meth:`answered` or :meth:`failed`."""
         probe = Probe(at)
@@ -103,8 +104,13 @@ class LatencyWindow:
         return due
 
     def summary(self, now: float) -> LatencySummary:
-        """The probes decided in (``now`` - window, ``now``]."""
-        while self._probes and self._probes[0].sent_at < now - KEEP_S:
+        """The probes decided in (``now`` - window, ``now``]; ``now`` never goes back.
+
+        A probe is decided by ``objective_s`` after it was sent at the latest, so one
+        sent before ``now`` - window - objective can count in no window from now on
+        and is forgotten (at 200 probes a second, the window keeps a few hundred)."""
+        horizon = now - self.window_s - self.objective_s
+        while self._probes and self._probes[0].sent_at < horizon:
             self._probes.popleft()
         since = now - self.window_s
         count = slow = failed = 0

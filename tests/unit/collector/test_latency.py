@@ -64,6 +64,24 @@ def test_only_probes_decided_in_the_window_count() -> None:
     assert half.slow_share is not None and 0.4 <= half.slow_share <= 0.6
 
 
+def test_the_window_keeps_only_the_probes_a_window_can_still_count() -> None:
+    # ten probes a second for a minute, each answered, the window read after each
+    w = window(1.0)
+    for i in range(600):
+        probe = w.sent(i * 0.1)
+        w.answered(probe, probe.sent_at + 0.01)
+        summary = w.summary(probe.sent_at + 0.05)
+        assert summary.count == min(i + 1, 10)
+        # sent within the last window and objective (1.25 s), and this one
+        assert len(w) <= 14
+    # a slow probe is counted until it is decided and its window has passed
+    w = window(1.0)
+    w.sent(100.0)
+    assert w.summary(100.2).count == 0
+    assert w.summary(101.2).count == 1  # decided at 100.25
+    assert w.summary(101.3).count == 0 and len(w) == 0
+
+
 def test_percentile_by_nearest_rank() -> None:
     values = [float(v) for v in range(1, 11)]
     assert percentile(values, 0.5) == 5.0
