@@ -253,20 +253,28 @@ def stop_services(processes: Sequence[ServiceProcess], timeout_s: float = 10.0) 
 
 
 def cpu_s(pid: int) -> float:
-    """CPU seconds the live threads of process ``pid`` have run so far, from the scheduler's
-    count in nanoseconds (``/proc/<pid>/task/*/schedstat``: ``/proc/<pid>/stat`` counts in
-    ticks of 10 ms, too coarse for rounds of tens of milliseconds); NaN where there is none."""
+    """CPU seconds the threads of process ``pid`` have run so far: the scheduler's count in
+    nanoseconds of each live thread (``/proc/<pid>/task/*/schedstat``), else, on a kernel
+    without it, the process's count in clock ticks (``/proc/<pid>/stat``, 10 ms: too coarse
+    for rounds of tens of milliseconds); NaN where /proc has neither."""
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
         return float("nan")
-    total = 0
+    total, read = 0, 0
     for task in tasks:
         try:
             total += int((task / "schedstat").read_text().split()[0])
+            read += 1
         except (OSError, ValueError, IndexError):
             continue  # a thread that ended meanwhile
-    return total / 1e9
+    if read:
+        return total / 1e9
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
 
 
 def cpu_of(pids: Mapping[str, int]) -> dict[str, float]:
