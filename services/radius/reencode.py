@@ -466,8 +466,15 @@ def _rewrite(
     for start, end, kind in cuts:
         parts.append(raw[copied:start])
         if kind == PASSWORD:
-            _check_password(end - start)
-            parts.append(_recrypt(raw[start:end], from_secret, from_vector, to_secret, to_vector))
+            parts.append(
+                rehide_password(
+                    raw[start:end],
+                    from_secret=from_secret,
+                    from_vector=from_vector,
+                    to_secret=to_secret,
+                    to_vector=to_vector,
+                )
+            )
         elif kind >= 0:
             parts.append(
                 resalt(
