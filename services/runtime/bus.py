@@ -25,15 +25,10 @@ from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import nats
-import nats.aio.client as nats_client
 from nats.aio.client import Client as NatsClient
 from nats.aio.client import _validate_subject
 from nats.aio.msg import Msg
-from nats.aio.subscription import (
-    DEFAULT_SUB_PENDING_BYTES_LIMIT,
-    DEFAULT_SUB_PENDING_MSGS_LIMIT,
-    Subscription,
-)
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import BadRequestError
@@ -89,12 +84,6 @@ class Recorded(Protocol):
 
 
 Handler = Callable[[E], Awaitable[None]]
-Rest = Callable[[], Awaitable[None]]
-"""What is left of handling an event once it can go no further without waiting."""
-NowHandler = Callable[[E], Rest | None]
-"""A handler run as the message is read (:meth:`Bus.subscribe_now`): it does what it can at
-once and returns None, or what is left to await (then run in order, before the next event)."""
-Receiver = Callable[[str, dict[str, str] | None, bytes], Rest | None]
 
 
 class BusAuthError(ConfigError):
@@ -195,11 +184,6 @@ def header_value(value: str) -> bytes:
     return text.encode()
 
 
-_PLAIN_HEADERS = getattr(nats_client, "parse_email", None) is None
-"""Whether nats-py reads header lines with the client's ``_parse_header_lines`` (it uses
-fast_mail_parser instead where that is installed)."""
-
-
 class BusParser(Parser):
     """nats-py's protocol parser, reading the messages with headers the server sends
     (``HMSG <subject> <sid> [reply] <header bytes> <total bytes>``, single spaces) without
@@ -237,29 +221,6 @@ class BusParser(Parser):
             await super().parse()
 
 
-class _Direct:
-    """A subscription of :meth:`BusClient.subscribe_direct`: its receiver, and whether its
-    task is handling a message (while it is, or while any is queued, the next is queued)."""
-
-    __slots__ = ("busy", "receive", "sub")
-
-    def __init__(self, receive: Receiver) -> None:
-        self.receive = receive
-        self.busy = 0
-        self.sub: Subscription
-
-
-class _Rest:
-    """The rest of a handler, queued for the subscription's task as a message would be
-    (``data`` is what nats-py counts as pending bytes: none)."""
-
-    __slots__ = ("data", "rest")
-
-    def __init__(self, rest: Rest) -> None:
-        self.rest = rest
-        self.data = b""
-
-
 class BusClient(NatsClient):
     """nats-py's client, with the headers of every message written and read at less cost.
 
@@ -278,105 +239,7 @@ class BusClient(NatsClient):
     def __init__(self) -> None:
         super().__init__()
         self._hpub_heads: dict[str, bytes] = {}
-        self._direct: dict[int, _Direct] = {}
-        self._subjects_in: dict[bytes, str] = {}
         self._ps = BusParser(self)
-
-    async def subscribe_direct(
-        self,
-        subject: str,
-        receive: Receiver,
-        queue: str = "",
-        *,
-        pending_msgs_limit: int = DEFAULT_SUB_PENDING_MSGS_LIMIT,
-        pending_bytes_limit: int = DEFAULT_SUB_PENDING_BYTES_LIMIT,
-    ) -> Subscription:
-        """Subscribe to ``subject`` with ``receive`` called as each message is read.
-
-        A message is handed to ``receive`` (its subject, headers and payload) by the
-        task that reads the connection, with no ``Msg`` built and no hop through the
-        subscription's queue and task, while nothing of this subscription is queued or
-        being handled; ``receive`` must not block. What it returns to await (the rest of a
-        handler that has to wait: for a reply, for the lock of a state) is put in the
-        subscription's queue, and so is every message read while anything is queued or
-        being handled: the subscription's task (nats-py's) handles them in order, one
-        after another, with nats-py's limits of pending messages and bytes (a message past
-        them is dropped and reported to the error callback as a slow consumer, as nats-py
-        does), and a drain waits for them all.
-        """
-        direct = _Direct(receive)
-
-        async def queued(item: Msg | _Rest) -> None:
-            direct.busy += 1
-            try:
-                if isinstance(item, _Rest):
-                    await item.rest()
-                    return
-                rest = receive(item.subject, item.headers, item.data)
-                if rest is not None:
-                    await rest()
-            finally:
-                direct.busy -= 1
-
-        sub = await self.subscribe(
-            subject,
-            queue=queue,
-            cb=queued,
-            pending_msgs_limit=pending_msgs_limit,
-            pending_bytes_limit=pending_bytes_limit,
-        )
-        direct.sub = sub
-        self._direct[sub._id] = direct
-        return sub
-
-    def _remove_sub(self, sid: int, max_msgs: int = 0) -> None:
-        self._direct.pop(sid, None)
-        super()._remove_sub(sid, max_msgs)
-
-    async def _process_msg(
-        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
-    ) -> None:
-        # nats-py's parser passes headers=None for a message without any (its own
-        # annotation says bytes: hence the ignores below)
-        direct = self._direct.get(sid)
-        if direct is None:
-            await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
-            return
-        sub = direct.sub
-        if (
-            direct.busy
-            or not sub._pending_queue.empty()
-            or sub._max_msgs
-            or self._subs.get(sid) is not sub
-        ):
-            # something is ahead of it (or a limit of messages was set, or it is gone):
-            # nats-py's own way, queued in order
-            await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
-            return
-        stats = self.stats
-        stats["in_msgs"] += 1
-        stats["in_bytes"] += len(data)
-        sub._received += 1
-        name = self._subjects_in.get(subject)
-        if name is None:
-            name = subject.decode()
-            if len(self._subjects_in) < SUBJECTS_MAX:
-                self._subjects_in[subject] = name
-        if _PLAIN_HEADERS and headers is not None and headers.startswith(b"NATS/1.0\r\n"):
-            # a block without a status: what _process_headers makes of it, in this call
-            hdr = (parse_header_lines(headers[10:]) or None) if len(headers) > 10 else None
-        else:
-            hdr = await self._process_headers(headers)
-        try:
-            rest = direct.receive(name, hdr, data)
-        except Exception as exc:
-            # as nats-py's subscription task does with a handler that raises: never
-            # into the task that reads the connection
-            await self._error_cb(exc)
-            return
-        if rest is not None:
-            # the queue is empty (or this message would have been queued): never full
-            sub._pending_queue.put_nowait(_Rest(rest))  # type: ignore[arg-type]
 
     def publish_now(self, subject: str, block: bytes, payload: bytes) -> bool:
         """Queue ``payload`` with the header block ``block`` on ``subject`` for the flusher,
@@ -968,87 +831,6 @@ class Bus:
             await self.deliver(msg, handler, types, guards, checked)
 
         sub = await self.nc.subscribe(subject, queue=queue, cb=on_message)
-        self._subs.append(sub)
-        return sub
-
-    async def subscribe_now(
-        self,
-        subject: str,
-        handler: NowHandler[E],
-        *,
-        types: tuple[type[E], ...],
-        queue: str = "",
-        accept_clients: bool = False,
-        guards: Sequence[Guard] = (),
-    ) -> Subscription:
-        """As :meth:`subscribe`, for the hot subscriptions: each message is checked,
-        guarded and handed to ``handler`` as the connection is read
-        (:meth:`BusClient.subscribe_direct`), with the same checks (signature, key,
-        ``may_sign``, subject, replay window, type), the same drops and timings.
-
-        ``handler`` does at once what it can without waiting and returns None, or returns
-        what is left to await (a publish that must wait for a flush, a state another
-        handler holds); the rest is awaited in the subscription's task, and the events
-        after it wait for it, as every event waits for the one before in a subscription of
-        :meth:`subscribe`. Its time counts until the rest is done.
-        """
-        nc = self.nc
-        if not isinstance(nc, BusClient):
-            raise TypeError("subscribe_now needs the bus's own client (BusClient)")
-        counters, guard, keyring = self.counters, self.guard, self.keyring
-        allowed: dict[tuple[str, str], bool] = {}
-
-        def may_sign(key_id: str, subject: str) -> bool:
-            # the keyring's answer, found once per key and subject
-            key = (key_id, subject)
-            found = allowed.get(key)
-            if found is None:
-                found = keyring.may_sign(key_id, subject)
-                if len(allowed) < SUBJECTS_MAX:
-                    allowed[key] = found
-            return found
-
-        def receive(subject: str, headers: dict[str, str] | None, data: bytes) -> Rest | None:
-            counters.received += 1
-            try:
-                keys = keyring.verification_keys(accept_clients)
-                event = verify_event(keys, headers, subject, data, may_sign)
-                guard.check(event.id, event.time, time.time())
-                if not isinstance(event, types):
-                    raise Rejected("unexpected-type", type(event).__name__)
-            except Rejected as rejected:
-                self._dropped_on(subject, headers, rejected)
-                return None
-            counters.accepted += 1
-            try:
-                if guards and not admits(guards, event):
-                    return None
-                started = time.perf_counter()
-                rest = handler(event)
-                if rest is None:
-                    counters.handled_in(type(event).__name__, time.perf_counter() - started)
-                    return None
-            except Rejected as rejected:
-                self._dropped_on(subject, headers, rejected)
-                return None
-            except Exception:
-                counters.handler_errors += 1
-                logger.exception("handler for %s failed on %s", subject, kind(event))
-                return None
-
-            async def finish() -> None:
-                try:
-                    await rest()
-                    counters.handled_in(type(event).__name__, time.perf_counter() - started)
-                except Rejected as rejected:
-                    self._dropped_on(subject, headers, rejected)
-                except Exception:
-                    counters.handler_errors += 1
-                    logger.exception("handler for %s failed on %s", subject, kind(event))
-
-            return finish
-
-        sub = await nc.subscribe_direct(subject, receive, queue=queue)
         self._subs.append(sub)
         return sub
 

@@ -10,7 +10,6 @@ from typing import Any
 import nats.errors
 import pytest
 from nats.aio.client import Client as NatsClient
-from nats.aio.subscription import Subscription
 from nats.protocol.parser import Parser
 
 from schemas import codec
@@ -22,7 +21,6 @@ from services.runtime.bus import (
     BusParser,
     Keyring,
     Signer,
-    _Direct,
     header_block,
     parse_header_lines,
 )
@@ -285,33 +283,3 @@ async def test_the_bus_parser_refuses_what_nats_py_refuses() -> None:
             with pytest.raises(nats.errors.ProtocolError):
                 await parser.parse(bad)
     assert isinstance(BusClient()._ps, BusParser)
-
-
-async def test_a_direct_subscription_gets_the_headers_nats_py_makes_of_each_block() -> None:
-    nc = BusClient()
-    got: list[dict[str, str] | None] = []
-
-    async def never(msg: Any) -> None:
-        raise AssertionError("queued")
-
-    def receive(subject: str, headers: dict[str, str] | None, data: bytes) -> None:
-        got.append(headers)
-
-    sub = Subscription(nc, 1, "tp.metrics.A", cb=never)
-    direct = _Direct(receive)
-    direct.sub = sub
-    nc._subs[1], nc._direct[1] = sub, direct
-    blocks: list[bytes | None] = [
-        None,
-        b"",
-        b"NATS/1.0\r\n\r\n",
-        b"NATS/1.0\r\n",
-        header_block({"Aaa-Key": "k", "Aaa-Sig": "s", "Nats-Msg-Id": "  id "}),
-        b"NATS/1.0\r\nNo colon\r\nSp ace: x\r\nOk: v\r\n\r\n",
-        b"NATS/1.0 503\r\n\r\n",
-        b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: 3\r\n\r\n",
-    ]
-    for block in blocks:
-        await nc._process_msg(1, b"tp.metrics.A", b"", b"{}", block)  # type: ignore[arg-type]
-        assert got[-1] == await NatsClient()._process_headers(block), block
-    assert len(got) == len(blocks) and nc.stats["in_msgs"] == len(blocks)
